@@ -1,0 +1,65 @@
+"""The validated, merged view of one host that every later stage consumes.
+
+The loader produces these; nothing downstream reads YAML. A :class:`ResolvedModel` is a host
+model with its recipe merged in (host values override recipe values; a flag set to ``null`` or
+``false`` on the host removes the recipe's flag).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .schema import MTP, FlagValue, Host, Profile, Recipe, Source
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    id: str
+    recipe: Recipe
+    recipe_file: Path | None
+    """Where the recipe came from (None for an inline recipe); a URL recipe's cached copy."""
+    source: Source
+    server: dict[str, FlagValue]
+    """Merged llama-server flags, long names without dashes, recipe order then host additions."""
+    profiles: dict[str, Profile]
+    """Selected profiles: profile name -> request parameters."""
+    aliases: tuple[str, ...]
+    mtp: MTP | None
+    ttl: int | None
+    env: dict[str, str]
+    gpus: tuple[int, ...] | None
+    port: int | None
+    preload: bool
+
+    def profile_ids(self) -> dict[str, Profile]:
+        """Model IDs for llama-swap ``setParamsByID``: ``<id>:<profile>`` -> parameters."""
+        return {f"{self.id}:{name}": params for name, params in self.profiles.items()}
+
+
+@dataclass(frozen=True)
+class ResolvedHost:
+    host: Host
+    host_file: Path
+    inventory: Path
+    models: tuple[ResolvedModel, ...]
+    sets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def lock_file(self) -> Path:
+        """The lockfile lives beside the host file (committed by the user, like Cargo.lock)."""
+        return self.host_file.with_suffix(".lock.json")
+
+    @property
+    def patches_dir(self) -> Path:
+        return self.inventory / "patches"
+
+    def model(self, model_id: str) -> ResolvedModel:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise KeyError(model_id)

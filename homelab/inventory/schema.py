@@ -1,0 +1,229 @@
+"""The inventory file formats (contract): ``hosts/<name>.yaml`` and ``recipes/<name>.yaml``.
+
+Strict pydantic v2 models: an unknown key or a wrong type is an error. The loader
+(:mod:`homelab.inventory.loader`) turns pydantic's errors into messages with file, line and the
+nearest valid key. JSON Schemas for editors are generated from these models (``schemas/``).
+
+Flag dictionaries (``server``, ``profiles``) use llama-server's long flag names without the
+leading dashes (``ctx-size``, ``cache-type-k``) and sampling parameter names as the OpenAI/llama.cpp
+request body spells them (``temperature``, ``top_p``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FlagValue = Union[bool, int, float, str, None]
+"""A flag's value: ``true`` for a switch, ``false``/``null`` to drop a flag set by the recipe."""
+
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")]
+COMMIT = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$", description="a full 40-hex git commit")]
+NAME = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=96,
+        description="letters, digits, '.', '_' and '-'; starts with a letter or digit",
+    ),
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes
+
+
+class HFFile(Strict):
+    """A model on the Hugging Face Hub."""
+
+    repo: str = Field(description="repository id, e.g. unsloth/Qwen3-0.6B-GGUF")
+    file: str = Field(
+        description="path of the GGUF inside the repo; for split models the first part "
+        "(`name-00001-of-0000N.gguf`), the rest are found by name"
+    )
+    revision: str | None = Field(
+        default=None, description="branch, tag or commit; the lock pins the commit (default main)"
+    )
+    sha256: SHA256 | None = Field(default=None, description="expected sha256 (else the lock's)")
+    mmproj: str | None = Field(default=None, description="multimodal projector GGUF in the same repo")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", v):
+            raise ValueError(f"{v!r} is not a Hugging Face repo id like 'owner/name'")
+        return v
+
+
+class URLFile(Strict):
+    """A GGUF at a plain http(s) URL, pinned by sha256."""
+
+    url: str = Field(pattern=r"^https?://")
+    sha256: SHA256 | None = Field(default=None, description="required in the lock")
+
+
+class LocalFile(Strict):
+    """A GGUF already on the host's disk."""
+
+    path: str = Field(description="absolute path, or relative to the inventory directory")
+    sha256: SHA256 | None = None
+
+
+class Source(Strict):
+    """Where the weights come from: exactly one of ``hf``, ``url``, ``path``."""
+
+    hf: HFFile | None = None
+    url: URLFile | None = None
+    path: LocalFile | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Source":
+        given = [k for k in ("hf", "url", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "source needs exactly one of 'hf', 'url' or 'path'"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["hf", "url", "path"]:
+        return "hf" if self.hf else "url" if self.url else "path"
+
+
+class MTP(Strict):
+    """Multi-token prediction with the model's own MTP heads (GGUF nextn_predict_layers > 0)."""
+
+    draft_n_max: int = Field(default=2, ge=1, le=16, alias="draft-n-max")
+    draft_n_min: int | None = Field(default=None, ge=0, le=16, alias="draft-n-min")
+
+
+Profile = dict[str, FlagValue]
+"""Request parameters set for one profile ID (llama-swap ``setParamsByID``)."""
+
+
+class Recipe(Strict):
+    """A shareable description of one model and how to serve it."""
+
+    name: NAME
+    description: str = ""
+    source: Source
+    server: dict[str, FlagValue] = Field(
+        default_factory=dict,
+        description="llama-server flags, long names without dashes; `ctx-size: auto` lets the plan choose",
+    )
+    mtp: MTP | None = Field(default=None, description="enable MTP speculative decoding")
+    profiles: dict[NAME, Profile] = Field(
+        default_factory=dict, description="profile name -> request parameters; each becomes a model ID"
+    )
+    aliases: list[str] = Field(default_factory=list)
+    ttl: int | None = Field(default=None, ge=0, description="seconds idle before unload (0 = never)")
+    env: dict[str, str] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list, description="free-form: chat, code, vision...")
+
+
+# --------------------------------------------------------------------------------------------
+# Hosts
+
+
+class GPU(Strict):
+    name: str
+    vram_mib: int = Field(gt=0, description="total VRAM in MiB as the driver reports it")
+    arch: str | None = Field(
+        default=None, description="gfx target for hip (gfx1100), sm number for cuda (86)"
+    )
+
+
+class PullRequestPatch(Strict):
+    """An upstream llama.cpp pull request, downloaded as .patch and pinned by sha256 in the lock."""
+
+    pr: int = Field(gt=0)
+    sha256: SHA256 | None = None
+    repo: str | None = Field(default=None, description="GitHub owner/name (default: from llama_cpp.repo)")
+
+
+PatchRef = Union[str, PullRequestPatch]
+"""A path under ``patches/`` (a file, or a folder with a ``series`` file), or an upstream PR."""
+
+
+class LlamaCpp(Strict):
+    repo: str = Field(default="https://github.com/ggml-org/llama.cpp", description="git URL")
+    ref: str = Field(default="b11434", description="tag, branch or commit; the lock pins the commit")
+    tarball: str | None = Field(default=None, description="release tarball URL instead of git (pin sha256)")
+    tarball_sha256: SHA256 | None = None
+    path: str | None = Field(default=None, description="a local llama.cpp source directory instead of git")
+    build_number: int | None = Field(
+        default=None, description="LLAMA_BUILD_NUMBER when it cannot be read from the ref (tarball, path)"
+    )
+    patches: list[PatchRef] = Field(default_factory=list)
+    cmake: dict[str, Union[str, int, bool]] = Field(default_factory=dict, description="extra -D options")
+    targets: list[str] = Field(
+        default_factory=list, description="extra build targets (llama-fit-params, rpc-server)"
+    )
+    jobs: int | None = Field(default=None, ge=1, description="parallel compile jobs (default: CPU count)")
+
+
+class Runtime(Strict):
+    kind: Literal["supervisor", "llama-swap", "router"] = "supervisor"
+    listen: str = Field(default="127.0.0.1:12434", pattern=r"^[^\s:]+:\d{1,5}$")
+    service: Literal["user", "system", "none", "auto"] = "auto"
+    start_port: int = Field(default=10001, ge=1024, le=65000, description="first backend port")
+    ttl: int | None = Field(default=None, ge=0, description="default idle seconds before unload")
+    health_check_timeout: int | None = Field(default=None, ge=15)
+    api_key_env: str | None = Field(
+        default=None, description="environment variable holding API keys (comma separated)"
+    )
+    user: str | None = Field(default=None, description="service user for service: system")
+    preload: list[str] = Field(default_factory=list, description="model IDs started at boot")
+    keep_generations: int = Field(default=5, ge=2)
+
+
+class HostModel(Strict):
+    """One model on a host: a recipe, optionally overridden."""
+
+    recipe: str = Field(description="recipe name in recipes/, a path, or an http(s) URL")
+    sha256: SHA256 | None = Field(default=None, description="required when recipe is a URL")
+    id: NAME | None = Field(default=None, description="model ID (default: the recipe's name)")
+    profiles: list[NAME] | None = Field(
+        default=None, description="which recipe profiles to expose (default: all)"
+    )
+    server: dict[str, FlagValue] = Field(default_factory=dict, description="overrides recipe flags")
+    mtp: MTP | None = None
+    aliases: list[str] = Field(default_factory=list)
+    ttl: int | None = Field(default=None, ge=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: list[int] | None = Field(
+        default=None, description="indices into the host's gpus this model may use (default: all)"
+    )
+    port: int | None = Field(default=None, ge=1024, le=65535, description="pinned backend port")
+    preload: bool = False
+
+
+class Host(Strict):
+    name: NAME
+    description: str = ""
+    address: str = Field(default="local", description="'local' or ssh://user@host[:port]")
+    backend: Literal["hip", "cuda", "vulkan", "cpu"]
+    gpus: list[GPU] = Field(default_factory=list)
+    vram_budget: float = Field(default=0.93, gt=0, le=1, description="share of each GPU the plan may fill")
+    ram_mib: int | None = Field(default=None, gt=0, description="system RAM, for CPU backends and offload")
+    llama_cpp: LlamaCpp = Field(default_factory=LlamaCpp)
+    runtime: Runtime = Field(default_factory=Runtime)
+    env: dict[str, str] = Field(default_factory=dict, description="environment for every backend")
+    models: list[HostModel] = Field(default_factory=list)
+    sets: dict[NAME, str] = Field(
+        default_factory=dict, description="models allowed to be resident together: 'a & b', 'a | b'"
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v != "local" and not re.fullmatch(r"ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?", v):
+            raise ValueError(f"{v!r} is neither 'local' nor ssh://user@host[:port]")
+        return v

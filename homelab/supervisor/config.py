@@ -1,0 +1,114 @@
+"""The supervisor's view of a llama-swap ``config.yaml`` (contract: llama-swap's format).
+
+This module holds the typed result of parsing. Parsing itself (strict keys with file:line
+errors, macros, ``${env.X}``, ``${PORT}`` allocation, groups, matrix expansion, peers) lives in
+:mod:`homelab.supervisor.config_load`; the matrix solver in :mod:`homelab.supervisor.matrix`.
+
+Every field here is already expanded: ``cmd`` is an argv list with every macro and ``${PORT}``
+substituted; ``cmd_stop`` keeps ``${PID}`` for the process layer to fill in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Filters:
+    strip_params: tuple[str, ...] = ()
+    set_params: dict[str, Any] = field(default_factory=dict)
+    set_params_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Request-ID -> parameters. Every key except the model's own ID is also an alias."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    cmd: tuple[str, ...]
+    proxy: str
+    port: int | None
+    """The port ``${PORT}`` expanded to, or None if the cmd does not use ``${PORT}``."""
+    cmd_stop: tuple[str, ...] | None = None
+    check_endpoint: str | None = "/health"
+    """None means llama-swap's ``none``: ready as soon as the process runs."""
+    ttl: float = 0
+    """Seconds idle before unload; 0 = never."""
+    unload_timeout: float = 10.0
+    env: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    use_model_name: str | None = None
+    name: str | None = None
+    description: str | None = None
+    unlisted: bool = False
+    concurrency_limit: int = 10
+    metadata: dict[str, Any] = field(default_factory=dict)
+    filters: Filters = field(default_factory=Filters)
+    send_loading_state: bool = False
+    vram_mib: int | None = None
+    """From ``metadata.vram_mib`` (the plan writes it): used for VRAM-aware admission."""
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    name: str
+    members: tuple[str, ...]
+    swap: bool = True
+    exclusive: bool = True
+    persistent: bool = False
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    vars: dict[str, str]
+    """Short name -> model ID."""
+    evict_costs: dict[str, int]
+    """Model ID -> cost of evicting it (default 1)."""
+    sets: dict[str, tuple[frozenset[str], ...]]
+    """Set name -> the alternatives it allows, each a frozenset of model IDs, in definition order.
+    Any subset of an alternative may run together."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    proxy: str
+    models: tuple[str, ...]
+    api_key: str | None = None
+    filters: Filters = field(default_factory=Filters)
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    preload: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    models: dict[str, ModelConfig]
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Alias (incl. setParamsByID IDs) -> model ID."""
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
+    matrix: MatrixConfig | None = None
+    peers: dict[str, PeerConfig] = field(default_factory=dict)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    health_check_timeout: float = 120.0
+    start_port: int = 5800
+    global_ttl: float = 0
+    unload_timeout: float = 10.0
+    log_level: str = "info"
+    api_keys: tuple[str, ...] = ()
+    send_loading_state: bool = False
+    include_aliases_in_list: bool = False
+    vram_budget_mib: int | None = None
+    """``x-vramBudgetMiB``: with per-model ``vram_mib``, never start what would exceed it."""
+    max_wait: float = 30.0
+    """``x-maxWait``: seconds a swap waits for in-flight requests of a model it must evict."""
+    source: Path | None = None
+
+    def resolve(self, requested: str) -> str | None:
+        """Model ID for a requested name or alias, or None."""
+        if requested in self.models:
+            return requested
+        return self.aliases.get(requested)

@@ -1,0 +1,37 @@
+"""Shared fixtures. Stage-specific fixtures live in tests/<stage>/conftest.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from homelab.gguf.tiny import TinySpec, write_tiny_llama
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own HOMELAB_STATE and HF cache: nothing leaks into ~/.local."""
+    root = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("HOMELAB_STATE", str(root / "state"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.delenv("HOMELAB_INVENTORY", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny llama GGUF (259-token byte vocab, head_dim 32) that llama-server loads."""
+    return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three distinct tiny models for swap tests."""
+    base = tmp_path_factory.mktemp("models3")
+    return {
+        name: write_tiny_llama(base / f"{name}.gguf", TinySpec(seed=i, name=name))
+        for i, name in enumerate(["alpha", "beta", "gamma"])
+    }
