@@ -46,13 +46,22 @@ class PinnedModel(_Strict):
 
 
 class PinnedPatch(_Strict):
-    ref: str = Field(description="patches/<file>, patches/<dir>/<file> or pr:<number>")
+    """One patch file of the series, by content (written by homelab.llamacpp.pin)."""
+
+    ref: str = Field(description="patches/<file>, patches/<dir>/<file>, pr:<number> or pr:<owner/name>#<number>")
     sha256: str
 
 
 class LlamaCppPin(_Strict):
-    repo: str
-    ref: str
+    """The llama.cpp source of a host, pinned (written by homelab.llamacpp.pin.resolve_llama_cpp).
+
+    ``commit`` is a real git commit for ``git``; for ``tarball`` and ``path`` it is the id of
+    homelab's snapshot commit of the files (fixed identity and date: same files, same id).
+    """
+
+    source: Literal["git", "tarball", "path"] = "git"
+    repo: str = Field(description="git URL, tarball URL or local directory")
+    ref: str = Field(default="", description="what the host asked for (tag, branch, commit); empty for tarball/path")
     commit: str | None = None
     build_number: int | None = None
     tarball_sha256: str | None = None

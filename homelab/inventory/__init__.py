@@ -1,6 +1,16 @@
 """The inventory: host and recipe files, validated strictly, merged into :class:`ResolvedHost`."""
 
-from .loader import InventoryError, list_hosts, load_host, load_recipe
+from .loader import (
+    InventoryError,
+    check_recipe_file,
+    list_hosts,
+    list_recipes,
+    load_host,
+    load_host_file,
+    load_recipe,
+    validate_inventory,
+)
+from .problems import Problem
 from .resolved import ResolvedHost, ResolvedModel
 from .schema import Host, HostModel, Recipe
 
@@ -8,10 +18,15 @@ __all__ = [
     "Host",
     "HostModel",
     "InventoryError",
+    "Problem",
     "Recipe",
     "ResolvedHost",
     "ResolvedModel",
+    "check_recipe_file",
     "list_hosts",
+    "list_recipes",
     "load_host",
+    "load_host_file",
     "load_recipe",
+    "validate_inventory",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .schema import MTP, FlagValue, Host, Profile, Recipe, Source
 
@@ -31,10 +32,40 @@ class ResolvedModel:
     gpus: tuple[int, ...] | None
     port: int | None
     preload: bool
+    recipe_ref: str = ""
+    """``recipe:`` as the host file wrote it: a name, a path or a URL."""
 
     def profile_ids(self) -> dict[str, Profile]:
         """Model IDs for llama-swap ``setParamsByID``: ``<id>:<profile>`` -> parameters."""
         return {f"{self.id}:{name}": params for name, params in self.profiles.items()}
+
+    def names(self) -> list[str]:
+        """Every name a request may use for this model: its ID, profile IDs, aliases."""
+        return [self.id, *self.profile_ids(), *self.aliases]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for ``homelab show`` (YAML) and for hashing into doit's ``config_changed``."""
+        return {
+            "id": self.id,
+            "names": self.names(),
+            "recipe": {
+                "name": self.recipe.name,
+                "ref": self.recipe_ref or self.recipe.name,
+                "file": str(self.recipe_file) if self.recipe_file else None,
+                "description": self.recipe.description,
+                "tags": list(self.recipe.tags),
+            },
+            "source": self.source.model_dump(by_alias=True, exclude_none=True),
+            "server": dict(self.server),
+            "mtp": self.mtp.model_dump(by_alias=True, exclude_none=True) if self.mtp else None,
+            "profiles": {name: dict(params) for name, params in self.profiles.items()},
+            "aliases": list(self.aliases),
+            "ttl": self.ttl,
+            "env": dict(self.env),
+            "gpus": list(self.gpus) if self.gpus is not None else None,
+            "port": self.port,
+            "preload": self.preload,
+        }
 
 
 @dataclass(frozen=True)
@@ -57,6 +88,14 @@ class ResolvedHost:
     @property
     def patches_dir(self) -> Path:
         return self.inventory / "patches"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The whole host with every recipe merged in, as plain data (``homelab show``)."""
+        data = self.host.model_dump(by_alias=True, exclude={"models", "sets"})
+        data["file"] = str(self.host_file)
+        data["models"] = [m.as_dict() for m in self.models]
+        data["sets"] = dict(self.sets)
+        return data
 
     def model(self, model_id: str) -> ResolvedModel:
         for m in self.models:

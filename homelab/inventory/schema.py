@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 FlagValue = Union[bool, int, float, str, None]
 """A flag's value: ``true`` for a switch, ``false``/``null`` to drop a flag set by the recipe."""
@@ -64,23 +64,23 @@ class HFFile(Strict):
 class URLFile(Strict):
     """A GGUF at a plain http(s) URL, pinned by sha256."""
 
-    url: str = Field(pattern=r"^https?://")
-    sha256: SHA256 | None = Field(default=None, description="required in the lock")
+    url: str = Field(pattern=r"^https?://", description="http(s) URL of the GGUF")
+    sha256: SHA256 | None = Field(default=None, description="expected sha256 (else the lock's)")
 
 
 class LocalFile(Strict):
     """A GGUF already on the host's disk."""
 
     path: str = Field(description="absolute path, or relative to the inventory directory")
-    sha256: SHA256 | None = None
+    sha256: SHA256 | None = Field(default=None, description="expected sha256 (else the lock's)")
 
 
 class Source(Strict):
     """Where the weights come from: exactly one of ``hf``, ``url``, ``path``."""
 
-    hf: HFFile | None = None
-    url: URLFile | None = None
-    path: LocalFile | None = None
+    hf: HFFile | None = Field(default=None, description="a file in a Hugging Face model repo")
+    url: URLFile | None = Field(default=None, description="a file at an http(s) URL")
+    path: LocalFile | None = Field(default=None, description="a file on the host's disk")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Source":
@@ -100,20 +100,25 @@ class Source(Strict):
 class MTP(Strict):
     """Multi-token prediction with the model's own MTP heads (GGUF nextn_predict_layers > 0)."""
 
-    draft_n_max: int = Field(default=2, ge=1, le=16, alias="draft-n-max")
-    draft_n_min: int | None = Field(default=None, ge=0, le=16, alias="draft-n-min")
+    draft_n_max: int = Field(
+        default=2, ge=1, le=16, alias="draft-n-max", description="tokens drafted per step (--spec-draft-n-max)"
+    )
+    draft_n_min: int | None = Field(
+        default=None, ge=0, le=16, alias="draft-n-min", description="minimum draft length (--spec-draft-n-min)"
+    )
 
 
-Profile = dict[str, FlagValue]
-"""Request parameters set for one profile ID (llama-swap ``setParamsByID``)."""
+Profile = dict[str, JsonValue]
+"""Request parameters set for one profile ID (llama-swap ``setParamsByID``): any JSON the request
+body takes, e.g. ``temperature: 0.6`` or ``chat_template_kwargs: {enable_thinking: false}``."""
 
 
 class Recipe(Strict):
     """A shareable description of one model and how to serve it."""
 
-    name: NAME
-    description: str = ""
-    source: Source
+    name: NAME = Field(description="the recipe's name; in recipes/ it must match the file name")
+    description: str = Field(default="", description="free text for people")
+    source: Source = Field(description="where the weights come from: exactly one of hf, url, path")
     server: dict[str, FlagValue] = Field(
         default_factory=dict,
         description="llama-server flags, long names without dashes; `ctx-size: auto` lets the plan choose",
@@ -122,9 +127,9 @@ class Recipe(Strict):
     profiles: dict[NAME, Profile] = Field(
         default_factory=dict, description="profile name -> request parameters; each becomes a model ID"
     )
-    aliases: list[str] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list, description="extra names requests may use for the model")
     ttl: int | None = Field(default=None, ge=0, description="seconds idle before unload (0 = never)")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables for the backend process")
     tags: list[str] = Field(default_factory=list, description="free-form: chat, code, vision...")
 
 
@@ -133,18 +138,44 @@ class Recipe(Strict):
 
 
 class GPU(Strict):
-    name: str
+    name: str = Field(description="a label for people and logs, e.g. RX 7900 XTX")
     vram_mib: int = Field(gt=0, description="total VRAM in MiB as the driver reports it")
     arch: str | None = Field(
-        default=None, description="gfx target for hip (gfx1100), sm number for cuda (86)"
+        default=None,
+        description="gfx target for hip (gfx1100), compute capability for cuda (86, 8.6 or sm_86); "
+        "default: build for the GPUs present at build time",
     )
+
+
+HIP_ARCH = re.compile(r"gfx[0-9a-z]+(?::[a-z+-]+)*")
+"""A ROCm offload target: ``gfx1100``, ``gfx90a``, ``gfx942``, optionally with features (``:xnack-``)."""
+
+_CUDA_ARCH = re.compile(r"(?:sm_|compute_)?(?P<major>\d{1,2}?)(?P<minor>\d)(?P<suffix>[af]?)|(?P<dmajor>\d{1,2})\.(?P<dminor>\d)")
+
+
+def cuda_architecture(arch: str) -> str | None:
+    """``86``, ``8.6``, ``sm_86`` -> ``86`` (the CMAKE_CUDA_ARCHITECTURES spelling); None if not one.
+
+    Suffixes ``a``/``f`` (``sm_90a``, ``100f``) are kept. Numbers below 50 are refused: CUDA 12
+    supports compute capability 5.0 and newer, so ``8`` or ``35`` is a typo, not a GPU.
+    """
+    m = _CUDA_ARCH.fullmatch(arch.strip())
+    if not m:
+        return None
+    if m["dmajor"]:
+        major, minor, suffix = m["dmajor"], m["dminor"], ""
+    else:
+        major, minor, suffix = m["major"], m["minor"], m["suffix"]
+    if not major or int(major) < 5:
+        return None
+    return f"{int(major)}{minor}{suffix}"
 
 
 class PullRequestPatch(Strict):
     """An upstream llama.cpp pull request, downloaded as .patch and pinned by sha256 in the lock."""
 
-    pr: int = Field(gt=0)
-    sha256: SHA256 | None = None
+    pr: int = Field(gt=0, description="pull request number")
+    sha256: SHA256 | None = Field(default=None, description="expected sha256 of the .patch (else the lock's)")
     repo: str | None = Field(default=None, description="GitHub owner/name (default: from llama_cpp.repo)")
 
 
@@ -156,12 +187,16 @@ class LlamaCpp(Strict):
     repo: str = Field(default="https://github.com/ggml-org/llama.cpp", description="git URL")
     ref: str = Field(default="b11434", description="tag, branch or commit; the lock pins the commit")
     tarball: str | None = Field(default=None, description="release tarball URL instead of git (pin sha256)")
-    tarball_sha256: SHA256 | None = None
+    tarball_sha256: SHA256 | None = Field(default=None, description="sha256 of the tarball")
     path: str | None = Field(default=None, description="a local llama.cpp source directory instead of git")
     build_number: int | None = Field(
         default=None, description="LLAMA_BUILD_NUMBER when it cannot be read from the ref (tarball, path)"
     )
-    patches: list[PatchRef] = Field(default_factory=list)
+    patches: list[PatchRef] = Field(
+        default_factory=list,
+        description="applied in order: paths under patches/ (a file, or a folder with a series file), "
+        "or {pr: N} for an upstream pull request",
+    )
     cmake: dict[str, Union[str, int, bool]] = Field(default_factory=dict, description="extra -D options")
     targets: list[str] = Field(
         default_factory=list, description="extra build targets (llama-fit-params, rpc-server)"
@@ -170,18 +205,29 @@ class LlamaCpp(Strict):
 
 
 class Runtime(Strict):
-    kind: Literal["supervisor", "llama-swap", "router"] = "supervisor"
-    listen: str = Field(default="127.0.0.1:12434", pattern=r"^[^\s:]+:\d{1,5}$")
-    service: Literal["user", "system", "none", "auto"] = "auto"
+    kind: Literal["supervisor", "llama-swap", "router"] = Field(
+        default="supervisor",
+        description="what serves the models: homelab's supervisor, upstream llama-swap, or llama.cpp router mode",
+    )
+    listen: str = Field(
+        default="127.0.0.1:12434", pattern=r"^[^\s:]+:\d{1,5}$", description="HOST:PORT of the OpenAI endpoint"
+    )
+    service: Literal["user", "system", "none", "auto"] = Field(
+        default="auto",
+        description="systemd unit kind: user, system, none (a detached process), auto (user where a systemd "
+        "user manager runs, else none)",
+    )
     start_port: int = Field(default=10001, ge=1024, le=65000, description="first backend port")
     ttl: int | None = Field(default=None, ge=0, description="default idle seconds before unload")
-    health_check_timeout: int | None = Field(default=None, ge=15)
+    health_check_timeout: int | None = Field(
+        default=None, ge=15, description="seconds a backend may take to become healthy (default 120)"
+    )
     api_key_env: str | None = Field(
         default=None, description="environment variable holding API keys (comma separated)"
     )
     user: str | None = Field(default=None, description="service user for service: system")
     preload: list[str] = Field(default_factory=list, description="model IDs started at boot")
-    keep_generations: int = Field(default=5, ge=2)
+    keep_generations: int = Field(default=5, ge=2, description="installed generations kept for rollback")
 
 
 class HostModel(Strict):
@@ -194,29 +240,33 @@ class HostModel(Strict):
         default=None, description="which recipe profiles to expose (default: all)"
     )
     server: dict[str, FlagValue] = Field(default_factory=dict, description="overrides recipe flags")
-    mtp: MTP | None = None
-    aliases: list[str] = Field(default_factory=list)
-    ttl: int | None = Field(default=None, ge=0)
-    env: dict[str, str] = Field(default_factory=dict)
+    mtp: MTP | Literal[False] | None = Field(
+        default=None, description="MTP settings replacing the recipe's; `false` turns the recipe's MTP off"
+    )
+    aliases: list[str] = Field(default_factory=list, description="extra names, added to the recipe's")
+    ttl: int | None = Field(default=None, ge=0, description="overrides the recipe's ttl")
+    env: dict[str, str] = Field(default_factory=dict, description="merged over the recipe's env")
     gpus: list[int] | None = Field(
         default=None, description="indices into the host's gpus this model may use (default: all)"
     )
     port: int | None = Field(default=None, ge=1024, le=65535, description="pinned backend port")
-    preload: bool = False
+    preload: bool = Field(default=False, description="start this model when the service starts")
 
 
 class Host(Strict):
-    name: NAME
-    description: str = ""
+    name: NAME = Field(description="the host's name; must match the file name hosts/<name>.yaml")
+    description: str = Field(default="", description="free text for people")
     address: str = Field(default="local", description="'local' or ssh://user@host[:port]")
-    backend: Literal["hip", "cuda", "vulkan", "cpu"]
-    gpus: list[GPU] = Field(default_factory=list)
+    backend: Literal["hip", "cuda", "vulkan", "cpu"] = Field(
+        description="llama.cpp backend: hip (AMD ROCm), cuda (NVIDIA), vulkan, cpu"
+    )
+    gpus: list[GPU] = Field(default_factory=list, description="the GPUs, in device order (index 0 first)")
     vram_budget: float = Field(default=0.93, gt=0, le=1, description="share of each GPU the plan may fill")
     ram_mib: int | None = Field(default=None, gt=0, description="system RAM, for CPU backends and offload")
-    llama_cpp: LlamaCpp = Field(default_factory=LlamaCpp)
-    runtime: Runtime = Field(default_factory=Runtime)
+    llama_cpp: LlamaCpp = Field(default_factory=LlamaCpp, description="which llama.cpp to build, and how")
+    runtime: Runtime = Field(default_factory=Runtime, description="how the models are served")
     env: dict[str, str] = Field(default_factory=dict, description="environment for every backend")
-    models: list[HostModel] = Field(default_factory=list)
+    models: list[HostModel] = Field(default_factory=list, description="the models this host serves")
     sets: dict[NAME, str] = Field(
         default_factory=dict, description="models allowed to be resident together: 'a & b', 'a | b'"
     )

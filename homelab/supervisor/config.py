@@ -106,6 +106,10 @@ class Config:
     max_wait: float = 30.0
     """``x-maxWait``: seconds a swap waits for in-flight requests of a model it must evict."""
     source: Path | None = None
+    log_to_stdout: str = "proxy"
+    """llama-swap's ``logToStdout``: proxy | upstream | both | none."""
+    log_requests: bool = False
+    """llama-swap's ``logRequests``."""
 
     def resolve(self, requested: str) -> str | None:
         """Model ID for a requested name or alias, or None."""

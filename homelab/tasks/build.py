@@ -1,20 +1,54 @@
-"""doit tasks for the build stage (thin: the work lives in the stage package)."""
+"""doit tasks for the build stage (thin: the work lives in homelab.llamacpp.stage).
+
+Up to date means: the build key computed now (commit, patch contents, backend, cmake options,
+targets) is the one in the host's stamp file and that build is installed. The key is computed
+when the task is about to run, not when the graph is made, because ``lock:<host>`` may write
+the lock earlier in the same run. Recipe changes that do not reach the key (context size,
+sampling, a new model on a CPU host) leave the build alone.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .graph import each_host, not_implemented
+from ..errors import HomelabError
+from ..inventory import ResolvedHost
+from .graph import each_host, user_action
+
+
+def _build_uptodate(host: ResolvedHost) -> bool:
+    from ..llamacpp.stage import builder, plan_host, read_stamp
+
+    stamp = read_stamp(host.name)
+    if stamp is None:
+        return False
+    try:
+        planned = plan_host(host)
+    except HomelabError:
+        return False  # the action reports it
+    return stamp.get("key") == planned.key and builder().installed(planned.key) is not None
+
+
+def _build(host: ResolvedHost) -> None:
+    from ..llamacpp.stage import build_host
+
+    build, built = build_host(host, progress=sys.stderr.isatty())
+    print(f"{host.name}: llama-server {'built' if built else 'up to date'}: {build.server}")
 
 
 def task_build() -> Iterator[dict[str, Any]]:
     """Configure and compile llama-server for the host's backend."""
+    from ..llamacpp.stage import stamp_path
+
     yield {"basename": "build", "name": None, "doc": "Configure and compile llama-server for the host's backend"}
     for host in each_host():
         yield {
             "name": host.name,
             "doc": f"Configure and compile llama-server for the host's backend ({host.name})",
-            "actions": [not_implemented("build")],
+            "actions": [(user_action(_build), [host])],
+            "uptodate": [(_build_uptodate, [host], {})],
+            "targets": [str(stamp_path(host.name))],
             "task_dep": [f"source:{host.name}"],
         }

@@ -1,20 +1,121 @@
-"""doit tasks for the deploy stage (thin: the work lives in the stage package)."""
+"""doit tasks for the deploy stage (thin: the work lives in homelab.deploy).
+
+``deploy:<host>`` is the whole chain: ``deploy-guard:<host>`` takes the per-host deploy lock
+first, then lock -> fetch -> source/build -> plan -> render -> install (+ verify) run, each
+skipped by doit when its inputs did not change. Variables: ``dry=1`` (print what would change,
+change nothing), ``frozen=1`` (the lock must not move), ``service=`` / ``root=`` / ``verify=``
+(override the host's runtime.service, install under a root prefix, verification level),
+``local=1`` (run a remote host's chain here: what the remote side of an ssh deploy does).
+
+A remote host (``address: ssh://...``) syncs and runs ``homelab deploy HOST --local`` there;
+``host=all`` deploys every host in parallel and prints a summary table.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from .graph import each_host, not_implemented
+from doit.exceptions import TaskFailed
+
+from ..inventory import ResolvedHost
+from .graph import _var, each_host, flag, user_action
+from .install import REPORTS
+
+
+def _guard(host: ResolvedHost) -> None:
+    from ..deploy.hostlock import lock_host
+    from ..deploy.paths import HostPaths
+
+    lock_host(HostPaths.for_host(host.name)).acquire()  # held until deploy:<host> or exit
+
+
+def _finish(host: ResolvedHost) -> None:
+    from ..deploy.hostlock import lock_host
+    from ..deploy.paths import HostPaths
+
+    lock_host(HostPaths.for_host(host.name)).release()
+    report = REPORTS.get(host.name)
+    if report is None:  # install was up to date: doit skipped it
+        from ..deploy.generations import GenerationStore
+
+        number = GenerationStore(HostPaths.for_host(host.name)).current_number()
+        print(f"{host.name}: up to date (generation {number}), nothing restarted")
+
+
+def _passthrough() -> list[str]:
+    args = []
+    if flag("frozen"):
+        args.append("--frozen")
+    if flag("dry"):
+        args.append("--dry-run")
+    for name in ("service", "verify"):
+        if _var(name):
+            args += [f"--{name}", str(_var(name))]
+    return args
+
+
+def _remote(host: ResolvedHost) -> TaskFailed | None:
+    from ..deploy.chain import deploy_remote
+
+    code = deploy_remote(host, _passthrough())
+    return TaskFailed(f"remote deploy of {host.name} failed (exit {code})") if code else None
+
+
+def _dry(host: ResolvedHost) -> None:
+    from ..deploy.dryrun import preview
+
+    print(preview(host, service=_var("service")))
+
+
+def _all(names: list[str]) -> TaskFailed | None:
+    from ..deploy.chain import deploy_all, summary_table
+
+    results = deploy_all(names, _passthrough())
+    print(summary_table(results))
+    failed = [r.host for r in results if r.code]
+    return TaskFailed(f"deploy failed on {', '.join(failed)}") if failed else None
 
 
 def task_deploy() -> Iterator[dict[str, Any]]:
     """The whole chain: lock, fetch, build, plan, render, install, verify."""
     yield {"basename": "deploy", "name": None, "doc": "The whole chain: lock, fetch, build, plan, render, install, verify"}
-    for host in each_host():
+    hosts = list(each_host())
+    if _var("host") == "all" and len(hosts) > 1:
+        names = [h.name for h in hosts]
         yield {
+            "name": "all",
+            "doc": "Deploy every host in parallel, with a summary table",
+            "actions": [user_action(lambda: _all(names))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+        return
+    for host in hosts:
+        remote = host.host.address != "local" and not flag("local")
+        task: dict[str, Any] = {
             "name": host.name,
             "doc": f"The whole chain: lock, fetch, build, plan, render, install, verify ({host.name})",
-            "actions": [not_implemented("deploy")],
-            "task_dep": [f"install:{host.name}"],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+        if remote:
+            task.update(actions=[user_action(lambda host=host: _remote(host))], task_dep=[])
+        elif flag("dry"):
+            task.update(actions=[user_action(lambda host=host: _dry(host))], task_dep=[])
+        else:
+            task.update(
+                actions=[user_action(lambda host=host: _finish(host))],
+                task_dep=[f"deploy-guard:{host.name}", f"install:{host.name}"],
+            )
+        yield task
+    yield {"basename": "deploy-guard", "name": None, "doc": "Take the per-host deploy lock (first step of deploy)"}
+    for host in hosts:
+        yield {
+            "basename": "deploy-guard",
+            "name": host.name,
+            "doc": f"Take the per-host deploy lock for the rest of this run ({host.name})",
+            "actions": [user_action(lambda host=host: _guard(host))],
+            "uptodate": [False],
+            "verbosity": 0,
         }

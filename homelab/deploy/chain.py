@@ -1,0 +1,137 @@
+"""The deploy chain as users run it: doit in-process for one host, a thread pool for ``all``.
+
+``homelab deploy HOST`` and ``doit deploy host=HOST`` run the same doit graph
+(lock -> fetch -> source/build -> plan -> render -> install -> verify); each stage's task is
+skipped when its inputs did not change. Remote hosts sync and run that graph on the remote.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import HomelabError
+from ..inventory import ResolvedHost, list_hosts, load_host
+from ..settings import CHECKOUT, inventory_dir, state_dir
+from . import remote
+from .hostlock import lock_host
+from .paths import HostPaths
+
+#: Doit variables the deploy tasks understand (passed as ``name=value`` words).
+VARIABLES = ("frozen", "dry", "service", "root", "verify", "local")
+
+
+def staged_dir(host: ResolvedHost) -> Path:
+    """Where the render stage leaves the host's rendered files (its staging directory)."""
+    try:
+        from ..render import staging_dir  # type: ignore[attr-defined]
+    except ImportError:
+        return state_dir() / "hosts" / host.name / "rendered"
+    return Path(staging_dir(host.name))
+
+
+def is_remote(host: ResolvedHost) -> bool:
+    return host.host.address != "local"
+
+
+def run_doit(args: list[str]) -> int:
+    """Run doit in this process on homelab's task graph (``dodo.py`` semantics, no dodo file)."""
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    from .. import tasks
+    from ..tasks.config import DOIT_CONFIG
+
+    namespace = {name: getattr(tasks, name) for name in tasks.__all__}
+    namespace["DOIT_CONFIG"] = DOIT_CONFIG
+    return DoitMain(ModuleTaskLoader(namespace)).run(args)
+
+
+def doit_words(name: str, **variables: str | bool | None) -> list[str]:
+    words = ["deploy", f"host={name}"]
+    for key, value in variables.items():
+        if value is None or value is False:
+            continue
+        words.append(f"{key}={'1' if value is True else value}")
+    return words
+
+
+def deploy_remote(host: ResolvedHost, args: list[str], say=print) -> int:
+    """Sync, then ``homelab deploy HOST --local ARGS`` on the remote, streaming its output."""
+    address = remote.SSHAddress.parse(host.host.address)
+    # the remote side locks its own deploy; this one keeps two syncs from interleaving
+    with lock_host(HostPaths.for_host(host.name)):
+        remote.sync(address, host.inventory, say)
+        code = remote.run_homelab(address, ["deploy", host.name, "--local", *args], say)
+        if "--dry-run" not in args:
+            remote.fetch_back_lock(address, host.name, host.lock_file, say)
+    return code
+
+
+@dataclass
+class HostResult:
+    host: str
+    code: int
+    seconds: float
+    last_line: str
+
+
+def deploy_all(names: list[str], args: list[str], jobs: int | None = None) -> list[HostResult]:
+    """Deploy each host in its own ``homelab deploy`` process, in parallel, output prefixed."""
+    width = max((len(n) for n in names), default=4)
+
+    def one(name: str) -> HostResult:
+        started = time.monotonic()
+        last = ""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "homelab.cli", "deploy", name, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=os.getcwd(),
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),
+                "PYTHONUNBUFFERED": "1",  # lines arrive as they are printed
+            },
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.strip():
+                last = line
+            sys.stdout.write(f"[{name:<{width}}] {line}\n")
+            sys.stdout.flush()
+        return HostResult(name, proc.wait(), time.monotonic() - started, last)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or len(names) or 1) as pool:
+        return list(pool.map(one, names))
+
+
+def summary_table(results: list[HostResult]) -> str:
+    width = max([len(r.host) for r in results] + [4])
+    lines = [f"{'host':<{width}}  result  time     last line", f"{'-' * width}  ------  -------  ---------"]
+    for r in results:
+        status = "ok" if r.code == 0 else f"exit {r.code}"
+        lines.append(f"{r.host:<{width}}  {status:<6}  {r.seconds:6.1f}s  {r.last_line[:80]}")
+    return "\n".join(lines)
+
+
+def all_hosts(inventory: Path | None = None) -> list[str]:
+    return list_hosts(inventory or inventory_dir())
+
+
+def load(name: str) -> ResolvedHost:
+    inventory = inventory_dir()
+    known = list_hosts(inventory)
+    if name not in known:
+        raise HomelabError(
+            f"unknown host {name!r} in {inventory}/hosts; known hosts: {', '.join(known) or '(none)'}"
+        )
+    return load_host(name, inventory)

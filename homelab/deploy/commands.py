@@ -1,0 +1,247 @@
+"""``homelab deploy | generations | rollback | stop | status | bootstrap`` and ``homelab bench deploy``."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ..errors import HomelabError
+from ..settings import CHECKOUT
+from . import remote
+from .chain import all_hosts, deploy_all, deploy_remote, doit_words, is_remote, load, run_doit, summary_table
+from .generations import GenerationStore
+from .installer import Deployer, Options, Target, format_generations
+from .paths import HostPaths
+from .verify import LEVELS
+
+
+def _add_host_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("host", help="host name (hosts/<host>.yaml)")
+    parser.add_argument("--local", action="store_true", help="act here even if the host's address is ssh://")
+
+
+def _deployer(args: argparse.Namespace) -> Deployer:
+    host = load(args.host)
+    options = Options(root=getattr(args, "root", None), verify=getattr(args, "verify", None) or "completion")
+    return Deployer(Target.from_host(host, service=getattr(args, "service", None)), options)
+
+
+def _remote_or_none(args: argparse.Namespace, command: list[str]) -> int | None:
+    """Run the command on the host's remote when it has one (and --local was not given)."""
+    host = load(args.host)
+    if args.local or not is_remote(host):
+        return None
+    return remote.run_homelab(remote.SSHAddress.parse(host.host.address), [*command, "--local"])
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    passthrough = []
+    if args.frozen:
+        passthrough.append("--frozen")
+    if args.dry_run:
+        passthrough.append("--dry-run")
+    if args.service:
+        passthrough += ["--service", args.service]
+    if args.verify:
+        passthrough += ["--verify", args.verify]
+    if args.host == "all":
+        names = all_hosts()
+        results = deploy_all(names, passthrough, jobs=args.jobs)
+        print(summary_table(results))
+        return 1 if any(r.code for r in results) else 0
+    host = load(args.host)
+    if is_remote(host) and not args.local:
+        if args.rendered:
+            address = remote.SSHAddress.parse(host.host.address)
+            remote.sync(address, host.inventory)
+            rendered = Path(args.rendered).resolve()
+            remote.sync_tree(address, rendered, sorted(p.name for p in rendered.iterdir()), f"rendered/{host.name}")
+            return remote.run_homelab(
+                address, ["deploy", host.name, "--local", "--rendered", f"rendered/{host.name}", *passthrough]
+            )
+        return deploy_remote(host, passthrough)
+    if args.rendered:
+        if args.dry_run:
+            raise HomelabError("--dry-run with --rendered: compare with `diff -ru DIR current` instead")
+        report = _deployer(args).install(Path(args.rendered))
+        print(report.line())
+        return 0
+    words = doit_words(
+        host.name,
+        frozen=args.frozen,
+        dry=args.dry_run,
+        service=args.service,
+        root=args.root,
+        verify=args.verify,
+        local=args.local,
+    )
+    return run_doit(words)
+
+
+def cmd_generations(args: argparse.Namespace) -> int:
+    code = _remote_or_none(args, ["generations", args.host])
+    if code is not None:
+        return code
+    load(args.host)
+    print(format_generations(GenerationStore(HostPaths.for_host(args.host))))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    code = _remote_or_none(args, ["rollback", args.host, *([str(args.generation)] if args.generation else [])])
+    if code is not None:
+        return code
+    report = _deployer(args).rollback(args.generation)
+    print(report.line())
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    code = _remote_or_none(args, ["stop", args.host])
+    if code is not None:
+        return code
+    deployer = _deployer(args)
+    deployer.stop()
+    print(deployer.status())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    code = _remote_or_none(args, ["status", args.host])
+    if code is not None:
+        return code
+    deployer = _deployer(args)
+    print(deployer.status())
+    return 0 if deployer.service.alive() else 3
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    host = load(args.host)
+    if not is_remote(host):
+        raise HomelabError(
+            f"host {host.name!r} is local (address: local): bootstrap prepares ssh:// hosts; "
+            "here, `pip install -e .` in the checkout is all it takes"
+        )
+    return remote.bootstrap(
+        remote.SSHAddress.parse(host.host.address), host.inventory, host.host.backend, deps=not args.no_deps
+    )
+
+
+# ---- bench
+
+
+def _timed_deploy(host: str, extra: list[str]) -> tuple[float, int, str]:
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "doit", "-f", str(CHECKOUT / "dodo.py"), "deploy", f"host={host}", *extra],
+        capture_output=True,
+        text=True,
+        cwd=CHECKOUT,
+    )
+    return time.monotonic() - started, out.returncode, (out.stdout + out.stderr).strip()
+
+
+def _edit_profile(recipe_file: Path) -> str:
+    """Change one profile parameter of a recipe (what a user tuning sampling does)."""
+    data = yaml.safe_load(recipe_file.read_text())
+    profiles = data.setdefault("profiles", {})
+    if profiles:
+        name = next(iter(profiles))
+        params = profiles[name] or {}
+        params["temperature"] = round(float(params.get("temperature", 0.7)) + 0.01, 3)
+        profiles[name] = params
+        what = f"profile {name}: temperature -> {params['temperature']}"
+    else:
+        profiles["bench"] = {"temperature": 0.5}
+        what = "added profile bench"
+    recipe_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    return what
+
+
+def cmd_bench_deploy(args: argparse.Namespace) -> int:
+    extra = [f"service={args.service}"] if args.service else []
+    elapsed, code, out = _timed_deploy(args.host, extra)
+    print(f"warm-up deploy: {elapsed:.2f} s (exit {code})")
+    if code != 0:
+        print(out[-2000:])
+        return code
+    times = []
+    for _ in range(args.n):
+        elapsed, code, out = _timed_deploy(args.host, extra)
+        if code != 0:
+            print(out[-2000:])
+            return code
+        times.append(elapsed)
+    print(
+        f"no-op `doit deploy host={args.host}`: median {statistics.median(times):.2f} s "
+        f"(min {min(times):.2f}, max {max(times):.2f}, n={len(times)})"
+    )
+    if args.no_edit:
+        return 0
+    host = load(args.host)
+    if not host.models or host.models[0].recipe_file is None:
+        print("no recipe file to edit: skipping the edit measurement")
+        return 0
+    recipe_file = host.models[0].recipe_file
+    original = recipe_file.read_bytes()
+    backup = recipe_file.with_name(f".{recipe_file.name}.bench-backup")
+    shutil.copyfile(recipe_file, backup)
+    try:
+        what = _edit_profile(recipe_file)
+        elapsed, code, out = _timed_deploy(args.host, extra)
+        action = next((line for line in out.splitlines() if " -> " in line and "generation" in line), "")
+        print(f"after one recipe edit ({recipe_file.name}, {what}): {elapsed:.2f} s (exit {code}) {action}")
+    finally:
+        recipe_file.write_bytes(original)
+        backup.unlink(missing_ok=True)
+    elapsed, code, _ = _timed_deploy(args.host, extra)
+    print(f"restored {recipe_file.name} and redeployed: {elapsed:.2f} s (exit {code})")
+    return 0
+
+
+def register(cli) -> None:  # type: ignore[no-untyped-def]
+    p = cli.command("deploy", cmd_deploy, "run the whole chain for a host (or `all`): fetch, build, render, install, verify")
+    p.add_argument("host", help="host name, or `all` for every host in parallel")
+    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    p.add_argument("--frozen", action="store_true", help="the lockfile must not change (CI)")
+    p.add_argument("--local", action="store_true", help="run the chain here even if the host is ssh://")
+    p.add_argument("--service", choices=["user", "system", "none", "auto"], help="override runtime.service")
+    p.add_argument("--root", help="install unit files below this root prefix (tests); also HOMELAB_ROOT")
+    p.add_argument("--verify", choices=LEVELS, help="health | models | completion (default)")
+    p.add_argument("--rendered", help="install this rendered directory instead of running the chain")
+    p.add_argument("-j", "--jobs", type=int, help="parallel hosts for `all` (default: all at once)")
+
+    p = cli.command("generations", cmd_generations, "list a host's deployed generations (* = current)")
+    _add_host_options(p)
+
+    p = cli.command("rollback", cmd_rollback, "switch a host back to an earlier generation and restart/reload")
+    _add_host_options(p)
+    p.add_argument("generation", nargs="?", type=int, help="generation number (default: the previous good one)")
+    p.add_argument("--service", choices=["user", "system", "none", "auto"], help="override runtime.service")
+    p.add_argument("--root", help="root prefix for unit files (tests)")
+
+    for name, handler, text in (
+        ("stop", cmd_stop, "stop a host's service"),
+        ("status", cmd_status, "is a host's service running, and which generation is current"),
+    ):
+        p = cli.command(name, handler, text)
+        _add_host_options(p)
+        p.add_argument("--service", choices=["user", "system", "none", "auto"], help="override runtime.service")
+        p.add_argument("--root", help="root prefix for unit files (tests)")
+
+    p = cli.command("bootstrap", cmd_bootstrap, "prepare a fresh ssh:// host: venv with homelab, build tools checked")
+    p.add_argument("host")
+    p.add_argument("--no-deps", action="store_true", help="do not pip-install homelab's dependencies")
+
+    p = cli.benchmark("deploy", cmd_bench_deploy, "time a no-op `doit deploy` (median of N) and one after a recipe edit")
+    p.add_argument("--host", default="local")
+    p.add_argument("-n", type=int, default=5, help="no-op runs to take the median of")
+    p.add_argument("--service", choices=["user", "system", "none", "auto"])
+    p.add_argument("--no-edit", action="store_true", help="only the no-op measurement")

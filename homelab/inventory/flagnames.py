@@ -1,0 +1,55 @@
+"""The early, static check of ``server:`` flag names: a typo catcher run while loading YAML.
+
+It compares names against a snapshot of ``llama-server --help`` long flags for the host's
+llama.cpp ref (``homelab/llamacpp/server_flags_<ref>.txt``, one name per line, no dashes).
+The authoritative check against the binary actually built belongs to the llama.cpp stage
+(:mod:`homelab.llamacpp.flags`); this one only needs the YAML, so a typo fails at ``homelab
+validate`` instead of after a 10-minute build. Without a snapshot for the ref the check is skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+SNAPSHOT_DIR = Path(__file__).resolve().parent.parent / "llamacpp"
+DEFAULT_REF = "b11434"
+"""The build the example inventory and the default ``llama_cpp.ref`` use."""
+
+RESERVED = {
+    "model": "homelab passes the model file from the lock (set `source:` in the recipe)",
+    "model-url": "homelab passes the model file from the lock (set `source:` in the recipe)",
+    "mmproj": "homelab passes the projector from the lock (set `source.hf.mmproj` in the recipe)",
+    "hf-repo": "homelab downloads the model itself (set `source.hf` in the recipe)",
+    "hf-file": "homelab downloads the model itself (set `source.hf` in the recipe)",
+    "port": "homelab assigns each backend its port (pin one with the model entry's `port:`)",
+    "host": "homelab binds backends to 127.0.0.1 behind the supervisor (set `runtime.listen`)",
+}
+"""Flags homelab sets itself for every backend: a recipe that sets them would fight the render."""
+
+
+def snapshot_path(ref: str) -> Path | None:
+    """The snapshot for ``ref`` (a ``bNNNN`` build tag), if one ships with homelab."""
+    if not re.fullmatch(r"b\d+", ref):
+        return None
+    path = SNAPSHOT_DIR / f"server_flags_{ref}.txt"
+    return path if path.is_file() else None
+
+
+@functools.cache
+def _read(path: Path, mtime_ns: int) -> frozenset[str]:
+    names = set()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            names.add(line.lstrip("-"))
+    return frozenset(names)
+
+
+def known_flags(ref: str) -> frozenset[str] | None:
+    """Long flag names llama-server ``ref`` accepts, or None when no snapshot exists for it."""
+    path = snapshot_path(ref)
+    if path is None:
+        return None
+    return _read(path, path.stat().st_mtime_ns)

@@ -1,0 +1,395 @@
+"""From a host to the cmake command line: one pure function (:func:`plan_cmake`).
+
+Inputs are plain data (backend, GPU architectures, the host's extra ``cmake`` options, the
+pinned build number and commit, the KV cache type pairs the host's recipes use, what the
+toolchain probe found); the output is a :class:`CMakePlan` whose ``defines`` and ``env`` are
+part of the build key. Things that do not change the binary (ccache, the generator, ``-j``)
+are kept apart so that installing ccache does not trigger a rebuild.
+
+Options that upstream renamed or removed are chosen from one table, :data:`OPTION_CHANGES`,
+by the pinned build number; when the source tree is at hand we read the options it declares
+(:func:`declared_options`) and trust that over the table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import HomelabError
+
+Backend = Literal["hip", "cuda", "vulkan", "cpu"]
+
+
+class ToolchainError(HomelabError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Options that changed names across llama.cpp versions
+
+
+@dataclass(frozen=True)
+class OptionChange:
+    old: str
+    new: str | None
+    """The replacement (None: removed without one)."""
+    since: int
+    """First build number with the new spelling."""
+    exact: bool
+    """Whether ``since`` was checked against the tree; else it is an estimate and the tree wins."""
+    note: str
+
+
+OPTION_CHANGES: tuple[OptionChange, ...] = (
+    OptionChange(
+        old="GGML_CUDA_FA_ALL_QUANTS",
+        new="GGML_CUDA_FA_QUANTS",
+        since=11200,
+        exact=False,
+        note="K-V pairs to compile FlashAttention for ('q4_0-q4_0;q8_0-q8_0' or 'all'); "
+        "b11434 still accepts the old boolean as a deprecated alias for 'all'",
+    ),
+    OptionChange(
+        old="GGML_HIP_ROCWMMA_FATTN",
+        new=None,
+        since=10500,
+        exact=False,
+        note="rocWMMA FlashAttention was folded into the regular HIP kernels (absent in b11434)",
+    ),
+)
+
+FA_TYPES = ("f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+"""KV cache types the CUDA/HIP FlashAttention kernels are compiled for (ggml/cmake/common.cmake)."""
+FA_DEFAULT_PAIRS = ("q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16")
+"""What upstream compiles by default (old trees: the same four without ALL_QUANTS)."""
+
+
+def declared_options(tree: Path) -> frozenset[str]:
+    """Every ``option(NAME`` / ``set(NAME ... CACHE`` in the top and ggml CMakeLists of ``tree``."""
+    texts = []
+    for rel in CMAKE_FILES:
+        try:
+            texts.append((tree / rel).read_text(errors="replace"))
+        except OSError:
+            continue
+    return declared_in(texts)
+
+
+CMAKE_FILES = ("CMakeLists.txt", "ggml/CMakeLists.txt")
+
+
+def declared_in(texts: Iterable[str]) -> frozenset[str]:
+    names: set[str] = set()
+    for text in texts:
+        names.update(re.findall(r"^\s*option\s*\(\s*([A-Z0-9_]+)", text, re.M))
+        names.update(re.findall(r"^\s*set\s*\(\s*([A-Z0-9_]+)\s[^)]*\bCACHE\b", text, re.M))
+    return frozenset(names)
+
+
+def _has(option: OptionChange, name: str, build_number: int, declared: frozenset[str] | None) -> bool:
+    """Whether the pinned tree knows ``name`` (one of ``option``'s spellings)."""
+    if declared:
+        return name in declared
+    return build_number >= option.since if name == option.new else build_number < option.since
+
+
+# --------------------------------------------------------------------------------------------
+# Toolchain
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """What the build needs, as found on this machine (:func:`probe_toolchain`)."""
+
+    cmake: str | None = None
+    cxx: str | None = None
+    ninja: str | None = None
+    ccache: str | None = None
+    hipconfig: str | None = None
+    hip_clang_dir: str | None = None
+    """``hipconfig -l``: the directory of ROCm's clang."""
+    hip_path: str | None = None
+    """``hipconfig -R``: the ROCm root."""
+    nvcc: str | None = None
+    glslc: str | None = None
+    vulkan_headers: bool = False
+
+
+def _which(name: str, *extra_dirs: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in extra_dirs:
+        if os.access(Path(d) / name, os.X_OK):
+            return str(Path(d) / name)
+    return None
+
+
+def _output(cmd: list[str]) -> str | None:
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+
+
+def probe_toolchain(backend: Backend) -> Toolchain:
+    """Look for the tools ``backend`` needs (only those: no hipconfig call on a CUDA box)."""
+    found: dict[str, object] = {
+        "cmake": _which("cmake"),
+        "cxx": _which("c++") or _which("g++") or _which("clang++"),
+        "ninja": _which("ninja"),
+        "ccache": _which("ccache"),
+    }
+    if backend == "hip":
+        hipconfig = _which("hipconfig", "/opt/rocm/bin")
+        found["hipconfig"] = hipconfig
+        if hipconfig:
+            found["hip_clang_dir"] = _output([hipconfig, "-l"])
+            found["hip_path"] = _output([hipconfig, "-R"])
+    elif backend == "cuda":
+        found["nvcc"] = _which("nvcc", "/usr/local/cuda/bin", "/opt/cuda/bin")
+    elif backend == "vulkan":
+        found["glslc"] = _which("glslc")
+        found["vulkan_headers"] = any(
+            Path(d, "vulkan", "vulkan.h").is_file()
+            for d in ("/usr/include", "/usr/local/include", os.environ.get("VULKAN_SDK", "/nonexistent") + "/include")
+        )
+    return Toolchain(**found)  # type: ignore[arg-type]
+
+
+def missing_tools(backend: Backend, tools: Toolchain) -> list[str]:
+    """What to install before building for ``backend`` (Debian/Ubuntu package names)."""
+    missing: list[str] = []
+    if not tools.cmake:
+        missing.append("cmake (apt install cmake)")
+    if not tools.cxx:
+        missing.append("a C/C++ compiler (apt install build-essential)")
+    if backend == "hip" and not (tools.hipconfig and tools.hip_clang_dir and tools.hip_path):
+        missing.append(
+            "ROCm >= 6.1 with hipconfig/hipcc (apt install hipcc libamdhip64-dev libhipblas-dev "
+            "librocblas-dev, or AMD's rocm-dev; /opt/rocm/bin is searched too)"
+        )
+    if backend == "cuda" and not tools.nvcc:
+        missing.append("the CUDA toolkit with nvcc (apt install nvidia-cuda-toolkit, or NVIDIA's cuda-toolkit; /usr/local/cuda/bin is searched too)")
+    if backend == "vulkan":
+        if not tools.glslc:
+            missing.append("glslc (apt install glslc)")
+        if not tools.vulkan_headers:
+            missing.append("Vulkan headers and loader (apt install libvulkan-dev spirv-headers)")
+    return missing
+
+
+def require_toolchain(backend: Backend, tools: Toolchain, host: str = "") -> None:
+    missing = missing_tools(backend, tools)
+    if missing:
+        who = f"host {host!r} " if host else ""
+        raise ToolchainError(
+            f"cannot build llama.cpp for {who}backend {backend}: missing " + "; ".join(missing)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class CMakePlan:
+    defines: dict[str, str]
+    """``-D`` options that shape the binary (part of the build key), in command-line order."""
+    env: dict[str, str]
+    """Environment for configure that shapes the binary (HIPCXX, HIP_PATH, CUDACXX)."""
+    incidental: dict[str, str] = field(default_factory=dict)
+    """``-D`` options that do not change the binary (GGML_CCACHE): not in the key."""
+    generator: str | None = None
+    targets: tuple[str, ...] = ("llama-server",)
+    jobs: int = 1
+    notes: tuple[str, ...] = ()
+    """What the plan changed or assumed, for the log (a renamed option, no GPU arch given)."""
+
+    def configure_command(self, source: Path, build: Path) -> list[str]:
+        cmd = ["cmake", "-S", str(source), "-B", str(build)]
+        if self.generator:
+            cmd += ["-G", self.generator]
+        cmd += [f"-D{k}={v}" for k, v in {**self.defines, **self.incidental}.items()]
+        return cmd
+
+    def build_command(self, build: Path) -> list[str]:
+        return ["cmake", "--build", str(build), "--config", "Release", "-j", str(self.jobs), "--target", *self.targets]
+
+    def key_material(self) -> dict[str, object]:
+        return {"defines": self.defines, "env": self.env, "targets": list(self.targets)}
+
+
+def _cmake_value(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "ON" if value else "OFF"
+    return str(value)
+
+
+def cuda_arch(arch: str) -> str:
+    """``86``, ``sm_86``, ``8.6`` -> ``86`` (CMAKE_CUDA_ARCHITECTURES spelling)."""
+    text = arch.strip().lower().removeprefix("sm_").removeprefix("compute_")
+    if re.fullmatch(r"\d+\.\d", text):
+        text = text.replace(".", "")
+    if not re.fullmatch(r"\d{2,3}[a-z]?", text):
+        raise ToolchainError(f"gpus[].arch {arch!r} is not a CUDA architecture like 86, sm_89 or 8.6")
+    return text
+
+
+def hip_arch(arch: str) -> str:
+    text = arch.strip().lower()
+    if not re.fullmatch(r"gfx[0-9a-f]{3,4}(:[a-z+-]+)*", text):
+        raise ToolchainError(f"gpus[].arch {arch!r} is not an AMD GPU target like gfx1100")
+    return text
+
+
+def kv_pairs_of(servers: Iterable[Mapping[str, object]]) -> frozenset[tuple[str, str]]:
+    """The (K type, V type) pairs that recipes' server flags use (f16 when unset)."""
+    pairs = set()
+    for server in servers:
+        k = server.get("cache-type-k") or server.get("ctk") or "f16"
+        v = server.get("cache-type-v") or server.get("ctv") or "f16"
+        pairs.add((str(k).lower(), str(v).lower()))
+    return frozenset(pairs)
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def plan_cmake(
+    *,
+    backend: Backend,
+    gpu_archs: Iterable[str | None] = (),
+    build_number: int,
+    commit: str,
+    cmake_extra: Mapping[str, str | int | bool] | None = None,
+    kv_pairs: Iterable[tuple[str, str]] = (),
+    targets: Iterable[str] = (),
+    jobs: int | None = None,
+    tools: Toolchain | None = None,
+    declared: frozenset[str] | None = None,
+) -> CMakePlan:
+    """The cmake configure/build plan for one host. Pure: same inputs, same plan."""
+    tools = tools or Toolchain()
+    notes: list[str] = []
+    archs = [a for a in gpu_archs if a]
+    wanted_targets = tuple(_unique(["llama-server", *targets]))
+
+    defines: dict[str, str] = {
+        "CMAKE_BUILD_TYPE": "Release",
+        "BUILD_SHARED_LIBS": "OFF",
+        # offline and reproducible: no UI download, version info injected (tarballs have no .git)
+        "LLAMA_USE_PREBUILT_UI": "OFF",
+        "LLAMA_BUILD_NUMBER": str(build_number),
+        "LLAMA_BUILD_COMMIT": commit[:7],
+        "LLAMA_BUILD_TESTS": "OFF",
+        "LLAMA_BUILD_EXAMPLES": "OFF",
+    }
+    env: dict[str, str] = {}
+
+    if backend == "hip":
+        defines["GGML_HIP"] = "ON"
+        if archs:
+            defines["GPU_TARGETS"] = ";".join(_unique(hip_arch(a) for a in archs))
+        else:
+            notes.append("no gpus[].arch given: building for the AMD GPUs present on this machine")
+        if tools.hip_clang_dir:
+            env["HIPCXX"] = f"{tools.hip_clang_dir}/clang"
+        if tools.hip_path:
+            env["HIP_PATH"] = tools.hip_path
+    elif backend == "cuda":
+        defines["GGML_CUDA"] = "ON"
+        if archs:
+            defines["CMAKE_CUDA_ARCHITECTURES"] = ";".join(_unique(cuda_arch(a) for a in archs))
+        else:
+            notes.append("no gpus[].arch given: CUDA builds for the GPUs present (slow, large)")
+        if tools.nvcc and not shutil.which("nvcc"):
+            env["CUDACXX"] = tools.nvcc
+    elif backend == "vulkan":
+        defines["GGML_VULKAN"] = "ON"
+
+    if "rpc-server" in wanted_targets:
+        defines["GGML_RPC"] = "ON"
+
+    if backend in ("cuda", "hip"):
+        _flash_attention_quants(defines, kv_pairs, build_number, declared, notes)
+
+    for name, value in (cmake_extra or {}).items():
+        _apply_extra(defines, name, _cmake_value(value), build_number, declared, notes)
+
+    incidental = {"GGML_CCACHE": "ON" if tools.ccache else "OFF"}
+    return CMakePlan(
+        defines=defines,
+        env=env,
+        incidental=incidental,
+        generator="Ninja" if tools.ninja else None,
+        targets=wanted_targets,
+        jobs=jobs or os.cpu_count() or 1,
+        notes=tuple(notes),
+    )
+
+
+def _fa_change() -> OptionChange:
+    return next(c for c in OPTION_CHANGES if c.old == "GGML_CUDA_FA_ALL_QUANTS")
+
+
+def _flash_attention_quants(
+    defines: dict[str, str],
+    kv_pairs: Iterable[tuple[str, str]],
+    build_number: int,
+    declared: frozenset[str] | None,
+    notes: list[str],
+) -> None:
+    """Compile the FlashAttention kernels for the KV pairs recipes use (else: silent f16 fallback)."""
+    used = sorted({f"{k}-{v}" for k, v in kv_pairs if k in FA_TYPES and v in FA_TYPES})
+    extra = [p for p in used if p not in FA_DEFAULT_PAIRS]
+    change = _fa_change()
+    if change.new and _has(change, change.new, build_number, declared):
+        defines[change.new] = ";".join([*FA_DEFAULT_PAIRS, *extra])
+    elif extra:
+        defines[change.old] = "ON"
+        notes.append(f"KV pairs {', '.join(extra)} need {change.old}=ON in this build (compiles every pair)")
+
+
+def _apply_extra(
+    defines: dict[str, str],
+    name: str,
+    value: str,
+    build_number: int,
+    declared: frozenset[str] | None,
+    notes: list[str],
+) -> None:
+    """A host's own ``cmake:`` option, translated when the pinned build spells it differently."""
+    for change in OPTION_CHANGES:
+        if name == change.old and change.new is None and not _has(change, change.old, build_number, declared):
+            notes.append(f"dropped {name}: {change.note}")
+            return
+        if name == change.old and change.new and not _has(change, change.old, build_number, declared):
+            if change.old == "GGML_CUDA_FA_ALL_QUANTS":
+                if value == "ON":
+                    defines[change.new] = "all"
+                    notes.append(f"{name}=ON is spelled {change.new}=all in this build")
+                return
+            defines[change.new] = value
+            notes.append(f"{name} is spelled {change.new} in this build")
+            return
+        if name == change.new and change.new and not _has(change, change.new, build_number, declared):
+            if change.new == "GGML_CUDA_FA_QUANTS":
+                pairs = {p for p in re.split(r"[;,]", value.lower()) if p}
+                if value.lower() == "all" or not pairs <= set(FA_DEFAULT_PAIRS):
+                    defines[change.old] = "ON"
+                    notes.append(f"{name}={value} needs {change.old}=ON in this older build")
+                defines.pop(change.new, None)
+                return
+            defines[change.old] = value
+            return
+    defines[name] = value

@@ -1,0 +1,292 @@
+"""Which flags a llama-server build accepts, and whether recipes ask for one it does not.
+
+After a build we run ``llama-server --help`` and parse it (:func:`parse_help`) into
+:class:`AcceptedFlags`, stored beside the binary as ``flags.json``. :func:`check_flags` then
+compares a model's merged ``server`` flags against that set before anything is deployed, so a
+flag renamed upstream (``--no-mmap`` -> ``--load-mode``, ``--draft-max`` -> ``--spec-draft-n-max``)
+is an error naming the recipe, the flag and the build instead of a crash-looping backend.
+
+The help format (b11434, ``common/arg.cpp``): each option starts at column 0 with its aliases
+separated by ``", "`` (``-c,    --ctx-size N``), an optional value placeholder after the last
+alias (``N``, ``[on|off|auto]`` for an optional value, ``{none,linear,yarn}`` for choices), then
+the description from column 40 (or on the next line when the spec is long). Options that were
+removed upstream are still listed, described as "the argument has been removed"; the binary
+rejects them, and so do we.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+ValueKind = Literal["none", "required", "optional"]
+
+_FLAG = r"-{1,2}[A-Za-z0-9][A-Za-z0-9._-]*"
+# aliases joined by ", " (llama.cpp pads the short one: "-c,    --ctx-size"), then an optional
+# placeholder after exactly one space, which ends at two spaces (the description column) or EOL.
+_SPEC = re.compile(rf"^(?P<aliases>{_FLAG}(?:,\s+{_FLAG})*)(?: (?P<value>\S.*?))?(?:\s{{2,}}(?P<desc>.*))?$")
+_REMOVED = "the argument has been removed"
+_ALLOWED = re.compile(r"allowed values: (?P<values>[\w.-]+(?:, [\w.-]+)*)")
+
+
+@dataclass(frozen=True)
+class FlagInfo:
+    """One option of llama-server as ``--help`` shows it."""
+
+    name: str
+    """The canonical long name without dashes (the first long alias)."""
+    aliases: tuple[str, ...]
+    """Every spelling with its dashes, as printed (``-c``, ``--ctx-size``)."""
+    value: ValueKind
+    placeholder: str = ""
+    choices: tuple[str, ...] = ()
+    """Allowed values when the placeholder lists them (``{none,layer,row}`` or ``a,b,c``)."""
+    removed: str | None = None
+    """The upstream hint when the option is listed but rejected ("use --spec-draft-n-max ...")."""
+
+
+@dataclass(frozen=True)
+class AcceptedFlags:
+    """The flag set of one build, keyed by every long name without dashes."""
+
+    flags: dict[str, FlagInfo]
+    build: str = ""
+    """Which build this is, for messages: ``b11434 (commit abc1234)`` or a path."""
+
+    def accepts(self, name: str) -> bool:
+        info = self.flags.get(name.lstrip("-"))
+        return info is not None and info.removed is None
+
+    def long_names(self, *, include_removed: bool = False) -> list[str]:
+        return sorted(n for n, i in self.flags.items() if include_removed or i.removed is None)
+
+    def to_json(self) -> str:
+        seen: dict[str, FlagInfo] = {}
+        for info in self.flags.values():
+            seen.setdefault(info.name, info)
+        data = {"build": self.build, "options": [asdict(i) for i in seen.values()]}
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "AcceptedFlags":
+        data = json.loads(text)
+        infos = [
+            FlagInfo(
+                name=o["name"],
+                aliases=tuple(o["aliases"]),
+                value=o["value"],
+                placeholder=o.get("placeholder", ""),
+                choices=tuple(o.get("choices", ())),
+                removed=o.get("removed"),
+            )
+            for o in data["options"]
+        ]
+        return cls(flags=_index(infos), build=data.get("build", ""))
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> "AcceptedFlags":
+        return cls.from_json(path.read_text())
+
+
+def _index(infos: Iterable[FlagInfo]) -> dict[str, FlagInfo]:
+    flags: dict[str, FlagInfo] = {}
+    for info in infos:
+        for alias in info.aliases:
+            if alias.startswith("--"):
+                flags.setdefault(alias[2:], info)
+    return flags
+
+
+def _choices(placeholder: str) -> tuple[str, ...]:
+    text = placeholder.strip("[]{}")
+    if placeholder.startswith("{") or ("," in text and re.fullmatch(r"[a-z0-9_,-]+", text)):
+        return tuple(c for c in text.split(",") if c)
+    if placeholder.startswith("[") and "|" in text:
+        return tuple(text.split("|"))
+    return ()
+
+
+def parse_help(text: str, build: str = "") -> AcceptedFlags:
+    """Parse ``llama-server --help`` output into the set of options it accepts."""
+    infos: list[FlagInfo] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("-") or line.startswith("-----"):
+            continue
+        m = _SPEC.match(line.rstrip())
+        if not m:
+            continue
+        aliases = tuple(a.strip() for a in m["aliases"].split(","))
+        longs = [a for a in aliases if a.startswith("--")]
+        if not longs:
+            continue
+        placeholder = (m["value"] or "").strip()
+        value: ValueKind = "none" if not placeholder else "optional" if placeholder.startswith("[") else "required"
+        # the description: the rest of this line, else the indented lines that follow
+        desc = [m["desc"] or ""]
+        for follow in lines[i + 1 :]:
+            if not follow.startswith(" "):
+                break
+            desc.append(follow.strip())
+        description = " ".join(d for d in desc if d)
+        removed = re.sub(r"\s*\(env: \w+\)", "", description) if description.startswith(_REMOVED) else None
+        choices = _choices(placeholder)
+        if not choices and (allowed := _ALLOWED.search(description)):
+            choices = tuple(c.strip() for c in allowed["values"].split(","))
+        infos.append(
+            FlagInfo(
+                name=longs[0][2:],
+                aliases=aliases,
+                value=value,
+                placeholder=placeholder,
+                choices=choices,
+                removed=removed,
+            )
+        )
+    return AcceptedFlags(flags=_index(infos), build=build)
+
+
+# --------------------------------------------------------------------------------------------
+# Checking recipes against a build
+
+
+RENAMED = {
+    "no-mmap": "it became 'load-mode' (see `llama-server --help`)",
+    "mlock": "it became 'load-mode' (see `llama-server --help`)",
+    "draft-max": "use 'spec-draft-n-max' (or the recipe's `mtp:` key for MTP models)",
+    "draft-min": "use 'spec-draft-n-min'",
+}
+"""Upstream renames whose new name a spelling match would not find."""
+
+
+@dataclass(frozen=True)
+class FlagProblem:
+    model: str
+    flag: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_flags(
+    model: str,
+    server: Mapping[str, object],
+    accepted: AcceptedFlags,
+    *,
+    recipe_file: Path | str | None = None,
+) -> list[FlagProblem]:
+    """Every flag of ``server`` (long names without dashes) that ``accepted`` rejects.
+
+    ``model`` names the recipe/model in messages; ``recipe_file`` where to fix it. A switch
+    given a value (``metrics: 3``) or a valued flag given ``true`` is also a problem, as is a
+    value outside a listed set of choices.
+    """
+    where = f"{recipe_file}: " if recipe_file else ""
+    build = accepted.build or "the pinned llama-server"
+    problems: list[FlagProblem] = []
+    for raw, value in server.items():
+        name = raw.lstrip("-")
+        info = accepted.flags.get(name)
+        if info is None:
+            if name in RENAMED:
+                hint = f"; {RENAMED[name]}"
+            else:
+                near = difflib.get_close_matches(name, accepted.long_names(), n=1, cutoff=0.75)
+                hint = f"; did you mean '{near[0]}'?" if near else ""
+            problems.append(
+                FlagProblem(model, name, f"{where}model '{model}': server flag '{name}' is not accepted by {build}{hint}")
+            )
+            continue
+        if info.removed:
+            problems.append(
+                FlagProblem(
+                    model, name, f"{where}model '{model}': server flag '{name}' was removed in {build} ({info.removed})"
+                )
+            )
+            continue
+        if value is True and info.value == "required":
+            problems.append(
+                FlagProblem(model, name, f"{where}model '{model}': server flag '{name}' needs a value ({info.placeholder})")
+            )
+        elif value is not True and value is not None and value is not False and info.value == "none":
+            problems.append(
+                FlagProblem(
+                    model,
+                    name,
+                    f"{where}model '{model}': server flag '{name}' is a switch in {build}; write `{name}: true`",
+                )
+            )
+        elif (
+            info.choices
+            and isinstance(value, str)
+            and "," not in info.placeholder.strip("[]{}")  # comma lists take several values
+            and value not in info.choices
+        ):
+            problems.append(
+                FlagProblem(
+                    model,
+                    name,
+                    f"{where}model '{model}': server flag '{name}' value {value!r} is not one of "
+                    f"{', '.join(info.choices)} in {build}",
+                )
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# MTP (multi-token prediction) as the pinned build spells it
+
+MTP_UPSTREAM_SINCE = 9180
+"""Upstream llama.cpp build that added ``--spec-type draft-mtp`` (FACTS.md)."""
+
+
+@dataclass(frozen=True)
+class MtpSettings:
+    draft_n_max: int = 2
+    draft_n_min: int | None = None
+
+
+def mtp_flags(
+    mtp: MtpSettings | None,
+    *,
+    has_mtp_heads: bool,
+    accepted: AcceptedFlags | None = None,
+    build_number: int | None = None,
+) -> dict[str, str]:
+    """The llama-server flags (long names without dashes) that turn on MTP, or ``{}``.
+
+    Emitted only when the recipe asks for MTP and the model's GGUF has MTP heads
+    (``{arch}.nextn_predict_layers > 0``, read by the gguf stage). The spelling follows the
+    build: the ``--spec-type`` choices in its ``--help`` when known, else the build number
+    (``draft-mtp`` since b9180, ``mtp`` on older patched branches).
+    """
+    if mtp is None or not has_mtp_heads:
+        return {}
+    spec_type = "draft-mtp"
+    if accepted is not None and (info := accepted.flags.get("spec-type")) and info.choices:
+        if "draft-mtp" not in info.choices and "mtp" in info.choices:
+            spec_type = "mtp"
+    elif build_number is not None and build_number < MTP_UPSTREAM_SINCE:
+        spec_type = "mtp"
+    flags = {"spec-type": spec_type, "spec-draft-n-max": str(mtp.draft_n_max)}
+    if mtp.draft_n_min is not None:
+        flags["spec-draft-n-min"] = str(mtp.draft_n_min)
+    return flags
+
+
+def snapshot_lines(accepted: AcceptedFlags) -> list[str]:
+    """The static snapshot format: one accepted long flag name per line, no dashes, sorted."""
+    return accepted.long_names()
+

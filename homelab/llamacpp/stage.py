@@ -1,0 +1,185 @@
+"""The llama.cpp stage for one host: from the validated host and its lock to a build.
+
+The CLI (:mod:`homelab.llamacpp.commands`) and the doit tasks (:mod:`homelab.tasks.source`,
+:mod:`homelab.tasks.build`) are thin wrappers over these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ..errors import HomelabError
+from ..inventory.resolved import ResolvedHost
+from ..lock import LlamaCppPin, read_lock
+from ..settings import state_dir
+from .build import Build, BuildRequest, Builder, Planned
+from .configure import Toolchain, kv_pairs_of, probe_toolchain, require_toolchain
+from .flags import AcceptedFlags, FlagProblem, MtpSettings, check_flags, mtp_flags
+from .patches import collect
+from .pin import resolve_llama_cpp, source_spec
+from .source import SourceCache
+
+log = logging.getLogger(__name__)
+
+
+def builder() -> Builder:
+    return Builder(state_dir())
+
+
+def host_pin(host: ResolvedHost) -> tuple[LlamaCppPin, bool]:
+    """The lock's llama.cpp pin, or one resolved now (not written); and whether it was locked."""
+    lock = read_lock(host.lock_file)
+    if lock is not None and lock.llama_cpp is not None:
+        pin = lock.llama_cpp
+        spec = source_spec(host.host.llama_cpp, host.inventory)
+        if (pin.source, pin.repo, pin.ref) == (spec.kind, spec.location, spec.ref):
+            return pin, True
+        log.warning(
+            "%s: llama_cpp changed since %s was written; using it unlocked (run `homelab lock %s`)",
+            host.host_file, host.lock_file.name, host.name,
+        )
+    else:
+        log.warning("%s: no llama.cpp pin in %s yet; resolving %s now (run `homelab lock %s` to pin it)",
+                    host.name, host.lock_file.name, host.host.llama_cpp.ref, host.name)
+    return resolve_llama_cpp(host, None, update=False), False
+
+
+def build_request(host: ResolvedHost, pin: LlamaCppPin, extra_targets: Iterable[str] = ()) -> BuildRequest:
+    """What to build for ``host`` from ``pin``: local patch files are read as they are now
+    (editing one rebuilds); pull-request patches come from the cache by their pinned sha256."""
+    llama = host.host.llama_cpp
+    spec = source_spec(llama, host.inventory)
+    state = state_dir()
+    commit = pin.commit
+    if spec.kind == "path" or commit is None:
+        # a local directory is built as it is now (a fresh snapshot; the same files, the same id)
+        commit = SourceCache(state / "sources").resolve(spec).commit
+    pinned_prs = {p.ref: p.sha256 for p in pin.patches if p.ref.startswith("pr:")}
+    patches = collect(llama.patches, host.patches_dir, llama.repo, state / "patches", pinned_prs)
+    locked = {p.ref: p.sha256 for p in pin.patches}
+    now = {p.ref: p.sha256 for p in patches}
+    stale = sorted(ref for ref in locked.keys() | now.keys() if locked.get(ref) != now.get(ref))
+    if stale:
+        log.info("%s: patches changed since the lock (%s); run `homelab lock %s` to record them",
+                 host.name, ", ".join(stale), host.name)
+    label = f"b{pin.build_number}" if spec.kind != "git" or pin.ref == f"b{pin.build_number}" else pin.ref
+    return BuildRequest(
+        host=host.name,
+        source=spec,
+        commit=commit,
+        build_number=pin.build_number or 0,
+        label=label,
+        backend=host.host.backend,
+        patches=tuple(patches),
+        gpu_archs=tuple(g.arch for g in host.host.gpus if g.arch),
+        cmake_extra=dict(llama.cmake),
+        kv_pairs=kv_pairs_of(m.server for m in host.models),
+        targets=tuple(llama.targets) + tuple(extra_targets),
+        jobs=llama.jobs,
+    )
+
+
+def check_toolchain(host: ResolvedHost) -> Toolchain:
+    """The backend's tools; fails before anything is fetched or checked out when one is missing."""
+    backend = host.host.backend
+    tools = probe_toolchain(backend)
+    require_toolchain(backend, tools, host.name)
+    return tools
+
+
+def plan_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> Planned:
+    tools = check_toolchain(host)
+    pin, _locked = host_pin(host)
+    return builder().plan(build_request(host, pin, extra_targets), tools=tools)
+
+
+def prepare_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple[Planned, Path | None]:
+    """Check out and patch (the ``source`` step). None when the build is already installed."""
+    b = builder()
+    planned = plan_host(host, extra_targets)
+    if b.installed(planned.key):
+        return planned, None
+    return planned, b.prepare(planned)
+
+
+def build_host(host: ResolvedHost, extra_targets: Iterable[str] = (), *, progress: bool = True) -> tuple[Build, bool]:
+    tools = check_toolchain(host)
+    b = builder()
+    pin, _locked = host_pin(host)
+    build, built = b.build(build_request(host, pin, extra_targets), progress=progress, tools=tools)
+    write_stamp(host.name, build)
+    return build, built
+
+
+# --------------------------------------------------------------------------------------------
+# The stamp file: a small target for doit and a file_dep for later stages
+
+
+def stamp_path(host: str) -> Path:
+    return state_dir() / "builds" / "stamps" / f"{host}.json"
+
+
+def write_stamp(host: str, build: Build) -> None:
+    path = stamp_path(host)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"key": build.key, "server": str(build.server), "flags": str(build.flags_file)}, indent=1) + "\n"
+    try:
+        if path.read_text() == text:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_stamp(host: str) -> dict | None:
+    try:
+        return json.loads(stamp_path(host).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def current_build(host: str) -> Build | None:
+    """The build ``host`` uses now (what render/deploy should point at)."""
+    return builder().current(host)
+
+
+# --------------------------------------------------------------------------------------------
+# Flag compatibility of a host's models with its build
+
+
+def host_flag_problems(
+    host: ResolvedHost,
+    accepted: AcceptedFlags,
+    has_mtp_heads: Mapping[str, bool] | None = None,
+) -> list[FlagProblem]:
+    """Every model's merged ``server`` flags (plus its MTP flags) checked against ``accepted``.
+
+    ``has_mtp_heads`` maps model IDs to whether the GGUF has MTP heads (the gguf stage reads
+    ``{arch}.nextn_predict_layers``); models missing from it get no MTP flags.
+    """
+    problems: list[FlagProblem] = []
+    for model in host.models:
+        server = dict(model.server)
+        if model.mtp is not None:
+            server.update(
+                mtp_flags(
+                    MtpSettings(model.mtp.draft_n_max, model.mtp.draft_n_min),
+                    has_mtp_heads=(has_mtp_heads or {}).get(model.id, False),
+                    accepted=accepted,
+                )
+            )
+        name = f"{model.id} (recipe {model.recipe.name})" if model.recipe.name != model.id else model.id
+        problems += check_flags(name, server, accepted, recipe_file=model.recipe_file)
+    return problems
+
+
+def require_flags(host: ResolvedHost, build: Build, has_mtp_heads: Mapping[str, bool] | None = None) -> None:
+    problems = host_flag_problems(host, build.flags(), has_mtp_heads)
+    if problems:
+        raise HomelabError("; ".join(str(p) for p in problems))

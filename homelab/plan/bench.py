@@ -1,0 +1,138 @@
+"""``homelab bench plan``: our estimate beside llama.cpp's own buffer report, per term.
+
+Tiny models of several shapes are written with :mod:`homelab.gguf.tiny`, each loaded by the real
+``llama-server`` at log verbosity 4 with several settings; the buffers it reports (model, KV,
+compute, output: per buffer type, to 0.01 MiB) are compared with :func:`estimate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..gguf.facts import facts_from_file
+from ..gguf.tiny import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
+from .estimate import MIB, draft_compute_bytes, estimate, mtp_kv_bytes, settings_from_flags
+from .observe import Observed, observe_server
+
+MODELS: dict[str, TinySpec | TinyArchSpec] = {
+    "tiny-llama": TinySpec(),
+    "wide-f16": TinySpec(n_embd=512, n_head=8, n_head_kv=4, n_ff=2048, n_layer=4, dtype="f16", name="wide"),
+    "deep": TinySpec(n_embd=256, n_head=8, n_head_kv=2, n_ff=1024, n_layer=12, name="deep"),
+    "mha": TinySpec(n_embd=256, n_head=8, n_head_kv=8, n_ff=768, n_layer=6, name="mha"),
+    "gemma3-swa": TinyArchSpec(arch="gemma3", n_embd=256, n_head=8, n_head_kv=4, n_ff=1024, n_layer=12, sliding_window=512),
+    "qwen3moe": TinyArchSpec(arch="qwen3moe", n_embd=256, n_head=8, n_head_kv=4, n_layer=6, n_expert=16, n_expert_used=4, n_ff_exp=256),
+    "qwen35-hybrid": TinyArchSpec(arch="qwen35", n_embd=256, n_head=8, n_head_kv=2, n_ff=768, n_layer=12,
+                                  ssm_state=64, ssm_groups=2, ssm_v_heads=8),
+    "qwen35-mtp": TinyArchSpec(arch="qwen35", n_embd=256, n_head=8, n_head_kv=2, n_ff=768, n_layer=8,
+                               ssm_state=64, ssm_groups=2, ssm_v_heads=8, mtp_layers=1),
+    "deepseek2-mla": TinyArchSpec(arch="deepseek2", n_embd=256, n_head=16, kv_lora_rank=128, n_layer=6,
+                                  n_expert=16, n_expert_used=4, n_ff_exp=128, n_ff=768),
+}
+
+EXTRA_SETTINGS: dict[str, dict[str, dict[str, object]]] = {
+    # MTP: the draft context (KV of the MTP layer, its own compute buffer) and the hybrid state's
+    # rollback snapshots, with llama-server's own draft-mtp speculative decoding
+    "qwen35-mtp": {
+        "ctx8k mtp n3": {"ctx-size": 8192, "spec-type": "draft-mtp", "spec-draft-n-max": 3},
+        "ctx16k q8 mtp n2": {"ctx-size": 16384, "cache-type-k": "q8_0", "cache-type-v": "q8_0",
+                             "spec-type": "draft-mtp", "spec-draft-n-max": 2, "parallel": 1},
+    },
+}
+
+
+def write_model(path: Path, spec: TinySpec | TinyArchSpec) -> Path:
+    if isinstance(spec, TinyArchSpec):
+        return write_tiny_arch(path, spec)
+    return write_tiny_llama(path, spec)
+
+SETTINGS: dict[str, dict[str, object]] = {
+    "ctx4k f16": {"ctx-size": 4096},
+    "ctx16k q8_0": {"ctx-size": 16384, "cache-type-k": "q8_0", "cache-type-v": "q8_0", "flash-attn": "on"},
+    "ctx8k q4_0 np2": {"ctx-size": 8192, "cache-type-k": "q4_0", "cache-type-v": "q4_0", "flash-attn": "on", "parallel": 2},
+    "ctx4k fa-off": {"ctx-size": 4096, "flash-attn": "off", "parallel": 1},
+    "ctx6000 ub128": {"ctx-size": 6000, "ubatch-size": 128, "parallel": 1},
+}
+
+TERMS = ("weights", "kv", "state", "compute", "total")
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    setting: str
+    ours: dict[str, int]
+    theirs: dict[str, int]
+
+    def error(self, term: str) -> float:
+        t = self.theirs[term]
+        return (self.ours[term] - t) / t if t else 0.0
+
+
+def _theirs(obs: Observed) -> dict[str, int]:
+    return {
+        "weights": obs.total(obs.model),
+        "kv": obs.total(obs.kv),
+        "state": obs.total(obs.recurrent),
+        "compute": obs.total(obs.compute),
+        "total": obs.all_total,
+    }
+
+
+def server_binary(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("HOMELAB_TEST_LLAMA_SERVER")
+    if env:
+        return Path(env)
+    from ..llamacpp.testing import build_test_server
+
+    return build_test_server()
+
+
+def compare(server: Path, workdir: Path) -> list[Row]:
+    rows: list[Row] = []
+    for name, spec in MODELS.items():
+        path = write_model(workdir / f"{name}.gguf", spec)
+        facts = facts_from_file(path)
+        for setting, flags in {**SETTINGS, **EXTRA_SETTINGS.get(name, {})}.items():
+            obs = observe_server(server, path, {**flags, "no-repack": True})
+            settings = settings_from_flags(flags)
+            est = estimate(facts, settings)
+            # llama.cpp reports the draft context's KV and compute buffers with the others
+            draft_kv = mtp_kv_bytes(facts, settings, est.geometry) if settings.mtp else 0
+            draft_compute = draft_compute_bytes(facts, settings, est.geometry) if settings.mtp else 0
+            ours = {"weights": est.weights, "kv": est.kv + draft_kv, "state": est.recurrent,
+                    "compute": est.compute + draft_compute, "total": est.buffers}
+            rows.append(Row(name, setting, ours, _theirs(obs)))
+    return rows
+
+
+def run_bench(server: str | None, *, as_json: bool = False) -> int:
+    import logging
+
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's "Writing the following files"
+    binary = server_binary(server)
+    with tempfile.TemporaryDirectory(prefix="homelab-bench-plan-") as tmp:
+        rows = compare(binary, Path(tmp))
+    if as_json:
+        print(json.dumps([{"model": r.model, "setting": r.setting, "ours": r.ours, "llama_cpp": r.theirs} for r in rows], indent=2))
+        return 0
+    print(f"llama-server: {binary}")
+    print("MiB ours / llama.cpp (error %)")
+    header = f"{'model':<13} {'setting':<15}" + "".join(f" {t:>26}" for t in TERMS)
+    print(header)
+    worst = {t: 0.0 for t in TERMS}
+    for r in rows:
+        cells = []
+        for t in TERMS:
+            e = r.error(t)
+            worst[t] = max(worst[t], abs(e))
+            cells.append(f" {r.ours[t] / MIB:9.2f} /{r.theirs[t] / MIB:9.2f} ({e * 100:+5.1f}%)")
+        print(f"{r.model:<13} {r.setting:<15}" + "".join(cells))
+    print("worst |error|: " + ", ".join(f"{t} {worst[t] * 100:.1f}%" for t in TERMS))
+    print("targets: weights, kv and state 1%, compute 15%, total 5%")
+    return 0

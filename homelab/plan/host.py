@@ -1,0 +1,457 @@
+"""The VRAM plan of one host: every model alone and every resident set against the budget.
+
+Pure: it takes the resolved host and a way to get each model's facts, and returns a
+:class:`HostPlan` (written as ``$HOMELAB_STATE/plans/<host>.json``, the contract the renderer and
+the supervisor read). ``ctx-size: auto`` (or ``max``) is chosen here: the largest context with
+which the model fits alone and in every set alternative it belongs to (the tightest wins; auto
+models sharing an alternative split its free room evenly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import HomelabError
+from ..gguf.facts import ModelFacts
+from ..inventory.resolved import ResolvedHost, ResolvedModel
+from .estimate import CPU, MIB, Estimate, EstimateError, Settings, estimate, settings_from_flags
+
+AUTO_CTX = ("auto", "max")
+MIN_CTX = 256
+DEFAULT_CTX_CAP = 262144
+"""Upper bound for ``ctx-size: auto`` when the model does not state its training context."""
+
+
+class PlanError(HomelabError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What the plan knows about one model before choosing anything."""
+
+    model: ResolvedModel
+    facts: ModelFacts
+    mmproj_bytes: int = 0
+    source: str = ""
+    """Where the metadata came from: a local path, hf://repo/path@rev, or a stand-in."""
+
+
+@dataclass
+class ModelPlan:
+    id: str
+    ctx_size: int
+    ctx_auto: bool
+    estimate: Estimate
+    gpu_index: dict[str, int]
+    """Estimate device name (GPU0, GPU1 as the process sees them) -> host GPU index."""
+    source: str
+    fits_alone: bool = True
+
+    def host_devices(self) -> dict[str, dict[str, int]]:
+        """The estimate's devices renamed to host devices (``gpu<i>`` / ``cpu``)."""
+        out: dict[str, dict[str, int]] = {}
+        for dev, terms in self.estimate.devices.items():
+            out[host_device(dev, self.gpu_index)] = terms
+        return out
+
+
+def host_device(dev: str, gpu_index: Mapping[str, int]) -> str:
+    return "cpu" if dev == CPU else f"gpu{gpu_index.get(dev, int(dev[3:]))}"
+
+
+@dataclass
+class SetCheck:
+    set_name: str
+    models: tuple[str, ...]
+    used: dict[str, int]
+    """Host device -> bytes."""
+    budget: dict[str, int]
+    fits: bool
+
+
+@dataclass
+class HostPlan:
+    host: str
+    backend: str
+    budget: dict[str, int]
+    """Host device (gpu0.., cpu when budgeted) -> bytes the plan may fill."""
+    device_names: dict[str, str]
+    models: dict[str, ModelPlan]
+    sets: list[SetCheck]
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan contract (``plans/<host>.json``)."""
+        models: dict[str, Any] = {}
+        for mid, mp in self.models.items():
+            devices = mp.host_devices()
+            vram = {d.removeprefix("gpu"): _mib(t["total"]) for d, t in devices.items() if d != "cpu"}
+            models[mid] = {
+                "ctx_size": mp.ctx_size,
+                "ctx_auto": mp.ctx_auto,
+                "vram_mib": vram,
+                "vram_mib_total": sum(vram.values()),
+                "ram_mib": _mib(devices.get("cpu", {}).get("total", 0)),
+                "terms": {k: v for k, v in mp.estimate.as_dict().items() if k not in ("devices", "geometry", "notes")},
+                "devices": devices,
+                "geometry": mp.estimate.as_dict()["geometry"],
+                "fits_alone": mp.fits_alone,
+                "source": mp.source,
+                "notes": list(mp.estimate.notes),
+            }
+        return {
+            "version": 1,
+            "host": self.host,
+            "backend": self.backend,
+            "fits": self.fits,
+            "devices": {
+                d: {"name": self.device_names.get(d, d), "budget_mib": b // MIB} for d, b in self.budget.items()
+            },
+            "models": models,
+            "sets": [
+                {
+                    "set": c.set_name,
+                    "models": list(c.models),
+                    "used_mib": {d: _mib(v) for d, v in c.used.items()},
+                    "budget_mib": {d: v // MIB for d, v in c.budget.items()},
+                    "headroom_mib": {d: c.budget[d] // MIB - _mib(c.used.get(d, 0)) for d in c.budget},
+                    "fits": c.fits,
+                }
+                for c in self.sets
+            ],
+            "problems": self.problems,
+            "notes": self.notes,
+        }
+
+
+def _mib(n: int) -> int:
+    """Bytes as MiB, rounded up (a plan must never under-state use; budgets round down)."""
+    return -(-n // MIB)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def host_budget(host: ResolvedHost) -> tuple[dict[str, int], dict[str, str]]:
+    h = host.host
+    budget: dict[str, int] = {}
+    names: dict[str, str] = {}
+    if h.backend != "cpu":
+        for i, gpu in enumerate(h.gpus):
+            budget[f"gpu{i}"] = int(gpu.vram_mib * MIB * h.vram_budget)
+            names[f"gpu{i}"] = gpu.name
+    if h.ram_mib:
+        budget["cpu"] = int(h.ram_mib * MIB * (h.vram_budget if h.backend == "cpu" else 1.0))
+        names["cpu"] = "system RAM"
+    return budget, names
+
+
+def model_gpus(host: ResolvedHost, model: ResolvedModel) -> list[int]:
+    if host.host.backend == "cpu":
+        return []
+    indices = list(model.gpus) if model.gpus is not None else list(range(len(host.host.gpus)))
+    for i in indices:
+        if i >= len(host.host.gpus):
+            raise PlanError(
+                f"{host.host_file}: model {model.id} uses gpus: [{i}] but the host lists "
+                f"{len(host.host.gpus)} GPU(s) (indices start at 0)"
+            )
+    return indices
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def is_auto_ctx(model: ResolvedModel) -> bool:
+    """``ctx-size: auto|max``, and also no ctx-size at all (or 0): llama-server would then fit the
+    context to the free memory at start, so the plan chooses it instead, against the budget."""
+    value = model.server.get("ctx-size")
+    return value in (None, False, 0, "0") or str(value).lower() in AUTO_CTX
+
+
+def model_settings(inp: ModelInput, ctx: int | None = None) -> Settings:
+    mtp = inp.model.mtp
+    s = settings_from_flags(
+        inp.model.server,
+        mtp=mtp is not None,
+        draft_n_max=mtp.draft_n_max if mtp is not None else None,
+        mmproj_bytes=inp.mmproj_bytes,
+    )
+    return replace(s, ctx_size=ctx) if ctx is not None else s
+
+
+def estimate_for(host: ResolvedHost, inp: ModelInput, settings: Settings) -> tuple[Estimate, dict[str, int]]:
+    gpus = model_gpus(host, inp.model)
+    sizes = [float(host.host.gpus[i].vram_mib) for i in gpus]
+    try:
+        est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes)
+    except EstimateError as exc:
+        raise PlanError(f"model {inp.model.id}: {exc}") from None
+    return est, {f"GPU{j}": i for j, i in enumerate(gpus)}
+
+
+def usage(est: Estimate, gpu_index: Mapping[str, int]) -> dict[str, int]:
+    return {host_device(d, gpu_index): t["total"] for d, t in est.devices.items()}
+
+
+def over(used: Mapping[str, int], limits: Mapping[str, int]) -> dict[str, int]:
+    """Devices (with a limit) where ``used`` exceeds it, and by how much."""
+    return {d: used.get(d, 0) - lim for d, lim in limits.items() if used.get(d, 0) > lim}
+
+
+def ctx_cap(facts: ModelFacts, settings: Settings) -> int:
+    cap = facts.context_length or DEFAULT_CTX_CAP
+    if not settings.kv_unified:
+        cap *= max(1, settings.parallel)  # each of the parallel slots gets ctx / parallel
+    return max(MIN_CTX, cap // 256 * 256)
+
+
+def largest_fitting(
+    fits: Callable[[int], bool], low: int, high: int, step: int = 1
+) -> int | None:
+    """The largest value in [low, high] (multiples of ``step``) for which ``fits`` holds; monotone."""
+    lo, hi = low // step, high // step
+    if lo > hi or not fits(lo * step):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid * step):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * step
+
+
+def largest_ctx(host: ResolvedHost, inp: ModelInput, limits: Mapping[str, int], base: Settings | None = None) -> int | None:
+    """The largest ctx-size (a multiple of 256) whose estimate stays within ``limits``."""
+    settings = base or model_settings(inp)
+
+    def fits(ctx: int) -> bool:
+        est, idx = estimate_for(host, inp, replace(settings, ctx_size=ctx))
+        return not over(usage(est, idx), limits)
+
+    return largest_fitting(fits, MIN_CTX, ctx_cap(inp.facts, settings), 256)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def _alternatives(host: ResolvedHost) -> list[tuple[str, tuple[str, ...]]]:
+    if not host.sets:
+        return []
+    from ..supervisor.matrix import expand_sets
+
+    expanded = expand_sets(host.sets)
+    known = {m.id for m in host.models}
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for name, alternatives in expanded.items():
+        for alt in alternatives:
+            ids = tuple(sorted({n.split(":", 1)[0] for n in alt}))
+            unknown = [i for i in ids if i not in known]
+            if unknown:
+                raise PlanError(
+                    f"{host.host_file}: set {name!r} names {', '.join(unknown)}, not a model of this host "
+                    f"(models: {', '.join(sorted(known))})"
+                )
+            out.append((name, ids))
+    return out
+
+
+def plan_host(host: ResolvedHost, inputs: Mapping[str, ModelInput]) -> HostPlan:
+    """Plan every model and set. ``inputs`` maps model ID -> its facts (see :mod:`.sources`)."""
+    budget, names = host_budget(host)
+    alternatives = _alternatives(host)
+    in_sets = {mid for _, ids in alternatives for mid in ids}
+    plan = HostPlan(host=host.name, backend=host.host.backend, budget=budget, device_names=names, models={}, sets=[])
+    if not budget:
+        plan.notes.append(
+            "no budget to check: the host has no GPUs and no ram_mib; the numbers are a report only "
+            "(set ram_mib in the host file to check system memory)"
+        )
+
+    # 1. fixed-context models first, auto models at the smallest context for now
+    current: dict[str, Estimate] = {}
+    gpu_idx: dict[str, dict[str, int]] = {}
+    for m in host.models:
+        inp = inputs[m.id]
+        ctx = MIN_CTX if is_auto_ctx(m) else None
+        est, idx = estimate_for(host, inp, model_settings(inp, ctx))
+        current[m.id], gpu_idx[m.id] = est, idx
+
+    # 2. choose auto contexts: alone, and in each alternative with the others' usage subtracted
+    for m in host.models:
+        if not is_auto_ctx(m):
+            continue
+        inp = inputs[m.id]
+        if not budget:
+            ctx = ctx_cap(inp.facts, model_settings(inp))
+            plan.notes.append(f"{m.id}: ctx-size auto without a budget: the model's training context {ctx}")
+        else:
+            limit_sets: list[dict[str, int]] = [dict(budget)]
+            for _, ids in alternatives:
+                if m.id not in ids:
+                    continue
+                autos = [i for i in ids if is_auto_ctx(host.model(i))]
+                used = _sum_usage([usage(current[i], gpu_idx[i]) for i in ids])
+                mine = usage(current[m.id], gpu_idx[m.id])
+                limits = {}
+                for d, b in budget.items():
+                    free = b - used.get(d, 0)
+                    limits[d] = mine.get(d, 0) + (free // len(autos) if free > 0 else free)
+                limit_sets.append(limits)
+            tightest = {d: min(ls[d] for ls in limit_sets) for d in budget}
+            found = largest_ctx(host, inp, tightest)
+            ctx = found if found is not None else MIN_CTX
+        est, idx = estimate_for(host, inp, model_settings(inp, ctx))
+        current[m.id], gpu_idx[m.id] = est, idx
+
+    # 3. every model alone
+    for m in host.models:
+        est = current[m.id]
+        mp = ModelPlan(
+            id=m.id,
+            ctx_size=est.geometry.n_ctx,
+            ctx_auto=is_auto_ctx(m),
+            estimate=est,
+            gpu_index=gpu_idx[m.id],
+            source=inputs[m.id].source,
+        )
+        excess = over(usage(est, gpu_idx[m.id]), budget)
+        if excess:
+            mp.fits_alone = False
+            plan.problems.append(_model_problem(host, inputs[m.id], mp, budget, excess))
+        plan.models[m.id] = mp
+
+    # 4. every set alternative
+    for set_name, ids in alternatives:
+        used = _sum_usage([usage(current[i], gpu_idx[i]) for i in ids])
+        excess = over(used, budget)
+        plan.sets.append(SetCheck(set_name, ids, used, dict(budget), not excess))
+        if excess and all(plan.models[i].fits_alone for i in ids):
+            plan.problems.append(_set_problem(host, inputs, plan, set_name, ids, used, budget, excess))
+    alone = [m.id for m in host.models if m.id not in in_sets]
+    if alternatives and alone:
+        plan.notes.append(f"not in any set, checked alone: {', '.join(alone)}")
+    return plan
+
+
+def _sum_usage(parts: Sequence[Mapping[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in parts:
+        for d, v in p.items():
+            out[d] = out.get(d, 0) + v
+    return out
+
+
+def _fmt(n: int) -> str:
+    return f"{n / MIB:,.0f} MiB"
+
+
+def _excess_text(excess: Mapping[str, int], used: Mapping[str, int], budget: Mapping[str, int]) -> str:
+    return "; ".join(
+        f"{d}: {_mib(used.get(d, 0)):,} MiB of {budget[d] // MIB:,} MiB budget, {_mib(v):,} MiB over"
+        for d, v in excess.items()
+    )
+
+
+def ways_out(host: ResolvedHost, inp: ModelInput, limits: Mapping[str, int], current: Estimate) -> list[str]:
+    """Concrete changes that would make ``inp`` fit within ``limits`` (per host device)."""
+    s = current.settings
+    out: list[str] = []
+
+    def fits_with(settings: Settings) -> bool:
+        try:
+            est, idx = estimate_for(host, inp, settings)
+        except PlanError:
+            return False
+        return not over(usage(est, idx), limits)
+
+    ctx = largest_ctx(host, inp, limits, s)
+    if ctx is not None and ctx < current.geometry.n_ctx:
+        out.append(f"ctx-size: {ctx} (now {current.geometry.n_ctx})")
+    for kv_type in ("q8_0", "q4_0"):
+        if s.cache_type_k == kv_type and s.cache_type_v == kv_type:
+            continue
+        if s.cache_type_k in ("q4_0",) and kv_type == "q8_0":
+            continue
+        quant = replace(s, cache_type_k=kv_type, cache_type_v=kv_type, flash_attn=True)
+        try:
+            if fits_with(quant):
+                out.append(f"cache-type-k: {kv_type} and cache-type-v: {kv_type} (flash-attn: on) at ctx-size {current.geometry.n_ctx}")
+                break
+            qctx = largest_ctx(host, inp, limits, quant)
+        except (PlanError, EstimateError):
+            continue
+        if qctx is not None and (ctx is None or qctx > ctx):
+            out.append(f"cache-type-k/v: {kv_type} with ctx-size: {qctx}")
+            break
+    n_all = inp.facts.n_layer_all
+    if current.gpu_devices and inp.facts.is_moe:
+        n_moe = largest_fitting(lambda n: fits_with(_cpu_moe(s, n_all - n)), 0, n_all)
+        if n_moe is not None:
+            out.append(f"n-cpu-moe: {n_all - n_moe} (expert weights of the first layers in system RAM; slower)")
+    if current.gpu_devices:
+        ngl = largest_fitting(lambda n: fits_with(replace(s, n_gpu_layers=n)), 0, min(s.n_gpu_layers, n_all + 1))
+        if ngl is not None and ngl > 0:
+            out.append(f"n-gpu-layers: {ngl} of {n_all + 1} (the rest on the CPU; much slower)")
+    gpu_weights = sum(t["weights"] for d, t in current.devices.items() if d != CPU)
+    if gpu_weights:
+        excess = max(over(usage(current, {f"GPU{j}": i for j, i in enumerate(model_gpus(host, inp.model))}), limits).values(), default=0)
+        n_params = sum(_n_elements(t.shape) for t in inp.facts.tensors) or 1
+        bpw_now = inp.facts.weights_bytes * 8 / n_params
+        bpw_fit = (gpu_weights - excess) / gpu_weights * bpw_now
+        if bpw_fit > 1.5:
+            out.append(f"a smaller quant: about {bpw_fit:.1f} bits per weight or less (this file: {bpw_now:.1f})")
+    return out
+
+
+def _n_elements(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _cpu_moe(s: Settings, n: int) -> Settings:
+    from .estimate import EXPS_REGEX, Override
+
+    extra = tuple(Override(rf"blk\.{i}{EXPS_REGEX}", CPU) for i in range(n))
+    return replace(s, overrides=s.overrides + extra)
+
+
+def _model_problem(
+    host: ResolvedHost, inp: ModelInput, mp: ModelPlan, budget: Mapping[str, int], excess: Mapping[str, int]
+) -> str:
+    used = usage(mp.estimate, mp.gpu_index)
+    text = f"model {mp.id} does not fit alone at ctx-size {mp.ctx_size}: {_excess_text(excess, used, budget)}"
+    fixes = ways_out(host, inp, budget, mp.estimate)
+    return text + (". Ways out: " + "; or ".join(fixes) if fixes else ". No single setting makes it fit: use a smaller model")
+
+
+def _set_problem(
+    host: ResolvedHost,
+    inputs: Mapping[str, ModelInput],
+    plan: HostPlan,
+    set_name: str,
+    ids: Sequence[str],
+    used: Mapping[str, int],
+    budget: Mapping[str, int],
+    excess: Mapping[str, int],
+) -> str:
+    text = f"set {set_name!r} ({' & '.join(ids)}) does not fit: {_excess_text(excess, used, budget)}"
+    # the biggest user of the worst device gives way first, with the others as they are
+    worst = max(excess, key=lambda d: excess[d])
+    biggest = max(ids, key=lambda i: usage(plan.models[i].estimate, plan.models[i].gpu_index).get(worst, 0))
+    others = _sum_usage([usage(plan.models[i].estimate, plan.models[i].gpu_index) for i in ids if i != biggest])
+    limits = {d: b - others.get(d, 0) for d, b in budget.items()}
+    fixes = ways_out(host, inputs[biggest], limits, plan.models[biggest].estimate)
+    hint = f". Ways out for {biggest}: " + "; or ".join(fixes) if fixes else ""
+    return text + hint + f"; or drop a model from the set (or set ctx-size: auto on {biggest})"

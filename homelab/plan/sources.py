@@ -1,0 +1,98 @@
+"""Where the plan gets each model's metadata: the fetched file if it is on disk, else the Hub.
+
+The lock says which files a model uses (``homelab.hub.fetch.local_path`` says where fetch puts
+them); a file not fetched yet is read from the Hub with Range requests (the header only, cached
+by sha256), so ``homelab plan`` runs before a 20 GB download. Without a lock the recipe's
+source is read directly (branch head for Hub files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..gguf.facts import ModelFacts, facts_from_metadata
+from ..hub.gguf_header import GGUFHeader, read_local_header, read_remote_header, read_url_header
+from ..inventory.resolved import ResolvedHost, ResolvedModel
+from ..lock import Lock, PinnedFile
+from .host import ModelInput, PlanError
+
+
+def _header(pf: PinnedFile, inventory: Path) -> tuple[GGUFHeader, str]:
+    from ..hub.fetch import local_path
+
+    local = local_path(pf, inventory)
+    if local.is_file():
+        return read_local_header(local), str(local)
+    if pf.source == "hf":
+        assert pf.repo and pf.revision
+        ref = f"hf://{pf.repo}/{pf.path}@{pf.revision}"
+        return read_remote_header(pf.repo, pf.path, pf.revision, sha256=pf.sha256), ref
+    if pf.source == "url":
+        return read_url_header(pf.path, sha256=pf.sha256), pf.path
+    raise PlanError(f"model file {local} is missing (source path: {pf.path}); fix the path or run `homelab fetch`")
+
+
+def _merge(headers: list[GGUFHeader]) -> tuple[dict, list]:
+    """Split GGUFs: metadata from part 1, tensors from every part."""
+    fields = dict(headers[0].fields)
+    tensors = [t for h in headers for t in h.tensors]
+    return fields, tensors
+
+
+def pinned_input(host: ResolvedHost, model: ResolvedModel, lock: Lock) -> ModelInput | None:
+    pinned = lock.models.get(model.id)
+    if pinned is None:
+        return None
+    weights = [pf for pf in pinned.files if pf.role in ("model", "split")]
+    mmproj = sum(pf.size for pf in pinned.files if pf.role == "mmproj")
+    if not weights:
+        raise PlanError(f"{host.lock_file}: model {model.id} pins no GGUF file; run `homelab lock {host.name}`")
+    headers, where = [], []
+    for pf in weights:
+        header, source = _header(pf, host.inventory)
+        headers.append(header)
+        where.append(source)
+    fields, tensors = _merge(headers)
+    facts = facts_from_metadata(fields, tensors, source=where[0])
+    return ModelInput(model=model, facts=facts, mmproj_bytes=mmproj, source=where[0])
+
+
+def recipe_input(host: ResolvedHost, model: ResolvedModel) -> ModelInput:
+    """No pin yet: read the recipe's source directly."""
+    src = model.source
+    mmproj = 0
+    if src.hf:
+        rev = src.hf.revision or "main"
+        header = read_remote_header(src.hf.repo, src.hf.file, rev, sha256=src.hf.sha256)
+        where = f"hf://{src.hf.repo}/{src.hf.file}@{rev}"
+        if src.hf.mmproj:
+            mmproj = read_remote_header(src.hf.repo, src.hf.mmproj, rev).tensor_bytes
+    elif src.url:
+        header = read_url_header(src.url.url, sha256=src.url.sha256)
+        where = src.url.url
+    else:
+        assert src.path
+        path = Path(src.path.path).expanduser()
+        if not path.is_absolute():
+            path = host.inventory / path
+        if not path.is_file():
+            raise PlanError(f"model {model.id}: source path {path} does not exist")
+        header = read_local_header(path)
+        where = str(path)
+    facts = facts_from_metadata(header.fields, header.tensors, source=where)
+    return ModelInput(model=model, facts=facts, mmproj_bytes=mmproj, source=where)
+
+
+def model_input(host: ResolvedHost, model: ResolvedModel, lock: Lock | None = None) -> ModelInput:
+    """Facts of one model: its pinned files first (local, else the Hub header), else the recipe."""
+    inp = pinned_input(host, model, lock) if lock is not None else None
+    return inp if inp is not None else recipe_input(host, model)
+
+
+def model_inputs(host: ResolvedHost, lock: Lock | None = None) -> dict[str, ModelInput]:
+    """Facts of every model of ``host``."""
+    return {m.id: model_input(host, m, lock) for m in host.models}
+
+
+def facts_only(inputs: dict[str, ModelInput]) -> dict[str, ModelFacts]:
+    return {k: v.facts for k, v in inputs.items()}

@@ -1,0 +1,214 @@
+"""Gather a :class:`RenderInputs` from the other stages' outputs (the render stage's edge).
+
+Where each input comes from:
+
+- the binary, its flag table and build number: the llama.cpp stage's current build for the host
+  (``homelab.llamacpp.stage.current_build``: ``bin/llama-server``, ``flags.json``,
+  ``build.json``), or an explicit ``--server PATH`` (its ``--help`` is parsed then);
+- weight files and sizes: the lock (``hosts/<host>.lock.json``) and the hub stage's
+  ``model_files`` (first file = ``--model``; role ``mmproj`` = ``--mmproj``);
+- VRAM and context sizes: the plan stage's ``HOMELAB_STATE/plans/<host>.json`` (optional);
+- MTP heads: the GGUF header of the fetched file (``{arch}.nextn_predict_layers > 0``);
+- ports of the installed generation: ``HOMELAB_STATE/hosts/<host>/current/manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..inventory.resolved import ResolvedHost
+from ..llamacpp.flags import AcceptedFlags
+from ..lock import Lock, read_lock
+from ..settings import state_dir
+from .errors import RenderError
+from .generation import MANIFEST_NAME, installed_dir
+from .inputs import PlannedModel, RenderInputs, StatePaths
+
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def homelab_source_hash() -> str:
+    """One hash over homelab's own code and templates: a new supervisor means a restart."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".j2", ".txt") and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def parse_plan(data: Mapping[str, Any]) -> dict[str, PlannedModel]:
+    """The plan contract (``plans/<host>.json``) -> per-model VRAM and context."""
+    planned: dict[str, PlannedModel] = {}
+    for model_id, entry in (data.get("models") or {}).items():
+        per_gpu = entry.get("vram_mib") or {}
+        indices = sorted(int(k) for k in per_gpu)
+        vram = tuple(int(per_gpu[str(i)]) if i in indices else 0 for i in range(max(indices) + 1)) if indices else ()
+        planned[model_id] = PlannedModel(
+            vram_mib=vram,
+            total_mib=entry.get("vram_mib_total"),
+            ctx_size=entry.get("ctx_size"),
+        )
+    return planned
+
+
+def _lock(host: ResolvedHost) -> Lock:
+    lock = read_lock(host.lock_file)
+    if lock is None:
+        raise RenderError(f"{host.lock_file} does not exist: run `doit lock host={host.name}` first")
+    return lock
+
+
+def _files(host: ResolvedHost, lock: Lock) -> tuple[dict[str, tuple[Path, ...]], dict[str, Path], dict[str, int]]:
+    from ..hub.fetch import model_files
+
+    paths = model_files(host, lock)
+    weights: dict[str, tuple[Path, ...]] = {}
+    mmproj: dict[str, Path] = {}
+    sizes: dict[str, int] = {}
+    for model in host.models:
+        pinned = lock.models[model.id]
+        weights[model.id] = tuple(p for p, pf in zip(paths[model.id], pinned.files, strict=True) if pf.role != "mmproj")
+        sizes[model.id] = sum(pf.size for pf in pinned.files if pf.role != "mmproj")
+        for p, pf in zip(paths[model.id], pinned.files, strict=True):
+            if pf.role == "mmproj":
+                mmproj[model.id] = p
+    return weights, mmproj, sizes
+
+
+def _mtp_heads(host: ResolvedHost, weights: Mapping[str, tuple[Path, ...]]) -> dict[str, bool]:
+    from ..gguf.facts import facts_from_file
+
+    out: dict[str, bool] = {}
+    for model in host.models:
+        if model.mtp is None:
+            continue
+        first = weights[model.id][0]
+        if not first.is_file():
+            raise RenderError(f"{first} (model {model.id}) is missing: run `doit fetch host={host.name}` first")
+        out[model.id] = facts_from_file(first).has_mtp
+    return out
+
+
+def _build(host: ResolvedHost, server: Path | None) -> tuple[Path, AcceptedFlags | None, int | None, str, str]:
+    """Binary, its flags, build number, label, key."""
+    if server is not None:
+        from ..llamacpp.build import read_flags
+
+        server = server.resolve()
+        if not server.is_file():
+            raise RenderError(f"--server {server}: no such file")
+        flags_file = server.parent.parent / "flags.json"
+        flags = AcceptedFlags.read(flags_file) if flags_file.is_file() else read_flags(server, str(server))
+        return server, flags, None, flags.build or str(server), sha256_file(server)
+    from ..llamacpp.stage import current_build
+
+    build = current_build(host.name)
+    if build is None:
+        raise RenderError(f"host {host.name} has no llama-server build yet: run `doit build host={host.name}` first")
+    manifest = build.manifest()
+    flags = build.flags() if build.flags_file.is_file() else None
+    label = (flags.build if flags and flags.build else None) or str(manifest.get("label") or build.key[:12])
+    return build.server, flags, manifest.get("build_number"), label, build.key
+
+
+def _executable() -> Path:
+    beside = Path(sys.executable).parent / "homelab"
+    if beside.is_file():
+        return beside
+    found = shutil.which("homelab")
+    if found:
+        return Path(found)
+    raise RenderError("cannot find the `homelab` command for the service unit: install homelab (pip install -e .)")
+
+
+def previous_ports(host: str, state: Path | None = None) -> dict[str, int]:
+    try:
+        manifest = json.loads((installed_dir(host, state) / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    ports = manifest.get("ports") or {}
+    return {str(k): int(v) for k, v in ports.items() if isinstance(v, int)}
+
+
+def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
+    lock = _lock(host)
+    weights, mmproj, sizes = _files(host, lock)
+    binary, flags, build_number, label, build_key = _build(host, server)
+    from ..plan.stage import plan_path
+
+    plan_file = plan_path(host.name)
+    plan_text = plan_file.read_text() if plan_file.is_file() else None
+    plan = parse_plan(json.loads(plan_text)) if plan_text else None
+    state = state_dir()
+    hashes: dict[str, Any] = {
+        "host": sha256_file(host.host_file),
+        "recipes": {m.recipe.name: sha256_file(m.recipe_file) for m in host.models if m.recipe_file},
+        "lock": sha256_file(host.lock_file),
+        "patches": {p.ref: p.sha256 for p in (lock.llama_cpp.patches if lock.llama_cpp else [])},
+        "build": build_key,
+        "homelab": homelab_source_hash(),
+    }
+    if plan_text is not None:
+        hashes["plan"] = hashlib.sha256(plan_text.encode()).hexdigest()
+    return RenderInputs(
+        host=host,
+        server_binary=binary,
+        accepted_flags=flags,
+        model_files=weights,
+        mmproj=mmproj,
+        model_bytes=sizes,
+        paths=StatePaths(state, host.name),
+        homelab_executable=_executable(),
+        plan=plan,
+        plan_json=plan_text,
+        mtp_supported=_mtp_heads(host, weights),
+        build_number=build_number,
+        build_label=label,
+        llama_swap_binary=Path(found) if (found := shutil.which("llama-swap")) else None,
+        previous_ports=previous_ports(host.name, state),
+        input_hashes=hashes,
+    )
+
+
+def write_secrets(host: ResolvedHost, paths: StatePaths, environ: Mapping[str, str] | None = None) -> Path | None:
+    """Copy ``runtime.api_key_env`` from this environment into ``secrets.env`` (mode 0600).
+
+    Only when the variable is set here; an existing file is otherwise left alone (users may
+    maintain it by hand). The file lives beside ``current``, outside every generation.
+    """
+    name = host.host.runtime.api_key_env
+    environ = os.environ if environ is None else environ
+    if not name or name not in environ:
+        return None
+    from .formats import env_file_value
+
+    line = env_file_value(name, environ[name])
+    path = paths.secrets_env
+    lines: list[str] = []
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if not ln.startswith(f"{name}=")]
+    text = "\n".join([*lines, line]) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path

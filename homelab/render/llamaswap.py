@@ -1,0 +1,178 @@
+"""The llama-swap ``config.yaml`` (v250 format) that our supervisor and upstream llama-swap run.
+
+Layout decisions:
+
+- every model gets an explicit ``--port`` and ``proxy`` (see :mod:`homelab.render.ports`), so
+  ``startPort``/``${PORT}`` never renumber models when one is added;
+- macros: ``llama-server`` (the binary) and ``common`` (``--host 127.0.0.1`` plus every flag
+  that all models share with the same value, when there are two or more models);
+- recipe profiles become ``filters.setParamsByID`` IDs ``<id>:<profile>`` (one process serves
+  them all: switching profile reloads nothing);
+- ``healthCheckTimeout`` is llama-swap's one global value: the largest per-model need; the
+  per-model need is also written as ``x-healthCheckTimeout`` for our supervisor;
+- the plan's VRAM goes to ``metadata.vram_mib`` (our admission control reads it) and the host's
+  budget to ``x-vramBudgetMiB``;
+- ``matrix.sets`` are the host's ``sets`` as written (model IDs are plain names, so no
+  ``vars`` are needed); ``matrix.evict_costs`` is one unit per GiB of weights (default 1);
+- API keys are a ``${env.NAME}`` reference, resolved at start from the service's environment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..inventory.resolved import ResolvedHost
+from ..inventory.schema import FlagValue
+from ..supervisor.matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names
+from .backends import BACKEND_HOST, Backend
+from .errors import RenderError
+from .formats import shell_word
+from .inputs import RenderInputs
+from .templating import render
+
+DEFAULT_API_KEY_ENV = "HOMELAB_API_KEYS"
+
+
+def argv_words(flags: Sequence[tuple[str, FlagValue]], where: str) -> list[str]:
+    """``--name value`` / ``--name`` words for one flag each (shell-quoted for llama-swap)."""
+    words = []
+    for name, value in flags:
+        if value is True:
+            words.append(f"--{name}")
+        else:
+            words.append(f"--{name} {shell_word(value, where=f'{where} --{name}')}")
+    return words
+
+
+def _same(a: tuple[str, FlagValue], b: tuple[str, FlagValue]) -> bool:
+    """Equal flag and value, type included (``1`` is not ``true``, ``"1"`` is not ``1``)."""
+    return a[0] == b[0] and a[1] == b[1] and type(a[1]) is type(b[1])
+
+
+def own_flags(backend: Backend, shared: Sequence[tuple[str, FlagValue]]) -> list[tuple[str, FlagValue]]:
+    """The backend's flags that are not in the shared block."""
+    return [f for f in backend.server_flags() if not any(_same(f, s) for s in shared)]
+
+
+def common_flags(backends: Sequence[Backend]) -> list[tuple[str, FlagValue]]:
+    """Flags every backend sets to the same value (in the first backend's order)."""
+    if len(backends) < 2:
+        return []
+    first = backends[0].server_flags()
+    shared = []
+    for name, value in first:
+        if name in ("mmproj",):
+            continue
+        if all(any(_same(f, (name, value)) for f in b.server_flags()) for b in backends[1:]):
+            shared.append((name, value))
+    return shared
+
+
+def check_sets(host: ResolvedHost) -> dict[str, tuple[frozenset[str], ...]]:
+    """The host's ``sets`` expanded; a set naming an unknown model is an error."""
+    ids = {m.id for m in host.models}
+    for name, text in host.sets.items():
+        try:
+            names = expression_names(text)
+        except MatrixExpressionError as exc:
+            raise RenderError(f"{host.host_file}: sets.{name}: {exc}") from None
+        for unknown in sorted(names - ids):
+            near = difflib.get_close_matches(unknown, sorted(ids), n=1)
+            raise RenderError(
+                f"{host.host_file}: sets.{name} names {unknown!r}, which is not a model on host "
+                f"{host.name} (models: {', '.join(sorted(ids))})"
+                + (f"; did you mean {near[0]!r}?" if near else "")
+            )
+    try:
+        return expand_sets(host.sets)
+    except (MatrixError, MatrixExpressionError) as exc:
+        raise RenderError(f"{host.host_file}: sets: {exc}") from None
+
+
+def vram_budget_mib(host: ResolvedHost) -> int | None:
+    gpus = host.host.gpus
+    if not gpus:
+        return None
+    return sum(math.floor(g.vram_mib * host.host.vram_budget) for g in gpus)
+
+
+def _no_macros(value: Any, where: str) -> None:
+    """llama-swap expands ``${...}`` inside setParamsByID values: refuse what it would mangle."""
+    if isinstance(value, str) and "${" in value:
+        raise RenderError(f"{where}: {value!r} contains '${{', which llama-swap would expand as a macro")
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _no_macros(str(key), where)
+            _no_macros(inner, f"{where}.{key}")
+    if isinstance(value, list):
+        for inner in value:
+            _no_macros(inner, where)
+
+
+def _model_view(backend: Backend, shared: list[tuple[str, FlagValue]], gpus: bool) -> dict[str, Any]:
+    model = backend.model
+    where = f"model {backend.id}"
+    own = own_flags(backend, shared)
+    lines = ["${llama-server}"]
+    lines += argv_words([("model", backend.model_file), ("port", backend.port)], where)
+    lines.append("${common}")
+    lines += argv_words(own, where)
+    metadata: dict[str, Any] = {"recipe": model.recipe.name, "port": backend.port}
+    ctx = dict(backend.flags).get("ctx-size")
+    if ctx is not None:
+        metadata["ctx_size"] = ctx
+    if backend.plan is not None and gpus:
+        if backend.plan.total is not None:
+            metadata["vram_mib"] = backend.plan.total
+        if backend.plan.vram_mib:
+            metadata["vram_mib_per_gpu"] = list(backend.plan.vram_mib)
+    for pid, params in backend.profiles.items():
+        _no_macros(params, f"{model.recipe_file or model.recipe.name}: profile {pid}")
+    return {
+        "id": backend.id,
+        # llama-swap expands macros in descriptions too; "$ {" keeps the text readable and inert
+        "description": model.recipe.description.strip().replace("\n", " ").replace("${", "$ {"),
+        "notes": list(backend.notes),
+        "cmd": lines,
+        "proxy": f"http://{BACKEND_HOST}:{backend.port}",
+        "ttl": backend.ttl,
+        "env": [f"{k}={v}" for k, v in backend.env.items()],
+        "aliases": list(backend.aliases),
+        "set_params_by_id": {pid: dict(params) for pid, params in backend.profiles.items()},
+        "metadata": metadata,
+        "health_timeout": backend.health_timeout,
+    }
+
+
+def evict_costs(inputs: RenderInputs, sets: dict[str, tuple[frozenset[str], ...]]) -> dict[str, int]:
+    """Reloading costs about one unit per GiB of weights: the solver keeps big models loaded."""
+    in_sets = sorted({m for alternatives in sets.values() for alt in alternatives for m in alt})
+    costs = {m: max(1, math.ceil(inputs.model_bytes.get(m, 0) / 1024**3)) for m in in_sets}
+    return {m: c for m, c in costs.items() if c > 1}
+
+
+def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
+    host = inputs.host
+    runtime = host.host.runtime
+    sets = check_sets(host)
+    shared = common_flags(backends)
+    common = " ".join(argv_words([("host", BACKEND_HOST), *shared], "macros.common"))
+    api_key_env = runtime.api_key_env
+    return render(
+        "config.yaml.j2",
+        host=host.name,
+        host_file=host.host_file.name,
+        health_timeout=max([b.health_timeout for b in backends] or [runtime.health_check_timeout or 120]),
+        global_ttl=runtime.ttl,
+        vram_budget=vram_budget_mib(host),
+        api_key_env=api_key_env,
+        binary=shell_word(inputs.server_binary, where="macros.llama-server"),
+        common=common,
+        models=[_model_view(b, shared, bool(host.host.gpus)) for b in backends],
+        sets=dict(host.sets),
+        evict_costs=evict_costs(inputs, sets),
+        preload=sorted(b.id for b in backends if b.preload),
+    )

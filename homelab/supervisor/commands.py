@@ -1,0 +1,107 @@
+"""``homelab serve``, ``homelab reload`` and the supervisor benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HomelabError
+
+if TYPE_CHECKING:
+    from ..cli import CLI
+
+log = logging.getLogger("homelab.supervisor")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise HomelabError(f"--listen {value!r}: expected HOST:PORT, for example 127.0.0.1:12434")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when it is installed (less per-request overhead), asyncio otherwise.
+    ``HOMELAB_NO_UVLOOP=1`` forces asyncio."""
+    if not os.environ.get("HOMELAB_NO_UVLOOP"):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config_load import load_config
+    from .server import serve
+
+    config = load_config(Path(args.config))
+    if args.check:
+        print(f"{args.config}: ok, {len(config.models)} models"
+              + (f", matrix with {len(config.matrix.sets)} sets" if config.matrix else "")
+              + (f", {len(config.groups)} groups" if config.groups else ""))
+        return 0
+    host, port = parse_listen(args.listen)
+    if args.pid_file:
+        tmp = Path(args.pid_file).with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.replace(args.pid_file)
+    try:
+        run_loop(serve(config, host, port, loader=load_config, drain_timeout=args.drain_timeout))
+    finally:
+        if args.pid_file:
+            Path(args.pid_file).unlink(missing_ok=True)
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    if args.pid_file:
+        try:
+            pid = int(Path(args.pid_file).read_text().strip())
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError) as exc:
+            raise HomelabError(f"cannot signal the supervisor from {args.pid_file}: {exc}") from None
+        print(f"sent SIGHUP to {pid} (the supervisor logs whether the new config was accepted)")
+        return 0
+    import requests
+
+    host, port = parse_listen(args.listen)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    try:
+        resp = requests.post(f"http://{host}:{port}/x-reload", headers=headers, timeout=30)
+    except requests.RequestException as exc:
+        raise HomelabError(f"cannot reach the supervisor at {host}:{port}: {exc}") from None
+    body = resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}
+    if resp.status_code != 200:
+        raise HomelabError(f"reload rejected: {body.get('error') or resp.text}")
+    print(f"reloaded; restarted models: {', '.join(body.get('changed') or []) or 'none'}")
+    return 0
+
+
+def register(cli: CLI) -> None:
+    serve = cli.command("serve", cmd_serve, "run the supervisor: one OpenAI endpoint, models swapped on demand")
+    serve.add_argument("--config", required=True, help="llama-swap config.yaml")
+    serve.add_argument("--listen", default="127.0.0.1:12434", help="HOST:PORT (default 127.0.0.1:12434)")
+    serve.add_argument("--check", action="store_true", help="validate the config and exit")
+    serve.add_argument("--pid-file", help="write the supervisor's PID here (for homelab reload)")
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="seconds to let in-flight requests finish on SIGTERM (default 30)")
+    reload = cli.command("reload", cmd_reload, "make a running supervisor re-read its config")
+    where = reload.add_mutually_exclusive_group()
+    where.add_argument("--pid-file", help="signal the supervisor whose PID is in this file")
+    where.add_argument("--listen", default="127.0.0.1:12434", help="ask the supervisor at HOST:PORT")
+    reload.add_argument("--api-key", help="an apiKeys entry, when the config sets apiKeys")
+    try:
+        from . import bench
+    except ImportError:  # pragma: no cover
+        return
+    bench.register(cli)

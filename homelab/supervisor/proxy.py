@@ -1,0 +1,291 @@
+"""Request parsing, filters, OpenAI-shaped errors and the streaming forwarder.
+
+The forwarder never holds a whole response: it copies the backend's body chunk by chunk as it
+arrives (``iter_any``), so SSE tokens reach the client as soon as the backend writes them.
+Only a copy of the first MiB of a JSON response is kept, to read ``usage`` for the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .config import Filters, ModelConfig
+
+log = logging.getLogger("homelab.supervisor")
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+    "transfer-encoding", "upgrade", "host", "content-length",
+})
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               429: "rate_limit_error", 502: "server_error", 503: "server_error"}
+USAGE_COPY_LIMIT = 1 << 20
+SMALL_BODY = 256 * 1024
+"""Answers with a Content-Length up to this are read whole and sent in one write."""
+
+
+def error_response(status: int, message: str, code: str, *, source: str = "supervisor",
+                   retry_after: int | None = None, **extra: Any) -> web.Response:
+    """``{"error": {"message", "type", "code", "source"}}`` like OpenAI, plus where it came from."""
+    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"),
+                      "code": code, "source": source, **extra}}
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def sse_error_event(message: str, code: str) -> bytes:
+    payload = {"error": {"message": message, "type": "server_error", "code": code, "source": "supervisor"}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON payload (if the body is a JSON object) and the requested model name."""
+    if not body:
+        return None, None
+    if content_type.startswith("multipart/form-data"):
+        return None, _multipart_model(content_type, body)
+    if content_type.split(";")[0].strip() in ("application/json", "") or body[:1] in (b"{", b" ", b"\n"):
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return None, None
+        if isinstance(payload, dict):
+            model = payload.get("model")
+            return payload, model if isinstance(model, str) else None
+    return None, None
+
+
+def _multipart_model(content_type: str, body: bytes) -> str | None:
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        return None
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "model":
+            value = part.get_payload(decode=True) or b""
+            return value.decode(errors="replace").strip()
+    return None
+
+
+def apply_filters(payload: dict[str, Any], filters: Filters, requested: str, model_name: str | None,
+                  body: bytes) -> bytes:
+    """stripParams, setParams, then setParamsByID[requested]; the model field becomes
+    ``model_name`` (the model's ID or useModelName). Returns the original bytes when unchanged."""
+    changed = False
+    if model_name is not None and payload.get("model") != model_name:
+        payload["model"] = model_name
+        changed = True
+    for key in filters.strip_params:
+        if key != "model" and key in payload:
+            del payload[key]
+            changed = True
+    updates = {**filters.set_params, **filters.set_params_by_id.get(requested, {})}
+    for key, value in updates.items():
+        if payload.get(key, _MISSING) != value:
+            payload[key] = value
+            changed = True
+    return json.dumps(payload).encode() if changed else body
+
+
+_MISSING = object()
+
+
+def model_body(model: ModelConfig, requested: str, payload: dict[str, Any] | None, body: bytes) -> bytes:
+    if payload is None:
+        return body
+    return apply_filters(payload, model.filters, requested, model.use_model_name or model.id, body)
+
+
+def upstream_headers(request: web.Request, *, drop_auth: bool, api_key: str | None = None) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in request.headers.items():
+        lower = key.lower()
+        if lower in HOP_BY_HOP or (drop_auth and lower in ("authorization", "x-api-key")):
+            continue
+        headers.add(key, value)
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _usage_from(data: bytes) -> dict[str, Any] | None:
+    """The last ``usage`` (OpenAI) or ``timings`` (llama.cpp /completion) object in a body/SSE tail."""
+    for line in reversed(data.splitlines()):
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if b'"usage"' not in line and b'"tokens_predicted"' not in line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                return usage
+            if "tokens_predicted" in obj:
+                return {"prompt_tokens": obj.get("tokens_evaluated", 0),
+                        "completion_tokens": obj.get("tokens_predicted", 0)}
+    return None
+
+
+RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+SEND_ATTEMPTS = 3
+
+
+async def _send(session: aiohttp.ClientSession, method: str, url: str, body: bytes,
+                headers: CIMultiDict[str], same_backend: Callable[[], bool] | None) -> aiohttp.ClientResponse:
+    """Retries when a pooled keep-alive connection turns out to be closed by the backend
+    before it answered, and only while the same backend process is alive (after a crash the
+    port may already belong to its replacement). A refused fresh connection is not retried."""
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        try:
+            return await session.request(method, url, data=body if body else None, headers=headers,
+                                         allow_redirects=False)
+        except aiohttp.ClientConnectorError:
+            raise
+        except RETRYABLE as exc:
+            log.debug("retrying %s %s after a closed keep-alive connection: %s", method, url, exc)
+            if attempt == SEND_ATTEMPTS or same_backend is None or not same_backend():
+                raise
+    raise AssertionError("unreachable")
+
+
+class ForwardResult:
+    def __init__(self) -> None:
+        self.status = 0
+        self.upstream_error: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+
+async def forward(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: CIMultiDict[str],
+    result: ForwardResult,
+    *,
+    prepared: web.StreamResponse | None = None,
+    same_backend: Callable[[], bool] | None = None,
+) -> web.StreamResponse:
+    """Send the request to ``url`` and stream the answer back chunk by chunk.
+
+    ``prepared``: an SSE response already started (loading-state messages); the backend's body
+    is appended to it. A backend that fails before answering gives 502; one that dies in the
+    middle of a stream gets a final SSE error event. ``same_backend`` says whether the process
+    the request was admitted to still runs (stale-connection retries and answers depend on it).
+    """
+    try:
+        upstream = await _send(session, request.method, url, body, headers, same_backend)
+    except (aiohttp.ClientError, OSError) as exc:
+        result.status = 502
+        result.upstream_error = f"{type(exc).__name__}: {exc}"
+        message = f"backend at {url} failed before answering: {result.upstream_error}"
+        if prepared is not None:
+            await prepared.write(sse_error_event(message, "backend_failed"))
+            await prepared.write_eof()
+            return prepared
+        return error_response(502, message, "backend_failed")
+    if same_backend is not None and not same_backend():
+        # The process this request was admitted to is gone, so whoever answered on its port is
+        # its replacement (possibly still loading): not an answer to this request.
+        upstream.close()
+        result.status = 502
+        result.upstream_error = "backend exited before answering"
+        message = f"the backend at {url} exited before answering; retry"
+        if prepared is not None:
+            await prepared.write(sse_error_event(message, "backend_failed"))
+            await prepared.write_eof()
+            return prepared
+        return error_response(502, message, "backend_failed")
+    async with upstream:
+        result.status = upstream.status
+        content_type = upstream.headers.get("Content-Type", "")
+        streaming = content_type.startswith("text/event-stream")
+        if prepared is not None:
+            response = prepared
+            if upstream.status >= 400:
+                text = (await upstream.read())[:4000].decode(errors="replace")
+                await response.write(sse_error_event(f"backend answered {upstream.status}: {text}",
+                                                     "backend_error"))
+                await response.write_eof()
+                return response
+        elif not streaming and upstream.content_length is not None and upstream.content_length <= SMALL_BODY:
+            # A short answer: read it and send headers and body in one write (fewer syscalls
+            # and wake-ups than streaming it; this is most non-streaming API answers).
+            try:
+                data = await upstream.read()
+            except (aiohttp.ClientError, OSError) as exc:
+                result.status = 502
+                result.upstream_error = f"{type(exc).__name__}: {exc}"
+                return error_response(502, f"backend at {url} failed while answering: "
+                                      f"{result.upstream_error}", "backend_failed")
+            small = web.Response(body=data, status=upstream.status, reason=upstream.reason)
+            for key, value in upstream.headers.items():
+                if key.lower() not in HOP_BY_HOP:
+                    small.headers.add(key, value)
+            if "json" in content_type:
+                result.usage = _usage_from(data)
+            return small
+        else:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for key, value in upstream.headers.items():
+                if key.lower() not in HOP_BY_HOP:
+                    response.headers.add(key, value)
+            if upstream.content_length is not None and not streaming:
+                response.content_length = upstream.content_length
+            if streaming:
+                response.headers["X-Accel-Buffering"] = "no"
+                response.headers["Cache-Control"] = "no-cache"
+            await response.prepare(request)
+        keep = not streaming and "json" in content_type
+        copied = bytearray()
+        tail = b""
+        content = upstream.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, OSError) as exc:
+                result.upstream_error = f"{type(exc).__name__}: {exc}"
+                break
+            if not chunk:
+                break
+            await response.write(chunk)
+            if keep and len(copied) < USAGE_COPY_LIMIT:
+                copied += chunk
+            elif streaming and (b'"usage"' in chunk or b'"tokens_predicted"' in chunk or tail):
+                tail = (tail + chunk)[-65536:]
+        if streaming:
+            # llama-server closes the connection after a stream although it announces keep-alive;
+            # never hand such a connection back to the pool (requests that did not say
+            # "stream": true can still get an SSE answer, e.g. through /upstream).
+            upstream.close()
+        if result.upstream_error is None and upstream.content_length is not None \
+                and not content.is_eof():
+            result.upstream_error = "backend closed the connection early"
+        if result.upstream_error is not None:
+            log.warning("backend at %s failed mid-response: %s", url, result.upstream_error)
+            if streaming or prepared is not None:
+                await response.write(sse_error_event(
+                    f"backend failed in the middle of the response: {result.upstream_error}",
+                    "backend_failed"))
+            else:
+                # The status line is gone already; closing the connection without the final
+                # chunk tells the client the body is incomplete.
+                request.transport and request.transport.close()
+                return response
+        else:
+            result.usage = _usage_from(bytes(copied) if keep else tail)
+        await response.write_eof()
+        return response

@@ -1,0 +1,321 @@
+"""The supervisor's decisions as a pure state machine: events in, actions out.
+
+No I/O, no clock, no sleeps: every event carries ``now`` (seconds, monotonic) and returns the
+actions the driver (:mod:`homelab.supervisor.server`) must carry out. The driver reports back with
+further events (``ready``, ``start_failed``, ``exited``, ``stopped``) and calls :meth:`tick` at
+:meth:`next_deadline`. That keeps the hard part testable without processes or timing.
+
+Policies:
+
+* One load serves every request waiting for a model; evictions are issued together (parallel).
+* A model with requests in flight is never evicted. The swap waits. For ``max_wait`` seconds
+  (``x-maxWait``) the busy model keeps admitting new requests; after that it is *held*: its new
+  requests queue behind the swap (they restart it afterwards), so a queued model is not starved.
+  Requests queued before that swap began are still served first. The swap itself still waits
+  for the in-flight requests to finish.
+* Pending starts are served in arrival order (head of line): a start that must wait for
+  evictions holds back the starts queued after it, so later requests cannot starve it.
+* ``concurrencyLimit`` counts in-flight plus queued requests of a model; over it: 429.
+* TTL counts idle time from the end of the last request, or from ready.
+* A failed start (exit while loading, health timeout) rejects its waiters with 503 and the reason.
+  After repeated failures (start failures or crashes within a minute of ready) a model is
+  refused with 503 and ``Retry-After`` for a back-off of 1, 2, 4 ... 30 s.
+* ``unload`` and a reload that changed a model hold it (new requests queue) and stop it as soon
+  as it is idle; queued requests then start it again with the current config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .admission import AdmissionError, evictions
+from .config import Config
+
+
+class State(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class Admit:
+    req: int
+    model: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    req: int
+    model: str
+    status: int
+    message: str
+    retry_after: int | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    model: str
+    requested_at: float
+    """When the oldest request that needs this start arrived (swap duration starts there)."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    model: str
+    reason: str
+
+
+Action = Admit | Reject | Start | Stop
+PlanFn = Callable[[Config, str, Sequence[str], Collection[str]], frozenset[str]]
+
+CRASH_WINDOW = 60.0
+"""A crash within this many seconds of ready counts towards the back-off."""
+MAX_BACKOFF = 30.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to refuse a model after ``failures`` consecutive failures (first one: none)."""
+    if failures < 2:
+        return 0.0
+    return min(2.0 ** (failures - 2), MAX_BACKOFF)
+
+
+@dataclass
+class ModelState:
+    id: str
+    state: State = State.STOPPED
+    inflight: set[int] = field(default_factory=set)
+    waiters: dict[int, float] = field(default_factory=dict)
+    """Queued request -> arrival time, in arrival order."""
+    last_used: float = 0.0
+    ready_at: float = 0.0
+    unload_requested: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+
+    @property
+    def busy(self) -> bool:
+        return self.state is State.STARTING or bool(self.inflight)
+
+
+class Scheduler:
+    def __init__(self, config: Config, plan: PlanFn = evictions) -> None:
+        self.config = config
+        self._plan_evictions = plan
+        self.models: dict[str, ModelState] = {m: ModelState(m) for m in config.models}
+        self.requests: dict[int, str] = {}
+        self.blocked_since: dict[str, float] = {}
+        """Busy model that a pending start must evict -> when it first blocked it."""
+
+    # ----------------------------------------------------------------- events
+    def request(self, req: int, model: str, now: float) -> list[Action]:
+        state = self.models.get(model)
+        if state is None or model not in self.config.models:
+            return [Reject(req, model, 404, f"model {model!r} is not configured")]
+        if now < state.retry_at:
+            wait = math.ceil(state.retry_at - now)
+            return [Reject(req, model, 503,
+                           f"model {model!r} failed {state.failures} times in a row, retrying in "
+                           f"{wait}s; last error: {state.last_error}", retry_after=wait)]
+        limit = self.config.models[model].concurrency_limit
+        if limit > 0 and len(state.inflight) + len(state.waiters) >= limit:
+            return [Reject(req, model, 429,
+                           f"model {model!r} is at its concurrencyLimit of {limit} requests",
+                           retry_after=1)]
+        self.requests[req] = model
+        if state.state is State.READY and not state.waiters and not self._held(state, now):
+            state.inflight.add(req)
+            return [Admit(req, model)]
+        state.waiters[req] = now
+        return self._plan(now)
+
+    def done(self, req: int, now: float) -> list[Action]:
+        """The request finished (admitted) or its client went away (queued)."""
+        model = self.requests.pop(req, None)
+        if model is None:
+            return []
+        state = self.models[model]
+        if req in state.inflight:
+            state.inflight.discard(req)
+            state.last_used = now
+        else:
+            state.waiters.pop(req, None)
+        return self._plan(now)
+
+    def ready(self, model: str, now: float) -> list[Action]:
+        state = self.models[model]
+        state.state = State.READY
+        state.ready_at = state.last_used = now
+        return self._plan(now)
+
+    def start_failed(self, model: str, reason: str, now: float) -> list[Action]:
+        state = self.models[model]
+        state.state = State.STOPPED
+        self._count_failure(state, reason, now)
+        actions: list[Action] = [self._reject_waiter(state, req, 503, reason) for req in list(state.waiters)]
+        return actions + self._plan(now)
+
+    def exited(self, model: str, reason: str, now: float) -> list[Action]:
+        """A ready model's process exited without being asked to (a crash)."""
+        state = self.models[model]
+        if now - state.ready_at > CRASH_WINDOW:
+            state.failures = 0
+        state.state = State.STOPPED
+        self._count_failure(state, reason, now)
+        self.blocked_since.pop(model, None)
+        return self._plan(now)
+
+    def stopped(self, model: str, now: float) -> list[Action]:
+        state = self.models[model]
+        state.state = State.STOPPED
+        state.unload_requested = False
+        self.blocked_since.pop(model, None)
+        if model not in self.config.models and not state.inflight and not state.waiters:
+            del self.models[model]
+        return self._plan(now)
+
+    def unload(self, models: Collection[str] | None, now: float) -> list[Action]:
+        """Stop the given models (all when None) as soon as they are idle."""
+        for model_id in list(self.models) if models is None else models:
+            state = self.models.get(model_id)
+            if state is not None and state.state is not State.STOPPED:
+                state.unload_requested = True
+        return self._plan(now)
+
+    def reconfigure(self, config: Config, changed: Collection[str], now: float) -> list[Action]:
+        """Swap in a new config; restart only ``changed`` models (removed ones are stopped)."""
+        self.config = config
+        actions: list[Action] = []
+        for model_id, state in list(self.models.items()):
+            removed = model_id not in config.models
+            if removed:
+                for req in list(state.waiters):
+                    actions.append(self._reject_waiter(state, req, 404,
+                                                       f"model {model_id!r} was removed by a reload"))
+            if (removed or model_id in changed) and state.state is not State.STOPPED:
+                state.unload_requested = True
+            elif removed:
+                del self.models[model_id]
+        for model_id in config.models:
+            self.models.setdefault(model_id, ModelState(model_id))
+        return actions + self._plan(now)
+
+    def tick(self, now: float) -> list[Action]:
+        return self._plan(now)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [since + self.config.max_wait for since in self.blocked_since.values()]
+        for state in self.models.values():
+            ttl = self._ttl(state.id)
+            if state.state is State.READY and ttl > 0 and not state.inflight and not state.waiters:
+                deadlines.append(state.last_used + ttl)
+        return min(deadlines) if deadlines else None
+
+    # ------------------------------------------------------------- internals
+    def _ttl(self, model: str) -> float:
+        cfg = self.config.models.get(model)
+        if cfg is None:
+            return 0.0
+        return cfg.ttl if cfg.ttl > 0 else self.config.global_ttl
+
+    def _held(self, state: ModelState, now: float) -> bool:
+        if state.unload_requested:
+            return True
+        since = self.blocked_since.get(state.id)
+        return since is not None and now >= since + self.config.max_wait
+
+    def _count_failure(self, state: ModelState, reason: str, now: float) -> None:
+        state.failures += 1
+        state.last_error = reason.splitlines()[0] if reason else ""
+        state.retry_at = now + backoff(state.failures)
+
+    def _reject_waiter(self, state: ModelState, req: int, status: int, message: str,
+                       retry_after: int | None = None) -> Reject:
+        state.waiters.pop(req, None)
+        self.requests.pop(req, None)
+        return Reject(req, state.id, status, message, retry_after)
+
+    def _admit_waiters(self, now: float) -> list[Action]:
+        """Serve queued requests of ready models. A held model still serves the requests that
+        were queued before the swap that holds it began (they were first; evicting a model
+        before it served the requests it was started for would livelock)."""
+        actions: list[Action] = []
+        for state in self.models.values():
+            if state.state is not State.READY or not state.waiters:
+                continue
+            held = self._held(state, now)
+            if held and state.unload_requested:
+                continue
+            since = self.blocked_since.get(state.id, now)
+            for req, arrived in list(state.waiters.items()):
+                if held and arrived > since:
+                    continue
+                del state.waiters[req]
+                state.inflight.add(req)
+                actions.append(Admit(req, state.id))
+        return actions
+
+    def _plan(self, now: float) -> list[Action]:
+        actions = self._admit_waiters(now)
+        # Idle models that were asked to go, or whose TTL ran out.
+        for state in self.models.values():
+            if state.state is not State.READY or state.inflight:
+                continue
+            ttl = self._ttl(state.id)
+            if state.unload_requested:
+                actions.append(self._stop(state, "unloaded (request or config change)"))
+            elif ttl > 0 and not state.waiters and now >= state.last_used + ttl:
+                actions.append(self._stop(state, f"idle for {ttl:g}s (ttl)"))
+        # Pending starts, oldest first; a start that must wait holds back the ones after it.
+        pending = sorted(
+            (s for s in self.models.values() if s.waiters and s.state is State.STOPPED),
+            key=lambda s: next(iter(s.waiters.values())),
+        )
+        blockers: set[str] = set()
+        for state in pending:
+            if now < state.retry_at:
+                wait = math.ceil(state.retry_at - now)
+                for req in list(state.waiters):
+                    actions.append(self._reject_waiter(
+                        state, req, 503, f"model {state.id!r} is backing off after "
+                        f"{state.failures} failures: {state.last_error}", retry_after=wait))
+                continue
+            resident = sorted((s for s in self.models.values() if s.state is not State.STOPPED),
+                              key=lambda s: s.last_used)
+            busy = {s.id for s in resident if s.busy}
+            try:
+                evict = self._plan_evictions(self.config, state.id, [s.id for s in resident], busy)
+            except AdmissionError as exc:
+                for req in list(state.waiters):
+                    actions.append(self._reject_waiter(state, req, 503, str(exc)))
+                continue
+            must_wait = False
+            for victim_id in evict:
+                victim = self.models[victim_id]
+                if victim.state is State.STOPPED:
+                    continue
+                must_wait = True
+                if victim.state is State.STOPPING:
+                    continue
+                if victim.busy:
+                    blockers.add(victim_id)
+                else:
+                    actions.append(self._stop(victim, f"evicted to start {state.id!r}"))
+            if must_wait:
+                break
+            state.state = State.STARTING
+            actions.append(Start(state.id, requested_at=next(iter(state.waiters.values()))))
+        self.blocked_since = {b: self.blocked_since.get(b, now) for b in blockers}
+        # A hold that ended (the blocking start went away) lets queued requests in again.
+        actions += self._admit_waiters(now)
+        return actions
+
+    def _stop(self, state: ModelState, reason: str) -> Stop:
+        state.state = State.STOPPING
+        return Stop(state.id, reason)

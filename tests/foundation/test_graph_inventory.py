@@ -1,0 +1,37 @@
+"""The task graph over the example inventory, and a broken inventory stopping it early."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def doit(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HOMELAB_INVENTORY"}
+    return subprocess.run(
+        [sys.executable, "-m", "doit", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_doit_list_shows_every_stage_for_the_example_hosts() -> None:
+    out = doit("list", "--all", "host=xtx,duo3060")
+    assert out.returncode == 0, out.stderr
+    for host in ("xtx", "duo3060"):
+        for stage in ("lock", "source", "build", "plan", "render", "install", "deploy"):
+            assert f"{stage}:{host}" in out.stdout
+
+
+def test_a_broken_inventory_stops_doit_with_file_and_line(tmp_path: Path) -> None:
+    for folder in ("hosts", "recipes"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("*.lock.json"))
+    host = tmp_path / "hosts" / "xtx.yaml"
+    host.write_text(host.read_text().replace("arch: gfx1100", "arch: sm_86"))
+    out = doit("list", "host=xtx", f"inventory={tmp_path}")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"{host}:7: gpus[0].arch: 'sm_86' is not a ROCm target" in out.stderr

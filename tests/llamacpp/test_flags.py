@@ -1,0 +1,101 @@
+"""Parsing the real b11434 ``llama-server --help`` and checking recipe flags against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from homelab.llamacpp.flags import AcceptedFlags, MtpSettings, check_flags, mtp_flags, parse_help
+
+HELP = (Path(__file__).parent / "data" / "llama-server-b11434-help.txt").read_text()
+SNAPSHOT = Path(__file__).resolve().parents[2] / "homelab" / "llamacpp" / "server_flags_b11434.txt"
+
+
+@pytest.fixture(scope="module")
+def accepted() -> AcceptedFlags:
+    return parse_help(HELP, "b11434")
+
+
+def test_every_long_alias_is_known_with_its_value_kind(accepted: AcceptedFlags) -> None:
+    ctx = accepted.flags["ctx-size"]
+    assert ctx.aliases == ("-c", "--ctx-size") and ctx.value == "required" and ctx.placeholder == "N"
+    # every spelling of one option maps to the same entry
+    assert accepted.flags["n-predict"] is accepted.flags["predict"]
+    assert accepted.flags["no-kv-offload"] is accepted.flags["kv-offload"]
+    assert accepted.flags["kv-offload"].value == "none"
+    assert accepted.flags["flash-attn"].value == "optional"
+    assert accepted.flags["flash-attn"].choices == ("on", "off", "auto")
+    # specs longer than the description column, values with spaces, names with dots
+    assert accepted.flags["n-cpu-moe-draft"].name == "spec-draft-n-cpu-moe"
+    assert accepted.flags["control-vector-layer-range"].placeholder == "START END"
+    assert accepted.flags["fim-qwen-1.5b-default"].value == "none"
+    assert accepted.flags["split-mode"].choices == ("none", "layer", "row", "tensor")
+    # "allowed values:" lines in the description become choices
+    assert "q4_0" in accepted.flags["cache-type-k"].choices
+    assert "draft-mtp" in accepted.flags["spec-type"].choices
+
+
+def test_removed_options_are_listed_but_not_accepted(accepted: AcceptedFlags) -> None:
+    assert "draft-max" in accepted.flags
+    assert not accepted.accepts("draft-max")
+    assert "spec-draft-n-max" in (accepted.flags["draft-max"].removed or "")
+    assert accepted.accepts("spec-draft-n-max") and accepted.accepts("--ctx-size")
+
+
+def test_json_round_trip(accepted: AcceptedFlags, tmp_path: Path) -> None:
+    accepted.write(tmp_path / "flags.json")
+    again = AcceptedFlags.read(tmp_path / "flags.json")
+    assert again.build == "b11434"
+    assert again.long_names(include_removed=True) == accepted.long_names(include_removed=True)
+    assert again.flags["cache-type-v"] == accepted.flags["cache-type-v"]
+
+
+def test_static_snapshot_matches_the_real_help(accepted: AcceptedFlags) -> None:
+    lines = SNAPSHOT.read_text().splitlines()
+    assert lines == sorted(lines) and all(not n.startswith("-") for n in lines)
+    assert lines == accepted.long_names()
+    assert {"ctx-size", "cache-type-k", "n-gpu-layers", "spec-type", "load-mode"} <= set(lines)
+    assert not {"draft-max", "no-mmap", "mlock"} & set(lines)
+
+
+def test_check_flags_names_model_flag_and_build(accepted: AcceptedFlags) -> None:
+    server = {
+        "ctx-size": 8192,
+        "cache-type-k": "q4_0",
+        "flash-attn": "on",
+        "jinja": True,
+        "ctx-sise": 100,  # typo
+        "no-mmap": True,  # renamed upstream
+        "draft-max": 4,  # removed upstream
+        "metrics": 3,  # a switch given a value
+        "port": True,  # a valued flag given no value
+        "cache-type-v": "q3_k",  # not an allowed value
+        "spec-type": "draft-mtp,ngram-mod",  # comma lists are not checked against choices
+    }
+    problems = check_flags("qwen3", server, accepted, recipe_file="recipes/qwen3.yaml")
+    by_flag = {p.flag: str(p) for p in problems}
+    assert set(by_flag) == {"ctx-sise", "no-mmap", "draft-max", "metrics", "port", "cache-type-v"}
+    for message in by_flag.values():
+        assert "recipes/qwen3.yaml" in message and "qwen3" in message
+    assert "did you mean 'ctx-size'" in by_flag["ctx-sise"] and "b11434" in by_flag["ctx-sise"]
+    assert "load-mode" in by_flag["no-mmap"]
+    assert "removed" in by_flag["draft-max"] and "spec-draft-n-max" in by_flag["draft-max"]
+    assert check_flags("ok", {"ctx-size": 1, "n-gpu-layers": 99, "mlock": None} | {}, accepted)[0].flag == "mlock"
+
+
+def test_mtp_only_with_heads_and_spelled_as_the_build_does(accepted: AcceptedFlags) -> None:
+    mtp = MtpSettings(draft_n_max=3)
+    assert mtp_flags(mtp, has_mtp_heads=False, accepted=accepted) == {}
+    assert mtp_flags(None, has_mtp_heads=True, accepted=accepted) == {}
+    flags = mtp_flags(mtp, has_mtp_heads=True, accepted=accepted)
+    assert flags == {"spec-type": "draft-mtp", "spec-draft-n-max": "3"}
+    assert check_flags("m", flags, accepted) == []
+    # an older patched branch: no help at hand, the build number decides
+    assert mtp_flags(mtp, has_mtp_heads=True, build_number=9000)["spec-type"] == "mtp"
+    assert mtp_flags(MtpSettings(2, 1), has_mtp_heads=True, build_number=9180) == {
+        "spec-type": "draft-mtp", "spec-draft-n-max": "2", "spec-draft-n-min": "1"
+    }
+    # a build whose --spec-type only knows "mtp"
+    old = parse_help("--spec-type none,mtp,ngram             speculative type\n", "patched-b9000")
+    assert mtp_flags(mtp, has_mtp_heads=True, accepted=old)["spec-type"] == "mtp"

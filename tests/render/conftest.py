@@ -1,0 +1,96 @@
+"""Fixed fake inputs for the render tests: the example hosts with made-up paths and a plan.
+
+Golden files are rendered from these (binary /opt/homelab/bin/llama-server, models under
+/models, state under /var/lib/homelab, a fixed plan); nothing here reads the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from homelab.inventory import ResolvedHost, load_host
+from homelab.inventory.flagnames import known_flags
+from homelab.render import PlannedModel, RenderInputs, StatePaths
+
+REPO = Path(__file__).resolve().parents[2]
+GIB = 1024**3
+
+FAKE_BINARY = Path("/opt/homelab/bin/llama-server")
+FAKE_HOMELAB = Path("/opt/homelab/venv/bin/homelab")
+FAKE_STATE = Path("/var/lib/homelab")
+
+# A fixed plan: MiB per GPU and the chosen context (what plans/<host>.json would say).
+FAKE_PLAN: dict[str, dict[str, PlannedModel]] = {
+    "xtx": {
+        "qwen3.6-35b-a3b": PlannedModel(vram_mib=(21504,), ctx_size=102400),
+        "qwen3.6-35b-a3b-mtp": PlannedModel(vram_mib=(21120,), ctx_size=65536),
+        "qwen3.6-27b": PlannedModel(vram_mib=(21890,), ctx_size=65536),
+        "mistral-small-3.2-24b": PlannedModel(vram_mib=(19980,), ctx_size=92160),
+        "qwen3.5-9b": PlannedModel(vram_mib=(9870,), ctx_size=122880),
+        "glm-4.7-flash": PlannedModel(vram_mib=(20480,), ctx_size=65536),
+    },
+    "duo3060": {
+        "chat-small": PlannedModel(vram_mib=(3120, 0), ctx_size=4096),
+        "think-small": PlannedModel(vram_mib=(3960, 7940), ctx_size=8192),
+        "think-big": PlannedModel(vram_mib=(10950, 10870), ctx_size=98304),
+    },
+    "local": {
+        "qwen3-0.6b": PlannedModel(vram_mib=(), total_mib=0, ctx_size=8192),
+    },
+}
+FAKE_SIZES_GIB = {"qwen3-0.6b": 0.6, "chat-small": 2.5, "qwen3.5-9b": 6.0}
+"""Weights in GiB (others 17.7): sizes healthCheckTimeout."""
+
+FAKE_HASHES = {
+    "host": "1" * 64,
+    "recipes": {"example": "2" * 64},
+    "lock": "3" * 64,
+    "patches": {},
+    "build": "4" * 64,
+    "homelab": "5" * 64,
+}
+
+
+def example_host(name: str) -> ResolvedHost:
+    return load_host(name, REPO)
+
+
+def fake_inputs(host: ResolvedHost, **overrides: Any) -> RenderInputs:
+    files = {m.id: (Path("/models") / f"{m.recipe.name}.gguf",) for m in host.models}
+    sizes = {m.id: int(FAKE_SIZES_GIB.get(m.id, 17.7) * GIB) for m in host.models}
+    plan = FAKE_PLAN.get(host.name)
+    values: dict[str, Any] = dict(
+        host=host,
+        server_binary=FAKE_BINARY,
+        accepted_flags=known_flags("b11434"),
+        model_files=files,
+        model_bytes=sizes,
+        paths=StatePaths(FAKE_STATE, host.name),
+        homelab_executable=FAKE_HOMELAB,
+        plan={k: v for k, v in plan.items() if k in files} if plan else None,
+        plan_json=None,
+        mtp_supported={m.id: m.mtp is not None for m in host.models},
+        build_number=11434,
+        build_label="llama.cpp b11434",
+        input_hashes=FAKE_HASHES,
+    )
+    values.update(overrides)
+    return RenderInputs(**values)
+
+
+def with_runtime(host: ResolvedHost, **changes: Any) -> ResolvedHost:
+    runtime = host.host.runtime.model_copy(update=changes)
+    return dataclasses.replace(host, host=host.host.model_copy(update={"runtime": runtime}))
+
+
+@pytest.fixture
+def inputs_for() -> Callable[..., RenderInputs]:
+    def make(name: str, **overrides: Any) -> RenderInputs:
+        return fake_inputs(example_host(name), **overrides)
+
+    return make

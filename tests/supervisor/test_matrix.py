@@ -1,0 +1,253 @@
+"""Set expressions, the matrix solver and group rules, as pure functions."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from homelab.supervisor.config import GroupConfig, MatrixConfig
+from homelab.supervisor.matrix import (
+    DEFAULT_GROUP,
+    MAX_ALTERNATIVES,
+    MatrixError,
+    MatrixExpressionError,
+    expand_sets,
+    expression_names,
+    expression_refs,
+    group_evictions,
+    parse_expression,
+    solve,
+)
+
+
+def fs(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+# --------------------------------------------------------------------------- expressions
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a", [fs("a")]),
+        ("a & b", [fs("a", "b")]),
+        ("a | b", [fs("a"), fs("b")]),
+        # & binds tighter than | (llama-swap's grammar)
+        ("a | b & c", [fs("a"), fs("b", "c")]),
+        ("(a | b) & c", [fs("a", "c"), fs("b", "c")]),
+        ("a & (b | c) & (d | e)", [fs("a", "b", "d"), fs("a", "b", "e"), fs("a", "c", "d"), fs("a", "c", "e")]),
+        ("((a))", [fs("a")]),
+        ("a & a", [fs("a")]),
+        ("a | a | b", [fs("a"), fs("b")]),  # duplicate alternatives dropped, first kept
+        ("qwen3.6-35b & embed_v2", [fs("qwen3.6-35b", "embed_v2")]),
+        ("  a\t&\nb ", [fs("a", "b")]),
+    ],
+)
+def test_parse_expression(text: str, expected: list[frozenset[str]]) -> None:
+    assert parse_expression(text) == expected
+
+
+def test_ref_inlines_the_alternatives_of_another_set() -> None:
+    refs = {"small": [fs("a"), fs("b", "c")]}
+    assert parse_expression("+small & big", refs) == [fs("a", "big"), fs("b", "c", "big")]
+    assert parse_expression("x | +small", refs) == [fs("x"), fs("a"), fs("b", "c")]
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "words"),
+    [
+        ("", 0, "empty"),
+        ("a &", 3, "expected a model name"),
+        ("a & (b", 6, "missing ')'"),
+        ("a)", 1, "unmatched ')'"),
+        ("a b", 2, "found 'b'"),
+        ("()", 1, "empty parentheses"),
+        ("+", 1, "set name after '+'"),
+        ("org/model", 3, "matrix.vars"),
+        ("a:q4", 1, "matrix.vars"),
+        ("a & +nope", 4, "unknown set +nope"),
+        ("| a", 0, "expected a model name"),
+    ],
+)
+def test_expression_errors_name_the_position(text: str, position: int, words: str) -> None:
+    with pytest.raises(MatrixExpressionError) as caught:
+        parse_expression(text)
+    assert caught.value.position == position
+    assert words in str(caught.value)
+    assert f"position {position}" in str(caught.value)
+
+
+def test_expansion_is_capped() -> None:
+    wide = "(" + " | ".join(f"m{i}" for i in range(40)) + ")"
+    with pytest.raises(MatrixExpressionError, match=str(MAX_ALTERNATIVES)):
+        parse_expression(f"{wide} & {wide}")
+
+
+def test_expression_names_and_refs() -> None:
+    text = "a & (b | +other) & c.d"
+    assert expression_names(text) == {"a", "b", "c.d"}
+    assert expression_refs(text) == {"other"}
+    with pytest.raises(MatrixExpressionError):
+        expression_names("a & & b")
+
+
+def test_expand_sets_allows_forward_refs_and_resolves_vars() -> None:
+    sets = expand_sets(
+        {"combo": "+base & e", "base": "q | g"},
+        {"q": "Qwen/Qwen3:Q4", "g": "google/gemma", "e": "embed"},
+    )
+    assert list(sets) == ["combo", "base"]
+    assert sets["combo"] == (fs("Qwen/Qwen3:Q4", "embed"), fs("google/gemma", "embed"))
+    assert sets["base"] == (fs("Qwen/Qwen3:Q4"), fs("google/gemma"))
+
+
+def test_expand_sets_rejects_cycles_and_unknown_refs() -> None:
+    with pytest.raises(MatrixError, match="cycle: a -> b -> a"):
+        expand_sets({"a": "x & +b", "b": "+a | y"})
+    with pytest.raises(MatrixError, match=r"\+missing"):
+        expand_sets({"a": "x & +missing"})
+
+
+# --------------------------------------------------------------------------- solver
+
+
+def matrix(sets: dict[str, str], costs: dict[str, int] | None = None) -> MatrixConfig:
+    return MatrixConfig(vars={}, evict_costs=costs or {}, sets=expand_sets(sets))
+
+
+def test_solver_keeps_what_fits_and_evicts_the_rest() -> None:
+    m = matrix({"coding": "coder & embed", "chat": "chat & embed"})
+    decision = solve(m, fs("coder", "embed"), "chat")
+    assert decision.set_name == "chat"
+    assert decision.evict == fs("coder")
+    assert decision.alternative == fs("chat", "embed")
+    assert decision.cost == 1
+
+
+def test_solver_prefers_the_cheaper_eviction() -> None:
+    m = matrix({"a": "small & x", "b": "big & x"}, {"big": 10})
+    assert solve(m, fs("small", "big"), "x").evict == fs("small")
+    assert solve(m, fs("small", "big"), "x").set_name == "b"
+
+
+def test_solver_ties_go_to_the_first_defined_set() -> None:
+    m = matrix({"first": "t & a", "second": "t & b"})
+    assert solve(m, fs("a", "b"), "t").set_name == "first"
+    assert solve(m, fs(), "t").set_name == "first"
+
+
+def test_model_in_no_set_runs_alone() -> None:
+    m = matrix({"s": "a & b"})
+    decision = solve(m, fs("a", "b"), "loner")
+    assert decision.evict == fs("a", "b")
+    assert decision.set_name is None
+    assert decision.alternative == fs("loner")
+
+
+def test_running_target_that_fits_evicts_nothing() -> None:
+    m = matrix({"s": "a & b"})
+    assert solve(m, fs("a", "b"), "a").evict == fs()
+
+
+MODELS = ["m0", "m1", "m2", "m3", "m4", "m5"]
+names = st.sampled_from(MODELS)
+alternative_st = st.frozensets(names, min_size=1, max_size=4)
+
+
+@st.composite
+def matrices(draw: st.DrawFn) -> MatrixConfig:
+    n_sets = draw(st.integers(1, 4))
+    sets = {
+        f"s{i}": tuple(dict.fromkeys(draw(st.lists(alternative_st, min_size=1, max_size=4))))
+        for i in range(n_sets)
+    }
+    costs = draw(st.dictionaries(names, st.integers(1, 5)))
+    return MatrixConfig(vars={}, evict_costs=costs, sets=sets)
+
+
+def cost_of(m: MatrixConfig, running: frozenset[str], target: str, alternative: frozenset[str]) -> int:
+    return sum(m.evict_costs.get(x, 1) for x in running - {target} - alternative)
+
+
+@settings(max_examples=200, deadline=None)
+@given(m=matrices(), running=st.frozensets(names), target=names)
+def test_solver_properties(m: MatrixConfig, running: frozenset[str], target: str) -> None:
+    decision = solve(m, running, target)
+    candidates = [
+        (name, alt) for name, alts in m.sets.items() for alt in alts if target in alt
+    ]
+    # the target is never evicted, and only running models are
+    assert target not in decision.evict
+    assert decision.evict <= running
+    if not candidates:
+        # a model in no set runs alone
+        assert decision.set_name is None
+        assert decision.evict == running - {target}
+        return
+    # the chosen alternative contains the target and comes from the named set
+    assert target in decision.alternative
+    assert decision.set_name is not None
+    assert decision.alternative in m.sets[decision.set_name]
+    # evicted = exactly the running models outside the chosen alternative
+    assert decision.evict == running - {target} - decision.alternative
+    # what stays fits in the chosen alternative
+    assert (running - decision.evict) | {target} <= decision.alternative
+    # minimal cost over every alternative, ties to the first defined
+    costs = [cost_of(m, running, target, alt) for _, alt in candidates]
+    assert decision.cost == min(costs)
+    first = costs.index(min(costs))
+    assert (decision.set_name, decision.alternative) == candidates[first]
+
+
+# --------------------------------------------------------------------------- groups
+
+
+GROUPS = {
+    "chat": GroupConfig("chat", ("llama", "qwen"), swap=True, exclusive=True),
+    "tools": GroupConfig("tools", ("coder", "sql"), swap=False, exclusive=False),
+    "always": GroupConfig("always", ("embed",), swap=False, exclusive=False, persistent=True),
+    DEFAULT_GROUP: GroupConfig(DEFAULT_GROUP, ("x", "y")),
+}
+
+
+@pytest.mark.parametrize(
+    ("running", "target", "evicted"),
+    [
+        # swap: one member of the group at a time; exclusive: other non-persistent groups go
+        ({"llama", "coder", "embed"}, "qwen", {"llama", "coder"}),
+        # starting an already-running member evicts only other groups (exclusive)
+        ({"llama", "sql"}, "llama", {"sql"}),
+        # swap: false, exclusive: false: members side by side, nothing else touched
+        ({"coder", "llama", "x"}, "sql", set()),
+        # persistent groups are never evicted by others
+        ({"embed", "coder"}, "llama", {"coder"}),
+        # the default group is swap + exclusive
+        ({"x", "embed", "sql"}, "y", {"x", "sql"}),
+        ({"llama"}, "x", {"llama"}),
+    ],
+)
+def test_group_evictions(running: set[str], target: str, evicted: set[str]) -> None:
+    assert group_evictions(GROUPS, frozenset(running), target) == frozenset(evicted)
+
+
+def test_ungrouped_model_without_default_group_behaves_like_llama_swap_default() -> None:
+    groups = {"g": GroupConfig("g", ("a",), swap=True, exclusive=False)}
+    assert group_evictions(groups, fs("a", "lonely1"), "lonely2") == fs("a", "lonely1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(running=st.frozensets(st.sampled_from(["llama", "qwen", "coder", "sql", "embed", "x", "y"])),
+       target=st.sampled_from(["llama", "qwen", "coder", "sql", "embed", "x", "y"]))
+def test_group_properties(running: frozenset[str], target: str) -> None:
+    evicted = group_evictions(GROUPS, running, target)
+    assert evicted <= running
+    assert target not in evicted
+    assert "embed" not in evicted  # the persistent group is never evicted by others
+    remaining = (running - evicted) | {target}
+    group = next(g for g in GROUPS.values() if target in g.members)
+    if group.swap:  # one member of a swap group at a time
+        assert remaining & set(group.members) == {target}
+    if group.exclusive:  # nothing of another non-persistent group survives
+        assert remaining <= set(group.members) | {"embed"}
