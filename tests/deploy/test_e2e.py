@@ -108,8 +108,10 @@ def lab(tmp_path: Path, llama_server_bin: Path, tiny_models: dict[str, Path], mo
         shutil.copytree(REPO / "homelab", src / "homelab", ignore=shutil.ignore_patterns("__pycache__"))
         for name in ("pyproject.toml", "README.md", "dodo.py"):
             shutil.copyfile(REPO / name, src / name)
+        # a first deploy resolves the lock; CI=true would make it frozen (an error by design)
+        monkeypatch.delenv("CI", raising=False)
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "CI"},
             "HOMELAB_INVENTORY": str(inv),
             "HF_ENDPOINT": hub.endpoint,
             "PYTHONPATH": str(src),
