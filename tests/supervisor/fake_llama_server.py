@@ -140,6 +140,9 @@ class Handler(BaseHTTPRequestHandler):
         n = int(payload.get("max_tokens") or ARGS.tokens)
         for i in range(n):
             if ARGS.die_mid_stream and i == ARGS.die_mid_stream:
+                # let the tokens already sent reach the client first: "mid-stream" means the
+                # answer had started, not a race with the response headers on a loaded machine
+                time.sleep(0.5)
                 os._exit(7)
             chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": payload.get("model", ARGS.name), "x_server": ARGS.name,
