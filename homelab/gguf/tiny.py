@@ -53,6 +53,21 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
+def _add_byte_tokenizer(writer: gguf.GGUFWriter) -> None:
+    """The 259-token byte vocabulary and chat template every tiny model shares."""
+    tokens, scores, types = _vocab()
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+
 def write_tiny_llama(path: str | os.PathLike[str], spec: TinySpec = TinySpec()) -> Path:
     """Write the model to ``path`` (atomically) and return the path."""
     path = Path(path)
@@ -86,17 +101,7 @@ def write_tiny_llama(path: str | os.PathLike[str], spec: TinySpec = TinySpec()) 
         writer.add_sliding_window(spec.sliding_window)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
 
-    tokens, scores, types = _vocab()
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    _add_byte_tokenizer(writer)
 
     e, kv = spec.n_embd, spec.n_head_kv * spec.head_dim
     writer.add_tensor("token_embd.weight", weight(e, VOCAB_SIZE))
@@ -231,17 +236,7 @@ def write_tiny_arch(path: str | os.PathLike[str], spec: TinyArchSpec = TinyArchS
         if n_mtp:
             writer.add_uint32(f"{arch}.nextn_predict_layers", n_mtp)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tokens, scores, types = _vocab()
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    _add_byte_tokenizer(writer)
 
     e, hd = spec.n_embd, spec.head_dim
     q, kv = spec.n_head * hd, spec.n_head_kv * hd

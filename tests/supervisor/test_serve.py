@@ -168,7 +168,7 @@ def test_check_flag(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "cmdd" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_listen_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
+def test_listen_address_in_use_is_refused_clearly(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     write_config(config, tmp_path)
     with socket.socket() as busy:
