@@ -722,5 +722,6 @@ def merge_model(
         port=entry.port,
         preload=entry.preload,
         recipe_ref=recipe_ref or recipe.name,
+        rpc_workers=tuple(dict.fromkeys(entry.rpc)),
     )
 

@@ -34,6 +34,8 @@ class ResolvedModel:
     preload: bool
     recipe_ref: str = ""
     """``recipe:`` as the host file wrote it: a name, a path or a URL."""
+    rpc_workers: tuple[str, ...] = ()
+    """Hosts whose ``rpc-server`` takes part of this model's layers (``--rpc``), in order."""
 
     def profile_ids(self) -> dict[str, Profile]:
         """Model IDs for llama-swap ``setParamsByID``: ``<id>:<profile>`` -> parameters."""
@@ -65,6 +67,7 @@ class ResolvedModel:
             "gpus": list(self.gpus) if self.gpus is not None else None,
             "port": self.port,
             "preload": self.preload,
+            "rpc": list(self.rpc_workers),
         }
 
 
@@ -96,6 +99,15 @@ class ResolvedHost:
         data["models"] = [m.as_dict() for m in self.models]
         data["sets"] = dict(self.sets)
         return data
+
+    @property
+    def peer_names(self) -> tuple[str, ...]:
+        return tuple(p if isinstance(p, str) else p.host for p in self.host.peers)
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """Hosts that must be deployed before this one: the RPC workers its models use."""
+        return tuple(dict.fromkeys(w for m in self.models for w in m.rpc_workers))
 
     def model(self, model_id: str) -> ResolvedModel:
         for m in self.models:

@@ -230,6 +230,53 @@ class Runtime(Strict):
     keep_generations: int = Field(default=5, ge=2, description="installed generations kept for rollback")
 
 
+HOST_PORT = r"^[^\s:]+:\d{1,5}$"
+ANY_ADDRESS = ("0.0.0.0", "::", "[::]", "*")
+
+
+class Peer(Strict):
+    """Another host of the inventory whose models this host's endpoint also serves (llama-swap
+    ``peers``): requests for ``<peer>/<model>`` (or an unambiguous bare name) are forwarded there."""
+
+    host: NAME = Field(description="the peer's host name (hosts/<name>.yaml in this inventory)")
+    api_key_env: str | None = Field(
+        default=None,
+        description="environment variable (in this host's service environment) holding the API key the peer "
+        "expects; default: the peer's own runtime.api_key_env",
+    )
+    models: list[str] | None = Field(
+        default=None, description="which of the peer's model IDs to expose (default: all of them)"
+    )
+
+
+class RpcServer(Strict):
+    """This host runs llama.cpp's ``rpc-server`` so a head host can put model layers on its devices.
+
+    The RPC protocol has no authentication and no encryption: bind it to a LAN address that only
+    your own machines reach, never to every interface unless ``allow_any_address`` says so."""
+
+    listen: str = Field(pattern=HOST_PORT, description="LAN_ADDRESS:PORT rpc-server binds, e.g. 192.168.1.21:50052")
+    allow_any_address: bool = Field(
+        default=False, description="permit 0.0.0.0/:: in listen (the protocol is unauthenticated: think twice)"
+    )
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for a CPU worker (-t)")
+    cache: bool = Field(default=True, description="keep received tensors in a local file cache (-c)")
+    devices: list[str] | None = Field(
+        default=None, description="which of the worker's devices to offer (-d), default: all"
+    )
+
+    @model_validator(mode="after")
+    def _lan_only(self) -> "RpcServer":
+        address = self.listen.rsplit(":", 1)[0]
+        if address in ANY_ADDRESS and not self.allow_any_address:
+            raise ValueError(
+                f"rpc_server.listen {self.listen!r} binds every interface, and llama.cpp's RPC protocol is "
+                "unauthenticated: use this host's LAN address (e.g. 192.168.1.21:50052), or set "
+                "allow_any_address: true if a firewall guards the port"
+            )
+        return self
+
+
 class HostModel(Strict):
     """One model on a host: a recipe, optionally overridden."""
 
@@ -251,6 +298,10 @@ class HostModel(Strict):
     )
     port: int | None = Field(default=None, ge=1024, le=65535, description="pinned backend port")
     preload: bool = Field(default=False, description="start this model when the service starts")
+    rpc: list[NAME] = Field(
+        default_factory=list,
+        description="worker hosts (with rpc_server) whose devices take part of this model's layers (--rpc)",
+    )
 
 
 class Host(Strict):
@@ -269,6 +320,17 @@ class Host(Strict):
     models: list[HostModel] = Field(default_factory=list, description="the models this host serves")
     sets: dict[NAME, str] = Field(
         default_factory=dict, description="models allowed to be resident together: 'a & b', 'a | b'"
+    )
+    lan_address: str | None = Field(
+        default=None,
+        description="the name or IP other hosts of the inventory use to reach this one (peers, RPC); default: "
+        "the host of an ssh:// address, else runtime.listen's address",
+    )
+    peers: list[Union[NAME, Peer]] = Field(
+        default_factory=list, description="other hosts whose models this endpoint also serves: names or {host: ...}"
+    )
+    rpc_server: RpcServer | None = Field(
+        default=None, description="run llama.cpp's rpc-server here, as a worker for models split across hosts"
     )
 
     @field_validator("address")
