@@ -33,9 +33,12 @@ from pathlib import Path
 from ..errors import HomelabError
 from .configure import (
     CMAKE_FILES,
+    RPC_CMAKE_FILES,
+    RPC_SERVER,
     Backend,
     CMakePlan,
     Toolchain,
+    cmake_target_in,
     declared_in,
     plan_cmake,
     probe_toolchain,
@@ -147,6 +150,7 @@ class Builder:
             jobs=request.jobs,
             tools=tools,
             declared=_declared_at(git_dir, request.commit),
+            cmake_targets=_renamed_targets_at(git_dir, request.commit, request.targets),
         )
         key = build_key(request.commit, [p.sha256 for p in request.patches], request.backend, plan)
         return Planned(request, plan, key, git_dir, tools)
@@ -269,11 +273,13 @@ class Builder:
         (tmp / "bin").mkdir(parents=True)
         out = build_dir / "bin"
         for target in plan.targets:
-            if not (out / target).is_file():
-                raise BuildError(f"the build finished but {out / target} is missing; see {log_path}")
+            built = out / plan.cmake_target(target)
+            if not built.is_file():
+                raise BuildError(f"the build finished but {built} is missing; see {log_path}")
+            shutil.copy2(built, tmp / "bin" / target)
         for item in out.iterdir():
-            # the targets, plus shared libraries when the host turned BUILD_SHARED_LIBS on
-            if item.name in plan.targets or ".so" in item.name or item.suffix == ".dylib":
+            # shared libraries, when the host turned BUILD_SHARED_LIBS on
+            if ".so" in item.name or item.suffix == ".dylib":
                 shutil.copy2(item, tmp / "bin" / item.name)
         shutil.copy2(log_path, tmp / "build.log")
         label = f"{request.label} (commit {request.commit[:7]}, key {key[:12]})"
@@ -365,6 +371,17 @@ def _declared_at(git_dir: Path, commit: str) -> frozenset[str] | None:
     tmp.write_text(json.dumps(sorted(declared)))
     os.replace(tmp, cache)
     return declared
+
+
+def _renamed_targets_at(git_dir: Path, commit: str, targets: tuple[str, ...]) -> dict[str, str]:
+    """Our program names -> the pinned tree's cmake targets, where a tree renamed one."""
+    if RPC_SERVER not in targets:
+        return {}
+    for rel in RPC_CMAKE_FILES:
+        result = git(["--git-dir", str(git_dir), "show", f"{commit}:{rel}"], check=False, safe=[git_dir])
+        if result.ok and (name := cmake_target_in(result.stdout)):
+            return {RPC_SERVER: name}
+    return {}
 
 
 def read_flags(server: Path, label: str) -> AcceptedFlags:

@@ -84,6 +84,17 @@ def declared_options(tree: Path) -> frozenset[str]:
 
 CMAKE_FILES = ("CMakeLists.txt", "ggml/CMakeLists.txt")
 
+RPC_SERVER = "rpc-server"
+RPC_CMAKE_FILES = ("tools/rpc/CMakeLists.txt", "examples/rpc/CMakeLists.txt")
+"""Where trees of different ages define the rpc-server program (its target was renamed
+``ggml-rpc-server`` upstream; we keep calling it ``rpc-server``)."""
+
+
+def cmake_target_in(text: str) -> str | None:
+    """The program a llama.cpp tool's CMakeLists builds: ``set(TARGET name)``."""
+    m = re.search(r"^\s*set\s*\(\s*TARGET\s+([A-Za-z0-9_.-]+)\s*\)", text, re.M)
+    return m.group(1) if m else None
+
 
 def declared_in(texts: Iterable[str]) -> frozenset[str]:
     names: set[str] = set()
@@ -210,6 +221,9 @@ class CMakePlan:
     """``-D`` options that do not change the binary (GGML_CCACHE): not in the key."""
     generator: str | None = None
     targets: tuple[str, ...] = ("llama-server",)
+    """What we call the programs (``rpc-server``), which is also their name in the build's bin/."""
+    cmake_targets: dict[str, str] = field(default_factory=dict)
+    """Our name -> the pinned tree's cmake target where they differ (``ggml-rpc-server`` in b11434)."""
     jobs: int = 1
     notes: tuple[str, ...] = ()
     """What the plan changed or assumed, for the log (a renamed option, no GPU arch given)."""
@@ -222,7 +236,13 @@ class CMakePlan:
         return cmd
 
     def build_command(self, build: Path) -> list[str]:
-        return ["cmake", "--build", str(build), "--config", "Release", "-j", str(self.jobs), "--target", *self.targets]
+        return [
+            "cmake", "--build", str(build), "--config", "Release", "-j", str(self.jobs),
+            "--target", *(self.cmake_target(t) for t in self.targets),
+        ]
+
+    def cmake_target(self, target: str) -> str:
+        return self.cmake_targets.get(target, target)
 
     def key_material(self) -> dict[str, object]:
         return {"defines": self.defines, "env": self.env, "targets": list(self.targets)}
@@ -277,6 +297,7 @@ def plan_cmake(
     jobs: int | None = None,
     tools: Toolchain | None = None,
     declared: frozenset[str] | None = None,
+    cmake_targets: Mapping[str, str] | None = None,
 ) -> CMakePlan:
     """The cmake configure/build plan for one host. Pure: same inputs, same plan."""
     tools = tools or Toolchain()
@@ -317,7 +338,7 @@ def plan_cmake(
     elif backend == "vulkan":
         defines["GGML_VULKAN"] = "ON"
 
-    if "rpc-server" in wanted_targets:
+    if RPC_SERVER in wanted_targets:
         defines["GGML_RPC"] = "ON"
 
     if backend in ("cuda", "hip"):
@@ -333,6 +354,7 @@ def plan_cmake(
         incidental=incidental,
         generator="Ninja" if tools.ninja else None,
         targets=wanted_targets,
+        cmake_targets={k: v for k, v in (cmake_targets or {}).items() if k in wanted_targets and k != v},
         jobs=jobs or os.cpu_count() or 1,
         notes=tuple(notes),
     )

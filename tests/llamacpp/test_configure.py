@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homelab.llamacpp.configure import (
+    cmake_target_in,
     FA_TYPES,
     Toolchain,
     ToolchainError,
@@ -178,3 +179,18 @@ def test_plan_is_deterministic_and_fa_list_is_valid(pairs, backend) -> None:
         for k, v in pairs:
             if k in FA_TYPES and v in FA_TYPES:
                 assert f"{k}-{v}" in listed
+
+
+def test_rpc_server_is_built_under_the_pinned_trees_target_name_and_keeps_our_name():
+    assert cmake_target_in("set(TARGET ggml-rpc-server)\nadd_executable(${TARGET} rpc-server.cpp)\n") == "ggml-rpc-server"
+    assert cmake_target_in("# no target here\n") is None
+    plan = plan_cmake(
+        backend="cpu", build_number=11434, commit="a" * 40, targets=["rpc-server"],
+        cmake_targets={"rpc-server": "ggml-rpc-server"},
+    )
+    assert plan.defines["GGML_RPC"] == "ON"
+    assert plan.targets == ("llama-server", "rpc-server")
+    assert plan.build_command(Path("b"))[-2:] == ["llama-server", "ggml-rpc-server"]
+    older = plan_cmake(backend="cpu", build_number=5000, commit="a" * 40, targets=["rpc-server"],
+                       cmake_targets={"rpc-server": "rpc-server"})
+    assert older.build_command(Path("b"))[-1] == "rpc-server" and older.cmake_targets == {}
