@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from homelab.gguf.tiny import TinySpec, write_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
+
+# CI replays the same examples every run (a red CI is a regression, not a lucky draw); local runs
+# keep exploring new ones, and hypothesis remembers what failed there.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -97,6 +97,8 @@ def validate_command(args: argparse.Namespace) -> int:
     if missing:
         raise InventoryError(", ".join(f"{p}: file not found" for p in missing))
     report = validate_inventory(inventory, [Path(p) for p in args.paths])
+    for warning in report.warnings:
+        print(f"homelab: warning: {warning}", file=sys.stderr)
     what = []
     if report.hosts:
         what.append(f"{len(report.hosts)} host(s) ({', '.join(report.hosts)})")

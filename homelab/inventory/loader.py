@@ -125,6 +125,8 @@ def check_recipe_file(path: str | Path) -> Recipe:
 class ValidationReport:
     hosts: tuple[str, ...]
     recipes: tuple[str, ...]
+    warnings: tuple[Problem, ...] = ()
+    """Likely mistakes that do not stop a deploy (printed, exit status 0)."""
 
 
 def validate_inventory(
@@ -134,8 +136,11 @@ def validate_inventory(
 
     All problems of all files are raised together.
     """
+    from .multihost import related_problems
+
     inventory = Path(inventory)
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     hosts: list[str] = []
     recipes: list[str] = []
     if not paths:
@@ -150,17 +155,23 @@ def validate_inventory(
                 report = validate_inventory(file)
                 hosts.extend(report.hosts)
                 recipes.extend(report.recipes)
+                warnings.extend(report.warnings)
             elif _file_kind(file) == "host":
                 # a host file inside an inventory's hosts/ resolves recipes from that inventory
                 host_inventory = file.parent.parent if file.parent.name == "hosts" else inventory
-                hosts.append(load_host_file(file, host_inventory).name)
+                host = load_host_file(file, host_inventory)
+                hosts.append(host.name)
+                # peers and RPC workers: the other hosts it names, from the same inventory
+                found, warned = related_problems(host)
+                problems.extend(found)
+                warnings.extend(warned)
             else:
                 recipes.append(check_recipe_file(file).name)
         except InventoryError as exc:
             problems.extend(exc.problems or [Problem(display_name(file), None, (), str(exc))])
     if problems:
         raise InventoryError(problems)
-    return ValidationReport(tuple(hosts), tuple(recipes))
+    return ValidationReport(tuple(hosts), tuple(recipes), tuple(dict.fromkeys(warnings)))
 
 
 def recipe_ref_kind(ref: str) -> RefKind:
@@ -533,6 +544,21 @@ class _Session:
         split = model.server.get("tensor-split")
         if split is None:
             return
+        where, path = (
+            (doc, ("models", index, "server", "tensor-split"))
+            if "tensor-split" in entry.server
+            else (recipe_doc, ("server", "tensor-split"))
+        )
+        if model.rpc_workers:
+            self.add(
+                where.problem(
+                    path,
+                    f"model {model.id!r} is split over rpc workers ({', '.join(model.rpc_workers)}): the plan "
+                    "sets --tensor-split over their devices and this host's GPUs, so remove it here "
+                    "(a recipe's value can be dropped in the host entry with `server: {tensor-split: null}`)",
+                )
+            )
+            return
         usable = len(entry.gpus) if entry.gpus is not None else len(host.gpus)
         shares = [part for part in str(split).replace("/", ",").split(",") if part.strip()]
         try:
@@ -543,11 +569,6 @@ class _Session:
             ok = len(shares) <= max(usable, 1)
         if ok:
             return
-        where, path = (
-            (doc, ("models", index, "server", "tensor-split"))
-            if "tensor-split" in entry.server
-            else (recipe_doc, ("server", "tensor-split"))
-        )
         self.add(
             where.problem(
                 path,
@@ -656,6 +677,7 @@ class _Session:
                         f"unknown model {model_id!r}" + did_you_mean(model_id, ids, listing="model IDs"),
                     )
                 )
+        self.check_rpc_server(doc, host)
         ports: dict[int, int] = {}
         for index, entry in enumerate(host.models):
             if entry.port is None:
@@ -668,6 +690,29 @@ class _Session:
                     )
                 )
             ports.setdefault(entry.port, index)
+
+    def check_rpc_server(self, doc: YamlDoc, host: Host) -> None:
+        """rpc-server's port must not be one the endpoint or a backend of this host takes."""
+        server = host.rpc_server
+        if server is None:
+            return
+        port = int(server.listen.rsplit(":", 1)[1])
+        path = ("rpc_server", "listen")
+        listen_port = int(host.runtime.listen.rsplit(":", 1)[1])
+        start = host.runtime.start_port
+        pinned = {entry.port for entry in host.models if entry.port is not None}
+        if not 1 <= port <= 65535:
+            self.add(doc.problem(path, f"port {port} is not a TCP port (1-65535); rpc-server's default is 50052"))
+        elif port == listen_port:
+            self.add(doc.problem(path, f"port {port} is runtime.listen's port; use another (rpc-server's default is 50052)"))
+        elif start <= port < start + 1000 or port in pinned:
+            self.add(
+                doc.problem(
+                    path,
+                    f"port {port} is in this host's backend port window ({start}-{start + 999}, "
+                    "runtime.start_port) or pinned by a model; use another (rpc-server's default is 50052)",
+                )
+            )
 
 
 def _recipe_stem(ref: str) -> str:

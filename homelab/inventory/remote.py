@@ -13,8 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import requests
-
 from ..settings import state_dir
 
 MAX_RECIPE_BYTES = 1 << 20
@@ -45,6 +43,8 @@ def cached_recipe(sha256: str) -> Path | None:
 
 
 def download(url: str) -> bytes:
+    import requests  # lazily: every doit run loads the inventory, few download a recipe
+
     try:
         with requests.get(url, timeout=TIMEOUT_S, stream=True) as response:
             if response.status_code != 200:

@@ -228,9 +228,17 @@ class Runtime(Strict):
     user: str | None = Field(default=None, description="service user for service: system")
     preload: list[str] = Field(default_factory=list, description="model IDs started at boot")
     keep_generations: int = Field(default=5, ge=2, description="installed generations kept for rollback")
+    verify: Literal["health", "models", "completion"] = Field(
+        default="completion",
+        description="what a deploy checks after activation (a failure rolls back): health = GET /health "
+        "answers 200; models = also GET /v1/models lists every configured model; completion = also a "
+        "one-token completion to every preload model and every model whose definition changed (loads "
+        "it: catches a bad flag or file)",
+    )
 
 
 HOST_PORT = r"^[^\s:]+:\d{1,5}$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ANY_ADDRESS = ("0.0.0.0", "::", "[::]", "*")
 
 
@@ -241,6 +249,7 @@ class Peer(Strict):
     host: NAME = Field(description="the peer's host name (hosts/<name>.yaml in this inventory)")
     api_key_env: str | None = Field(
         default=None,
+        pattern=ENV_NAME,
         description="environment variable (in this host's service environment) holding the API key the peer "
         "expects; default: the peer's own runtime.api_key_env",
     )

@@ -44,6 +44,7 @@ PATTERNS = {
     r"^[A-Za-z0-9][A-Za-z0-9._-]*$": "a name of letters, digits, '.', '_' and '-' that starts with a letter or digit",
     r"^https?://": "an http:// or https:// URL",
     r"^[^\s:]+:\d{1,5}$": "HOST:PORT, e.g. 127.0.0.1:12434",
+    r"^[A-Za-z_][A-Za-z0-9_]*$": "an environment variable name (letters, digits, '_'), e.g. HOMELAB_API_KEYS",
 }
 
 

@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import git as gitpython
-
 from ..errors import HomelabError
 
 IDENTITY = {
@@ -74,6 +72,8 @@ def git(
         command += ["-c", f"safe.directory={directory}"]
     command += list(args)
     full_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})}
+    import git as gitpython  # lazily: a no-op deploy never runs git
+
     runner = gitpython.cmd.Git(str(cwd) if cwd else None)
     status, stdout, stderr = runner.execute(
         command,

@@ -78,9 +78,19 @@ def build_request(host: ResolvedHost, pin: LlamaCppPin, extra_targets: Iterable[
         gpu_archs=tuple(g.arch for g in host.host.gpus if g.arch),
         cmake_extra=dict(llama.cmake),
         kv_pairs=kv_pairs_of(m.server for m in host.models),
-        targets=tuple(llama.targets) + tuple(extra_targets),
+        targets=tuple(dict.fromkeys((*llama.targets, *rpc_targets(host), *extra_targets))),
         jobs=llama.jobs,
     )
+
+
+def rpc_targets(host: ResolvedHost) -> tuple[str, ...]:
+    """``rpc-server`` for an RPC worker (it runs it) and for a head whose models use workers:
+    that target turns GGML_RPC on, without which llama-server refuses ``--rpc``."""
+    from .configure import RPC_SERVER
+
+    if host.host.rpc_server is not None or any(m.rpc_workers for m in host.models):
+        return (RPC_SERVER,)
+    return ()
 
 
 def check_toolchain(host: ResolvedHost) -> Toolchain:

@@ -26,8 +26,10 @@ peak live tensors calibrated against the real ``llama-server`` (``homelab bench 
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -56,8 +58,10 @@ RUNTIME_OVERHEAD_MIB: dict[str, int] = {"cuda": 400, "hip": 600, "vulkan": 300, 
 kernels, BLAS workspaces). Not in any llama.cpp report; measured on users' cards with
 nvidia-smi / rocm-smi. Override with ``HOMELAB_PLAN_OVERHEAD_MIB``."""
 
-PIPELINE_BACKENDS = {"cuda", "hip"}
-"""Backends with async compute and events, where llama.cpp turns on pipeline parallelism."""
+PIPELINE_BACKENDS = {"cuda", "hip", "vulkan"}
+"""Backends whose devices report async compute and events (b11434's ``ggml-cuda``,
+``ggml-vulkan`` device props), where llama.cpp turns on pipeline parallelism. RPC devices
+report both too (``ggml-rpc.cpp``), whatever the worker runs."""
 SCHED_COPIES = 4
 """GGML_SCHED_MAX_COPIES: input copies per split with pipeline parallelism."""
 
@@ -156,9 +160,11 @@ def _on(value: Any, default: bool) -> bool:
 
 
 def _device(name: str) -> str:
-    """llama.cpp buffer-type names (CPU, CUDA0, ROCm1, Vulkan0) as our device names."""
+    """llama.cpp buffer-type names (CPU, CUDA0, ROCm1, Vulkan0, RPC0) as our device names."""
     if name.upper().startswith("CPU"):
         return CPU
+    if m := re.match(r"RPC(\d+)", name, re.IGNORECASE):
+        return f"RPC{int(m.group(1))}"
     m = re.search(r"(\d+)$", name)
     return f"GPU{int(m.group(1)) if m else 0}"
 
@@ -307,6 +313,8 @@ class Estimate:
     geometry: Geometry
     settings: Settings
     notes: tuple[str, ...] = ()
+    layer_devices: tuple[str, ...] = ()
+    """Device of each layer 0..n_layer_all (the last: the output layer), as llama.cpp assigns them."""
 
     @property
     def buffers(self) -> int:
@@ -370,41 +378,81 @@ def geometry(facts: ModelFacts, s: Settings) -> Geometry:
     return Geometry(n_ctx, n_ctx_seq, n_seq, n_stream, n_ubatch, n_ctx_seq, swa_cells)
 
 
-def layer_devices(facts: ModelFacts, s: Settings, gpus: Sequence[float]) -> list[str]:
+@dataclass(frozen=True)
+class RpcDevice:
+    """One device an ``rpc-server`` offers to the head's ``llama-server`` (``--rpc``).
+
+    llama.cpp puts every RPC device before the local GPUs (``llama_prepare_model_devices``:
+    "add RPC servers at the front of the list"), in ``--rpc`` order, each server's devices in
+    its own order; ``--tensor-split`` and ``main-gpu`` index that combined list. Our estimate
+    names them ``RPC0``, ``RPC1``... like llama.cpp's device names."""
+
+    size: float
+    """Relative size for llama.cpp's default split (by free memory): the device's budget."""
+    backend: str = "cpu"
+    """What the worker runs (its runtime overhead per device)."""
+
+
+def model_devices(gpus: Sequence[float], rpc: Sequence[RpcDevice] = ()) -> list[tuple[str, float]]:
+    """The devices llama.cpp's model uses, in its order (RPC first, then local GPUs), with sizes."""
+    return [(f"RPC{j}", d.size) for j, d in enumerate(rpc)] + [(f"GPU{i}", float(g)) for i, g in enumerate(gpus)]
+
+
+def split_points(ratios: Sequence[float]) -> list[float]:
+    """llama.cpp's normalised cumulative split in float32, as ``load_tensors`` computes it."""
+    points: list[float] = []
+    acc = _f32(0.0)
+    for r in ratios:
+        acc = _f32(acc + _f32(r))
+        points.append(acc)
+    total = acc or _f32(1.0)
+    return [_f32(p / total) for p in points]
+
+
+def _f32(x: float) -> float:
+    """Round to float32: the split is float arithmetic in llama.cpp, and a layer exactly on a
+    boundary (``--tensor-split 5,2``) must land where llama.cpp puts it."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def layer_devices(
+    facts: ModelFacts, s: Settings, gpus: Sequence[float], rpc: Sequence[RpcDevice] = ()
+) -> list[str]:
     """Device of each layer 0..n_layer_all (the last entry is the output layer).
 
     ``gpus`` are the relative sizes of the GPUs the process may use (their VRAM, for llama.cpp's
-    default split by free memory); empty for a CPU-only host.
+    default split by free memory); empty for a CPU-only host. ``rpc``: the ``--rpc`` devices,
+    which come first in llama.cpp's device list.
     """
     n_all = facts.n_layer_all
-    if not gpus or s.n_gpu_layers <= 0:
+    devices = model_devices(gpus, rpc)
+    if not devices or s.n_gpu_layers <= 0:
         return [CPU] * (n_all + 1)
-    if s.split_mode in ("none", "row", "tensor") or len(gpus) == 1:
-        main = f"GPU{s.main_gpu if s.split_mode != 'layer' else 0}"
+    names = [name for name, _ in devices]
+    if s.split_mode in ("none", "row", "tensor") or len(devices) == 1:
+        main = names[min(s.main_gpu if s.split_mode != "layer" else 0, len(names) - 1)]
         weights_split = [main]
     else:
         weights_split = []
     ngl = s.n_gpu_layers
     start = max(n_all + 1 - ngl, 0)
     act = min(ngl, n_all + 1)
-    ratios = list(s.tensor_split[: len(gpus)]) if s.tensor_split and any(s.tensor_split) else list(gpus)
-    ratios += [0.0] * (len(gpus) - len(ratios))
-    total = sum(ratios) or 1.0
-    cum, acc = [], 0.0
-    for r in ratios:
-        acc += r
-        cum.append(acc / total)
-    devices: list[str] = []
+    sizes = [size for _, size in devices]
+    ratios = list(s.tensor_split[: len(sizes)]) if s.tensor_split and any(s.tensor_split) else sizes
+    ratios += [0.0] * (len(sizes) - len(ratios))
+    points = split_points(ratios)
+    out: list[str] = []
     for il in range(n_all + 1):
         if il < start or il - start >= act:
-            devices.append(CPU)
+            out.append(CPU)
         elif weights_split:
-            devices.append(weights_split[0])
+            out.append(weights_split[0])
         else:
-            frac = (il - start) / act
-            idx = next((i for i, c in enumerate(cum) if c > frac), len(cum) - 1)
-            devices.append(f"GPU{idx}")
-    return devices
+            # std::upper_bound(splits, float(il - i_gpu_start) / act_gpu_layers)
+            frac = _f32(_f32(il - start) / _f32(act))
+            idx = bisect.bisect_right(points, frac)
+            out.append(names[min(idx, len(names) - 1)])
+    return out
 
 
 _BLK = re.compile(r"^blk\.(\d+)\.")
@@ -527,8 +575,10 @@ def estimate(
     *,
     backend: str = "cpu",
     gpus: Sequence[float] = (),
+    rpc: Sequence[RpcDevice] = (),
 ) -> Estimate:
-    """Estimate one process. ``gpus``: relative sizes (VRAM MiB) of the GPUs it may use."""
+    """Estimate one process. ``gpus``: relative sizes (VRAM MiB) of the GPUs it may use;
+    ``rpc``: the devices of its ``--rpc`` workers (before the GPUs in llama.cpp's order)."""
     if backend == "cpu":
         gpus = ()
     s = settings
@@ -539,7 +589,7 @@ def estimate(
             "or use an f16 V cache"
         )
     g = geometry(facts, s)
-    layer_dev = layer_devices(facts, s, gpus)
+    layer_dev = layer_devices(facts, s, gpus, rpc)
     devs: dict[str, Terms] = {}
 
     def at(device: str) -> Terms:
@@ -551,7 +601,7 @@ def estimate(
         if not s.mtp and facts.n_layer_nextn and _layer_of(t.name) >= facts.n_layer:
             continue  # llama.cpp skips loading the MTP layers unless MTP is on
         dev = tensor_device(t.name, layer_dev, s)
-        if s.split_mode in ("row", "tensor") and len(gpus) > 1 and dev != CPU and len(t.shape) >= 2:
+        if s.split_mode in ("row", "tensor") and len(gpus) > 1 and not rpc and dev != CPU and len(t.shape) >= 2:
             ratios = list(s.tensor_split[: len(gpus)]) if s.tensor_split else list(gpus)
             total = sum(ratios) or 1.0
             for i, r in enumerate(ratios):
@@ -574,29 +624,44 @@ def estimate(
     # compute: each device that runs layers holds a full worst-case graph's working set
     run_devices = sorted({d for d in layer_dev[: facts.n_layer + 1]})
     compute = compute_bytes(facts, s, g)
-    gpu_run = [d for d in run_devices if d != CPU]
+    # llama.cpp's test: more than one model device (RPC ones included), all offloaded, layer
+    # split, KV offloaded, no overrides, and every device with async compute and events (RPC
+    # devices always say yes; of the local backends CUDA, HIP and Vulkan)
+    n_model_devices = len(gpus) + len(rpc)
     pipeline = (
-        backend in PIPELINE_BACKENDS
-        and len(gpu_run) > 1
+        (not gpus or backend in PIPELINE_BACKENDS)
+        and n_model_devices > 1
         and s.n_gpu_layers > facts.n_layer_all
         and s.split_mode == "layer"
         and s.kv_offload
         and not s.overrides
     )
+    row = facts.n_embd * g.n_ubatch * 4
     if pipeline:
-        # llama.cpp's pipeline parallelism keeps GGML_SCHED_MAX_COPIES (4) copies of each split's
-        # inputs: the KQ mask(s) and the activations handed from the previous GPU
-        inputs = _mask_bytes(s, g) + facts.n_embd * g.n_ubatch * 4
-        compute += (SCHED_COPIES - 1) * inputs
+        # ggml_backend_sched with pipeline parallelism keeps GGML_SCHED_MAX_COPIES (4) copies of
+        # every split input (the KQ mask(s), the activations handed from the previous device) on
+        # the device that reads it, and 4 copies of the graph inputs in host memory. Fitted on
+        # RPC devices (b11434; 6 shapes, FA on/off, ctx 4k-16k, ubatch 128/512, `homelab bench
+        # plan`): the first device holds the whole-graph working set + 3 more masks + 11 rows of
+        # n_embd, each later device + 3 masks + 1 row, the host 4 masks + 10 rows (within 4%).
+        mask = _mask_bytes(s, g)
+        first = next(d for d in layer_dev if d != CPU)
+        extra_first = (SCHED_COPIES - 1) * mask + 11 * row
+        extra_later = (SCHED_COPIES - 1) * mask + row
+        for dev in run_devices:
+            at(dev).compute += compute + (extra_first if dev == first else extra_later)
+        at(CPU).compute += SCHED_COPIES * mask + 10 * row
+        kind = "devices" if rpc else "GPUs"
         notes.append(
-            f"pipeline parallelism over {len(gpu_run)} GPUs: +{(SCHED_COPIES - 1) * inputs / MIB:.0f} MiB "
-            "of input copies per GPU (not yet checked against a multi-GPU llama.cpp report)"
+            f"pipeline parallelism over {n_model_devices} {kind}: +{extra_first / MIB:.0f} MiB of input copies "
+            f"on the first, +{extra_later / MIB:.0f} MiB on the others"
         )
-    for dev in run_devices:
-        at(dev).compute += compute
-    if CPU not in run_devices:
-        # the input embedding runs on the CPU: its rows for one ubatch
-        at(CPU).compute += facts.n_embd * g.n_ubatch * 4
+    else:
+        for dev in run_devices:
+            at(dev).compute += compute
+        if CPU not in run_devices:
+            # the input embedding runs on the CPU: its rows for one ubatch
+            at(CPU).compute += row
     # MTP draft context: KV of the MTP layers and a one-layer graph
     if s.mtp:
         if not facts.has_mtp:
@@ -610,13 +675,16 @@ def estimate(
         dev = f"GPU{s.main_gpu}" if gpus and s.mmproj_offload else CPU
         at(dev).mmproj += s.mmproj_bytes
     # runtime overhead per GPU process context
+    rpc_backend = {f"RPC{j}": d.backend for j, d in enumerate(rpc)}
     for dev in list(devs):
         if dev != CPU:
-            at(dev).overhead += overhead_bytes(backend)
+            # an RPC device's runtime context lives in the worker's rpc-server process
+            at(dev).overhead += overhead_bytes(rpc_backend.get(dev, backend))
     total = Terms()
     for t in devs.values():
         total.add(t)
-    order = sorted(devs, key=lambda d: (d != CPU, d))
+    rank = {name: i for i, (name, _) in enumerate(model_devices(gpus, rpc))}
+    order = sorted(devs, key=lambda d: -1 if d == CPU else rank.get(d, len(rank)))
     return Estimate(
         **{name: getattr(total, name) for name in TERM_NAMES},
         total=total.total,
@@ -624,5 +692,6 @@ def estimate(
         geometry=g,
         settings=s,
         notes=tuple(notes),
+        layer_devices=tuple(layer_dev),
     )
 

@@ -17,6 +17,7 @@ from ..errors import HomelabError
 from ..gguf.facts import ModelFacts
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from .estimate import CPU, MIB, Estimate, EstimateError, Settings, estimate, settings_from_flags
+from .rpc import RemoteDevice, RpcPlanError, Worker, balance_layers, model_rpc_devices, proportional_layers
 
 AUTO_CTX = ("auto", "max")
 MIN_CTX = 256
@@ -37,6 +38,8 @@ class ModelInput:
     mmproj_bytes: int = 0
     source: str = ""
     """Where the metadata came from: a local path, hf://repo/path@rev, or a stand-in."""
+    rpc: tuple[RemoteDevice, ...] = ()
+    """The devices of the model's RPC workers, in llama.cpp's order (see :mod:`.rpc`)."""
 
 
 @dataclass
@@ -45,10 +48,41 @@ class ModelPlan:
     ctx_size: int
     ctx_auto: bool
     estimate: Estimate
-    gpu_index: dict[str, int]
-    """Estimate device name (GPU0, GPU1 as the process sees them) -> host GPU index."""
+    gpu_index: dict[str, int | str]
+    """Estimate device name (GPU0, GPU1 as the process sees them) -> host GPU index; RPC<j> ->
+    the worker device's plan name (``w1:gpu0``)."""
     source: str
     fits_alone: bool = True
+    rpc: tuple[RemoteDevice, ...] = ()
+    tensor_split: tuple[int, ...] = ()
+    """The split the plan chose (whole layers per device, llama.cpp's device order); empty when
+    the model has no RPC workers or its recipe sets ``tensor-split`` itself."""
+
+    def split(self) -> list[dict[str, Any]]:
+        """Per model device (llama.cpp's order): where it is, which layers, MiB on it."""
+        if not self.rpc:
+            return []
+        layers = self.estimate.layer_devices
+        n_all = len(layers) - 1
+        devices = self.estimate.devices
+        out = []
+        for name in [f"RPC{j}" for j in range(len(self.rpc))] + sorted(
+            (d for d in self.gpu_index if d.startswith("GPU")), key=lambda d: int(d[3:])
+        ):
+            mine = [il for il, d in enumerate(layers) if d == name]
+            entry: dict[str, Any] = {
+                "device": name,
+                "host_device": host_device(name, self.gpu_index),
+                "layers": _layer_text(mine, n_all),
+                "n_layers": len(mine),
+                "mib": _mib(devices.get(name, {}).get("total", 0)),
+            }
+            if name.startswith("RPC"):
+                remote = self.rpc[int(name[3:])]
+                entry["endpoint"] = remote.endpoint
+                entry["buffer"] = remote.buffer_name
+            out.append(entry)
+        return out
 
     def host_devices(self) -> dict[str, dict[str, int]]:
         """The estimate's devices renamed to host devices (``gpu<i>`` / ``cpu``)."""
@@ -58,8 +92,30 @@ class ModelPlan:
         return out
 
 
-def host_device(dev: str, gpu_index: Mapping[str, int]) -> str:
-    return "cpu" if dev == CPU else f"gpu{gpu_index.get(dev, int(dev[3:]))}"
+def host_device(dev: str, gpu_index: Mapping[str, int | str]) -> str:
+    if dev == CPU:
+        return "cpu"
+    where = gpu_index.get(dev, dev[3:])
+    return where if isinstance(where, str) and not where.isdigit() else f"gpu{where}"
+
+
+def _layer_text(layers: Sequence[int], n_all: int) -> str:
+    """``0-4``, ``5-6, output``: a device's layers as people read them (n_all = the output layer)."""
+    if not layers:
+        return "-"
+    parts: list[str] = []
+    trunk = [il for il in layers if il < n_all]
+    if trunk:
+        runs: list[tuple[int, int]] = []
+        for il in trunk:
+            if runs and il == runs[-1][1] + 1:
+                runs[-1] = (runs[-1][0], il)
+            else:
+                runs.append((il, il))
+        parts += [f"{a}-{b}" if a != b else f"{a}" for a, b in runs]
+    if n_all in layers:
+        parts.append("output")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -93,13 +149,16 @@ class HostPlan:
         models: dict[str, Any] = {}
         for mid, mp in self.models.items():
             devices = mp.host_devices()
-            vram = {d.removeprefix("gpu"): _mib(t["total"]) for d, t in devices.items() if d != "cpu"}
+            vram = {d.removeprefix("gpu"): _mib(t["total"]) for d, t in devices.items() if d.startswith("gpu")}
             models[mid] = {
                 "ctx_size": mp.ctx_size,
                 "ctx_auto": mp.ctx_auto,
                 "vram_mib": vram,
                 "vram_mib_total": sum(vram.values()),
                 "ram_mib": _mib(devices.get("cpu", {}).get("total", 0)),
+                "rpc_mib": {d: _mib(t["total"]) for d, t in devices.items() if ":" in d},
+                "tensor_split": list(mp.tensor_split),
+                "split": mp.split(),
                 "terms": {k: v for k, v in mp.estimate.as_dict().items() if k not in ("devices", "geometry", "notes")},
                 "devices": devices,
                 "geometry": mp.estimate.as_dict()["geometry"],
@@ -188,17 +247,80 @@ def model_settings(inp: ModelInput, ctx: int | None = None) -> Settings:
     return replace(s, ctx_size=ctx) if ctx is not None else s
 
 
-def estimate_for(host: ResolvedHost, inp: ModelInput, settings: Settings) -> tuple[Estimate, dict[str, int]]:
+def estimate_for(host: ResolvedHost, inp: ModelInput, settings: Settings) -> tuple[Estimate, dict[str, int | str]]:
+    """One model's estimate with ``settings``. A model with RPC workers and no ``tensor-split``
+    of its own gets the plan's split (:func:`choose_split`)."""
     gpus = model_gpus(host, inp.model)
     sizes = [float(host.host.gpus[i].vram_mib) for i in gpus]
+    rpc = [d.as_estimate_device() for d in inp.rpc]
+    index = device_index(host, inp)
+    if inp.rpc:
+        n_devices = len(rpc) + len(gpus)
+        if len(settings.tensor_split) > n_devices:
+            raise PlanError(
+                f"model {inp.model.id}: tensor-split has {len(settings.tensor_split)} values but the model has "
+                f"{n_devices} devices ({', '.join(_device_list(index))}); with rpc: the RPC devices come first"
+            )
+        if not settings.tensor_split:
+            settings = replace(settings, tensor_split=choose_split(host, inp, settings, index))
     try:
-        est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes)
+        est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes, rpc=rpc)
     except EstimateError as exc:
         raise PlanError(f"model {inp.model.id}: {exc}") from None
-    return est, {f"GPU{j}": i for j, i in enumerate(gpus)}
+    return est, index
 
 
-def usage(est: Estimate, gpu_index: Mapping[str, int]) -> dict[str, int]:
+def device_index(host: ResolvedHost, inp: ModelInput) -> dict[str, int | str]:
+    """Estimate device (RPC<j>, GPU<j> as the process sees them) -> host GPU index or worker device."""
+    index: dict[str, int | str] = {f"RPC{j}": d.key for j, d in enumerate(inp.rpc)}
+    index.update({f"GPU{j}": i for j, i in enumerate(model_gpus(host, inp.model))})
+    return index
+
+
+def _device_list(index: Mapping[str, int | str]) -> list[str]:
+    return [f"{d} = {host_device(d, index)}" for d in index]
+
+
+def device_budgets(host: ResolvedHost, inp: ModelInput) -> dict[str, int]:
+    """Budget (bytes) of every device the model may use: the host's, and its RPC workers'."""
+    budget, _ = host_budget(host)
+    budget.update({d.key: d.budget for d in inp.rpc})
+    return budget
+
+
+def choose_split(
+    host: ResolvedHost, inp: ModelInput, settings: Settings, index: Mapping[str, int | str]
+) -> tuple[float, ...]:
+    """Whole offloaded layers per model device (llama.cpp's order: RPC devices, then GPUs).
+
+    Start in proportion to each device's budget, then move single layers from a device over
+    its budget to the one with the most room while that lowers the worst overuse (fixed costs,
+    compute buffers and runtime overhead, are not proportional to layers)."""
+    gpus = model_gpus(host, inp.model)
+    sizes = [float(host.host.gpus[i].vram_mib) for i in gpus]
+    rpc = [d.as_estimate_device() for d in inp.rpc]
+    budget = device_budgets(host, inp)
+    order = [f"RPC{j}" for j in range(len(rpc))] + [f"GPU{j}" for j in range(len(gpus))]
+    keys = [host_device(d, index) for d in order]
+    n_all = inp.facts.n_layer_all
+    n_offload = min(max(settings.n_gpu_layers, 0), n_all + 1)
+    weights = [float(budget.get(k, 0)) for k in keys]
+    start = proportional_layers(n_offload, weights)
+
+    def overuse(counts: Sequence[int]) -> list[float]:
+        trial = replace(settings, tensor_split=tuple(float(c) for c in counts) if any(counts) else ())
+        try:
+            est = estimate(inp.facts, trial, backend=host.host.backend, gpus=sizes, rpc=rpc)
+        except EstimateError:
+            return [0.0] * len(counts)  # reported by the caller's own estimate
+        used = {d: t["total"] for d, t in est.devices.items()}
+        return [float(used.get(d, 0) - budget.get(k, 0)) if k in budget else 0.0 for d, k in zip(order, keys)]
+
+    counts = balance_layers(start, overuse)
+    return tuple(float(c) for c in counts)
+
+
+def usage(est: Estimate, gpu_index: Mapping[str, int | str]) -> dict[str, int]:
     return {host_device(d, gpu_index): t["total"] for d, t in est.devices.items()}
 
 
@@ -265,9 +387,29 @@ def _alternatives(host: ResolvedHost) -> list[tuple[str, tuple[str, ...]]]:
     return out
 
 
-def plan_host(host: ResolvedHost, inputs: Mapping[str, ModelInput]) -> HostPlan:
-    """Plan every model and set. ``inputs`` maps model ID -> its facts (see :mod:`.sources`)."""
+def plan_host(
+    host: ResolvedHost,
+    inputs: Mapping[str, ModelInput],
+    workers: Mapping[str, Worker] | None = None,
+) -> HostPlan:
+    """Plan every model and set. ``inputs`` maps model ID -> its facts (see :mod:`.sources`);
+    ``workers``: the RPC worker hosts models name in ``rpc:`` (see :func:`.rpc.load_workers`)."""
     budget, names = host_budget(host)
+    inputs = dict(inputs)
+    for m in host.models:
+        if m.rpc_workers and not inputs[m.id].rpc:
+            if workers is None:
+                raise PlanError(
+                    f"{host.host_file}: model {m.id} uses RPC workers ({', '.join(m.rpc_workers)}) and the plan "
+                    "was not given their host files"
+                )
+            try:
+                inputs[m.id] = replace(inputs[m.id], rpc=model_rpc_devices(host, m, workers))
+            except RpcPlanError as exc:
+                raise PlanError(str(exc)) from None
+        for d in inputs[m.id].rpc:
+            budget[d.key] = d.budget
+            names[d.key] = f"{d.name} on {d.host} (rpc {d.endpoint})"
     alternatives = _alternatives(host)
     in_sets = {mid for _, ids in alternatives for mid in ids}
     plan = HostPlan(host=host.name, backend=host.host.backend, budget=budget, device_names=names, models={}, sets=[])
@@ -279,7 +421,7 @@ def plan_host(host: ResolvedHost, inputs: Mapping[str, ModelInput]) -> HostPlan:
 
     # 1. fixed-context models first, auto models at the smallest context for now
     current: dict[str, Estimate] = {}
-    gpu_idx: dict[str, dict[str, int]] = {}
+    gpu_idx: dict[str, dict[str, int | str]] = {}
     for m in host.models:
         inp = inputs[m.id]
         ctx = MIN_CTX if is_auto_ctx(m) else None
@@ -323,6 +465,12 @@ def plan_host(host: ResolvedHost, inputs: Mapping[str, ModelInput]) -> HostPlan:
             estimate=est,
             gpu_index=gpu_idx[m.id],
             source=inputs[m.id].source,
+            rpc=inputs[m.id].rpc,
+            tensor_split=(
+                tuple(int(x) for x in est.settings.tensor_split)
+                if inputs[m.id].rpc and not model_settings(inputs[m.id]).tensor_split
+                else ()
+            ),
         )
         excess = over(usage(est, gpu_idx[m.id]), budget)
         if excess:
@@ -404,7 +552,7 @@ def ways_out(host: ResolvedHost, inp: ModelInput, limits: Mapping[str, int], cur
             out.append(f"n-gpu-layers: {ngl} of {n_all + 1} (the rest on the CPU; much slower)")
     gpu_weights = sum(t["weights"] for d, t in current.devices.items() if d != CPU)
     if gpu_weights:
-        excess = max(over(usage(current, {f"GPU{j}": i for j, i in enumerate(model_gpus(host, inp.model))}), limits).values(), default=0)
+        excess = max(over(usage(current, device_index(host, inp)), limits).values(), default=0)
         n_params = sum(_n_elements(t.shape) for t in inp.facts.tensors) or 1
         bpw_now = inp.facts.weights_bytes * 8 / n_params
         bpw_fit = (gpu_weights - excess) / gpu_weights * bpw_now

@@ -12,8 +12,11 @@ import json
 import os
 import re
 import selectors
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,11 +65,18 @@ class Observed:
 
 
 def parse_server_log(text: str) -> Observed:
-    """Collect the buffer sizes from a ``llama-server``/``llama-cli`` log (any verbosity >= info)."""
+    """Collect the buffer sizes from a ``llama-server``/``llama-cli`` log (any verbosity >= info);
+    of the last model load when there were several (``--fit``'s dry run comes first)."""
     obs = Observed(log=text)
     kinds = {"model": obs.model, "KV": obs.kv, "RS": obs.recurrent, "output": obs.output, "compute": obs.compute}
     for line in text.splitlines():
-        if m := _BUFFER_LINE.search(line):
+        if "load_tensors: loading model tensors" in line:
+            # a new load: --fit's dry run (logged at -lv 5) loads once before the real one;
+            # keep the last load's buffers
+            for bucket in kinds.values():
+                bucket.clear()
+            obs.kv_cells.clear()
+        elif m := _BUFFER_LINE.search(line):
             bucket = kinds[m["kind"]]
             bucket[m["buft"]] = bucket.get(m["buft"], 0) + round(float(m["mib"]) * MIB)
         elif m := _CTX_LINE.search(line):
@@ -216,3 +226,67 @@ def help_flags(binary: Path, *, timeout: float = 30.0) -> frozenset[str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise OracleError(f"cannot run {binary} --help: {exc}") from None
     return frozenset(_LONG_FLAG.findall(proc.stdout + proc.stderr))
+
+
+# --------------------------------------------------------------------------- RPC workers
+
+RPC_SERVER_NAMES = ("rpc-server", "ggml-rpc-server")
+"""homelab installs the binary as ``rpc-server``; b11434's CMake target is ``ggml-rpc-server``."""
+
+
+def rpc_server_beside(server_bin: Path) -> Path | None:
+    """The ``rpc-server`` built next to ``llama-server``, if there is one."""
+    for name in RPC_SERVER_NAMES:
+        candidate = server_bin.with_name(name)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def local_rpc_servers(binary: Path, count: int, *, timeout: float = 30.0) -> Iterator[list[str]]:
+    """``count`` real ``rpc-server`` processes on 127.0.0.1 (their CPU device, one thread each);
+    yields their endpoints (``127.0.0.1:PORT``) and stops them, whatever happens."""
+    import socket
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        endpoints = []
+        for _ in range(count):
+            port = _free_port()
+            proc = subprocess.Popen(
+                [str(binary), "-H", "127.0.0.1", "-p", str(port), "-t", "1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+            procs.append(proc)
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise OracleError(f"{binary} exited with {proc.returncode} before listening on port {port}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise OracleError(f"{binary} did not listen on 127.0.0.1:{port} within {timeout:.0f} s") from None
+                    time.sleep(0.1)
+            endpoints.append(f"127.0.0.1:{port}")
+        yield endpoints
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

@@ -70,6 +70,18 @@ def render_plan(plan: HostPlan, oracle: dict[str, dict[str, int]] | None = None)
         lines += ["  " + ln for ln in _table(rows, right_from=3)]
     if any(mp.ctx_auto for mp in plan.models.values()):
         lines += ["", "* ctx-size chosen by the plan (auto)"]
+    split_models = [mp for mp in plan.models.values() if mp.rpc]
+    if split_models:
+        lines += ["", "RPC split (devices in llama.cpp's order: RPC workers first, then local GPUs)"]
+        rows = [["model", "device", "where", "layers", "MiB"]]
+        for mp in split_models:
+            for i, part in enumerate(mp.split()):
+                where = part["host_device"] + (f" ({part['endpoint']})" if "endpoint" in part else "")
+                rows.append([mp.id if i == 0 else "", part["device"], where, part["layers"], f"{part['mib']:,}"])
+            given = ",".join(f"{x:g}" for x in mp.estimate.settings.tensor_split)
+            source = "chosen by the plan" if mp.tensor_split else "from the recipe"
+            rows.append(["", "", f"--tensor-split {given} ({source})", "", ""])
+        lines += ["  " + ln for ln in _table(rows, right_from=4)]
     for note in plan.notes:
         lines.append(f"note: {note}")
     for mp in plan.models.values():

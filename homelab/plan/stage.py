@@ -13,8 +13,8 @@ from ..settings import state_dir
 from .estimate import MIB
 from ..errors import HomelabError
 from .host import HostPlan, ModelInput, PlanError, host_budget, host_device, plan_host
+from .rpc import load_workers
 from .observe import FitReport, OracleError, help_flags, run_fit_params
-from .sources import model_input
 
 FIT_PARAMS = "llama-fit-params"
 
@@ -47,6 +47,8 @@ def gather_inputs(host: ResolvedHost, lock: Lock | None) -> tuple[dict[str, Mode
     """Every model's facts. A host with a budget needs them all (the plan must prove the fit);
     a report-only host (CPU, no ram_mib) leaves out a model whose header cannot be read (offline,
     before lock and fetch) with a note instead of failing the deploy."""
+    from .sources import model_input  # lazily: gguf imports numpy; plan_path() callers need neither
+
     budget, _ = host_budget(host)
     inputs: dict[str, ModelInput] = {}
     missing: list[str] = []
@@ -66,7 +68,8 @@ def make_plan(host: ResolvedHost, inputs: dict[str, ModelInput] | None = None) -
         inputs, missing = gather_inputs(host, host_lock(host))
     if missing:
         host = replace(host, models=tuple(m for m in host.models if m.id in inputs), sets={})
-    plan = plan_host(host, inputs)
+    workers = load_workers(host) if any(m.rpc_workers for m in host.models) else None
+    plan = plan_host(host, inputs, workers)
     plan.notes.extend(missing)
     return plan, inputs
 

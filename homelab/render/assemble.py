@@ -62,6 +62,8 @@ def parse_plan(data: Mapping[str, Any]) -> dict[str, PlannedModel]:
             vram_mib=vram,
             total_mib=entry.get("vram_mib_total"),
             ctx_size=entry.get("ctx_size"),
+            # the plan's RPC split (whole layers per device, llama.cpp's device order)
+            tensor_split=tuple(float(x) for x in entry.get("tensor_split") or ()),
         )
     return planned
 
@@ -145,7 +147,24 @@ def previous_ports(host: str, state: Path | None = None) -> dict[str, int]:
     return {str(k): int(v) for k, v in ports.items() if isinstance(v, int)}
 
 
+def _rpc_support(host: ResolvedHost, server: Path | None) -> bool | None:
+    """Whether the host's current build has the RPC backend (its manifest lists the rpc-server
+    target, which turns GGML_RPC on); None when unknown (an explicit --server)."""
+    if server is not None:
+        return None
+    from ..llamacpp.configure import RPC_SERVER
+    from ..llamacpp.stage import current_build
+
+    build = current_build(host.name)
+    if build is None:
+        return None
+    return RPC_SERVER in (build.manifest().get("targets") or [])
+
+
 def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
+    from ..inventory.multihost import load_related
+
+    related = load_related(host)  # peers and RPC workers, checked against their own host files
     lock = _lock(host)
     weights, mmproj, sizes = _files(host, lock)
     binary, flags, build_number, label, build_key = _build(host, server)
@@ -165,6 +184,10 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
     }
     if plan_text is not None:
         hashes["plan"] = hashlib.sha256(plan_text.encode()).hexdigest()
+    if related.hosts:
+        # a peer's models or a worker's address change what this host renders
+        hashes["related_hosts"] = {name: sha256_file(h.host_file) for name, h in sorted(related.hosts.items())}
+    uses_rpc = any(m.rpc_workers for m in host.models)
     return RenderInputs(
         host=host,
         server_binary=binary,
@@ -182,27 +205,44 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
         llama_swap_binary=Path(found) if (found := shutil.which("llama-swap")) else None,
         previous_ports=previous_ports(host.name, state),
         input_hashes=hashes,
+        peers=related.peers,
+        rpc_workers=dict(related.workers),
+        rpc_support=_rpc_support(host, server) if uses_rpc else None,
+        rpc_server_binary=_rpc_binary(host, binary) if host.host.rpc_server is not None else None,
     )
 
 
+def _rpc_binary(host: ResolvedHost, server_binary: Path) -> Path:
+    """The build installs ``rpc-server`` beside ``llama-server`` (``bin/``)."""
+    beside = server_binary.with_name("rpc-server")
+    if not beside.is_file():
+        raise RenderError(
+            f"{beside} is missing: host {host.name} has rpc_server: but its build has no rpc-server; rebuild "
+            f"with `doit build host={host.name}` (hosts with rpc_server: build the rpc-server target)"
+        )
+    return beside
+
+
 def write_secrets(host: ResolvedHost, paths: StatePaths, environ: Mapping[str, str] | None = None) -> Path | None:
-    """Copy ``runtime.api_key_env`` from this environment into ``secrets.env`` (mode 0600).
+    """Copy ``runtime.api_key_env`` and the peers' key variables from this environment into
+    ``secrets.env`` (mode 0600).
 
     Only when the variable is set here; an existing file is otherwise left alone (users may
     maintain it by hand). The file lives beside ``current``, outside every generation.
     """
-    name = host.host.runtime.api_key_env
+    from ..inventory.multihost import load_related, secret_names
+
     environ = os.environ if environ is None else environ
-    if not name or name not in environ:
+    names = [n for n in secret_names(host, load_related(host).peers) if n in environ]
+    if not names:
         return None
     from .formats import env_file_value
 
-    line = env_file_value(name, environ[name])
     path = paths.secrets_env
     lines: list[str] = []
     if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if not ln.startswith(f"{name}=")]
-    text = "\n".join([*lines, line]) + "\n"
+        lines = [ln for ln in path.read_text().splitlines() if not any(ln.startswith(f"{n}=") for n in names)]
+    text = "\n".join([*lines, *(env_file_value(n, environ[n]) for n in names)]) + "\n"
     if path.is_file() and path.read_text() == text:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -174,6 +174,14 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
     server = dict(model.server)
     if planned is not None and planned.ctx_size is not None:
         server["ctx-size"] = planned.ctx_size
+    if planned is not None and planned.tensor_split:
+        # the plan's split covers the RPC workers' devices too; it replaces the recipe's
+        server["tensor-split"] = ",".join(_share(x) for x in planned.tensor_split)
+    if model.rpc_workers:
+        server["rpc"] = rpc_endpoints(inputs, model)
+        notes.append(
+            "layers also on RPC workers " + ", ".join(model.rpc_workers) + " (llama.cpp RPC: unauthenticated, LAN only)"
+        )
     elif str(server.get("ctx-size", "")).lower() == "auto":
         del server["ctx-size"]
         notes.append("ctx-size: auto without a plan: llama-server's --fit picks the context")
@@ -198,6 +206,29 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
         flags.append((name, value))
     flags += list(mtp.items())
     return flags, notes
+
+
+def _share(value: float) -> str:
+    """``1.0`` -> ``1``, ``0.25`` -> ``0.25``: short, and the same bytes for the same plan."""
+    return f"{value:.6g}"
+
+
+def rpc_endpoints(inputs: RenderInputs, model: ResolvedModel) -> str:
+    """``--rpc`` value: the workers' ``address:port``, in the order the host file lists them."""
+    missing = [w for w in model.rpc_workers if w not in inputs.rpc_workers]
+    if missing:
+        raise RenderError(
+            f"{inputs.host.host_file}: model {model.id!r} uses RPC worker(s) {', '.join(missing)}, but the "
+            "render inputs have no endpoint for them (assemble them with homelab.inventory.multihost.load_related)"
+        )
+    # llama-server lists --rpc in every build but refuses it at start without GGML_RPC
+    if inputs.rpc_support is False:
+        raise RenderError(
+            f"{inputs.host.host_file}: model {model.id!r} uses RPC workers, but {inputs.build} was built "
+            f"without RPC support (GGML_RPC): rebuild with `doit build host={inputs.host.name}` (a host whose "
+            "models use rpc: builds the rpc-server target, which turns GGML_RPC on)"
+        )
+    return ",".join(inputs.rpc_workers[w] for w in model.rpc_workers)
 
 
 def build_backends(inputs: RenderInputs) -> list[Backend]:

@@ -28,7 +28,16 @@ from .backends import build_backends
 from .inputs import RenderInputs
 from .llamaswap import render_config
 from .presets import render_presets
-from .units import CONFIG_NAME, HOST_ENV_NAME, PRESETS_NAME, render_host_env, render_unit, unit_name
+from .units import (
+    CONFIG_NAME,
+    HOST_ENV_NAME,
+    PRESETS_NAME,
+    render_host_env,
+    render_rpc_unit,
+    render_unit,
+    rpc_unit_name,
+    unit_name,
+)
 
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "plan.json"
@@ -40,13 +49,18 @@ def sha256_text(text: str) -> str:
 
 def render_host(inputs: RenderInputs) -> dict[str, str]:
     """Relative path -> content of every file of the host's generation (pure)."""
+    host = inputs.host.host
     backends = build_backends(inputs)
-    files: dict[str, str] = {
-        CONFIG_NAME: render_config(inputs, backends),
-        PRESETS_NAME: render_presets(inputs, backends),
-        HOST_ENV_NAME: render_host_env(inputs),
-        f"units/{unit_name(inputs.host.name)}": render_unit(inputs),
-    }
+    files: dict[str, str] = {HOST_ENV_NAME: render_host_env(inputs)}
+    if host.models or host.rpc_server is None:
+        files |= {
+            CONFIG_NAME: render_config(inputs, backends),
+            PRESETS_NAME: render_presets(inputs, backends),
+            f"units/{unit_name(inputs.host.name)}": render_unit(inputs),
+        }
+    # an RPC worker with no models of its own runs only rpc-server
+    if host.rpc_server is not None:
+        files[f"units/{rpc_unit_name(inputs.host.name)}"] = render_rpc_unit(inputs)
     if inputs.plan_json is not None:
         files[PLAN_NAME] = inputs.plan_json if inputs.plan_json.endswith("\n") else inputs.plan_json + "\n"
     manifest = {

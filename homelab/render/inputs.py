@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..inventory.multihost import PeerLink
 from ..inventory.resolved import ResolvedHost
 from ..llamacpp.flags import AcceptedFlags
 
@@ -25,6 +26,11 @@ class PlannedModel:
     """MiB over all GPUs (default: the sum of ``vram_mib``)."""
     ctx_size: int | None = None
     """The context size the plan chose (replaces ``ctx-size: auto`` and the recipe's value)."""
+    tensor_split: tuple[float, ...] = ()
+    """Share of the model per device, in llama.cpp's device order (each RPC worker's devices in
+    ``rpc:`` order first, then the host's GPUs the model uses: b11434's llama_prepare_model_devices
+    puts RPC devices at the front); non-empty -> ``--tensor-split a,b,c``
+    (replaces a recipe/host ``tensor-split``). Filled by the plan stage."""
 
     @property
     def total(self) -> int | None:
@@ -88,6 +94,21 @@ class RenderInputs:
     input_hashes: Mapping[str, object] = field(default_factory=dict)
     """sha256 of every input (host file, recipes, lock, patches, build key, homelab), for the
     manifest: a name -> hex digest, or a nested mapping of them."""
+    peers: tuple[PeerLink, ...] = ()
+    """Other hosts whose models this endpoint forwards (llama-swap ``peers:``), from
+    :func:`homelab.inventory.multihost.load_related`."""
+    rpc_workers: Mapping[str, str] = field(default_factory=dict)
+    """RPC worker host name -> ``address:port`` of its rpc-server (``--rpc``), for every worker
+    a model of this host names."""
+    rpc_support: bool | None = None
+    """The build has llama.cpp's RPC backend (GGML_RPC=ON); None = unknown (not checked)."""
+    rpc_server_binary: Path | None = None
+    """The build's ``rpc-server`` for this host's ``rpc_server:`` unit (default: beside
+    ``server_binary``, where the build installs it)."""
+
+    @property
+    def rpc_binary(self) -> Path:
+        return self.rpc_server_binary or self.server_binary.with_name("rpc-server")
 
     @property
     def build(self) -> str:

@@ -154,6 +154,41 @@ def evict_costs(inputs: RenderInputs, sets: dict[str, tuple[frozenset[str], ...]
     return {m: c for m, c in costs.items() if c > 1}
 
 
+def peers_view(inputs: RenderInputs) -> list[dict[str, Any]]:
+    """llama-swap ``peers:`` entries: ``proxy``, ``apiKey`` (a ``${env.X}`` reference), ``models``."""
+    host = inputs.host
+    if inputs.peers and host.host.runtime.kind == "router":
+        raise RenderError(
+            f"{host.host_file}: peers: runtime.kind router (llama-server --models-preset) cannot forward "
+            "requests to other hosts; use runtime.kind supervisor or llama-swap"
+        )
+    local = set(backends_names(host))
+    view = []
+    for peer in sorted(inputs.peers, key=lambda p: p.name):
+        for model in peer.models:
+            if model in local or f"{peer.name}/{model}" in local:
+                raise RenderError(
+                    f"{host.host_file}: peer {peer.name!r} serves {model!r}, which is also a name on this host; "
+                    "choose the peer's models with `models:` or rename one"
+                )
+            _no_macros(model, f"{host.host_file}: peers.{peer.name}.models")
+        if not peer.models:
+            raise RenderError(f"{host.host_file}: peer {peer.name!r} serves no models")
+        view.append(
+            {
+                "name": peer.name,
+                "proxy": peer.url,
+                "api_key": "${env." + peer.api_key_env + "}" if peer.api_key_env else None,
+                "models": list(peer.models),
+            }
+        )
+    return view
+
+
+def backends_names(host: ResolvedHost) -> list[str]:
+    return [name for m in host.models for name in m.names()]
+
+
 def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
     host = inputs.host
     runtime = host.host.runtime
@@ -175,4 +210,5 @@ def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
         sets=dict(host.sets),
         evict_costs=evict_costs(inputs, sets),
         preload=sorted(b.id for b in backends if b.preload),
+        peers=peers_view(inputs),
     )

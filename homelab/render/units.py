@@ -53,6 +53,21 @@ def unit_name(host: str) -> str:
     return f"homelab-{host}.service"
 
 
+def rpc_unit_name(host: str) -> str:
+    """The unit running llama.cpp's ``rpc-server`` on a host with ``rpc_server:`` (contract)."""
+    return f"homelab-rpc-{host}.service"
+
+
+RPC_CACHE_DIR = "rpc-cache"
+"""``LLAMA_CACHE`` of the rpc-server unit, under the host's state folder (rpc-server adds ``rpc/``)."""
+RPC_TIMEOUT_STOP_S = 20
+RPC_WARNING = (
+    "llama.cpp's RPC protocol has no authentication and no encryption: anyone who reaches",
+    "this port can run tensors and read or write memory here. Keep it on a LAN that only",
+    "your machines reach (a firewall rule for the head host's address is best).",
+)
+
+
 def _command(inputs: RenderInputs) -> tuple[list[str], bool, bool]:
     """ExecStart words, Type=notify?, reloadable by SIGHUP?"""
     runtime = inputs.host.host.runtime
@@ -108,26 +123,76 @@ def render_unit(inputs: RenderInputs) -> str:
     host = inputs.host
     runtime = host.host.runtime
     argv, notify, reloadable = _command(inputs)
-    system = runtime.service == "system"
-    gpu = host.host.backend != "cpu"
     paths = inputs.paths
-    context: dict[str, Any] = {
-        "host": host.name,
+    context = _unit_context(inputs) | {
+        "unit": unit_name(host.name).removesuffix(".service"),
         "description": f"homelab LLM server for {host.name} ({runtime.kind} on {runtime.listen})",
-        "system": system,
         "notify": notify,
         "exec_start": " ".join(_word(w) for w in argv),
         "exec_reload": "/bin/kill -HUP $MAINPID" if reloadable else None,
         "timeout_stop": TIMEOUT_STOP_S,
+        "environment": [("HOMELAB_STATE", str(paths.state)), *_router_env(inputs)],
+    }
+    return render("homelab.service.j2", **context)
+
+
+def _unit_context(inputs: RenderInputs) -> dict[str, Any]:
+    """What the main unit and the rpc-server unit share: the mode (user/system), the sandbox,
+    the GPU devices, the environment files."""
+    host = inputs.host
+    runtime = host.host.runtime
+    paths = inputs.paths
+    return {
+        "host": host.name,
+        "comments": [],
+        "system": runtime.service == "system",
         "timeout_start": TIMEOUT_START_S,
         "env_files": [str(paths.current / HOST_ENV_NAME)],
         "secrets_file": str(paths.secrets_env),
-        "environment": [("HOMELAB_STATE", str(paths.state)), *_router_env(inputs)],
         "user": runtime.user or DEFAULT_SERVICE_USER,
-        "gpu": gpu,
+        "gpu": host.host.backend != "cpu",
         "devices": DEVICES[host.host.backend],
         "read_write": [str(paths.host_dir)],
         "working_directory": str(paths.host_dir),
+    }
+
+
+def rpc_server_argv(inputs: RenderInputs) -> list[str]:
+    """``rpc-server -H ADDR -p PORT [-c] [-t N] [-d DEV,...]`` (flags of llama.cpp b11434's
+    tools/rpc/rpc-server.cpp; it exits 0 on an unknown flag, so only these are written)."""
+    server = inputs.host.host.rpc_server
+    assert server is not None
+    address, port = server.listen.rsplit(":", 1)
+    argv = [str(inputs.rpc_binary), "-H", address, "-p", port]
+    if server.cache:
+        argv.append("-c")
+    if server.threads is not None:
+        argv += ["-t", str(server.threads)]
+    if server.devices:
+        argv += ["-d", ",".join(server.devices)]
+    return argv
+
+
+def render_rpc_unit(inputs: RenderInputs) -> str:
+    """``homelab-rpc-<host>.service``: llama.cpp's rpc-server, same mode and sandbox as the main unit."""
+    host = inputs.host
+    server = host.host.rpc_server
+    if server is None:
+        raise RenderError(f"{host.host_file}: host {host.name} has no rpc_server: to render a unit for")
+    paths = inputs.paths
+    environment = [("HOMELAB_STATE", str(paths.state))]
+    if server.cache:
+        # rpc-server keeps received tensors under $LLAMA_CACHE/rpc: inside the writable state folder
+        environment.append(("LLAMA_CACHE", str(paths.host_dir / RPC_CACHE_DIR)))
+    context = _unit_context(inputs) | {
+        "unit": rpc_unit_name(host.name).removesuffix(".service"),
+        "comments": list(RPC_WARNING),
+        "description": f"homelab llama.cpp rpc-server for {host.name} on {server.listen} (unauthenticated)",
+        "notify": False,
+        "exec_start": " ".join(_word(w) for w in rpc_server_argv(inputs)),
+        "exec_reload": None,
+        "timeout_stop": RPC_TIMEOUT_STOP_S,
+        "environment": environment,
     }
     return render("homelab.service.j2", **context)
 

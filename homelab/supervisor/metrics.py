@@ -77,13 +77,19 @@ class Metrics:
                                        "Backend spawn to ready (checkEndpoint answered 200).", START_BUCKETS)
         self.crashes = Counter("homelab_backend_crashes_total", "Backends that exited without being asked to.")
         self.tokens = Counter("homelab_tokens_total", "Tokens reported by backends in usage, by kind.")
+        self.peer_requests = Counter("homelab_peer_requests_total", "Requests forwarded to peers, by peer and code "
+                                     "(503: the peer was down or unreachable).")
 
-    def render(self, loaded: dict[str, bool]) -> str:
+    def render(self, loaded: dict[str, bool], peers_up: dict[str, bool] | None = None) -> str:
         lines: list[str] = []
         for metric in (self.requests, self.errors, self.latency, self.swaps, self.swap_duration,
-                       self.time_to_ready, self.crashes, self.tokens):
+                       self.time_to_ready, self.crashes, self.tokens, self.peer_requests):
             lines += metric.render()
         lines += ["# HELP homelab_model_loaded 1 when the model's backend is ready.",
                   "# TYPE homelab_model_loaded gauge"]
         lines += [f'homelab_model_loaded{{model="{_escape(m)}"}} {int(v)}' for m, v in sorted(loaded.items())]
+        if peers_up:
+            lines += ["# HELP homelab_peer_up 1 when the peer answered its last health probe.",
+                      "# TYPE homelab_peer_up gauge"]
+            lines += [f'homelab_peer_up{{peer="{_escape(p)}"}} {int(v)}' for p, v in sorted(peers_up.items())]
         return "\n".join(lines) + "\n"

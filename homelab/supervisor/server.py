@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import signal
 import sys
@@ -25,8 +24,10 @@ from ..errors import HomelabError
 from . import notify
 from .config import Config, ModelConfig, PeerConfig
 from .config_load import changed_models
+from .loading import error_frame, finish_loading_state, stream_loading_state, wants_loading_state
 from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
+from .peers import PeerMonitor, PeerState, ProbeTimings
 from .process import Backend, StartFailed, Watchdog
 from .proxy import (
     ForwardResult,
@@ -35,7 +36,6 @@ from .proxy import (
     forward,
     model_body,
     parse_body,
-    sse_error_event,
     upstream_headers,
 )
 from .scheduler import Admit, Reject, Scheduler, Start, State, Stop
@@ -53,7 +53,8 @@ Loader = Callable[[Path], Config]
 class Supervisor:
     """Carries out the scheduler's decisions: backends, answers to waiting requests, timers."""
 
-    def __init__(self, config: Config, loader: Loader | None = None, drain_timeout: float = 30.0) -> None:
+    def __init__(self, config: Config, loader: Loader | None = None, drain_timeout: float = 30.0,
+                 peer_timings: ProbeTimings | None = None) -> None:
         self.config = config
         self.loader = loader
         self.drain_timeout = drain_timeout
@@ -74,6 +75,7 @@ class Supervisor:
         self._stopped_events: dict[str, asyncio.Event] = {}
         self.session: aiohttp.ClientSession | None = None
         self.watchdog: Watchdog | None = None
+        self.peers = PeerMonitor(config.peers, peer_timings)
         self._log_handler = BufferHandler(self.supervisor_log)
 
     # ------------------------------------------------------------ lifecycle
@@ -89,6 +91,7 @@ class Supervisor:
         )
         self.watchdog = Watchdog()
         self.apply_log_settings()
+        await self.peers.start()
         for model in self.config.hooks.preload:
             self.preload(model)
 
@@ -125,6 +128,7 @@ class Supervisor:
             self._timer.cancel()
         if self.session:
             await self.session.close()
+        await self.peers.close()
         if self.watchdog:
             self.watchdog.close()
         log.removeHandler(self._log_handler)
@@ -278,6 +282,7 @@ class Supervisor:
         changed = sorted(changed_models(self.config, new))
         self.config = new
         self.apply_log_settings()
+        self.peers.reconfigure(new.peers)
         self.dispatch(self.scheduler.reconfigure(new, changed, self.now()))
         log.info("reloaded %s; restarting changed models: %s", new.source, ", ".join(changed) or "none")
         notify.notify("READY=1", "STATUS=reloaded")
@@ -289,13 +294,17 @@ class Supervisor:
         return state.state if state else State.STOPPED
 
     def find_peer(self, requested: str) -> tuple[PeerConfig, str] | None:
+        """``<peer>/<model>``, or a bare model name that exactly one peer lists (llama-swap's
+        rule; local models and aliases are resolved before this). Only listed models route."""
         prefix, _, rest = requested.partition("/")
-        if rest and prefix in self.config.peers:
-            return self.config.peers[prefix], rest
-        for peer in self.config.peers.values():
-            if requested in peer.models:
-                return peer, requested
-        return None
+        peer = self.config.peers.get(prefix) if rest else None
+        if peer is not None and rest in peer.models:
+            return peer, rest
+        serving = self.peers_serving(requested)
+        return (serving[0], requested) if len(serving) == 1 else None
+
+    def peers_serving(self, model: str) -> list[PeerConfig]:
+        return [peer for peer in self.config.peers.values() if model in peer.models]
 
 
 def _write_stdout(data: bytes) -> None:
@@ -363,7 +372,13 @@ async def handle_upstream(request: web.Request) -> web.StreamResponse:
 
 
 def _unknown_model(sup: Supervisor, requested: str) -> web.Response:
+    serving = sup.peers_serving(requested)
+    if len(serving) > 1:
+        choices = [f"{peer.name}/{requested}" for peer in serving]
+        return error_response(400, f"model {requested!r} is served by several peers; ask for one of: "
+                              f"{', '.join(choices)}", "model_ambiguous", choices=choices)
     known = sorted(m for m, c in sup.config.models.items() if not c.unlisted)
+    known += [f"{peer.name}/{model}" for peer in sup.config.peers.values() for model in peer.models]
     return error_response(404, f"model {requested!r} not found; known models: {', '.join(known)}",
                           "model_not_found", known=known)
 
@@ -380,13 +395,14 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
     cfg = sup.config.models[model_id]
     body = model_body(cfg, requested, payload, body)
     started = time.perf_counter()
+    started_mono = time.monotonic()
     metrics = sup.metrics
     req, fut = sup.enqueue(model_id)
     prepared: web.StreamResponse | None = None
     try:
-        if not fut.done() and payload is not None and payload.get("stream") is True and \
-                (cfg.send_loading_state or sup.config.send_loading_state):
-            prepared = await _stream_loading_state(request, sup, model_id, fut)
+        # cfg.send_loading_state already holds the top-level default unless the model set its own
+        if not fut.done() and wants_loading_state(request.path, payload, cfg.send_loading_state):
+            prepared = await stream_loading_state(request, model_id, fut)
         result = await fut
     except BaseException:
         sup.release(req)
@@ -396,7 +412,7 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
             metrics.requests.inc(model=model_id, code=str(result.status))
             metrics.errors.inc(model=model_id, reason=str(result.status))
             if prepared is not None:
-                await prepared.write(sse_error_event(result.message, "model_unavailable"))
+                await prepared.write(error_frame(result.message, "model_unavailable"))
                 await prepared.write_eof()
                 return prepared
             code = {429: "concurrency_limit", 404: "model_not_found"}.get(result.status, "model_unavailable")
@@ -408,10 +424,12 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
             metrics.errors.inc(model=model_id, reason="backend")
             message = f"the backend of {model_id!r} exited before the request could be sent; retry"
             if prepared is not None:
-                await prepared.write(sse_error_event(message, "backend_failed"))
+                await prepared.write(error_frame(message, "backend_failed"))
                 await prepared.write_eof()
                 return prepared
             return error_response(502, message, "backend_failed")
+        if prepared is not None:
+            await finish_loading_state(prepared, model_id, started_mono)
         base = backend.model.proxy.rstrip("/")
         assert sup.session is not None
         outcome = ForwardResult()
@@ -436,33 +454,55 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
         sup.release(req)
 
 
-async def _stream_loading_state(request: web.Request, sup: Supervisor, model_id: str,
-                                fut: asyncio.Future[Any]) -> web.StreamResponse:
-    """Open the SSE response early and send progress while the model loads (sendLoadingState)."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-    await response.prepare(request)
-    began = time.monotonic()
-    while not fut.done():
-        elapsed = time.monotonic() - began
-        chunk = {"id": "loading", "object": "chat.completion.chunk", "created": int(time.time()),
-                 "model": model_id, "choices": [{"index": 0, "delta": {
-                     "reasoning_content": f"loading model {model_id} ({elapsed:.0f}s)...\n"}}]}
-        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        await asyncio.wait([fut], timeout=1.0)
-    return response
+def _peer_down(peer: PeerConfig, reason: str | None) -> web.Response:
+    return error_response(503, f"peer {peer.name!r} ({peer.proxy}) is down: {reason or 'not reachable'}; "
+                          "its models are unavailable until it answers again", "peer_unavailable",
+                          retry_after=1, peer=peer.name)
 
 
 async def proxy_peer(request: web.Request, sup: Supervisor, peer: PeerConfig, model: str, path: str,
                      body: bytes, payload: dict[str, Any] | None) -> web.StreamResponse:
-    if payload is not None:
-        body = apply_filters(payload, peer.filters, model, model, body)
-    assert sup.session is not None
-    outcome = ForwardResult()
-    headers = upstream_headers(request, drop_auth=True, api_key=peer.api_key)
-    response = await forward(request, sup.session, peer.proxy.rstrip("/") + path, body, headers, outcome)
-    sup.metrics.requests.inc(model=f"{peer.name}/{model}", code=str(outcome.status))
-    return response
+    """Forward (streaming) to a peer. A peer the monitor knows to be down answers 503 at once; a
+    request that cannot reach it answers 503 too (and counts as a failed probe); one that waits
+    on a peer that stops answering is ended when the monitor marks the peer down."""
+    monitor = sup.peers
+    health = monitor.health.get(peer.name)
+    label = f"{peer.name}/{model}"
+    started = time.perf_counter()
+    try:
+        if health is not None and health.state is PeerState.DOWN:
+            monitor.touch(peer.name)
+            sup.metrics.peer_requests.inc(peer=peer.name, code="503")
+            sup.metrics.errors.inc(model=label, reason="peer_down")
+            return _peer_down(peer, health.last_error)
+        if payload is not None:
+            body = apply_filters(payload, peer.filters, model, model, body)
+        headers = upstream_headers(request, drop_auth=True, api_key=peer.api_key)
+        if peer.api_key:
+            headers["x-api-key"] = peer.api_key  # llama-swap sends the key both ways
+        outcome = ForwardResult()
+        monitor.touch(peer.name)
+        session = monitor.session(peer.name)
+        # A pooled connection the peer closed under us is retried, unless the session was closed
+        # because the peer went down.
+        response = await forward(request, session, peer.proxy + path, body, headers, outcome,
+                                 same_backend=lambda: not session.closed)
+        code = str(outcome.status)
+        if outcome.upstream_error and isinstance(response, web.Response) and not response.prepared:
+            # Nothing reached the client yet: the peer could not be reached, or it was marked down
+            # (its session closed) while the request waited for an answer.
+            current = monitor.health.get(peer.name)
+            if current is not None and current.state is not PeerState.DOWN:
+                monitor.report_failure(peer.name, outcome.upstream_error)
+            reason = current.last_error if current is not None and current.state is PeerState.DOWN else None
+            response, code = _peer_down(peer, reason or outcome.upstream_error), "503"
+        sup.metrics.peer_requests.inc(peer=peer.name, code=code)
+        sup.metrics.requests.inc(model=label, code=code)
+        if outcome.upstream_error:
+            sup.metrics.errors.inc(model=label, reason="peer")
+        return response
+    finally:
+        sup.metrics.latency.observe(time.perf_counter() - started, model=label)
 
 
 def _model_entry(sup: Supervisor, model_id: str, cfg: ModelConfig, listed_id: str) -> dict[str, Any]:
@@ -491,9 +531,25 @@ async def handle_models(request: web.Request) -> web.Response:
                 if target == model_id:
                     data.append(_model_entry(sup, model_id, cfg, alias))
     for peer in sup.config.peers.values():
+        health = sup.peers.health.get(peer.name)
+        described = health.describe() if health is not None else {"state": PeerState.UNKNOWN.value}
         for model in peer.models:
-            data.append({"id": model, "object": "model", "created": sup.started, "owned_by": peer.name})
+            # Listed qualified (always routable and unique); a bare name also works when exactly
+            # one peer lists it. status.value is the peer's health: up / down / unknown.
+            data.append({"id": f"{peer.name}/{model}", "object": "model", "created": sup.started,
+                         "owned_by": peer.name, "name": f"{peer.name}: {model}",
+                         "status": {"value": described["state"]},
+                         "meta": {"llamaswap": {"peerID": peer.name}, "peer": {"name": peer.name, **described}}})
     return web.json_response({"object": "list", "data": data})
+
+
+def _peer_entries(sup: Supervisor) -> list[dict[str, Any]]:
+    entries = []
+    for peer in sup.config.peers.values():
+        health = sup.peers.health.get(peer.name)
+        described = health.describe() if health is not None else {"state": PeerState.UNKNOWN.value}
+        entries.append({"peer": peer.name, "proxy": peer.proxy, "models": list(peer.models), **described})
+    return entries
 
 
 async def handle_running(request: web.Request) -> web.Response:
@@ -509,7 +565,7 @@ async def handle_running(request: web.Request) -> web.Response:
         ttl = cfg.ttl if cfg.ttl > 0 else sup.config.global_ttl
         running.append({"model": model_id, "state": state.state.value, "cmd": " ".join(cfg.cmd),
                         "proxy": cfg.proxy, "ttl": ttl})
-    return web.json_response({"running": running})
+    return web.json_response({"running": running, "peers": _peer_entries(sup)})
 
 
 async def handle_unload(request: web.Request) -> web.StreamResponse:
@@ -573,7 +629,8 @@ async def handle_log_stream(request: web.Request) -> web.StreamResponse:
 async def handle_metrics(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR_KEY]
     loaded = {m: sup.status_of(m) is State.READY for m in sup.config.models}
-    return web.Response(text=sup.metrics.render(loaded), content_type="text/plain")
+    peers_up = {name: health.state is PeerState.UP for name, health in sup.peers.health.items()}
+    return web.Response(text=sup.metrics.render(loaded, peers_up), content_type="text/plain")
 
 
 async def handle_reload(request: web.Request) -> web.Response:
@@ -623,8 +680,9 @@ class Running:
 
 
 async def start_server(config: Config, host: str = "127.0.0.1", port: int = 0, *,
-                       loader: Loader | None = None, drain_timeout: float = 30.0) -> Running:
-    sup = Supervisor(config, loader=loader, drain_timeout=drain_timeout)
+                       loader: Loader | None = None, drain_timeout: float = 30.0,
+                       peer_timings: ProbeTimings | None = None) -> Running:
+    sup = Supervisor(config, loader=loader, drain_timeout=drain_timeout, peer_timings=peer_timings)
     await sup.start()
     runner = web.AppRunner(create_app(sup), handler_cancellation=True, access_log=None,
                            shutdown_timeout=2.0)

@@ -26,8 +26,14 @@ def plan_digest(host: ResolvedHost) -> str:
         h.update(host.lock_file.read_bytes())
     except FileNotFoundError:
         h.update(b"no lock")
+    # RPC workers' host files: their GPUs, budgets and endpoints size the split
+    for worker in getattr(host, "depends_on", ()):
+        try:
+            h.update((host.inventory / "hosts" / f"{worker}.yaml").read_bytes())
+        except FileNotFoundError:
+            h.update(f"no host file {worker}".encode())
     code = Path(__file__).resolve().parent.parent
-    for rel in ("plan/estimate.py", "plan/host.py", "plan/sources.py", "gguf/facts.py"):
+    for rel in ("plan/estimate.py", "plan/host.py", "plan/rpc.py", "plan/sources.py", "gguf/facts.py"):
         h.update((code / rel).read_bytes())
     return h.hexdigest()
 

@@ -58,7 +58,7 @@ def test_validate_reports_every_problem_and_exits_2(inventory: Inventory) -> Non
 def test_validate_ok_and_single_files(inventory: Inventory) -> None:
     out = homelab("validate", "--inventory", str(inventory.root))
     assert out.returncode == 0, out.stderr
-    assert "3 host(s)" in out.stdout
+    assert "6 host(s) (duo3060, local, nas, rig4090, rpc3090, xtx)" in out.stdout
     out = homelab("validate", str(inventory.recipe_path("glm-4.7-flash")), str(inventory.host_path("local")))
     assert out.returncode == 0, out.stderr
     assert "1 host(s) (local) and 1 recipe(s)" in out.stdout

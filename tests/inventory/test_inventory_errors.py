@@ -259,3 +259,10 @@ def test_a_patch_that_is_not_in_patches(inventory: Inventory) -> None:
     message = load_error(inventory, "xtx")
     assert message.count("\n") == 0, message
     assert_line(message, inventory.host_path("xtx"), line + 2, "llama_cpp.patches[1]: no patch patches/mtp-fx.patch", "did you mean 'mtp-fix.patch'?")
+
+
+def test_tensor_split_is_the_plans_when_a_model_uses_rpc_workers(inventory: Inventory) -> None:
+    line = inventory.edit_host("rig4090", "cache-type-v: q8_0}", 'cache-type-v: q8_0, tensor-split: "1,1"}')
+    message = load_error(inventory, "rig4090")
+    assert_line(message, inventory.host_path("rig4090"), line, "models[1].server.tensor-split:",
+                "split over rpc workers (rpc3090)", "tensor-split: null")

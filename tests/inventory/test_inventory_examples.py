@@ -21,7 +21,8 @@ def test_the_examples_are_there() -> None:
 @pytest.mark.parametrize("name", list_hosts(REPO))
 def test_every_example_host_loads(name: str) -> None:
     host = load_host(name, REPO)
-    assert host.name == name and host.models
+    # an RPC worker may serve no models of its own (it runs only rpc-server)
+    assert host.name == name and (host.models or host.host.rpc_server is not None)
 
 
 @pytest.mark.parametrize("name", list_recipes(REPO))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from homelab.inventory import ResolvedHost, load_host
+from homelab.inventory.multihost import load_related
 from homelab.inventory.flagnames import known_flags
 from homelab.render import PlannedModel, RenderInputs, StatePaths
 
@@ -42,6 +43,14 @@ FAKE_PLAN: dict[str, dict[str, PlannedModel]] = {
     "local": {
         "qwen3-0.6b": PlannedModel(vram_mib=(), total_mib=0, ctx_size=8192),
     },
+    "nas": {
+        "tiny": PlannedModel(vram_mib=(), total_mib=0, ctx_size=8192),
+    },
+    "rig4090": {
+        "chat-4b": PlannedModel(vram_mib=(5120,), ctx_size=32768),
+        # the 27B split over this card and rpc3090's (device order: CUDA0, then the RPC device)
+        "think-split": PlannedModel(vram_mib=(21800,), ctx_size=131072, tensor_split=(0.52, 0.48)),
+    },
 }
 FAKE_SIZES_GIB = {"qwen3-0.6b": 0.6, "chat-small": 2.5, "qwen3.5-9b": 6.0}
 """Weights in GiB (others 17.7): sizes healthCheckTimeout."""
@@ -64,6 +73,7 @@ def fake_inputs(host: ResolvedHost, **overrides: Any) -> RenderInputs:
     files = {m.id: (Path("/models") / f"{m.recipe.name}.gguf",) for m in host.models}
     sizes = {m.id: int(FAKE_SIZES_GIB.get(m.id, 17.7) * GIB) for m in host.models}
     plan = FAKE_PLAN.get(host.name)
+    related = load_related(host)  # peers and RPC workers from the example inventory
     values: dict[str, Any] = dict(
         host=host,
         server_binary=FAKE_BINARY,
@@ -78,6 +88,8 @@ def fake_inputs(host: ResolvedHost, **overrides: Any) -> RenderInputs:
         build_number=11434,
         build_label="llama.cpp b11434",
         input_hashes=FAKE_HASHES,
+        peers=related.peers,
+        rpc_workers=related.workers,
     )
     values.update(overrides)
     return RenderInputs(**values)

@@ -20,7 +20,9 @@ from homelab.render import render_host
 from .conftest import example_host, fake_inputs
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-HOSTS = ("xtx", "duo3060", "local")
+HOSTS = ("xtx", "duo3060", "local", "rig4090", "rpc3090", "nas")
+"""rig4090: a head host (a model split with --rpc) with a peer; rpc3090: an RPC worker with no
+models (only its rpc-server unit); nas: the peer, listening on the LAN with an API key."""
 
 
 @pytest.mark.parametrize("host", HOSTS)

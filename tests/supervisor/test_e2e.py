@@ -43,6 +43,14 @@ def backend_pids(server: Path) -> set[int]:
     return {p for p in pids if alive(p)}
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 async def stream_chat(s: aiohttp.ClientSession, url: str, model: str) -> str:
     async with s.post(url + "/v1/chat/completions", json={
             "model": model, "stream": True, "max_tokens": 8,
@@ -156,7 +164,8 @@ async def test_sigkill_of_serve_leaves_no_llama_server(tmp_path: Path, llama_ser
                     await asyncio.sleep(0.05)
             for model in ("alpha", "beta"):
                 assert "[DONE]" in await stream_chat(s, url, model)
-        started = backend_pids(llama_server_bin) - before
+        # only this supervisor's children: other tests may run llama-server at the same time
+        started = {p for p in backend_pids(llama_server_bin) - before if parent_of(p) == proc.pid}
         assert len(started) == 2
         proc.send_signal(signal.SIGKILL)
         proc.wait()

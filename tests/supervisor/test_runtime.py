@@ -324,7 +324,7 @@ async def test_send_loading_state(serve) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.post(running.url + "/v1/chat/completions", json={"model": "a", "stream": True}) as resp:
             text = (await resp.read()).decode()
-    assert "loading model a" in text and "[DONE]" in text
+    assert "llama-swap loading model: a" in text and "[DONE]" in text
 
 
 async def test_preload_hook(serve) -> None:

@@ -1,0 +1,49 @@
+"""Token usage read from relayed answers (metrics), and ``bench proxy --pin`` parsing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from homelab.errors import HomelabError
+from homelab.supervisor.bench import Pinning, _pinning
+from homelab.supervisor.proxy import _usage_from
+
+
+def test_usage_of_a_json_answer_is_its_usage_object() -> None:
+    body = json.dumps({"choices": [{"message": {"content": 'say "usage": {"x": 1}'}}],
+                       "usage": {"prompt_tokens": 20, "completion_tokens": 3}, "timings": {"predicted_n": 3}})
+    assert _usage_from(body.encode()) == {"prompt_tokens": 20, "completion_tokens": 3}
+
+
+def test_usage_of_a_stream_is_the_last_usage_object_not_null_or_text() -> None:
+    tail = (b'data: {"choices":[{"delta":{"content":"\\"usage\\": {"}}],"usage":null}\n\n'
+            b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7}}\n\n'
+            b'data: {"choices":[{"delta":{}}],"usage": null}\n\ndata: [DONE]\n\n')
+    assert _usage_from(tail) == {"prompt_tokens": 3, "completion_tokens": 7}
+
+
+def test_llama_cpp_completion_counts_without_usage() -> None:
+    tail = b'data: {"content":"a","stop":true,"tokens_predicted":12,"tokens_evaluated":5}\n\n'
+    assert _usage_from(tail) == {"prompt_tokens": 5, "completion_tokens": 12}
+
+
+def test_no_usage_gives_none() -> None:
+    assert _usage_from(b"") is None
+    assert _usage_from(b'{"usage": null}') is None
+    assert _usage_from(b'{"usage": {"prompt_tokens": 1') is None  # cut off
+
+
+def test_usage_after_megabytes_of_embeddings_is_found() -> None:
+    body = json.dumps({"data": [{"embedding": [0.125] * 300_000}], "usage": {"prompt_tokens": 9}})
+    assert _usage_from(body.encode()) == {"prompt_tokens": 9}
+
+
+def test_pin_parsing() -> None:
+    assert _pinning(argparse.Namespace(pin=None)) is None
+    assert _pinning(argparse.Namespace(pin="0-2,5:3,4")) == Pinning({0, 1, 2, 5}, {3, 4})
+    for bad in ("0", "0:", "a:1", ":1"):
+        with pytest.raises(HomelabError, match="--pin"):
+            _pinning(argparse.Namespace(pin=bad))
