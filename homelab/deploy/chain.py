@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..settings import CHECKOUT, inventory_dir, state_dir
 from . import remote
 from .hostlock import lock_host
 from .paths import HostPaths
+from .waves import blocked_by, deploy_waves
 
 #: Doit variables the deploy tasks understand (passed as ``name=value`` words).
 VARIABLES = ("frozen", "dry", "service", "root", "verify", "local")
@@ -79,10 +81,40 @@ class HostResult:
     code: int
     seconds: float
     last_line: str
+    skipped: bool = False
+    """Not attempted: a host it depends on (an RPC worker) did not deploy."""
+
+    @property
+    def result(self) -> str:
+        return "skipped" if self.skipped else "ok" if self.code == 0 else f"exit {self.code}"
 
 
-def deploy_all(names: list[str], args: list[str], jobs: int | None = None) -> list[HostResult]:
-    """Deploy each host in its own ``homelab deploy`` process, in parallel, output prefixed."""
+def dependencies(names: list[str], inventory: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """Each host's ``depends_on`` (the RPC workers its models use). A host that does not load
+    has none here: its own deploy reports the problem."""
+    inventory = inventory or inventory_dir()
+    found: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        try:
+            found[name] = load_host(name, inventory).depends_on
+        except HomelabError:
+            found[name] = ()
+    return found
+
+
+def deploy_all(
+    names: list[str],
+    args: list[str],
+    jobs: int | None = None,
+    depends_on: Mapping[str, Iterable[str]] | None = None,
+) -> list[HostResult]:
+    """Deploy each host in its own ``homelab deploy`` process, output prefixed: in waves (RPC
+    workers before their heads), the hosts of a wave in parallel. A host whose worker failed is
+    skipped, and so is whatever depends on it in turn."""
+    depends = {n: tuple((depends_on or {}).get(n, ())) for n in names}
+    waves = deploy_waves(depends)
+    if len(waves) > 1:
+        print("deploy order: " + "; ".join(f"wave {i}: {', '.join(w)}" for i, w in enumerate(waves, 1)), flush=True)
     width = max((len(n) for n in names), default=4)
 
     def one(name: str) -> HostResult:
@@ -110,16 +142,29 @@ def deploy_all(names: list[str], args: list[str], jobs: int | None = None) -> li
             sys.stdout.flush()
         return HostResult(name, proc.wait(), time.monotonic() - started, last)
 
+    results: dict[str, HostResult] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or len(names) or 1) as pool:
-        return list(pool.map(one, names))
+        for wave in waves:
+            failed = [r.host for r in results.values() if r.code or r.skipped]
+            todo = []
+            for name in wave:
+                dep = blocked_by(name, depends, failed)
+                if dep is None:
+                    todo.append(name)
+                    continue
+                why = "failed" if not results[dep].skipped else "was skipped"
+                results[name] = HostResult(name, 1, 0.0, f"not deployed: {dep}, whose rpc-server it uses, {why}", True)
+                print(f"[{name:<{width}}] {results[name].last_line}", flush=True)
+            for result in pool.map(one, todo):
+                results[result.host] = result
+    return [results[n] for n in names]
 
 
 def summary_table(results: list[HostResult]) -> str:
     width = max([len(r.host) for r in results] + [4])
-    lines = [f"{'host':<{width}}  result  time     last line", f"{'-' * width}  ------  -------  ---------"]
+    lines = [f"{'host':<{width}}  result   time     last line", f"{'-' * width}  -------  -------  ---------"]
     for r in results:
-        status = "ok" if r.code == 0 else f"exit {r.code}"
-        lines.append(f"{r.host:<{width}}  {status:<6}  {r.seconds:6.1f}s  {r.last_line[:80]}")
+        lines.append(f"{r.host:<{width}}  {r.result:<7}  {r.seconds:6.1f}s  {r.last_line[:80]}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 MANIFEST = "manifest.json"
@@ -89,10 +89,14 @@ def _strip_input_prefix(name: str) -> str:
     return name.split(".", 1)[1] if name.startswith("inputs.") else name
 
 
-def action_for(changes: Changes, has_current: bool, runtime_kind: str = "supervisor") -> str:
+def action_for(
+    changes: Changes, has_current: bool, runtime_kind: str = "supervisor", side_files: Collection[str] = ()
+) -> str:
+    """What the main unit must do. ``side_files`` (side units such as the rpc-server unit) are
+    left out: the service restarts a side unit on its own changes, never the endpoint for them."""
     if not has_current:
         return "start"
-    process_files = [f for f in changes.files if f != MANIFEST]
+    process_files = [f for f in changes.files if f != MANIFEST and f not in side_files]
     if not process_files:
         restart_inputs = [
             i for i in changes.inputs if _strip_input_prefix(i).split(".")[0] in RESTART_INPUTS

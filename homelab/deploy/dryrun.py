@@ -16,6 +16,7 @@ from ..inventory import ResolvedHost
 from ..lock import read_lock
 from ..settings import hf_cache_dir
 from .changes import action_for, compare, unified_diff
+from .service import side_unit_files, side_units, unit_changed, units_of
 from .chain import staged_dir
 from .generations import Files, GenerationStore, read_tree
 from .paths import HostPaths
@@ -117,6 +118,7 @@ def preview(host: ResolvedHost, service: str | None = None) -> str:
     out.append("builds:")
     out += [f"  {line}" for line in builds(host)]
     out.append(f"files ({source}):")
+    restarted_sides: list[str] = []
     if new is None:
         out.append("  unknown until render has run")
         action = "start" if current is None else "unknown"
@@ -129,7 +131,9 @@ def preview(host: ResolvedHost, service: str | None = None) -> str:
             diff = unified_diff(old, new)
             if diff:
                 out.append(diff.rstrip("\n"))
-        action = action_for(changes, current is not None, host.host.runtime.kind) if changes else "none"
+        sides = side_unit_files(host.name, old, new)
+        action = action_for(changes, current is not None, host.host.runtime.kind, sides) if changes else "none"
+        restarted_sides = [u.name for u in side_units(units_of(new), host.name) if unit_changed(u, old, new)]
     mode = service or host.host.runtime.service
     unit = f"homelab-{host.name}.service"
     verbs = {
@@ -140,6 +144,10 @@ def preview(host: ResolvedHost, service: str | None = None) -> str:
         "unknown": "unknown until render has run",
     }
     out.append(f"service: {verbs[action]}")
-    generation = "no new generation" if action == "none" else f"a new generation {(store.numbers() or [0])[-1] + 1}"
+    for name in restarted_sides:
+        known = old is not None and any(n.rsplit("/", 1)[-1] == name for n in old)
+        out.append(f"side unit: {'restart' if known else 'start'} {name} ({'its unit or environment changed' if known else 'new'})")
+    changed = new is None or bool(compare(old, new))
+    generation = f"a new generation {(store.numbers() or [0])[-1] + 1}" if changed else "no new generation"
     out.append(f"would create: {generation}")
     return "\n".join(out)

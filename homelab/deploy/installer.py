@@ -19,8 +19,19 @@ from .changes import Changes, action_for, compare
 from .generations import Files, Generation, GenerationStore, content_hash, read_tree
 from .hostlock import lock_host
 from .paths import HostPaths, root_prefix
-from .service import RecordingRunner, Runner, Service, ServiceError, make_service, resolve_mode
-from .verify import LEVELS, VerifyResult, api_key_from_env, base_url, config_models, verify
+from .service import (
+    RecordingRunner,
+    Runner,
+    Service,
+    ServiceError,
+    main_unit,
+    make_service,
+    resolve_mode,
+    rpc_unit_name,
+    side_unit_files,
+    units_of,
+)
+from .verify import LEVELS, VerifyResult, api_key_from_env, base_url, config_models, verify, wait_for_port
 
 
 class DeployFailed(HomelabError):
@@ -41,6 +52,10 @@ class Target:
     preload: tuple[str, ...] = ()
     api_key_env: str | None = None
     health_timeout: float = 120.0
+    verify: str = "completion"
+    """``runtime.verify``: the check after activation (``--verify`` / ``verify=`` override it)."""
+    rpc_listen: str | None = None
+    """``rpc_server.listen``: verification checks that the rpc-server unit accepts connections."""
 
     @classmethod
     def from_host(cls, resolved: ResolvedHost, service: str | None = None) -> "Target":
@@ -56,18 +71,21 @@ class Target:
             preload=tuple(dict.fromkeys(preload)),
             api_key_env=rt.api_key_env,
             health_timeout=float(rt.health_check_timeout or 120),
+            verify=rt.verify,
+            rpc_listen=host.rpc_server.listen if host.rpc_server is not None else None,
         )
 
 
 @dataclass
 class Options:
     root: Path | None = None
-    verify: str = "completion"
+    verify: str | None = None
+    """Verification level for this run; None = the host's ``runtime.verify``."""
     runner: Runner | None = None
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        if self.verify not in LEVELS:
+        if self.verify is not None and self.verify not in LEVELS:
             raise HomelabError(f"verify={self.verify!r}: use one of {', '.join(LEVELS)}")
 
 
@@ -146,10 +164,22 @@ class Deployer:
             log = root_prefix(self.options.root) / "systemctl.log"
             return VerifyResult(ok=True, steps=[f"installed under a root prefix: systemctl calls in {log}, not verified"])
         files = generation.files()
+        units = units_of(files)
+        steps: list[str] = []
+        rpc_unit = rpc_unit_name(self.target.name)
+        if self.target.rpc_listen and any(u.name == rpc_unit for u in units):
+            alive = lambda: self.service.unit_alive(rpc_unit)  # noqa: E731
+            rpc = wait_for_port(self.target.rpc_listen, self.target.health_timeout, alive, "rpc-server")
+            if not rpc.ok:
+                return rpc
+            steps += rpc.steps
+        if units and main_unit(units, self.target.name) is None:
+            steps.append("no endpoint unit (an RPC worker only): HTTP checks skipped")
+            return VerifyResult(ok=True, steps=steps)
         expected = config_models(files.get("config.yaml"))
         wanted = [m for m in self.target.preload if m in expected]
         wanted += [m for m in changed_models(old, files) if m in expected and m not in wanted]
-        return verify(
+        result = verify(
             self.target.listen,
             expected,
             wanted,
@@ -158,6 +188,16 @@ class Deployer:
             alive=self.service.alive,
             api_key=api_key_from_env(self.target.api_key_env),
         )
+        result.steps[:0] = steps
+        return result
+
+    def _action(self, old: Files | None, new: Files, has_current: bool) -> str:
+        changes = compare(old, new)
+        return action_for(changes, has_current, self.target.kind, side_unit_files(self.target.name, old, new))
+
+    def _apply(self, generation: Generation, previous: Generation | None, action: str) -> None:
+        for note in self.service.apply(generation, previous, action):
+            self.say(f"  {note}")
 
     # ---- install
 
@@ -176,14 +216,14 @@ class Deployer:
             action = "already running"
             if not self.service.alive():
                 self.say(f"{self.target.name}: service not running; starting generation {current.number}")
-                self.service.apply(current, None, "start")
+                self._apply(current, None, "ensure")
                 result = self._verify(current, None, "models")
                 if not result.ok:
                     raise DeployFailed(self._failure_text(current, result.error, None))
                 action = "started"
             return InstallReport(self.target.name, False, current.number, action, self.mode)
         changes = compare(old, files)
-        action = action_for(changes, current is not None, self.target.kind)
+        action = self._action(old, files, current is not None)
         generation = self.store.create(files, changes.summary(), action)
         self.store.switch(generation.number)
         self.say(
@@ -192,8 +232,8 @@ class Deployer:
             f" -> {action}"
         )
         try:
-            self.service.apply(generation, current, action)
-            result = self._verify(generation, old, self.options.verify)
+            self._apply(generation, current, action)
+            result = self._verify(generation, old, self.options.verify or self.target.verify)
         except ServiceError as exc:
             result = VerifyResult(ok=False, error=str(exc))
         if not result.ok:
@@ -236,9 +276,9 @@ class Deployer:
             return "no previous generation to roll back to: the service is stopped"
         self.store.switch(previous.number)
         failed_files = failed.files()
-        action = action_for(compare(failed_files, previous.files()), True, self.target.kind)
+        action = self._action(failed_files, previous.files(), True)
         try:
-            self.service.apply(previous, failed, action)
+            self._apply(previous, failed, action)
             result = self._verify(previous, None, "models")
         except ServiceError as exc:
             result = VerifyResult(ok=False, error=str(exc))
@@ -263,11 +303,11 @@ class Deployer:
                 return InstallReport(self.target.name, False, number, "already current", self.mode)
             old = current.files() if current else None
             changes: Changes = compare(old, target.files())
-            action = action_for(changes, current is not None, self.target.kind)
+            action = self._action(old, target.files(), current is not None)
             self.store.switch(number)
             self.say(f"{self.target.name}: switching to generation {number} -> {action}")
             try:
-                self.service.apply(target, current, action)
+                self._apply(target, current, action)
                 result = self._verify(target, old, "models")
             except ServiceError as exc:
                 result = VerifyResult(ok=False, error=str(exc))

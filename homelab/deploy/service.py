@@ -3,6 +3,13 @@
 Every mode offers the same verbs: ``apply(generation, action)`` (install what the generation
 needs and start/restart/reload), ``stop()``, ``status()``, ``alive()`` and ``logs(n)``.
 
+A generation has a main unit (``homelab-<host>.service``: the endpoint; ``action`` is for it) and
+may have side units beside it, such as ``homelab-rpc-<host>.service`` (llama.cpp's rpc-server on
+an RPC worker host; a worker with no models has only that one). A side unit is enabled and
+started with the generation, restarted only when its own unit file or an ``EnvironmentFile`` of
+the generation it reads changed (rpc-server cannot reload, and a restart drops the head's
+connection), and started again when it is found dead. ``alive()`` means every unit runs.
+
 The systemd modes install the generation's unit files below the root prefix and drive
 ``systemctl``; the binary is ``$SYSTEMCTL`` when set (tests point it at a script that records its
 arguments), likewise ``$LOGINCTL`` and ``$JOURNALCTL``. ``service: none`` runs the unit's
@@ -24,6 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,12 +82,48 @@ def units_of(files: dict[str, bytes]) -> list[Unit]:
     ]
 
 
+def rpc_unit_name(host: str) -> str:
+    """The rpc-server unit of a host with ``rpc_server:`` (the render stage's contract)."""
+    return f"homelab-rpc-{host}.service"
+
+
 def main_unit(units: list[Unit], host: str) -> Unit | None:
-    services = [u for u in units if u.name.endswith(".service")]
+    """The unit serving the endpoint: ``homelab-<host>.service`` (else the one service that is not
+    the rpc-server unit); None for an RPC worker that renders only its rpc-server unit."""
+    services = [u for u in units if u.name.endswith(".service") and u.name != rpc_unit_name(host)]
     for unit in services:
         if unit.name == f"homelab-{host}.service":
             return unit
     return services[0] if services else None
+
+
+def side_units(units: list[Unit], host: str) -> list[Unit]:
+    """Every ``.service`` unit of a generation besides the main one (the rpc-server unit)."""
+    main = main_unit(units, host)
+    return [u for u in units if u.name.endswith(".service") and (main is None or u.name != main.name)]
+
+
+def side_unit_files(host: str, *generations: Mapping[str, bytes] | None) -> set[str]:
+    """Paths (inside the generations) of side unit files: the main unit's action ignores them."""
+    found: set[str] = set()
+    for files in generations:
+        if not files:
+            continue
+        sides = {u.name for u in side_units(units_of(dict(files)), host)}
+        found |= {name for name in files if Path(name).name in sides}
+    return found
+
+
+def unit_changed(unit: Unit, old: Mapping[str, bytes] | None, new: Mapping[str, bytes]) -> bool:
+    """Whether a side unit must restart: it is new, its text changed, or a file of the generation
+    it reads through ``EnvironmentFile=`` changed."""
+    if old is None:
+        return True
+    before = {u.name: u for u in units_of(dict(old))}.get(unit.name)
+    if before is None or before.text != unit.text:
+        return True
+    read = {Path(_expand_specifiers(v.lstrip("-"))).name for v in unit.values("EnvironmentFile")}
+    return any(old.get(name) != new.get(name) for name in set(old) | set(new) if Path(name).name in read)
 
 
 def _expand_specifiers(value: str) -> str:
@@ -190,14 +234,43 @@ class Service:
 
     def __init__(self, paths: HostPaths) -> None:
         self.paths = paths
+        self._units_cache: tuple[Path | None, tuple[str | None, list[str]]] = (None, (None, []))
 
-    def apply(self, generation: Generation, previous: Generation | None, action: str) -> None:
+    @property
+    def main_name(self) -> str:
+        return f"homelab-{self.paths.host}.service"
+
+    def current_units(self) -> tuple[str | None, list[str]]:
+        """Main and side unit names of the current generation (main: None for an RPC worker with
+        only its rpc-server unit); with no current generation (or no unit in it), the main unit
+        by its usual name."""
+        try:
+            target = self.paths.current.resolve(strict=True)
+        except OSError:
+            return self.main_name, []
+        if self._units_cache[0] != target:  # read once per generation: alive() is polled
+            units = [Unit(p.name, p.read_text()) for p in sorted(target.rglob("*")) if p.name.endswith(UNIT_SUFFIXES)]
+            main = main_unit(units, self.paths.host)
+            sides = [u.name for u in side_units(units, self.paths.host)]
+            self._units_cache = (target, (main.name if main else None, sides))
+        main, sides = self._units_cache[1]
+        if main is None and not sides:
+            return self.main_name, []
+        return main, list(sides)
+
+    def apply(self, generation: Generation, previous: Generation | None, action: str) -> list[str]:
+        """Install and (re)start what ``generation`` needs; returns one line per side unit that
+        was (re)started. ``action`` is for the main unit (``ensure``: start what is not running)."""
         raise NotImplementedError
 
     def stop(self) -> None:
         raise NotImplementedError
 
     def alive(self) -> bool:
+        raise NotImplementedError
+
+    def unit_alive(self, unit: str) -> bool:
+        """Whether one unit (by file name) runs."""
         raise NotImplementedError
 
     def status(self) -> str:
@@ -210,6 +283,18 @@ class Service:
         return self.mode
 
 
+def _generation_units(generation: Generation, host: str, mode: str) -> tuple[dict[str, bytes], Unit | None, list[Unit]]:
+    files = generation.files()
+    units = units_of(files)
+    main, sides = main_unit(units, host), side_units(units, host)
+    if main is None and not sides:
+        raise ServiceError(
+            f"generation {generation.number} of {host} has no .service unit: the render stage must "
+            f"produce one for service: {mode}"
+        )
+    return files, main, sides
+
+
 class SystemdService(Service):
     """``service: user`` or ``service: system``."""
 
@@ -219,7 +304,7 @@ class SystemdService(Service):
         self.root = root
         self.runner = runner or Runner()
         self.scope = ["--user"] if mode == "user" else []
-        self.unit_name = f"homelab-{paths.host}.service"
+        self.unit_name = self.main_name
 
     @property
     def unit_dir(self) -> Path:
@@ -279,16 +364,11 @@ class SystemdService(Service):
             stamp.parent.mkdir(parents=True, exist_ok=True)
             stamp.write_text("warned\n")
 
-    def apply(self, generation: Generation, previous: Generation | None, action: str) -> None:
-        files = generation.files()
+    def apply(self, generation: Generation, previous: Generation | None, action: str) -> list[str]:
+        files, main, sides = _generation_units(generation, self.paths.host, self.mode)
         units = units_of(files)
-        unit = main_unit(units, self.paths.host)
-        if unit is None:
-            raise ServiceError(
-                f"generation {generation.number} of {self.paths.host} has no .service unit: the render "
-                f"stage must produce one for service: {self.mode}"
-            )
-        self.unit_name = unit.name
+        if main is not None:
+            self.unit_name = main.name
         self._preflight(units, None)
         self.unit_dir.mkdir(parents=True, exist_ok=True)
         changed = False
@@ -299,7 +379,8 @@ class SystemdService(Service):
                 tmp.write_text(u.text)
                 os.replace(tmp, target)
                 changed = True
-        stale = [u.name for u in units_of(previous.files())] if previous else []
+        old_files = previous.files() if previous else None
+        stale = [u.name for u in units_of(old_files)] if old_files else []
         for name in stale:
             if name not in {u.name for u in units} and (self.unit_dir / name).exists():
                 self.systemctl("disable", "--now", name, check=False)
@@ -307,37 +388,66 @@ class SystemdService(Service):
                 changed = True
         if changed:
             self.systemctl("daemon-reload")
-        self.systemctl("enable", unit.name)
-        if action == "reload":
-            self.systemctl("reload", unit.name)
-        elif action in ("restart", "start"):
-            self.systemctl("restart", unit.name)
-        elif not self.alive():
-            self.systemctl("start", unit.name)
+        if main is not None:
+            self.systemctl("enable", main.name)
+            if action == "reload":
+                self.systemctl("reload", main.name)
+            elif action in ("restart", "start"):
+                self.systemctl("restart", main.name)
+            elif not self._active(main.name):
+                self.systemctl("start", main.name)
+        notes = []
+        for side in sides:
+            self.systemctl("enable", side.name)
+            if action != "ensure" and unit_changed(side, old_files, files):
+                self.systemctl("restart", side.name)
+                notes.append(f"{side.name}: restarted (its unit or environment changed)")
+            elif not self._active(side.name):
+                self.systemctl("start", side.name)
+                notes.append(f"{side.name}: started (it was not running)")
         self._check_linger()
+        return notes
 
-    def stop(self) -> None:
-        self.systemctl("stop", self.unit_name)
-
-    def alive(self) -> bool:
-        out = self.systemctl("is-active", self.unit_name, check=False)
+    def _active(self, name: str) -> bool:
+        out = self.systemctl("is-active", name, check=False)
         return out.stdout.strip() in ("active", "reloading", "activating")
 
+    def _names(self) -> list[str]:
+        main, sides = self.current_units()
+        return ([main] if main else []) + sides
+
+    def stop(self) -> None:
+        main, sides = self.current_units()
+        for side in sides:
+            self.systemctl("stop", side, check=False)  # absent or already stopped: nothing to do
+        if main:
+            self.systemctl("stop", main)
+
+    def alive(self) -> bool:
+        return all(self._active(name) for name in self._names())
+
+    def unit_alive(self, unit: str) -> bool:
+        return self._active(unit)
+
     def status(self) -> str:
-        out = self.systemctl("is-active", self.unit_name, check=False)
-        return f"{self.unit_name} ({self.mode} unit): {out.stdout.strip() or 'unknown'}"
+        lines = []
+        for name in self._names():
+            out = self.systemctl("is-active", name, check=False)
+            lines.append(f"{name} ({self.mode} unit): {out.stdout.strip() or 'unknown'}")
+        return "\n".join(lines)
 
     def logs(self, lines: int = 30) -> str:
+        selectors = [word for name in self._names() for word in ("-u", name)]
         try:
             out = self.runner.run(
-                "journalctl", [*self.scope, "-u", self.unit_name, "-n", str(lines), "--no-pager"], check=False
+                "journalctl", [*self.scope, *selectors, "-n", str(lines), "--no-pager"], check=False
             )
         except ServiceError as exc:
             return str(exc)
         return (out.stdout or out.stderr).rstrip()
 
     def describe(self) -> str:
-        return f"{self.mode} unit {self.unit_name} in {self.unit_dir}"
+        return f"{self.mode} unit(s) {', '.join(self._names())} in {self.unit_dir}"
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -353,7 +463,9 @@ def _proc_start_time(pid: int) -> str | None:
 
 
 class DetachedService(Service):
-    """``service: none``: the unit's ExecStart run as a detached process with a pid file."""
+    """``service: none``: each unit's ExecStart run as a detached process with a pid file and a
+    log file: ``service.pid`` / ``service.log`` for the main unit, ``<unit>.pid`` / ``<unit>.log``
+    (``homelab-rpc-<host>.pid``) for a side unit."""
 
     mode = "none"
 
@@ -368,12 +480,28 @@ class DetachedService(Service):
         self.fallback_argv = fallback_argv
         self.reload_url = reload_url
         self.api_key = api_key
-        self._child: subprocess.Popen[bytes] | None = None
-        """The process this object started: polled so it is reaped if it dies while we watch."""
+        self._children: dict[Path, subprocess.Popen[bytes]] = {}
+        """Processes this object started, by pid file: polled so they are reaped if they die while we watch."""
 
-    def _pid(self) -> int | None:
+    # ---- pid and log files
+
+    def pid_file(self, unit: str | None) -> Path:
+        if unit is None or unit == self.main_name:
+            return self.paths.pid_file
+        return self.paths.base / f"{unit.removesuffix('.service')}.pid"
+
+    def log_file(self, unit: str | None) -> Path:
+        if unit is None or unit == self.main_name:
+            return self.paths.log_file
+        return self.paths.base / f"{unit.removesuffix('.service')}.log"
+
+    def _side_pid_files(self) -> list[Path]:
+        """Side units' pid files present now (also those of units a newer generation dropped)."""
+        return sorted(p for p in self.paths.base.glob("*.pid") if p != self.paths.pid_file)
+
+    def _pid(self, pid_file: Path | None = None) -> int | None:
         try:
-            pid_text, _, start = self.paths.pid_file.read_text().strip().partition(" ")
+            pid_text, _, start = (pid_file or self.paths.pid_file).read_text().strip().partition(" ")
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
@@ -383,11 +511,19 @@ class DetachedService(Service):
         return pid
 
     def alive(self) -> bool:
-        return self._pid() is not None
+        self._reap()
+        main, sides = self.current_units()
+        files = ([self.pid_file(main)] if main else []) + [self.pid_file(s) for s in sides]
+        return all(self._pid(f) is not None for f in files)
 
-    def _command(self, generation: Generation) -> tuple[list[str], dict[str, str]]:
-        # run through the current link, so a reload after a switch reads the new files
-        unit = main_unit(units_of(generation.files()), self.paths.host)
+    def unit_alive(self, unit: str) -> bool:
+        self._reap()
+        return self._pid(self.pid_file(unit)) is not None
+
+    # ---- start and stop one process
+
+    def _command(self, generation: Generation, unit: Unit | None) -> tuple[list[str], dict[str, str]]:
+        # the unit's paths go through the current link, so a reload after a switch reads the new files
         if unit is not None:
             return command_from_unit(unit)
         if self.fallback_argv:
@@ -397,10 +533,15 @@ class DetachedService(Service):
             "command from"
         )
 
-    def start(self, generation: Generation) -> int:
-        argv, env = self._command(generation)
+    def start(self, generation: Generation, unit: Unit | None = None) -> int:
+        """Start ``unit`` (default: the generation's main unit) detached; returns its pid."""
+        if unit is None:
+            unit = main_unit(units_of(generation.files()), self.paths.host)
+        name = unit.name if unit is not None else None
+        argv, env = self._command(generation, unit)
+        pid_file, log_file = self.pid_file(name), self.log_file(name)
         self.paths.base.mkdir(parents=True, exist_ok=True)
-        log = open(self.paths.log_file, "ab")
+        log = open(log_file, "ab")
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start generation {generation.number}: "
                   f"{shlex.join(argv)}\n".encode())
         log.flush()
@@ -415,37 +556,43 @@ class DetachedService(Service):
                 start_new_session=True,  # setsid: survives this process and its terminal
             )
         except OSError as exc:
-            raise ServiceError(f"cannot start {argv[0]}: {exc}") from None
+            raise ServiceError(f"cannot start {argv[0]} ({name or 'service'}): {exc}") from None
         finally:
             log.close()
         start = _proc_start_time(proc.pid) or ""
-        tmp = self.paths.pid_file.with_name(f".{self.paths.pid_file.name}.tmp")
+        tmp = pid_file.with_name(f".{pid_file.name}.tmp")
         tmp.write_text(f"{proc.pid} {start}\n")
-        os.replace(tmp, self.paths.pid_file)
-        self._child = proc
+        os.replace(tmp, pid_file)
+        self._children[pid_file] = proc
         return proc.pid
 
-    def stop(self, timeout: float = 20.0) -> None:
-        pid = self._pid()
+    def _stop_one(self, pid_file: Path, timeout: float = 20.0) -> None:
+        pid = self._pid(pid_file)
         if pid is None:
-            self.paths.pid_file.unlink(missing_ok=True)
+            pid_file.unlink(missing_ok=True)
             return
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._pid() is not None:
+        while time.monotonic() < deadline and self._pid(pid_file) is not None:
             self._reap()
             time.sleep(0.05)
-        if self._pid() is not None:
+        if self._pid(pid_file) is not None:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self._reap()
-        self.paths.pid_file.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop every process of the host: the side units first, then the endpoint."""
+        for pid_file in self._side_pid_files():
+            self._stop_one(pid_file, timeout)
+        self._stop_one(self.paths.pid_file, timeout)
 
     def _reap(self) -> None:
-        if self._child is not None:
-            self._child.poll()
+        for proc in self._children.values():
+            proc.poll()
 
     def reload(self) -> None:
         """Ask the supervisor to re-read its config and wait for the answer (``POST /x-reload``,
@@ -470,30 +617,62 @@ class DetachedService(Service):
                 pass  # not answering on HTTP: fall back to the signal
         os.kill(pid, signal.SIGHUP)
 
-    def apply(self, generation: Generation, previous: Generation | None, action: str) -> None:
-        running = self.alive()
-        if action == "reload" and running:
-            self.reload()
-            return
-        if action in ("restart", "start") or not running:
-            self.stop()
-            self.start(generation)
+    def apply(self, generation: Generation, previous: Generation | None, action: str) -> list[str]:
+        files = generation.files()
+        units = units_of(files)
+        main, sides = main_unit(units, self.paths.host), side_units(units, self.paths.host)
+        if main is not None or not sides:  # no unit at all: the fallback command, or a clear error
+            running = self._pid() is not None
+            if action == "reload" and running:
+                self.reload()
+            elif action in ("restart", "start") or not running:
+                self._stop_one(self.paths.pid_file)
+                self.start(generation, main)
+        else:
+            self._stop_one(self.paths.pid_file)  # a worker that no longer serves models
+        notes = []
+        keep = {self.pid_file(s.name) for s in sides}
+        for pid_file in self._side_pid_files():
+            if pid_file not in keep:  # a side unit the new generation dropped
+                self._stop_one(pid_file)
+        old_files = previous.files() if previous else None
+        for side in sides:
+            pid_file = self.pid_file(side.name)
+            if action != "ensure" and unit_changed(side, old_files, files):
+                self._stop_one(pid_file)
+                self.start(generation, side)
+                notes.append(f"{side.name}: restarted (its unit or environment changed)")
+            elif self._pid(pid_file) is None:
+                self.start(generation, side)
+                notes.append(f"{side.name}: started (it was not running)")
+        return notes
 
     def status(self) -> str:
-        pid = self._pid()
-        if pid is None:
-            return f"{self.paths.host}: not running (service: none; log {self.paths.log_file})"
-        return f"{self.paths.host}: running, pid {pid} (service: none; log {self.paths.log_file})"
+        main, sides = self.current_units()
+        lines = []
+        for name in ([main] if main else []) + sides:
+            pid = self._pid(self.pid_file(name))
+            state = f"running, pid {pid}" if pid is not None else "not running"
+            label = self.paths.host if name == self.main_name else name
+            lines.append(f"{label}: {state} (service: none; log {self.log_file(name)})")
+        return "\n".join(lines)
 
     def logs(self, lines: int = 30) -> str:
-        try:
-            text = self.paths.log_file.read_text(errors="replace")
-        except OSError:
-            return "(no log file)"
-        return "\n".join(text.rstrip().splitlines()[-lines:])
+        main, sides = self.current_units()
+        parts = []
+        for name in ([main] if main else []) + sides:
+            try:
+                text = self.log_file(name).read_text(errors="replace")
+            except OSError:
+                text = "(no log file)"
+            tail = "\n".join(text.rstrip().splitlines()[-lines:])
+            parts.append(tail if not sides else f"[{name}]\n{tail}")
+        return "\n".join(parts)
 
     def describe(self) -> str:
-        return f"detached process (pid file {self.paths.pid_file}, log {self.paths.log_file})"
+        main, sides = self.current_units()
+        files = ", ".join(f"{self.pid_file(n).name}/{self.log_file(n).name}" for n in ([main] if main else []) + sides)
+        return f"detached process(es) (pid/log files in {self.paths.base}: {files})"
 
 
 def systemd_user_manager_running(runner: Runner | None = None) -> tuple[bool, str]:

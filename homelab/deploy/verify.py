@@ -1,4 +1,5 @@
-"""Check that an activated generation serves: /health, /v1/models, optionally a tiny completion.
+"""Check that an activated generation serves: /health, /v1/models, optionally a tiny completion;
+and that an rpc-server unit's port accepts connections (:func:`wait_for_port`).
 
 ``expected`` model IDs come from the generation's ``config.yaml`` (its ``models:`` keys); the
 check waits until ``/v1/models`` lists all of them, which is also how a reload is seen to have
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -69,6 +71,30 @@ def api_key_from_env(env_name: str | None) -> str | None:
         return None
     value = os.environ.get(env_name, "")
     return value.split(",")[0].strip() or None
+
+
+def wait_for_port(
+    listen: str, timeout: float, alive: Callable[[], bool] = lambda: True, what: str = "service"
+) -> VerifyResult:
+    """Wait until ``listen`` (HOST:PORT; any-address = loopback) accepts a TCP connection: all
+    that can be asked of llama.cpp's rpc-server without speaking its protocol."""
+    host, _, port = base_url(listen).removeprefix("http://").rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return VerifyResult(ok=True, steps=[f"{what} on {listen}: accepts connections"])
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        if not alive():
+            return VerifyResult(ok=False, error=f"the {what} exited before {listen} accepted a connection")
+        if time.monotonic() > deadline:
+            return VerifyResult(
+                ok=False, error=f"{what} on {listen} did not accept a connection within {timeout:.0f} s (last: {last})"
+            )
+        time.sleep(0.05)
 
 
 def verify(

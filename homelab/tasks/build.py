@@ -18,14 +18,35 @@ from ..inventory import ResolvedHost
 from .graph import each_host, user_action
 
 
+#: planned builds of this doit run (cleared when the tasks are created) by (host object, lock
+#: bytes), the host kept alive beside its plan: source's and build's up-to-date checks both need
+#: the build key, and computing it runs git and probes the toolchain
+_PLANNED: dict[tuple[int, bytes], tuple[ResolvedHost, Any]] = {}
+
+
+def planned_build(host: ResolvedHost) -> Any:
+    """``plan_host(host)``, computed once per lockfile content (the lock stage runs first and
+    may move the pin; nothing later in the run changes what the key is made of)."""
+    from ..llamacpp.stage import plan_host
+
+    try:
+        lock = host.lock_file.read_bytes()
+    except FileNotFoundError:
+        lock = b""
+    key = (id(host), lock)
+    if key not in _PLANNED:
+        _PLANNED[key] = (host, plan_host(host))  # a HomelabError is not cached: the action reports it
+    return _PLANNED[key][1]
+
+
 def _build_uptodate(host: ResolvedHost) -> bool:
-    from ..llamacpp.stage import builder, plan_host, read_stamp
+    from ..llamacpp.stage import builder, read_stamp
 
     stamp = read_stamp(host.name)
     if stamp is None:
         return False
     try:
-        planned = plan_host(host)
+        planned = planned_build(host)
     except HomelabError:
         return False  # the action reports it
     return stamp.get("key") == planned.key and builder().installed(planned.key) is not None
@@ -42,6 +63,7 @@ def task_build() -> Iterator[dict[str, Any]]:
     """Configure and compile llama-server for the host's backend."""
     from ..llamacpp.stage import stamp_path
 
+    _PLANNED.clear()  # a new run (in-process runs too): patches or tools may have changed since
     yield {"basename": "build", "name": None, "doc": "Configure and compile llama-server for the host's backend"}
     for host in each_host():
         yield {

@@ -8,7 +8,8 @@ change nothing), ``frozen=1`` (the lock must not move), ``service=`` / ``root=``
 ``local=1`` (run a remote host's chain here: what the remote side of an ssh deploy does).
 
 A remote host (``address: ssh://...``) syncs and runs ``homelab deploy HOST --local`` there;
-``host=all`` deploys every host in parallel and prints a summary table.
+``host=all`` deploys every host, RPC workers before the heads that use them (waves, see
+homelab.deploy.waves), the hosts of a wave in parallel, and prints a summary table.
 """
 
 from __future__ import annotations
@@ -68,13 +69,18 @@ def _dry(host: ResolvedHost) -> None:
     print(preview(host, service=_var("service")))
 
 
-def _all(names: list[str]) -> TaskFailed | None:
+def _all(depends_on: dict[str, tuple[str, ...]]) -> TaskFailed | None:
     from ..deploy.chain import deploy_all, summary_table
 
-    results = deploy_all(names, _passthrough())
+    results = deploy_all(list(depends_on), _passthrough(), depends_on=depends_on)
     print(summary_table(results))
-    failed = [r.host for r in results if r.code]
-    return TaskFailed(f"deploy failed on {', '.join(failed)}") if failed else None
+    failed = [r.host for r in results if r.code and not r.skipped]
+    skipped = [r.host for r in results if r.skipped]
+    if not failed and not skipped:
+        return None
+    return TaskFailed(
+        f"deploy failed on {', '.join(failed)}" + (f"; not deployed: {', '.join(skipped)}" if skipped else "")
+    )
 
 
 def task_deploy() -> Iterator[dict[str, Any]]:
@@ -82,11 +88,11 @@ def task_deploy() -> Iterator[dict[str, Any]]:
     yield {"basename": "deploy", "name": None, "doc": "The whole chain: lock, fetch, build, plan, render, install, verify"}
     hosts = list(each_host())
     if _var("host") == "all" and len(hosts) > 1:
-        names = [h.name for h in hosts]
+        depends_on = {h.name: h.depends_on for h in hosts}
         yield {
             "name": "all",
-            "doc": "Deploy every host in parallel, with a summary table",
-            "actions": [user_action(lambda: _all(names))],
+            "doc": "Deploy every host (RPC workers first, then in parallel), with a summary table",
+            "actions": [user_action(lambda: _all(depends_on))],
             "uptodate": [False],
             "verbosity": 2,
         }

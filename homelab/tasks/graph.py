@@ -15,7 +15,7 @@ from typing import Any
 from doit import get_var
 from doit.exceptions import TaskFailed
 
-from ..errors import HomelabError, NotImplementedStage
+from ..errors import HomelabError
 from ..inventory import ResolvedHost, list_hosts, load_host
 from ..settings import inventory_dir
 
@@ -76,14 +76,6 @@ def user_action(func: Callable[..., Any]) -> Callable[..., Any]:
         return None if result is None or result is True else result
 
     return run
-
-
-def not_implemented(stage: str) -> Callable[[], TaskFailed]:
-    def fail() -> TaskFailed:
-        return TaskFailed(str(NotImplementedStage(stage)))
-
-    fail.__name__ = f"not_implemented_{stage}"
-    return fail
 
 
 def each_host() -> Iterator[ResolvedHost]:

@@ -12,10 +12,12 @@ from .graph import each_host, user_action
 
 def _source_uptodate(host: ResolvedHost) -> bool:
     """Nothing to check out when the build for the current key exists or its worktree is ready."""
-    from ..llamacpp.stage import builder, plan_host
+    from ..llamacpp.stage import builder
+
+    from .build import planned_build
 
     try:
-        planned = plan_host(host)
+        planned = planned_build(host)
     except HomelabError:
         return False  # let the action run and report the problem with its message
     b = builder()

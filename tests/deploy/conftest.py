@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,27 @@ def events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "events.log"
     monkeypatch.setenv("FAKE_SERVICE_EVENTS", str(path))
     return path
+
+
+RECORDER = """#!/bin/sh
+echo "$@" >> {log}
+case "$*" in
+  *is-active*) echo active ;;
+  *show-user*) echo Linger=no ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    log = tmp_path / "calls.log"
+    script = tmp_path / "record"
+    script.write_text(RECORDER.format(log=log))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    for name in ("SYSTEMCTL", "LOGINCTL", "JOURNALCTL"):
+        monkeypatch.setenv(name, f"{script} {name.lower()}")
+    return log
 
 
 SSHD = Path("/usr/sbin/sshd")

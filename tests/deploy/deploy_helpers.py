@@ -52,6 +52,21 @@ def render_files(
     }
 
 
+TCP_LISTENER = Path(__file__).with_name("tcp_listener.py")
+
+
+def rpc_unit(host: str, rpc_listen: str, args: str = "", current: Path | None = None) -> dict[str, bytes]:
+    """The rpc-server side unit of a worker host (``units/homelab-rpc-HOST.service``), running the
+    TCP stand-in; it reads the host's env file, as the rendered one does."""
+    current = current or HostPaths.for_host(host).current
+    address, port = rpc_listen.rsplit(":", 1)
+    unit = (
+        f"[Unit]\nDescription=homelab rpc-server ({host})\n\n[Service]\nType=exec\n"
+        f"EnvironmentFile=-{current}/homelab-{host}.env\n"
+        f"ExecStart={sys.executable} {TCP_LISTENER} -H {address} -p {port} {args}\n"
+        "\n[Install]\nWantedBy=default.target\n"
+    )
+    return {f"units/homelab-rpc-{host}.service": unit.encode()}
 
 
 def write_inventory(root: Path, host: str, address: str, listen: str, service: str = "none") -> Path:

@@ -135,7 +135,7 @@ def lab(tmp_path: Path, llama_server_bin: Path, tiny_models: dict[str, Path], mo
                 _seed_build(builds / key, key, llama_server_bin)
 
         seed(Path(os.environ["HOMELAB_STATE"]))
-        yield {"inv": inv, "env": env, "listen": listen, "models": tiny_models, "seed": seed, "src": src}
+        yield {"inv": inv, "env": env, "listen": listen, "models": tiny_models, "seed": seed, "src": src, "hub": hub}
         subprocess.run([sys.executable, "-m", "homelab.cli", "stop", "lab"], env=env, cwd=src,
                        capture_output=True, timeout=60)
 
@@ -174,13 +174,21 @@ def test_deploy_serves_reloads_and_rolls_back(lab) -> None:
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] is not None
 
-    # nothing changed: nothing rebuilt, downloaded or restarted, no new generation
+    # nothing changed: nothing re-locked, rebuilt, downloaded or restarted, no new generation
+    pid_file = Path(os.environ["HOMELAB_STATE"]) / "hosts" / "lab" / "service.pid"
+    supervisor, backends = pid_file.read_text(), (_llama_pids("alpha.gguf"), _llama_pids("beta.gguf"))
+    lab["hub"].clear_requests()
     started = time.monotonic()
     noop = deploy(env)
     noop_s = time.monotonic() - started
     assert noop.returncode == 0, noop.stdout[-3000:] + noop.stderr[-2000:]
-    assert "lab: up to date (generation 1)" in noop.stdout
-    assert "-- install:lab" in noop.stdout
+    assert "lab: up to date (generation 1), nothing restarted" in noop.stdout
+    for task in ("lock", "fetch:lab:alpha", "fetch:lab:beta", "source", "build", "plan", "render", "install"):
+        name = task if ":" in task else f"{task}:lab"
+        assert f"-- {name}\n" in noop.stdout, noop.stdout  # doit's "up to date, skipped"
+    assert lab["hub"].requests == []
+    assert pid_file.read_text() == supervisor and backends[0]
+    assert (_llama_pids("alpha.gguf"), _llama_pids("beta.gguf")) == backends
     print(f"no-op deploy: {noop_s:.2f} s")
 
     # a profile edit: reload, generation 2, beta's llama-server keeps running
@@ -269,3 +277,66 @@ def test_remote_host_runs_the_chain_over_ssh(sshd: str, lab, tmp_path: Path) -> 
     assert again.returncode == 0, again.stdout[-3000:]
     assert "lab: up to date (generation 1)" in again.stdout, again.stdout
     assert "updated" not in again.stdout
+
+
+def _cmdline(pid: int) -> list[str]:
+    return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+
+
+def test_deploy_all_starts_the_rpc_worker_first_and_leaves_it_running(lab) -> None:
+    """A worker host with only ``rpc_server:`` (the real rpc-server, its own unit) and the lab
+    host putting alpha's layers on it: ``host=all`` deploys the worker in the first wave, the
+    head in the second; the completion goes through the worker; a second run touches nothing."""
+    env, inv = lab["env"], lab["inv"]
+    host_file = inv / "hosts" / "lab.yaml"
+    head = yaml.safe_load(host_file.read_text())
+    head["models"][0]["rpc"] = ["w"]
+    host_file.write_text(yaml.safe_dump(head, sort_keys=False))
+    rpc_listen = f"127.0.0.1:{free_port()}"
+    worker = {
+        "name": "w",
+        "backend": "cpu",
+        "ram_mib": 2048,
+        "llama_cpp": head["llama_cpp"],
+        "rpc_server": {"listen": rpc_listen, "threads": 1, "cache": False},
+        "runtime": {"listen": f"127.0.0.1:{free_port()}", "service": "none"},
+    }
+    (inv / "hosts" / "w.yaml").write_text(yaml.safe_dump(worker, sort_keys=False))
+    state = Path(os.environ["HOMELAB_STATE"]) / "hosts"
+    src = env["PYTHONPATH"]
+    try:
+        first = subprocess.run(
+            [sys.executable, "-m", "doit", "-f", f"{src}/dodo.py", "deploy", "host=all"],
+            env=env, cwd=src, capture_output=True, text=True, timeout=600,
+        )
+        out = first.stdout + first.stderr
+        assert first.returncode == 0, out[-5000:]
+        assert "deploy order: wave 1: w; wave 2: lab" in out
+        assert f"[w  ]   rpc-server on {rpc_listen}: accepts connections" in out
+        assert "no endpoint unit (an RPC worker only): HTTP checks skipped" in out
+        rpc_pid = int((state / "w" / "homelab-rpc-w.pid").read_text().split()[0])
+        argv = _cmdline(rpc_pid)
+        assert Path(argv[0]).name == "rpc-server" and argv[1:5] == ["-H", "127.0.0.1", "-p", rpc_listen.split(":")[1]]
+        assert not (state / "w" / "service.pid").exists()  # a worker serves no endpoint
+        alpha = _llama_pids("alpha.gguf")
+        assert alpha and any(f"--rpc={rpc_listen}" in a or a == rpc_listen for p in alpha for a in _cmdline(p))
+        status, body = _post(f"http://{lab['listen']}/v1/completions", {"model": "alpha", "prompt": "hi", "max_tokens": 2})
+        assert status == 200, body
+
+        again = subprocess.run(
+            [sys.executable, "-m", "doit", "-f", f"{src}/dodo.py", "deploy", "host=all"],
+            env=env, cwd=src, capture_output=True, text=True, timeout=600,
+        )
+        assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+        assert "w: up to date (generation 1), nothing restarted" in again.stdout
+        assert "lab: up to date (generation 1), nothing restarted" in again.stdout
+        assert int((state / "w" / "homelab-rpc-w.pid").read_text().split()[0]) == rpc_pid
+        assert _llama_pids("alpha.gguf") == alpha
+
+        status_w = subprocess.run([sys.executable, "-m", "homelab.cli", "status", "w"], env=env, cwd=src,
+                                  capture_output=True, text=True, timeout=60)
+        assert status_w.returncode == 0 and f"homelab-rpc-w.service: running, pid {rpc_pid}" in status_w.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "homelab.cli", "stop", "w"], env=env, cwd=src,
+                       capture_output=True, timeout=60)
+    assert not (state / "w" / "homelab-rpc-w.pid").exists()

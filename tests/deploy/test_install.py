@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -94,27 +93,6 @@ def test_first_deploy_that_fails_leaves_nothing_current(none_host, write_rendere
         deployer.install(write_rendered(render_files("box", target.listen, broken)))
     assert GenerationStore(deployer.paths).current_number() is None
     assert not deployer.service.alive()
-
-
-RECORDER = """#!/bin/sh
-echo "$@" >> {log}
-case "$*" in
-  *is-active*) echo active ;;
-  *show-user*) echo Linger=no ;;
-esac
-exit 0
-"""
-
-
-@pytest.fixture
-def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    log = tmp_path / "calls.log"
-    script = tmp_path / "record"
-    script.write_text(RECORDER.format(log=log))
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    for name in ("SYSTEMCTL", "LOGINCTL", "JOURNALCTL"):
-        monkeypatch.setenv(name, f"{script} {name.lower()}")
-    return log
 
 
 def serve_in_background(listen: str, config: Path) -> subprocess.Popen:

@@ -35,3 +35,17 @@ def test_a_broken_inventory_stops_doit_with_file_and_line(tmp_path: Path) -> Non
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert f"{host}:7: gpus[0].arch: 'sm_86' is not a ROCm target" in out.stderr
+
+
+def test_making_the_task_graph_imports_no_heavy_stage_library() -> None:
+    """A no-op deploy pays for every import at task creation: numpy (via gguf), GitPython and
+    requests belong in the actions that use them, not in `doit list` / the graph."""
+    env = {k: v for k, v in os.environ.items() if k != "HOMELAB_INVENTORY"}
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "doit", "list", "--all", "host=xtx,duo3060"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "homelab.tasks.render" in imported  # the graph was made
+    assert not {"numpy", "gguf", "git", "requests"} & imported
