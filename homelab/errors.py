@@ -13,10 +13,3 @@ class HomelabError(Exception):
 
     exit_code = 2
 
-
-class NotImplementedStage(HomelabError):
-    """A stage task exists in the graph but its issue has not landed yet."""
-
-    def __init__(self, stage: str) -> None:
-        super().__init__(f"not implemented yet: {stage}")
-        self.stage = stage

@@ -35,7 +35,14 @@ def flag(name: str) -> bool:
 
 @functools.cache
 def _load(inventory: str, names: tuple[str, ...]) -> tuple[ResolvedHost, ...]:
-    return tuple(load_host(name, inventory) for name in names)
+    hosts = tuple(load_host(name, inventory) for name in names)
+    for host in hosts:
+        if host.peer_names or host.depends_on:
+            # the hosts it names are checked before any task runs, not first at render:<host>
+            from ..inventory.multihost import load_related
+
+            load_related(host)
+    return hosts
 
 
 def selected_hosts() -> tuple[ResolvedHost, ...]:

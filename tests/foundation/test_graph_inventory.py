@@ -49,3 +49,14 @@ def test_making_the_task_graph_imports_no_heavy_stage_library() -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert "homelab.tasks.render" in imported  # the graph was made
     assert not {"numpy", "gguf", "git", "requests"} & imported
+
+
+def test_a_head_naming_a_host_without_rpc_server_stops_doit_before_any_task(tmp_path: Path) -> None:
+    for folder in ("hosts", "recipes"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("*.lock.json"))
+    head = tmp_path / "hosts" / "rig4090.yaml"
+    head.write_text(head.read_text().replace("rpc: [rpc3090]", "rpc: [xtx]"))
+    out = doit("list", "host=rig4090", f"inventory={tmp_path}")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"{head}:" in out.stderr and "host 'xtx' runs no rpc-server" in out.stderr
