@@ -17,7 +17,16 @@ from ..errors import HomelabError
 from ..gguf.facts import ModelFacts
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from .estimate import CPU, MIB, Estimate, EstimateError, Settings, estimate, settings_from_flags
-from .rpc import RemoteDevice, RpcPlanError, Worker, balance_layers, model_rpc_devices, proportional_layers
+from .rpc import (
+    Kept,
+    RemoteDevice,
+    Reservation,
+    RpcPlanError,
+    Worker,
+    balance_layers,
+    model_rpc_devices,
+    proportional_layers,
+)
 
 AUTO_CTX = ("auto", "max")
 MIN_CTX = 256
@@ -123,9 +132,12 @@ class SetCheck:
     set_name: str
     models: tuple[str, ...]
     used: dict[str, int]
-    """Host device -> bytes."""
+    """Host device -> bytes (this host's models)."""
     budget: dict[str, int]
     fits: bool
+    reserved: dict[str, int] = field(default_factory=dict)
+    """Host device -> bytes kept free for heads' RPC load (a worker host; see :mod:`.rpcload`):
+    the set fits when used + reserved <= budget."""
 
 
 @dataclass
@@ -139,10 +151,50 @@ class HostPlan:
     sets: list[SetCheck]
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reserved: dict[str, Reservation] = field(default_factory=dict)
+    """This host as an RPC worker: host device -> the heads' load kept free there."""
+    kept: dict[str, Kept] = field(default_factory=dict)
+    """This host as a head: remote device (``w1:gpu0``) -> what the worker keeps for its own
+    models (already taken off :attr:`budget`)."""
 
     @property
     def fits(self) -> bool:
         return not self.problems
+
+    def available(self) -> dict[str, int]:
+        """Per device, what this host's models may fill: the budget less the heads' RPC load."""
+        return {d: b - (self.reserved[d].bytes if d in self.reserved else 0) for d, b in self.budget.items()}
+
+    def limit_notes(self) -> dict[str, str]:
+        """Why a device's limit is less than its budget, for problem texts (no double counting:
+        each side names only what the other side puts there)."""
+        out: dict[str, str] = {}
+        for d, r in self.reserved.items():
+            if d in self.budget:
+                out[d] = f"{_mib_down(self.budget[d]):,} MiB budget less {_mib(r.bytes):,} MiB RPC load of {r.text()}"
+        for d, k in self.kept.items():
+            if d in self.budget:
+                worker = d.split(":", 1)[0]
+                out[d] = (
+                    f"{_mib_down(self.budget[d] + k.bytes):,} MiB budget less {_mib(k.bytes):,} MiB kept for "
+                    f"{worker}'s own {k.group}"
+                )
+        return out
+
+    def device_json(self, d: str, b: int) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.device_names.get(d, d), "budget_mib": b // MIB}
+        if d in self.reserved:
+            r = self.reserved[d]
+            entry["rpc_reserved_mib"] = _mib(r.bytes)
+            entry["rpc_reserved_for"] = [
+                {"head": h.head, "group": h.group, "models": list(h.models), "mib": _mib(h.bytes)} for h in r.loads
+            ]
+            entry["available_mib"] = (b - r.bytes) // MIB  # as problem texts say "left"
+        if d in self.kept:
+            k = self.kept[d]
+            entry["kept_mib"] = _mib(k.bytes)
+            entry["kept_for"] = k.group
+        return entry
 
     def to_json(self) -> dict[str, Any]:
         """The plan contract (``plans/<host>.json``)."""
@@ -171,9 +223,7 @@ class HostPlan:
             "host": self.host,
             "backend": self.backend,
             "fits": self.fits,
-            "devices": {
-                d: {"name": self.device_names.get(d, d), "budget_mib": b // MIB} for d, b in self.budget.items()
-            },
+            "devices": {d: self.device_json(d, b) for d, b in self.budget.items()},
             "models": models,
             "sets": [
                 {
@@ -181,7 +231,10 @@ class HostPlan:
                     "models": list(c.models),
                     "used_mib": {d: _mib(v) for d, v in c.used.items()},
                     "budget_mib": {d: v // MIB for d, v in c.budget.items()},
-                    "headroom_mib": {d: c.budget[d] // MIB - _mib(c.used.get(d, 0)) for d in c.budget},
+                    "rpc_reserved_mib": {d: _mib(v) for d, v in c.reserved.items()},
+                    "headroom_mib": {
+                        d: c.budget[d] // MIB - _mib(c.used.get(d, 0)) - _mib(c.reserved.get(d, 0)) for d in c.budget
+                    },
                     "fits": c.fits,
                 }
                 for c in self.sets
@@ -194,6 +247,10 @@ class HostPlan:
 def _mib(n: int) -> int:
     """Bytes as MiB, rounded up (a plan must never under-state use; budgets round down)."""
     return -(-n // MIB)
+
+
+def _mib_down(n: int) -> int:
+    return n // MIB
 
 
 # --------------------------------------------------------------------------- budgets
@@ -391,10 +448,14 @@ def plan_host(
     host: ResolvedHost,
     inputs: Mapping[str, ModelInput],
     workers: Mapping[str, Worker] | None = None,
+    reserved: Mapping[str, Reservation] | None = None,
 ) -> HostPlan:
     """Plan every model and set. ``inputs`` maps model ID -> its facts (see :mod:`.sources`);
-    ``workers``: the RPC worker hosts models name in ``rpc:`` (see :func:`.rpc.load_workers`)."""
+    ``workers``: the RPC worker hosts models name in ``rpc:`` (see :func:`.rpc.load_workers`);
+    ``reserved``: this host as an RPC worker, per host device the heads' load to keep free
+    (:func:`.rpcload.rpc_reservations`): its own models and sets get the budget less that."""
     budget, names = host_budget(host)
+    kept: dict[str, Kept] = {}
     inputs = dict(inputs)
     for m in host.models:
         if m.rpc_workers and not inputs[m.id].rpc:
@@ -410,9 +471,26 @@ def plan_host(
         for d in inputs[m.id].rpc:
             budget[d.key] = d.budget
             names[d.key] = f"{d.name} on {d.host} (rpc {d.endpoint})"
+            if d.kept is not None:
+                kept[d.key] = d.kept
     alternatives = _alternatives(host)
     in_sets = {mid for _, ids in alternatives for mid in ids}
-    plan = HostPlan(host=host.name, backend=host.host.backend, budget=budget, device_names=names, models={}, sets=[])
+    plan = HostPlan(
+        host=host.name,
+        backend=host.host.backend,
+        budget=budget,
+        device_names=names,
+        models={},
+        sets=[],
+        reserved={d: r for d, r in (reserved or {}).items() if r.loads and d in budget},
+        kept=kept,
+    )
+    for d, r in (reserved or {}).items():
+        if r.loads and d not in budget:
+            plan.notes.append(f"RPC load of {r.text()} on {d}, which this host's plan does not budget (not checked)")
+    # what this host's own models may fill: the budget less what heads put here over RPC
+    limits = plan.available()
+    _check_reserved(host, plan)
     if not budget:
         plan.notes.append(
             "no budget to check: the host has no GPUs and no ram_mib; the numbers are a report only "
@@ -437,19 +515,19 @@ def plan_host(
             ctx = ctx_cap(inp.facts, model_settings(inp))
             plan.notes.append(f"{m.id}: ctx-size auto without a budget: the model's training context {ctx}")
         else:
-            limit_sets: list[dict[str, int]] = [dict(budget)]
+            limit_sets: list[dict[str, int]] = [dict(limits)]
             for _, ids in alternatives:
                 if m.id not in ids:
                     continue
                 autos = [i for i in ids if is_auto_ctx(host.model(i))]
                 used = _sum_usage([usage(current[i], gpu_idx[i]) for i in ids])
                 mine = usage(current[m.id], gpu_idx[m.id])
-                limits = {}
-                for d, b in budget.items():
+                mine_limits = {}
+                for d, b in limits.items():
                     free = b - used.get(d, 0)
-                    limits[d] = mine.get(d, 0) + (free // len(autos) if free > 0 else free)
-                limit_sets.append(limits)
-            tightest = {d: min(ls[d] for ls in limit_sets) for d in budget}
+                    mine_limits[d] = mine.get(d, 0) + (free // len(autos) if free > 0 else free)
+                limit_sets.append(mine_limits)
+            tightest = {d: min(ls[d] for ls in limit_sets) for d in limits}
             found = largest_ctx(host, inp, tightest)
             ctx = found if found is not None else MIN_CTX
         est, idx = estimate_for(host, inp, model_settings(inp, ctx))
@@ -472,19 +550,20 @@ def plan_host(
                 else ()
             ),
         )
-        excess = over(usage(est, gpu_idx[m.id]), budget)
+        excess = over(usage(est, gpu_idx[m.id]), limits)
         if excess:
             mp.fits_alone = False
-            plan.problems.append(_model_problem(host, inputs[m.id], mp, budget, excess))
+            plan.problems.append(_model_problem(host, inputs[m.id], mp, plan, limits, excess))
         plan.models[m.id] = mp
 
     # 4. every set alternative
     for set_name, ids in alternatives:
         used = _sum_usage([usage(current[i], gpu_idx[i]) for i in ids])
-        excess = over(used, budget)
-        plan.sets.append(SetCheck(set_name, ids, used, dict(budget), not excess))
+        excess = over(used, limits)
+        held = {d: r.bytes for d, r in plan.reserved.items()}
+        plan.sets.append(SetCheck(set_name, ids, used, dict(budget), not excess, reserved=held))
         if excess and all(plan.models[i].fits_alone for i in ids):
-            plan.problems.append(_set_problem(host, inputs, plan, set_name, ids, used, budget, excess))
+            plan.problems.append(_set_problem(host, inputs, plan, set_name, ids, used, limits, excess))
     alone = [m.id for m in host.models if m.id not in in_sets]
     if alternatives and alone:
         plan.notes.append(f"not in any set, checked alone: {', '.join(alone)}")
@@ -503,11 +582,57 @@ def _fmt(n: int) -> str:
     return f"{n / MIB:,.0f} MiB"
 
 
-def _excess_text(excess: Mapping[str, int], used: Mapping[str, int], budget: Mapping[str, int]) -> str:
-    return "; ".join(
-        f"{d}: {_mib(used.get(d, 0)):,} MiB of {budget[d] // MIB:,} MiB budget, {_mib(v):,} MiB over"
-        for d, v in excess.items()
-    )
+def _excess_text(
+    excess: Mapping[str, int],
+    used: Mapping[str, int],
+    budget: Mapping[str, int],
+    why: Mapping[str, str] | None = None,
+) -> str:
+    """``gpu0: 12,000 MiB of 11,427 MiB budget, 573 MiB over``; where ``why`` explains a device's
+    limit (RPC load or a worker's own models taken off): ``... of 11,859 MiB left (why), ...``."""
+    parts = []
+    for d, v in excess.items():
+        of = (
+            f"{budget[d] // MIB:,} MiB left ({why[d]})" if why and d in why else f"{budget[d] // MIB:,} MiB budget"
+        )
+        parts.append(f"{d}: {_mib(used.get(d, 0)):,} MiB of {of}, {_mib(v):,} MiB over")
+    return "; ".join(parts)
+
+
+def _rpc_hint(plan: HostPlan, excess: Mapping[str, int]) -> str:
+    """The other side of a shared device, as a way out: heads' models (this host a worker) or the
+    worker's own models (this host a head)."""
+    hints: list[str] = []
+    for d in excess:
+        if d in plan.reserved:
+            for h in plan.reserved[d].loads:
+                hints.append(
+                    f"put fewer layers of {h.head}'s {', '.join(h.models)} on {plan.host} (remove {plan.host} from "
+                    f"its rpc: in hosts/{h.head}.yaml, or lower its ctx-size/cache types there)"
+                )
+        if d in plan.kept:
+            worker = d.split(":", 1)[0]
+            hints.append(
+                f"give {worker}'s own {plan.kept[d].group} less (hosts/{worker}.yaml: its ctx-size, cache types, "
+                f"sets), or remove {worker} from rpc:"
+            )
+    return "".join(f"; or {h}" for h in dict.fromkeys(hints))
+
+
+def _check_reserved(host: ResolvedHost, plan: HostPlan) -> None:
+    """The heads' RPC load alone must fit each device of this worker (each head checks its own
+    share; only here are the heads added up)."""
+    for d, r in plan.reserved.items():
+        if r.bytes <= plan.budget[d]:
+            continue
+        heads = ", ".join(dict.fromkeys(f"hosts/{h.head}.yaml" for h in r.loads))
+        plan.problems.append(
+            f"{d} ({plan.device_names.get(d, d)}) of RPC worker {host.name}: the heads' RPC load {r.text()} = "
+            f"{_mib(r.bytes):,} MiB exceeds its budget {plan.budget[d] // MIB:,} MiB by "
+            f"{_mib(r.bytes - plan.budget[d]):,} MiB (heads load their models independently, so these can be "
+            f"resident together). Ways out: remove {host.name} from rpc: of one of these models ({heads}); or "
+            f"lower their ctx-size/cache types; or raise vram_budget in {host.host_file}"
+        )
 
 
 def ways_out(host: ResolvedHost, inp: ModelInput, limits: Mapping[str, int], current: Estimate) -> list[str]:
@@ -576,12 +701,21 @@ def _cpu_moe(s: Settings, n: int) -> Settings:
 
 
 def _model_problem(
-    host: ResolvedHost, inp: ModelInput, mp: ModelPlan, budget: Mapping[str, int], excess: Mapping[str, int]
+    host: ResolvedHost,
+    inp: ModelInput,
+    mp: ModelPlan,
+    plan: HostPlan,
+    budget: Mapping[str, int],
+    excess: Mapping[str, int],
 ) -> str:
     used = usage(mp.estimate, mp.gpu_index)
-    text = f"model {mp.id} does not fit alone at ctx-size {mp.ctx_size}: {_excess_text(excess, used, budget)}"
+    why = plan.limit_notes()
+    text = f"model {mp.id} does not fit alone at ctx-size {mp.ctx_size}: {_excess_text(excess, used, budget, why)}"
     fixes = ways_out(host, inp, budget, mp.estimate)
-    return text + (". Ways out: " + "; or ".join(fixes) if fixes else ". No single setting makes it fit: use a smaller model")
+    hint = _rpc_hint(plan, excess)
+    if fixes:
+        return text + ". Ways out: " + "; or ".join(fixes) + hint
+    return text + (". Ways out: " + hint[len("; or ") :] if hint else ". No single setting makes it fit: use a smaller model")
 
 
 def _set_problem(
@@ -594,7 +728,7 @@ def _set_problem(
     budget: Mapping[str, int],
     excess: Mapping[str, int],
 ) -> str:
-    text = f"set {set_name!r} ({' & '.join(ids)}) does not fit: {_excess_text(excess, used, budget)}"
+    text = f"set {set_name!r} ({' & '.join(ids)}) does not fit: {_excess_text(excess, used, budget, plan.limit_notes())}"
     # the biggest user of the worst device gives way first, with the others as they are
     worst = max(excess, key=lambda d: excess[d])
     biggest = max(ids, key=lambda i: usage(plan.models[i].estimate, plan.models[i].gpu_index).get(worst, 0))
@@ -602,4 +736,4 @@ def _set_problem(
     limits = {d: b - others.get(d, 0) for d, b in budget.items()}
     fixes = ways_out(host, inputs[biggest], limits, plan.models[biggest].estimate)
     hint = f". Ways out for {biggest}: " + "; or ".join(fixes) if fixes else ""
-    return text + hint + f"; or drop a model from the set (or set ctx-size: auto on {biggest})"
+    return text + hint + f"; or drop a model from the set (or set ctx-size: auto on {biggest})" + _rpc_hint(plan, excess)

@@ -15,6 +15,11 @@ def mib(n: int) -> str:
     return f"{n / MIB:,.0f}"
 
 
+def mib_up(n: int) -> str:
+    """Rounded up, as the plan JSON counts use."""
+    return f"{-(-n // MIB):,}"
+
+
 def _table(rows: Sequence[Sequence[str]], right_from: int = 1) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
@@ -34,6 +39,12 @@ def render_plan(plan: HostPlan, oracle: dict[str, dict[str, int]] | None = None)
         head = f"{dev} {name}"
         if budget is not None:
             head += f": budget {budget // MIB:,}"
+        if dev in plan.kept:  # this host is a head; the worker keeps some for its own models
+            k = plan.kept[dev]
+            head += f" ({((budget or 0) + k.bytes) // MIB:,} less {mib_up(k.bytes)} kept for {dev.split(':')[0]}'s own {k.group})"
+        if dev in plan.reserved and budget is not None:  # this host is a worker
+            r = plan.reserved[dev]
+            head += f"; RPC load reserved {mib_up(r.bytes)}; left for this host's models {(budget - r.bytes) // MIB:,}"
         lines += ["", head]
         rows: list[list[str]] = [["model", "ctx", *HEADERS] + (["fit-params"] if oracle else [])]
         for mid, mp in plan.models.items():
@@ -50,22 +61,32 @@ def render_plan(plan: HostPlan, oracle: dict[str, dict[str, int]] | None = None)
             lines += ["  " + ln for ln in _table(rows, right_from=1)]
         else:
             lines.append("  (no model uses it)")
+    if plan.reserved:
+        lines += ["", "RPC load reserved for heads (this host is their RPC worker; each head's largest resident group, added up)"]
+        rows = [["device", "head", "group", "models", "MiB"]]
+        for dev, r in plan.reserved.items():
+            for i, load in enumerate(r.loads):
+                rows.append([dev if i == 0 else "", load.head, load.group, ", ".join(load.models), mib_up(load.bytes)])
+        lines += ["  " + ln for ln in _table(rows, right_from=4)]
     if plan.sets:
         lines += ["", "sets (any subset of an alternative may be resident together)"]
-        rows = [["set", "models", "device", "used", "budget", "headroom", "status"]]
+        rpc = any(c.reserved for c in plan.sets)
+        rows = [["set", "models", "device", "used"] + (["rpc"] if rpc else []) + ["budget", "headroom", "status"]]
         for c in plan.sets:
             for i, dev in enumerate(c.budget):
                 # as in the plan JSON: use rounded up, budget rounded down
                 used = -(-c.used.get(dev, 0) // MIB)
+                held = -(-c.reserved.get(dev, 0) // MIB)
                 budget = c.budget[dev] // MIB
                 rows.append([
                     c.set_name if i == 0 else "",
                     " & ".join(c.models) if i == 0 else "",
                     dev,
                     f"{used:,}",
+                    *([f"{held:,}"] if rpc else []),
                     f"{budget:,}",
-                    f"{budget - used:,}",
-                    "ok" if c.used.get(dev, 0) <= c.budget[dev] else "OVER",
+                    f"{budget - used - held:,}",
+                    "ok" if c.used.get(dev, 0) + c.reserved.get(dev, 0) <= c.budget[dev] else "OVER",
                 ])
         lines += ["  " + ln for ln in _table(rows, right_from=3)]
     if any(mp.ctx_auto for mp in plan.models.values()):

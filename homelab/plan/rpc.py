@@ -17,13 +17,54 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from ..errors import HomelabError
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from .estimate import MIB, RpcDevice
 
 # ------------------------------------------------------------------------------ workers
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Memory of one worker device kept for the worker's OWN models (it serves some too): the
+    most any of its resident groups (a set alternative, or a model alone) needs there, with
+    ``ctx-size: auto`` models at their smallest context (see :mod:`.rpcload`)."""
+
+    bytes: int
+    group: str
+    """Which of the worker's groups needs the most: ``set 'voice' (a & b)`` or ``model a``."""
+
+
+@dataclass(frozen=True)
+class HeadLoad:
+    """The most one head host puts on one worker device at once (its largest resident group)."""
+
+    head: str
+    group: str
+    """``set 'coding' (think-split & x)`` or ``model think-split`` (on the head)."""
+    models: tuple[str, ...]
+    bytes: int
+
+    def text(self) -> str:
+        return f"{self.head}'s {self.group} {-(-self.bytes // MIB):,} MiB"  # rounded up, as the plan JSON
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a worker keeps free on one device for the heads that put layers there: the sum over
+    heads of each head's largest resident group (heads load and unload independently, so any
+    mix of their groups may be resident at once)."""
+
+    loads: tuple[HeadLoad, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(h.bytes for h in self.loads)
+
+    def text(self) -> str:
+        return " + ".join(h.text() for h in self.loads)
 
 
 @dataclass(frozen=True)
@@ -34,6 +75,9 @@ class Worker:
     endpoint: str
     """``address:port`` the head passes to ``--rpc`` (llama.cpp names the device's buffers
     ``RPC<i>[<endpoint>]``)."""
+    kept: Mapping[str, Kept] = field(default_factory=dict)
+    """Worker device (``gpu0``, ``cpu``) -> memory its own models need there (the head's budget
+    on that device is what is left)."""
 
 
 def load_workers(host: ResolvedHost) -> dict[str, Worker]:
@@ -71,8 +115,16 @@ class RemoteDevice:
     index: int
     """The device's position within its rpc-server (llama.cpp's buffer ``RPC<index>[endpoint]``)."""
     budget: int
-    """Bytes the plan may fill."""
+    """Bytes the head's plan may fill: the device's budget less what the worker keeps for its own
+    models (:attr:`kept`)."""
     backend: str
+    kept: Kept | None = None
+    """Memory of this device the worker's own models need (already taken off :attr:`budget`)."""
+
+    @property
+    def full_budget(self) -> int:
+        """The device's whole budget (``vram_budget`` of the worker's memory)."""
+        return self.budget + (self.kept.bytes if self.kept else 0)
 
     @property
     def key(self) -> str:
@@ -92,9 +144,22 @@ class RpcPlanError(HomelabError):
     """A worker the plan cannot use or check (names the host file and the fix)."""
 
 
-def worker_devices(worker: ResolvedHost, endpoint: str | None = None) -> list[RemoteDevice]:
+def worker_devices(
+    worker: ResolvedHost, endpoint: str | None = None, kept: Mapping[str, Kept] | None = None
+) -> list[RemoteDevice]:
     """The devices ``worker``'s rpc-server offers, in its order, with their budgets.
-    ``endpoint``: how the head reaches it (default: ``rpc_server.listen``)."""
+    ``endpoint``: how the head reaches it (default: ``rpc_server.listen``); ``kept``: memory per
+    device the worker's own models need (taken off the budget the head may fill)."""
+    return [_keep(d, (kept or {}).get(d.device)) for d in _worker_devices(worker, endpoint)]
+
+
+def _keep(device: RemoteDevice, kept: Kept | None) -> RemoteDevice:
+    if kept is None or kept.bytes <= 0:
+        return device
+    return replace(device, budget=max(0, device.budget - kept.bytes), kept=kept)
+
+
+def _worker_devices(worker: ResolvedHost, endpoint: str | None = None) -> list[RemoteDevice]:
     h = worker.host
     where = worker.host_file
     rpc = h.rpc_server
@@ -151,7 +216,7 @@ def model_rpc_devices(
                 f"{head.host_file}: model {model.id} names its own host {name!r} as an RPC worker; "
                 "its local GPUs are used without RPC"
             )
-        out.extend(worker_devices(worker.host, worker.endpoint))
+        out.extend(worker_devices(worker.host, worker.endpoint, worker.kept))
     return tuple(out)
 
 

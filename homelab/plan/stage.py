@@ -13,7 +13,7 @@ from ..settings import state_dir
 from .estimate import MIB
 from ..errors import HomelabError
 from .host import HostPlan, ModelInput, PlanError, host_budget, host_device, plan_host
-from .rpc import load_workers
+from .rpcload import InputsOf, rpc_reservations, workers_for
 from .observe import FitReport, OracleError, help_flags, run_fit_params
 
 FIT_PARAMS = "llama-fit-params"
@@ -62,15 +62,29 @@ def gather_inputs(host: ResolvedHost, lock: Lock | None) -> tuple[dict[str, Mode
     return inputs, missing
 
 
-def make_plan(host: ResolvedHost, inputs: dict[str, ModelInput] | None = None) -> tuple[HostPlan, dict[str, ModelInput]]:
+def host_inputs(host: ResolvedHost) -> dict[str, ModelInput]:
+    """Another host's model facts (a worker's own models, a head's), as its own plan reads them."""
+    return gather_inputs(host, host_lock(host))[0]
+
+
+def make_plan(
+    host: ResolvedHost,
+    inputs: dict[str, ModelInput] | None = None,
+    inputs_of: InputsOf | None = None,
+) -> tuple[HostPlan, dict[str, ModelInput]]:
+    """The host's plan. With RPC: its workers keep room for their own models, and as a worker it
+    keeps room for the heads that use it (:mod:`.rpcload`); ``inputs_of`` gives other hosts' model
+    facts (default: their locks and headers, like their own plans)."""
     missing: list[str] = []
+    inputs_of = inputs_of or host_inputs
     if inputs is None:
         inputs, missing = gather_inputs(host, host_lock(host))
     if missing:
         host = replace(host, models=tuple(m for m in host.models if m.id in inputs), sets={})
-    workers = load_workers(host) if any(m.rpc_workers for m in host.models) else None
-    plan = plan_host(host, inputs, workers)
-    plan.notes.extend(missing)
+    workers = workers_for(host, inputs_of) if any(m.rpc_workers for m in host.models) else None
+    reserved, rpc_notes = rpc_reservations(host, inputs, inputs_of) if host.host.rpc_server is not None else ({}, [])
+    plan = plan_host(host, inputs, workers, reserved)
+    plan.notes.extend(missing + rpc_notes)
     return plan, inputs
 
 

@@ -68,6 +68,15 @@ def parse_plan(data: Mapping[str, Any]) -> dict[str, PlannedModel]:
     return planned
 
 
+def parse_rpc_reserved(data: Mapping[str, Any]) -> dict[int, int]:
+    """The plan contract's ``devices.gpuN.rpc_reserved_mib`` (a worker's room kept for heads)."""
+    reserved: dict[int, int] = {}
+    for device, entry in (data.get("devices") or {}).items():
+        if device.startswith("gpu") and device[3:].isdigit() and entry.get("rpc_reserved_mib"):
+            reserved[int(device[3:])] = int(entry["rpc_reserved_mib"])
+    return reserved
+
+
 def _lock(host: ResolvedHost) -> Lock:
     lock = read_lock(host.lock_file)
     if lock is None:
@@ -172,7 +181,8 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
 
     plan_file = plan_path(host.name)
     plan_text = plan_file.read_text() if plan_file.is_file() else None
-    plan = parse_plan(json.loads(plan_text)) if plan_text else None
+    plan_data = json.loads(plan_text) if plan_text else None
+    plan = parse_plan(plan_data) if plan_data else None
     state = state_dir()
     hashes: dict[str, Any] = {
         "host": sha256_file(host.host_file),
@@ -199,6 +209,7 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
         homelab_executable=_executable(),
         plan=plan,
         plan_json=plan_text,
+        rpc_reserved_mib=parse_rpc_reserved(plan_data) if plan_data else {},
         mtp_supported=_mtp_heads(host, weights),
         build_number=build_number,
         build_label=label,

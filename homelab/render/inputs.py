@@ -82,6 +82,9 @@ class RenderInputs:
     plan: Mapping[str, PlannedModel] | None = None
     plan_json: str | None = None
     """The plan stage's report, copied into the generation as ``plan.json``."""
+    rpc_reserved_mib: Mapping[int, int] = field(default_factory=dict)
+    """GPU index -> MiB the plan keeps free on this worker for head hosts' layers sent through
+    its rpc-server (not available to the worker's own models)."""
     mtp_supported: Mapping[str, bool] = field(default_factory=dict)
     """Model ID -> the GGUF has MTP heads (and the build can use them)."""
     build_number: int | None = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..inventory.resolved import ResolvedHost
@@ -92,11 +92,14 @@ def check_sets(host: ResolvedHost) -> dict[str, tuple[frozenset[str], ...]]:
         raise RenderError(f"{host.host_file}: sets: {exc}") from None
 
 
-def vram_budget_mib(host: ResolvedHost) -> int | None:
+def vram_budget_mib(host: ResolvedHost, rpc_reserved: Mapping[int, int] | None = None) -> int | None:
+    """The supervisor's admission budget: every GPU's share, less what head hosts' RPC layers
+    take on this worker's GPUs (the plan's reservation)."""
     gpus = host.host.gpus
     if not gpus:
         return None
-    return sum(math.floor(g.vram_mib * host.host.vram_budget) for g in gpus)
+    reserved = rpc_reserved or {}
+    return sum(max(0, math.floor(g.vram_mib * host.host.vram_budget) - reserved.get(i, 0)) for i, g in enumerate(gpus))
 
 
 def _no_macros(value: Any, where: str) -> None:
@@ -202,7 +205,7 @@ def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
         host_file=host.host_file.name,
         health_timeout=max([b.health_timeout for b in backends] or [runtime.health_check_timeout or 120]),
         global_ttl=runtime.ttl,
-        vram_budget=vram_budget_mib(host),
+        vram_budget=vram_budget_mib(host, inputs.rpc_reserved_mib),
         api_key_env=api_key_env,
         binary=shell_word(inputs.server_binary, where="macros.llama-server"),
         common=common,

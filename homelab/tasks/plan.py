@@ -32,8 +32,13 @@ def plan_digest(host: ResolvedHost) -> str:
             h.update((host.inventory / "hosts" / f"{worker}.yaml").read_bytes())
         except FileNotFoundError:
             h.update(f"no host file {worker}".encode())
+    # RPC both ways: workers' own models (room they keep) and, for a worker, the heads using it
+    # (the load it keeps free), each with its lock (homelab/plan/rpcload.py)
+    from ..plan.rpcload import related_digest
+
+    h.update(related_digest(host).encode())
     code = Path(__file__).resolve().parent.parent
-    for rel in ("plan/estimate.py", "plan/host.py", "plan/rpc.py", "plan/sources.py", "gguf/facts.py"):
+    for rel in ("plan/estimate.py", "plan/host.py", "plan/rpc.py", "plan/rpcload.py", "plan/sources.py", "gguf/facts.py"):
         h.update((code / rel).read_bytes())
     return h.hexdigest()
 

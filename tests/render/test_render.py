@@ -13,7 +13,7 @@ from homelab.cli import main as homelab_main
 from homelab.inventory.schema import GPU
 from homelab.llamacpp.flags import AcceptedFlags, parse_help
 from homelab.render import RenderError, render_host, write_generation
-from homelab.render.assemble import parse_plan, write_secrets
+from homelab.render.assemble import parse_plan, parse_rpc_reserved, write_secrets
 from homelab.render.generation import diff_generations, read_generation, staging_dir
 from homelab.supervisor.config_load import load_config
 
@@ -324,6 +324,17 @@ def test_plan_contract_is_parsed() -> None:
     )
     assert plan["m"].vram_mib == (100, 250) and plan["m"].total == 350 and plan["m"].ctx_size == 4096
     assert plan["c"].vram_mib == () and plan["c"].total is None
+
+
+def test_a_workers_admission_budget_leaves_room_for_the_heads_rpc_layers(inputs_for) -> None:
+    reserved = parse_rpc_reserved(
+        {"devices": {"gpu0": {"budget_mib": 22840, "rpc_reserved_mib": 9081, "available_mib": 13759},
+                     "cpu": {"budget_mib": 60000}}}
+    )
+    assert reserved == {0: 9081}
+    plain = config_of(render_host(inputs_for("xtx")))
+    worker = config_of(render_host(inputs_for("xtx", rpc_reserved_mib=reserved)))
+    assert worker["x-vramBudgetMiB"] == plain["x-vramBudgetMiB"] - 9081
 
 
 def test_secrets_env_is_private(tmp_path: Path) -> None:
