@@ -1,18 +1,24 @@
 """``homelab bench proxy`` and ``homelab bench swap``: what the supervisor costs, in numbers.
 
-proxy: the same real llama-server instance is called directly and through ``homelab serve``
-(the supervisor's own backend, once loaded, is also called on its own port), and llama.cpp's
-router mode (the same binary without ``-m``, with a presets file) serves the same model.
-Short non-streaming requests give p50/p99 latency; streaming clients (1, 8, 64 at once) give
-token throughput. Requests to the three paths are interleaved so machine noise hits all alike.
+proxy: ``homelab serve`` and llama.cpp's router mode (the same binary without ``-m``, with a
+presets file) serve the same model; each front's own backend llama-server is also called
+directly on its port. All four paths use the same client code and are interleaved (the order
+rotates every request and every round), so machine noise hits them alike. Short non-streaming
+requests give p50/p99 latency; streaming clients (1, 8, 64 at once, every stream ``max_tokens``
+long with ``ignore_eos``, tokens counted from the final ``usage``) give token throughput, the
+median of ``--rounds`` rounds. The CPU time of each front process (and of the backends, for
+scale) is read from /proc around the phases that used it, so the proxy's cost shows even when
+the machine is saturated and throughput ratios drown in noise. ``--pin`` puts the backends on
+some CPUs and the fronts plus the load generator on the others (a GPU box, where generation
+does not take every core); ``--one-at-a-time`` keeps one model resident (big models).
 
 swap: request -> first token for a cold model, alternating two models that cannot coexist,
 minus the backend's own cold start (spawn -> /health 200 -> first token, measured directly with
 1 ms polling): the rest is the supervisor's share (eviction included). Router mode
 (``--models-max 1``) is measured the same way.
 
-Without ``--model`` both write tiny GGUF models on the fly; pass your own GGUFs (and
-``--server-args``) to measure your box.
+Without ``--model`` both write tiny GGUF models on the fly (``--shape``); pass your own GGUFs
+(and ``--server-args``) to measure your box.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -48,6 +55,11 @@ STREAM_HEADERS = {"Connection": "close"}
 reused one would fail: every path opens a connection per stream (the supervisor does the same
 towards its backend)."""
 PROMPT = [{"role": "user", "content": "Count slowly from one to one hundred."}]
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {},  # 1.3 MB: thousands of tokens/s on one core, the proxy's share looks biggest
+    "small": {"n_layer": 4, "n_embd": 512, "n_head": 8, "n_head_kv": 4, "n_ff": 1536, "dtype": "f16"},
+}
+"""Shapes of the models written on the fly (``--shape``) when no ``--model`` is given."""
 
 
 def free_port() -> int:
@@ -84,7 +96,8 @@ def _setup(args: argparse.Namespace, workdir: Path, count: int) -> Setup:
         from ..gguf.tiny import TinySpec, write_tiny_llama
 
         logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's chatter
-        models = [write_tiny_llama(workdir / f"tiny{i}.gguf", TinySpec(seed=i, name=f"tiny{i}"))
+        shape = SHAPES[args.shape]
+        models = [write_tiny_llama(workdir / f"{args.shape}{i}.gguf", TinySpec(seed=i, name=f"{args.shape}{i}", **shape))
                   for i in range(count)]
     if len(models) < count:
         raise HomelabError(f"this benchmark needs {count} models; pass --model {count} times")
@@ -167,31 +180,43 @@ async def _short(s: aiohttp.ClientSession, url: str, model: str) -> float:
 
 
 async def _stream(s: aiohttp.ClientSession, url: str, model: str, max_tokens: int) -> tuple[int, float]:
-    """(tokens received, seconds to the first one)."""
+    """(tokens generated, seconds to the first content event). Tokens come from the final
+    ``usage`` event: content events undercount them (llama-server holds back the bytes of an
+    incomplete UTF-8 character), and every path must be credited the same work."""
     started = time.perf_counter()
     first = 0.0
-    tokens = 0
+    events = 0
+    usage = b""
     async with s.post(url + "/v1/chat/completions", json={
             "model": model, "messages": PROMPT, "max_tokens": max_tokens, "stream": True,
-            "ignore_eos": True}, headers=STREAM_HEADERS) as resp:
+            "stream_options": {"include_usage": True}, "ignore_eos": True}, headers=STREAM_HEADERS) as resp:
         if resp.status != 200:
             raise HomelabError(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
         async for line in resp.content:
-            if line.startswith(b"data: {") and b'"content"' in line:
-                if not tokens:
+            if not line.startswith(b"data: {"):
+                continue
+            if b'"content"' in line:
+                if not events:
                     first = time.perf_counter() - started
-                tokens += 1
-    return tokens, first
+                events += 1
+            if b'"usage":{' in line or b'"usage": {' in line:
+                usage = line
+    if usage:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return int(json.loads(usage[5:])["usage"]["completion_tokens"]), first
+    return events, first
 
 
 async def _throughput(s: aiohttp.ClientSession, url: str, model: str, clients: int, per_client: int,
-                      max_tokens: int) -> float:
+                      max_tokens: int) -> tuple[float, int]:
+    """(tokens per second, tokens) of ``clients`` concurrent clients, each streaming
+    ``per_client`` answers one after the other."""
     async def client() -> int:
         return sum([(await _stream(s, url, model, max_tokens))[0] for _ in range(per_client)])
 
     started = time.perf_counter()
     total = sum(await asyncio.gather(*(client() for _ in range(clients))))
-    return total / (time.perf_counter() - started)
+    return total / (time.perf_counter() - started), total
 
 
 @contextlib.asynccontextmanager
@@ -211,57 +236,190 @@ def _router_argv(setup: Setup, presets: Path, port: int, models_max: int) -> lis
             "--host", "127.0.0.1", "--port", str(port)]
 
 
-async def _compare(s: aiohttp.ClientSession, front: str, direct: str, requests: int, levels: list[int],
-                   max_tokens: int) -> dict[str, Any]:
-    """Interleave requests to ``front`` (a proxy) and ``direct`` (the backend behind it)."""
-    paths = {"direct": direct, "front": front}
-    for url in paths.values():  # warm connections and caches
+@dataclass
+class Front:
+    """A front (the supervisor or router mode) and the backend behind it, called directly."""
+
+    name: str
+    url: str
+    direct: str
+    pid: int
+    backend_pid: int
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of one process's threads (not its children): the nanosecond on-CPU counters of
+    /proc/<pid>/task/*/schedstat; utime + stime from /proc/<pid>/stat (10 ms ticks) without them."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int((task / "schedstat").read_text().split()[0])
+    except OSError:
+        total = 0
+    if total:
+        return total / 1e9
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _child_running(parent: int, exe: Path) -> int:
+    """The PID of ``parent``'s child process that runs ``exe`` (a backend llama-server)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and Path(os.readlink(entry / "exe")) == exe:
+                return int(entry.name)
+    raise HomelabError(f"no {exe.name} child of process {parent} found")
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a running process (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def _cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+@dataclass
+class Pinning:
+    backend: set[int]
+    front: set[int]
+
+    def describe(self) -> str:
+        return (f"pinned: llama-server backends on CPUs {sorted(self.backend)}, supervisor, router "
+                f"front and this load generator on CPUs {sorted(self.front)}")
+
+
+def _rotated(items: list[Any], i: int) -> list[Any]:
+    return items[i % len(items):] + items[:i % len(items)]
+
+
+async def _measure(s: aiohttp.ClientSession, fronts: list[Front], requests: int, levels: list[int],
+                   max_tokens: int, rounds: int) -> dict[str, Any]:
+    """Every path (each front and its backend called directly) with the same client code,
+    interleaved: the order rotates every request and every round, so machine noise and
+    position effects hit all paths alike. CPU seconds are read from /proc for the front
+    processes (and the backends, for scale) around the phases that used them."""
+    paths = [(f.name + " direct", f.direct) for f in fronts] + [(f.name, f.url) for f in fronts]
+    for _, url in paths:  # warm connections and caches
         for _ in range(10):
             await _short(s, url, "m0")
-    lat: dict[str, list[float]] = {p: [] for p in paths}
-    for _ in range(requests):
-        for name, url in paths.items():
+    lat: dict[str, list[float]] = {p: [] for p, _ in paths}
+    cpu0 = {f.name: _cpu_seconds(f.pid) for f in fronts}
+    for i in range(requests):
+        for name, url in _rotated(paths, i):
             lat[name].append(await _short(s, url, "m0"))
-    out: dict[str, Any] = {"latency_ms": {p: {"p50": 1000 * percentile(v, 50), "p99": 1000 * percentile(v, 99)}
-                                          for p, v in lat.items()}, "throughput": {}}
+    out: dict[str, Any] = {
+        "latency_ms": {p: {"p50": 1000 * percentile(v, 50), "p99": 1000 * percentile(v, 99)}
+                       for p, v in lat.items()},
+        "short_cpu_us": {f.name: 1e6 * (_cpu_seconds(f.pid) - cpu0[f.name]) / requests for f in fronts},
+        "throughput": {}}
     for clients in levels:
         per_client = max(2, 64 // clients)
-        rates: dict[str, list[float]] = {p: [] for p in paths}
-        for _ in range(3):
-            for name, url in paths.items():
-                rates[name].append(await _throughput(s, url, "m0", clients, per_client, max_tokens))
-        out["throughput"][clients] = {p: statistics.median(v) for p, v in rates.items()}
+        rates: dict[str, list[float]] = {p: [] for p, _ in paths}
+        tokens: dict[str, int] = {p: 0 for p, _ in paths}
+        cpu = {p: 0.0 for p, _ in paths}
+        backend_cpu = {p: 0.0 for p, _ in paths}
+        owner = {p: f for f in fronts for p in (f.name, f.name + " direct")}
+        for r in range(rounds):
+            for name, url in _rotated(paths, r):
+                front = owner[name]
+                before = _cpu_seconds(front.pid), _cpu_seconds(front.backend_pid)
+                rate, count = await _throughput(s, url, "m0", clients, per_client, max_tokens)
+                rates[name].append(rate)
+                tokens[name] += count
+                cpu[name] += _cpu_seconds(front.pid) - before[0]
+                backend_cpu[name] += _cpu_seconds(front.backend_pid) - before[1]
+        out["throughput"][clients] = {
+            p: {"median": statistics.median(v), "min": min(v), "max": max(v),
+                "tokens_per_stream": tokens[p] / (rounds * clients * per_client),
+                "front_cpu_ms_per_1k": 1e6 * cpu[p] / max(1, tokens[p]),
+                "backend_cpu_ms_per_1k": 1e6 * backend_cpu[p] / max(1, tokens[p]),
+                # paired per round (front and its direct path ran next to each other)
+                "ratio": (statistics.median(a / b for a, b in zip(v, rates[owner[p].name + " direct"],
+                                                                  strict=True))
+                          if p == owner[p].name else 1.0)}
+            for p, v in rates.items()}
     return out
 
 
-async def bench_proxy(setup: Setup, requests: int, levels: list[int], max_tokens: int) -> dict[str, Any]:
-    """Two phases, one resident model at a time (safe on a real GPU): the supervisor against its
-    own backend called directly, then router mode against its own child called directly."""
+async def _supervisor_front(s: aiohttp.ClientSession, setup: Setup, sup: subprocess.Popen[bytes],
+                            url: str) -> Front:
+    await _wait_healthy(s, url, sup, setup.workdir / "serve.log", poll=0.05)
+    await _short(s, url, "m0")  # loads the model
+    async with s.get(url + "/running") as resp:
+        direct = (await resp.json())["running"][0]["proxy"]
+    return Front("supervisor", url, direct, sup.pid, _child_running(sup.pid, setup.server))
+
+
+async def _router_front(s: aiohttp.ClientSession, setup: Setup, router: subprocess.Popen[bytes],
+                        url: str) -> Front:
+    await _wait_healthy(s, url, router, setup.workdir / "router.log", poll=0.05)
+    await _short(s, url, "m0")
+    async with s.get(url + "/models") as resp:
+        listed = (await resp.json())["data"]
+    args = next(m for m in listed if m["id"] == "m0")["status"]["args"]
+    direct = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
+    return Front("router", url, direct, router.pid, _child_running(router.pid, setup.server))
+
+
+def _apply_pinning(fronts: list[Front], pinning: Pinning | None) -> None:
+    if pinning is None:
+        return
+    for front in fronts:
+        _pin(front.backend_pid, pinning.backend)
+        _pin(front.pid, pinning.front)
+
+
+async def bench_proxy(setup: Setup, requests: int, levels: list[int], max_tokens: int, rounds: int,
+                      pinning: Pinning | None, one_at_a_time: bool) -> dict[str, Any]:
+    """Both fronts resident at once and every path interleaved (default), or, with
+    ``one_at_a_time`` (two copies of a big model do not fit), the supervisor's phase and then
+    router mode's phase, each interleaved with its own backend."""
     w = setup.workdir
     config, presets = w / "config.yaml", w / "presets.ini"
     _supervisor_config(setup, config)
     _presets(setup, presets)
-    results: dict[str, Any] = {}
+    ports = {"supervisor": free_port(), "router": free_port()}
+    urls = {m: f"http://127.0.0.1:{p}" for m, p in ports.items()}
     async with _session() as s:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with _process(_serve_argv(config, port), w / "serve.log") as sup:
-            await _wait_healthy(s, url, sup, w / "serve.log", poll=0.05)
-            await _short(s, url, "m0")  # loads the model
-            async with s.get(url + "/running") as resp:
-                direct = (await resp.json())["running"][0]["proxy"]
-            results["supervisor"] = await _compare(s, url, direct, requests, levels, max_tokens)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with _process(_router_argv(setup, presets, port, 1), w / "router.log") as router:
-            await _wait_healthy(s, url, router, w / "router.log", poll=0.05)
-            await _short(s, url, "m0")
-            async with s.get(url + "/models") as resp:
-                listed = (await resp.json())["data"]
-            args = next(m for m in listed if m["id"] == "m0")["status"]["args"]
-            direct = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
-            results["router"] = await _compare(s, url, direct, requests, levels, max_tokens)
-    return results
+        if one_at_a_time:
+            results: dict[str, Any] = {}
+            with _process(_serve_argv(config, ports["supervisor"]), w / "serve.log") as sup:
+                fronts = [await _supervisor_front(s, setup, sup, urls["supervisor"])]
+                _apply_pinning(fronts, pinning)
+                results["supervisor"] = await _measure(s, fronts, requests, levels, max_tokens, rounds)
+            with _process(_router_argv(setup, presets, ports["router"], 1), w / "router.log") as router:
+                fronts = [await _router_front(s, setup, router, urls["router"])]
+                _apply_pinning(fronts, pinning)
+                results["router"] = await _measure(s, fronts, requests, levels, max_tokens, rounds)
+            return _merge(results)
+        with _process(_serve_argv(config, ports["supervisor"]), w / "serve.log") as sup, \
+                _process(_router_argv(setup, presets, ports["router"], 1), w / "router.log") as router:
+            fronts = [await _supervisor_front(s, setup, sup, urls["supervisor"]),
+                      await _router_front(s, setup, router, urls["router"])]
+            _apply_pinning(fronts, pinning)
+            return await _measure(s, fronts, requests, levels, max_tokens, rounds)
+
+
+def _merge(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {"latency_ms": {}, "short_cpu_us": {}, "throughput": {}}
+    for phase in phases.values():
+        merged["latency_ms"].update(phase["latency_ms"])
+        merged["short_cpu_us"].update(phase["short_cpu_us"])
+        for clients, paths in phase["throughput"].items():
+            merged["throughput"].setdefault(clients, {}).update(paths)
+    return merged
 
 
 async def _direct_cold(s: aiohttp.ClientSession, setup: Setup, index: int) -> tuple[float, float]:
@@ -340,27 +498,72 @@ def _workdir(args: argparse.Namespace) -> contextlib.AbstractContextManager[str]
     return tempfile.TemporaryDirectory(prefix="homelab-bench-")
 
 
+def _pinning(args: argparse.Namespace) -> Pinning | None:
+    if args.pin is None:
+        return None
+    text = args.pin
+    if text == "auto":
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise HomelabError("--pin auto needs at least 2 CPUs; pass --pin BACKEND_CPUS:FRONT_CPUS or leave it out")
+        half = max(1, len(cpus) // 2)
+        text = ",".join(map(str, cpus[:half])) + ":" + ",".join(map(str, cpus[half:]))
+    backend, sep, front = text.partition(":")
+    try:
+        pinning = Pinning(_cpu_list(backend), _cpu_list(front))
+    except ValueError:
+        pinning = None
+    if not sep or pinning is None or not pinning.backend or not pinning.front:
+        raise HomelabError(f"--pin {args.pin!r}: expected auto or BACKEND_CPUS:FRONT_CPUS, e.g. 0:1 or 0-5:6,7")
+    return pinning
+
+
 def cmd_bench_proxy(args: argparse.Namespace) -> int:
+    pinning = _pinning(args)
     with _workdir(args) as tmp:
         setup = _setup(args, Path(tmp), 1)
         levels = [int(c) for c in args.clients.split(",")]
-        print(f"bench proxy: {setup.server} on {setup.models[0].name} ({' '.join(setup.server_args)})")
-        r = asyncio.run(bench_proxy(setup, args.requests, levels, args.tokens))
-    print(f"\nshort non-streaming requests ({args.requests} per path, max_tokens 1), ms:")
-    print(f"  {'front':<11} {'direct p50':>10} {'front p50':>10} {'added p50':>10} {'direct p99':>10} "
-          f"{'front p99':>10} {'added p99':>10}")
-    for front, phase in r.items():
-        d, f = phase["latency_ms"]["direct"], phase["latency_ms"]["front"]
-        print(f"  {front:<11} {d['p50']:10.2f} {f['p50']:10.2f} {f['p50'] - d['p50']:+10.2f} "
-              f"{d['p99']:10.2f} {f['p99']:10.2f} {f['p99'] - d['p99']:+10.2f}")
-    print(f"\nstreaming throughput, tokens/s (max_tokens {args.tokens}); ratio = through the front / direct:")
-    print(f"  {'clients':>7} {'sup direct':>11} {'supervisor':>11} {'ratio':>7} {'rtr direct':>11} "
-          f"{'router':>9} {'ratio':>7}")
-    for clients in levels:
-        sv, rt = r["supervisor"]["throughput"][clients], r["router"]["throughput"][clients]
-        print(f"  {clients:>7} {sv['direct']:11.0f} {sv['front']:11.0f} {sv['front'] / sv['direct']:7.3f} "
-              f"{rt['direct']:11.0f} {rt['front']:9.0f} {rt['front'] / rt['direct']:7.3f}")
+        print(f"bench proxy: {setup.server} on {setup.models[0].name} ({' '.join(setup.server_args)}); "
+              f"{args.rounds} interleaved rounds; "
+              + ("one front resident at a time" if args.one_at_a_time else "both fronts resident"))
+        print(f"  {pinning.describe() if pinning else 'unpinned (every process may use every CPU)'}; "
+              f"load average {Path('/proc/loadavg').read_text().split(' ', 3)[:3]}")
+        if pinning:
+            os.sched_setaffinity(0, pinning.front)
+        r = asyncio.run(bench_proxy(setup, args.requests, levels, args.tokens, args.rounds, pinning,
+                                    args.one_at_a_time))
+    _print_proxy(r, args, levels)
     return 0
+
+
+def _print_proxy(r: dict[str, Any], args: argparse.Namespace, levels: list[int]) -> None:
+    fronts = [f for f in ("supervisor", "router") if f in r["short_cpu_us"]]
+    lat = r["latency_ms"]
+    print(f"\nshort non-streaming requests ({args.requests} per path, max_tokens 1), ms; "
+          "added = through the front - its backend called directly:")
+    print(f"  {'front':<11} {'direct p50':>10} {'front p50':>10} {'added p50':>10} {'direct p99':>10} "
+          f"{'front p99':>10} {'added p99':>10} {'front CPU/request':>18}")
+    for front in fronts:
+        d, f = lat[front + " direct"], lat[front]
+        print(f"  {front:<11} {d['p50']:10.2f} {f['p50']:10.2f} {f['p50'] - d['p50']:+10.2f} "
+              f"{d['p99']:10.2f} {f['p99']:10.2f} {f['p99'] - d['p99']:+10.2f} "
+              f"{r['short_cpu_us'][front]:15.0f} us")
+    print(f"\nstreaming, tokens/s (max_tokens {args.tokens}; median of {args.rounds} rounds, min-max); "
+          "ratio = median of per-round front / its direct; CPU = ms of CPU time per 1000 tokens "
+          "(front process; backend llama-server for scale):")
+    print(f"  {'clients':>7} {'front':<11} {'direct':>17} {'front':>17} {'ratio':>6} "
+          f"{'front CPU':>9} {'backend CPU':>11} {'tok/stream':>10}")
+    for clients in levels:
+        t = r["throughput"][clients]
+        for front in fronts:
+            d, f = t[front + " direct"], t[front]
+            print(f"  {clients:>7} {front:<11} {d['median']:6.0f} ({d['min']:4.0f}-{d['max']:4.0f}) "
+                  f"{f['median']:6.0f} ({f['min']:4.0f}-{f['max']:4.0f}) {f['ratio']:6.3f} "
+                  f"{f['front_cpu_ms_per_1k']:9.1f} {f['backend_cpu_ms_per_1k']:11.0f} "
+                  f"{f['tokens_per_stream']:10.1f}")
+    print("  (the direct paths streamed", ", ".join(
+        f"{t[p]['tokens_per_stream']:.1f}" for clients in levels for t in [r["throughput"][clients]]
+        for p in t if p.endswith("direct")), "tokens per stream)")
 
 
 def cmd_bench_swap(args: argparse.Namespace) -> int:
@@ -385,6 +588,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-args", default=DEFAULT_SERVER_ARGS,
                         help=f"extra llama-server arguments for every path (default {DEFAULT_SERVER_ARGS!r})")
     parser.add_argument("--keep", metavar="DIR", help="keep configs and logs in DIR")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                        help="shape of the models written on the fly without --model (default tiny; "
+                             "small: ~20 MB f16, slower generation, closer to a real model's ratio)")
 
 
 def register(cli: CLI) -> None:
@@ -394,6 +600,15 @@ def register(cli: CLI) -> None:
     proxy.add_argument("--requests", type=int, default=200, help="short requests per path (default 200)")
     proxy.add_argument("--clients", default="1,8,64", help="concurrent streaming clients (default 1,8,64)")
     proxy.add_argument("--tokens", type=int, default=64, help="tokens per streamed answer (default 64)")
+    proxy.add_argument("--rounds", type=int, default=5,
+                       help="interleaved streaming rounds per client count; medians are reported (default 5)")
+    proxy.add_argument("--pin", metavar="auto|BACKEND_CPUS:FRONT_CPUS",
+                       help="pin the llama-server backends to some CPUs and the fronts (supervisor, router) "
+                            "plus this load generator to the others, like a GPU box where generation does "
+                            "not take every core (auto: first half / second half); default: unpinned")
+    proxy.add_argument("--one-at-a-time", action="store_true",
+                       help="one resident model at a time (supervisor phase, then router phase) for models "
+                            "that do not fit twice; default: both fronts resident, all paths interleaved")
     swap = cli.benchmark("swap", cmd_bench_swap, "the supervisor's share of a cold swap, vs router mode")
     _common(swap)
     swap.add_argument("--rounds", type=int, default=10, help="swaps to time per mode (default 10)")

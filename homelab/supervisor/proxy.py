@@ -2,13 +2,15 @@
 
 The forwarder never holds a whole response: it copies the backend's body chunk by chunk as it
 arrives (``iter_any``), so SSE tokens reach the client as soon as the backend writes them.
-Only a copy of the first MiB of a JSON response is kept, to read ``usage`` for the metrics.
+Only copies of the first and last 64 KiB of a long JSON answer (and of an SSE stream's tail
+once ``usage`` shows up) are kept, to read ``usage`` for the metrics.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -28,7 +30,7 @@ HOP_BY_HOP = frozenset({
 })
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                429: "rate_limit_error", 502: "server_error", 503: "server_error"}
-USAGE_COPY_LIMIT = 1 << 20
+USAGE_KEEP = 1 << 16
 SMALL_BODY = 256 * 1024
 """Answers with a Content-Length up to this are read whole and sent in one write."""
 
@@ -117,26 +119,41 @@ def upstream_headers(request: web.Request, *, drop_auth: bool, api_key: str | No
     return headers
 
 
+_DECODER = json.JSONDecoder()
+_COUNT = re.compile(rb'"tokens_(?:predicted|evaluated)"\s*:\s*(\d+)')
+
+
 def _usage_from(data: bytes) -> dict[str, Any] | None:
-    """The last ``usage`` (OpenAI) or ``timings`` (llama.cpp /completion) object in a body/SSE tail."""
-    for line in reversed(data.splitlines()):
-        line = line.strip()
-        if line.startswith(b"data:"):
-            line = line[5:].strip()
-        if b'"usage"' not in line and b'"tokens_predicted"' not in line:
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            usage = obj.get("usage")
+    """The last ``usage`` object (OpenAI) in a body or SSE tail, else llama.cpp's
+    ``tokens_evaluated`` / ``tokens_predicted`` (/completion). Searched from the end and only
+    that small object is parsed: an embeddings answer runs to megabytes, and parsing it all a
+    second time would cost more than relaying it."""
+    end = len(data)
+    while (at := data.rfind(b'"usage"', 0, end)) != -1:
+        end = at
+        rest = data[at + 7:at + 71]
+        colon = rest.find(b":")
+        brace = rest.find(b"{")
+        if colon == -1 or brace < colon or rest[:colon].strip() or rest[colon + 1:brace].strip():
+            continue  # "usage": null, or the word inside a string
+        start = at + 7 + brace
+        for size in (4096, len(data)):  # a usage object is small; grow only when it was cut
+            try:
+                usage, _ = _DECODER.raw_decode(data[start:start + size].decode("utf-8", "replace"))
+            except ValueError:
+                continue
             if isinstance(usage, dict):
                 return usage
-            if "tokens_predicted" in obj:
-                return {"prompt_tokens": obj.get("tokens_evaluated", 0),
-                        "completion_tokens": obj.get("tokens_predicted", 0)}
-    return None
+            break
+    predicted = data.rfind(b'"tokens_predicted"')
+    if predicted == -1:
+        return None
+    found = _COUNT.match(data, predicted)
+    if found is None:
+        return None
+    evaluated = data.rfind(b'"tokens_evaluated"')
+    prompt = _COUNT.match(data, evaluated) if evaluated != -1 else None
+    return {"prompt_tokens": int(prompt.group(1)) if prompt else 0, "completion_tokens": int(found.group(1))}
 
 
 RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -250,7 +267,7 @@ async def forward(
                 response.headers["Cache-Control"] = "no-cache"
             await response.prepare(request)
         keep = not streaming and "json" in content_type
-        copied = bytearray()
+        head = b""  # a long JSON answer: its first and last 64 KiB hold "usage" (key order varies)
         tail = b""
         content = upstream.content
         while True:
@@ -262,10 +279,12 @@ async def forward(
             if not chunk:
                 break
             await response.write(chunk)
-            if keep and len(copied) < USAGE_COPY_LIMIT:
-                copied += chunk
+            if keep:
+                if len(head) < USAGE_KEEP:
+                    head += chunk[:USAGE_KEEP - len(head)]
+                tail = (tail + chunk)[-USAGE_KEEP:]
             elif streaming and (b'"usage"' in chunk or b'"tokens_predicted"' in chunk or tail):
-                tail = (tail + chunk)[-65536:]
+                tail = (tail + chunk)[-USAGE_KEEP:]
         if streaming:
             # llama-server closes the connection after a stream although it announces keep-alive;
             # never hand such a connection back to the pool (requests that did not say
@@ -286,6 +305,6 @@ async def forward(
                 request.transport and request.transport.close()
                 return response
         else:
-            result.usage = _usage_from(bytes(copied) if keep else tail)
+            result.usage = _usage_from(tail) or (_usage_from(head) if keep else None)
         await response.write_eof()
         return response
