@@ -46,20 +46,13 @@ class LogBuffer:
             self.mirror(data)
 
     def _prefixed(self, data: bytes) -> bytes:
-        parts = data.split(b"\n")
-        out: list[bytes] = []
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if part or not last:
-                if self._line_start:
-                    out.append(self.prefix)
-                out.append(part)
-            if not last:
-                out.append(b"\n")
-                self._line_start = True
-            elif part:
-                self._line_start = False
-        return b"".join(out)
+        """``data`` with the prefix at the start of every line, lines split across chunks too.
+        One ``bytes.replace``: llama-server writes a chunk per log line while it serves."""
+        out = data.replace(b"\n", b"\n" + self.prefix)
+        if self._line_start:
+            out = self.prefix + out
+        self._line_start = data.endswith(b"\n")
+        return out[: -len(self.prefix)] if self._line_start else out
 
     def contents(self) -> bytes:
         return b"".join(self._chunks)
