@@ -9,7 +9,8 @@ change nothing), ``frozen=1`` (the lock must not move), ``service=`` / ``root=``
 
 A remote host (``address: ssh://...``) syncs and runs ``homelab deploy HOST --local`` there;
 ``host=all`` deploys every host, RPC workers before the heads that use them (waves, see
-homelab.deploy.waves), the hosts of a wave in parallel, and prints a summary table.
+homelab.deploy.waves), the hosts of a wave in parallel, and prints a summary table;
+``host=head,worker`` makes ``deploy:head`` depend on ``deploy:worker``.
 """
 
 from __future__ import annotations
@@ -97,8 +98,11 @@ def task_deploy() -> Iterator[dict[str, Any]]:
             "verbosity": 2,
         }
         return
+    selected = {h.name for h in hosts}
     for host in hosts:
         remote = host.host.address != "local" and not flag("local")
+        # host=head,worker: the workers this head's models use are deployed first
+        workers_first = [f"deploy:{w}" for w in host.depends_on if w in selected and w != host.name]
         task: dict[str, Any] = {
             "name": host.name,
             "doc": f"The whole chain: lock, fetch, build, plan, render, install, verify ({host.name})",
@@ -106,13 +110,13 @@ def task_deploy() -> Iterator[dict[str, Any]]:
             "verbosity": 2,
         }
         if remote:
-            task.update(actions=[user_action(lambda host=host: _remote(host))], task_dep=[])
+            task.update(actions=[user_action(lambda host=host: _remote(host))], task_dep=workers_first)
         elif flag("dry"):
             task.update(actions=[user_action(lambda host=host: _dry(host))], task_dep=[])
         else:
             task.update(
                 actions=[user_action(lambda host=host: _finish(host))],
-                task_dep=[f"deploy-guard:{host.name}", f"install:{host.name}"],
+                task_dep=[*workers_first, f"deploy-guard:{host.name}", f"install:{host.name}"],
             )
         yield task
     yield {"basename": "deploy-guard", "name": None, "doc": "Take the per-host deploy lock (first step of deploy)"}

@@ -34,6 +34,15 @@ def test_doit_info_shows_deploy_dependencies() -> None:
     assert "install:local" in out.stdout
 
 
+def test_a_head_deployed_with_its_worker_waits_for_the_worker() -> None:
+    out = doit("info", "deploy:rig4090", "host=rig4090,rpc3090")
+    assert out.returncode in (0, 1), out.stderr
+    deps = out.stdout[out.stdout.index("task_dep"):]
+    assert "deploy:rpc3090" in deps and "install:rig4090" in deps
+    alone = doit("info", "deploy:rig4090", "host=rig4090")  # not selected: not deployed by this run
+    assert "deploy:rpc3090" not in alone.stdout
+
+
 def test_unknown_host_lists_known_hosts_without_traceback() -> None:
     out = doit("list", "host=no-such-host")
     assert out.returncode == 2
