@@ -24,6 +24,7 @@ from ..errors import HomelabError
 from . import notify
 from .config import Config, ModelConfig, PeerConfig
 from .config_load import changed_models
+from .connect import backend_connector
 from .loading import error_frame, finish_loading_state, stream_loading_state, wants_loading_state
 from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
@@ -84,7 +85,8 @@ class Supervisor:
         log.addHandler(self._log_handler)
         self.session = aiohttp.ClientSession(
             # llama-server drops idle keep-alive connections after 5 s: let the pool drop them first.
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=3),
+            # DirectConnector: a connection per stream (llama-server closes it), opened cheaply.
+            connector=backend_connector(limit=0, ttl_dns_cache=300, keepalive_timeout=3),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
