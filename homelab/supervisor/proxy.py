@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -78,6 +79,27 @@ def _multipart_model(content_type: str, body: bytes) -> str | None:
     return None
 
 
+def multipart_with_model(content_type: str, body: bytes, model: str) -> bytes:
+    """The multipart body with its ``model`` field's value replaced, every other byte as it was
+    (audio or image parts are never re-encoded). Unchanged when there is no such field."""
+    header = Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        return body
+    delimiter = b"--" + boundary.encode()
+    parts = body.split(delimiter)
+    for index, part in enumerate(parts):
+        head, separator, value = part.partition(b"\r\n\r\n")
+        if separator and _MODEL_FIELD.search(head):
+            parts[index] = head + separator + model.encode() + (b"\r\n" if value.endswith(b"\r\n") else b"")
+            return delimiter.join(parts)
+    return body
+
+
+_MODEL_FIELD = re.compile(rb'(?im)^content-disposition:[^\r\n]*;\s*name="?model"?\s*(?:;|$)')
+
+
 def apply_filters(payload: dict[str, Any], filters: Filters, requested: str, model_name: str | None,
                   body: bytes) -> bytes:
     """stripParams, setParams, then setParamsByID[requested]; the model field becomes
@@ -101,8 +123,11 @@ def apply_filters(payload: dict[str, Any], filters: Filters, requested: str, mod
 _MISSING = object()
 
 
-def model_body(model: ModelConfig, requested: str, payload: dict[str, Any] | None, body: bytes) -> bytes:
+def model_body(model: ModelConfig, requested: str, payload: dict[str, Any] | None, body: bytes,
+               content_type: str = "") -> bytes:
     if payload is None:
+        if model.use_model_name and content_type.startswith("multipart/form-data"):
+            return multipart_with_model(content_type, body, model.use_model_name)
         return body
     return apply_filters(payload, model.filters, requested, model.use_model_name or model.id, body)
 

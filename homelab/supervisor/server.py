@@ -36,6 +36,7 @@ from .proxy import (
     error_response,
     forward,
     model_body,
+    multipart_with_model,
     parse_body,
     upstream_headers,
 )
@@ -395,7 +396,7 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
             return await proxy_peer(request, sup, peer[0], peer[1], path, body, payload)
         return _unknown_model(sup, requested)
     cfg = sup.config.models[model_id]
-    body = model_body(cfg, requested, payload, body)
+    body = model_body(cfg, requested, payload, body, request.headers.get("Content-Type", ""))
     started = time.perf_counter()
     started_mono = time.monotonic()
     metrics = sup.metrics
@@ -479,6 +480,8 @@ async def proxy_peer(request: web.Request, sup: Supervisor, peer: PeerConfig, mo
             return _peer_down(peer, health.last_error)
         if payload is not None:
             body = apply_filters(payload, peer.filters, model, model, body)
+        elif (content_type := request.headers.get("Content-Type", "")).startswith("multipart/form-data"):
+            body = multipart_with_model(content_type, body, model)  # the peer knows it as `model`
         headers = upstream_headers(request, drop_auth=True, api_key=peer.api_key)
         if peer.api_key:
             headers["x-api-key"] = peer.api_key  # llama-swap sends the key both ways

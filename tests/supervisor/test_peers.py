@@ -234,6 +234,21 @@ async def test_peer_going_away_and_coming_back(hosts: Hosts) -> None:
         assert status == 200 and body["x_server"] == "b"
 
 
+async def test_a_multipart_request_reaches_the_peer_under_the_peers_model_name(hosts: Hosts) -> None:
+    a, _, _, _ = await three_hosts(hosts)
+    front = url(HOST_A, a)
+    form = aiohttp.FormData()
+    form.add_field("file", b"\x00RIFF name=\"model\"\r\n\r\nnot-a-field", filename="a.wav", content_type="audio/wav")
+    form.add_field("model", "hostb/b")
+    async with aiohttp.ClientSession() as s:
+        await wait_peer_state(s, front, "hostb", "up")
+        # host B's supervisor routes by the multipart field: it knows the model as `b`
+        async with s.post(front + "/v1/chat/completions", data=form) as resp:
+            body = await resp.json()
+    assert resp.status == 200, body
+    assert body["model"] == "b"
+
+
 async def test_unreachable_and_silent_addresses_answer_503(hosts: Hosts) -> None:
     nothing = free_port_on("127.0.0.5")  # nothing listens there
     silent = socket.socket()  # accepts connections (kernel backlog) but never answers

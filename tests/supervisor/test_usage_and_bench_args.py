@@ -47,3 +47,19 @@ def test_pin_parsing() -> None:
     for bad in ("0", "0:", "a:1", ":1"):
         with pytest.raises(HomelabError, match="--pin"):
             _pinning(argparse.Namespace(pin=bad))
+
+
+def test_multipart_model_field_is_replaced_and_nothing_else() -> None:
+    from homelab.supervisor.proxy import multipart_with_model, parse_body
+
+    content_type = "multipart/form-data; boundary=XyZ"
+    audio = b"\x00\x01RIFF\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nfake"
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"model\"\r\n"
+            b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nnas/whisper\r\n--XyZ--\r\n")
+    out = multipart_with_model(content_type, body, "whisper")
+    assert parse_body(content_type, out)[1] == "whisper"
+    assert out.replace(b"\r\n\r\nwhisper\r\n", b"\r\n\r\nnas/whisper\r\n") == body  # only the value moved
+    no_field = body.replace(b'name="model"\r\n\r\nnas/whisper', b'name="language"\r\n\r\nen')
+    assert multipart_with_model(content_type, no_field, "whisper") == no_field
+    assert multipart_with_model("multipart/form-data", body, "whisper") == body  # no boundary: as is
