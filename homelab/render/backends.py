@@ -182,7 +182,7 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
         notes.append(
             "layers also on RPC workers " + ", ".join(model.rpc_workers) + " (llama.cpp RPC: unauthenticated, LAN only)"
         )
-    elif str(server.get("ctx-size", "")).lower() == "auto":
+    if str(server.get("ctx-size", "")).lower() == "auto":
         del server["ctx-size"]
         notes.append("ctx-size: auto without a plan: llama-server's --fit picks the context")
 

@@ -75,6 +75,16 @@ def test_rpc_workers_keep_the_order_the_host_lists() -> None:
     assert "--rpc 10.0.0.2:50053,10.0.0.1:50052" in cmd_lines(config_of(files)["models"]["think-split"])
 
 
+def test_an_rpc_model_without_a_plan_leaves_the_context_to_llama_server() -> None:
+    host = example_host("rig4090")
+    model = host.model("think-split")
+    model = dataclasses.replace(model, server={**model.server, "ctx-size": "auto"})
+    host = dataclasses.replace(host, models=(host.model("chat-4b"), model))
+    lines = cmd_lines(config_of(render_host(fake_inputs(host, plan={})))["models"]["think-split"])
+    assert "--rpc 192.168.1.31:50052" in lines
+    assert not any(line.startswith("--ctx-size") for line in lines)  # never `--ctx-size auto`
+
+
 def test_the_plans_tensor_split_replaces_the_recipes() -> None:
     host = example_host("duo3060")  # think-small sets tensor-split "1,1.5" in the host file
     plan = {"think-small": PlannedModel(vram_mib=(3960, 7940), ctx_size=8192, tensor_split=(0.333333, 0.666667))}
