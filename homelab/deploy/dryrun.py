@@ -119,11 +119,13 @@ def preview(host: ResolvedHost, service: str | None = None) -> str:
     out += [f"  {line}" for line in builds(host)]
     out.append(f"files ({source}):")
     restarted_sides: list[str] = []
+    changed = True  # nothing rendered yet: render will make a generation
     if new is None:
         out.append("  unknown until render has run")
         action = "start" if current is None else "unknown"
     else:
         changes = compare(old, new)
+        changed = bool(changes)
         if not changes:
             out.append(f"  none: identical to generation {current.number if current else '-'}")
         else:
@@ -147,7 +149,6 @@ def preview(host: ResolvedHost, service: str | None = None) -> str:
     for name in restarted_sides:
         known = old is not None and any(n.rsplit("/", 1)[-1] == name for n in old)
         out.append(f"side unit: {'restart' if known else 'start'} {name} ({'its unit or environment changed' if known else 'new'})")
-    changed = new is None or bool(compare(old, new))
     generation = f"a new generation {(store.numbers() or [0])[-1] + 1}" if changed else "no new generation"
     out.append(f"would create: {generation}")
     return "\n".join(out)

@@ -191,8 +191,7 @@ class Deployer:
         result.steps[:0] = steps
         return result
 
-    def _action(self, old: Files | None, new: Files, has_current: bool) -> str:
-        changes = compare(old, new)
+    def _action(self, changes: Changes, old: Files | None, new: Files, has_current: bool) -> str:
         return action_for(changes, has_current, self.target.kind, side_unit_files(self.target.name, old, new))
 
     def _apply(self, generation: Generation, previous: Generation | None, action: str) -> None:
@@ -223,7 +222,7 @@ class Deployer:
                 action = "started"
             return InstallReport(self.target.name, False, current.number, action, self.mode)
         changes = compare(old, files)
-        action = self._action(old, files, current is not None)
+        action = self._action(changes, old, files, current is not None)
         generation = self.store.create(files, changes.summary(), action)
         self.store.switch(generation.number)
         self.say(
@@ -275,8 +274,8 @@ class Deployer:
             self.store.unset_current()
             return "no previous generation to roll back to: the service is stopped"
         self.store.switch(previous.number)
-        failed_files = failed.files()
-        action = self._action(failed_files, previous.files(), True)
+        failed_files, previous_files = failed.files(), previous.files()
+        action = self._action(compare(failed_files, previous_files), failed_files, previous_files, True)
         try:
             self._apply(previous, failed, action)
             result = self._verify(previous, None, "models")
@@ -301,9 +300,9 @@ class Deployer:
             target = self.store.get(number)
             if current is not None and current.number == number:
                 return InstallReport(self.target.name, False, number, "already current", self.mode)
-            old = current.files() if current else None
-            changes: Changes = compare(old, target.files())
-            action = self._action(old, target.files(), current is not None)
+            old, new = (current.files() if current else None), target.files()
+            changes: Changes = compare(old, new)
+            action = self._action(changes, old, new, current is not None)
             self.store.switch(number)
             self.say(f"{self.target.name}: switching to generation {number} -> {action}")
             try:

@@ -258,6 +258,11 @@ class Service:
             return self.main_name, []
         return main, list(sides)
 
+    def unit_names(self) -> list[str]:
+        """Every unit of the current generation, the main one first: what stop/status/logs cover."""
+        main, sides = self.current_units()
+        return ([main] if main else []) + sides
+
     def apply(self, generation: Generation, previous: Generation | None, action: str) -> list[str]:
         """Install and (re)start what ``generation`` needs; returns one line per side unit that
         was (re)started. ``action`` is for the main unit (``ensure``: start what is not running)."""
@@ -412,10 +417,6 @@ class SystemdService(Service):
         out = self.systemctl("is-active", name, check=False)
         return out.stdout.strip() in ("active", "reloading", "activating")
 
-    def _names(self) -> list[str]:
-        main, sides = self.current_units()
-        return ([main] if main else []) + sides
-
     def stop(self) -> None:
         main, sides = self.current_units()
         for side in sides:
@@ -424,20 +425,20 @@ class SystemdService(Service):
             self.systemctl("stop", main)
 
     def alive(self) -> bool:
-        return all(self._active(name) for name in self._names())
+        return all(self._active(name) for name in self.unit_names())
 
     def unit_alive(self, unit: str) -> bool:
         return self._active(unit)
 
     def status(self) -> str:
         lines = []
-        for name in self._names():
+        for name in self.unit_names():
             out = self.systemctl("is-active", name, check=False)
             lines.append(f"{name} ({self.mode} unit): {out.stdout.strip() or 'unknown'}")
         return "\n".join(lines)
 
     def logs(self, lines: int = 30) -> str:
-        selectors = [word for name in self._names() for word in ("-u", name)]
+        selectors = [word for name in self.unit_names() for word in ("-u", name)]
         try:
             out = self.runner.run(
                 "journalctl", [*self.scope, *selectors, "-n", str(lines), "--no-pager"], check=False
@@ -447,7 +448,7 @@ class SystemdService(Service):
         return (out.stdout or out.stderr).rstrip()
 
     def describe(self) -> str:
-        return f"{self.mode} unit(s) {', '.join(self._names())} in {self.unit_dir}"
+        return f"{self.mode} unit(s) {', '.join(self.unit_names())} in {self.unit_dir}"
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -512,9 +513,7 @@ class DetachedService(Service):
 
     def alive(self) -> bool:
         self._reap()
-        main, sides = self.current_units()
-        files = ([self.pid_file(main)] if main else []) + [self.pid_file(s) for s in sides]
-        return all(self._pid(f) is not None for f in files)
+        return all(self._pid(self.pid_file(name)) is not None for name in self.unit_names())
 
     def unit_alive(self, unit: str) -> bool:
         self._reap()
@@ -648,9 +647,8 @@ class DetachedService(Service):
         return notes
 
     def status(self) -> str:
-        main, sides = self.current_units()
         lines = []
-        for name in ([main] if main else []) + sides:
+        for name in self.unit_names():
             pid = self._pid(self.pid_file(name))
             state = f"running, pid {pid}" if pid is not None else "not running"
             label = self.paths.host if name == self.main_name else name
@@ -670,8 +668,7 @@ class DetachedService(Service):
         return "\n".join(parts)
 
     def describe(self) -> str:
-        main, sides = self.current_units()
-        files = ", ".join(f"{self.pid_file(n).name}/{self.log_file(n).name}" for n in ([main] if main else []) + sides)
+        files = ", ".join(f"{self.pid_file(n).name}/{self.log_file(n).name}" for n in self.unit_names())
         return f"detached process(es) (pid/log files in {self.paths.base}: {files})"
 
 

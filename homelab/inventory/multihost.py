@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from .problems import InventoryError, Problem, did_you_mean
 from .resolved import ResolvedHost
-from .schema import ANY_ADDRESS, Host, Peer
+from .schema import ANY_ADDRESS, ENV_NAME, Host, Peer
 from .sourcemap import KeyPath, YamlDoc, YamlSyntaxError, display_name, parse_yaml
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
@@ -170,11 +170,18 @@ def _peer_entry(entry: str | Peer) -> Peer:
 @dataclass
 class _Check:
     host: ResolvedHost
-    doc: YamlDoc
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     loaded: dict[str, ResolvedHost | None] = field(default_factory=dict)
     known: list[str] | None = None
+    parsed: YamlDoc | None = None
+
+    @property
+    def doc(self) -> YamlDoc:
+        """The host file, for line numbers: parsed only once there is something to report."""
+        if self.parsed is None:
+            self.parsed = _doc(self.host)
+        return self.parsed
 
     def add(self, path: KeyPath, message: str) -> None:
         self.problems.append(self.doc.problem(path, message))
@@ -219,7 +226,7 @@ def load_related(host: ResolvedHost) -> Related:
     """
     if not host.host.peers and not any(m.rpc_workers for m in host.models):
         return Related(host=host)
-    check = _Check(host, _doc(host))
+    check = _Check(host)
     peers = _check_peers(check)
     workers = _check_workers(check)
     if check.problems:
@@ -373,7 +380,7 @@ def related_problems(host: ResolvedHost) -> tuple[list[Problem], list[Problem]]:
     return [], list(related.warnings)
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(ENV_NAME)
 
 
 def secret_names(host: ResolvedHost, peers: tuple[PeerLink, ...] = ()) -> list[str]:

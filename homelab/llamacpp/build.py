@@ -351,13 +351,28 @@ class Builder:
 # ------------------------------------------------------------------------------------ helpers
 
 
+def _read_cache(cache: Path) -> object | None:
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cache(cache: Path, value: object) -> None:
+    """Facts of a commit's tree never change: kept beside the git dir (atomically), so a no-op
+    build check (doit's uptodate) runs no git."""
+    cache.parent.mkdir(exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, cache)
+
+
 def _declared_at(git_dir: Path, commit: str) -> frozenset[str] | None:
     """The cmake options the pinned tree declares, read from git without a checkout (cached)."""
     cache = git_dir / "homelab-options" / f"{commit}.json"
-    try:
-        return frozenset(json.loads(cache.read_text()))
-    except (OSError, ValueError):
-        pass
+    cached = _read_cache(cache)
+    if cached is not None:
+        return frozenset(cached)  # type: ignore[arg-type]
     texts = []
     for rel in CMAKE_FILES:
         result = git(["--git-dir", str(git_dir), "show", f"{commit}:{rel}"], check=False, safe=[git_dir])
@@ -366,20 +381,23 @@ def _declared_at(git_dir: Path, commit: str) -> frozenset[str] | None:
     if not texts:
         return None
     declared = declared_in(texts)
-    cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(sorted(declared)))
-    os.replace(tmp, cache)
+    _write_cache(cache, sorted(declared))
     return declared
 
 
 def _renamed_targets_at(git_dir: Path, commit: str, targets: tuple[str, ...]) -> dict[str, str]:
-    """Our program names -> the pinned tree's cmake targets, where a tree renamed one."""
+    """Our program names -> the pinned tree's cmake targets, where a tree renamed one (cached
+    like :func:`_declared_at`)."""
     if RPC_SERVER not in targets:
         return {}
+    cache = git_dir / "homelab-options" / f"{commit}.{RPC_SERVER}.json"
+    cached = _read_cache(cache)
+    if isinstance(cached, dict):
+        return cached
     for rel in RPC_CMAKE_FILES:
         result = git(["--git-dir", str(git_dir), "show", f"{commit}:{rel}"], check=False, safe=[git_dir])
         if result.ok and (name := cmake_target_in(result.stdout)):
+            _write_cache(cache, {RPC_SERVER: name})
             return {RPC_SERVER: name}
     return {}
 

@@ -255,7 +255,7 @@ def _free_port() -> int:
 def local_rpc_servers(binary: Path, count: int, *, timeout: float = 30.0) -> Iterator[list[str]]:
     """``count`` real ``rpc-server`` processes on 127.0.0.1 (their CPU device, one thread each);
     yields their endpoints (``127.0.0.1:PORT``) and stops them, whatever happens."""
-    import socket
+    from ..deploy.verify import wait_for_port
 
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -267,18 +267,11 @@ def local_rpc_servers(binary: Path, count: int, *, timeout: float = 30.0) -> Ite
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             procs.append(proc)
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise OracleError(f"{binary} exited with {proc.returncode} before listening on port {port}")
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise OracleError(f"{binary} did not listen on 127.0.0.1:{port} within {timeout:.0f} s") from None
-                    time.sleep(0.1)
-            endpoints.append(f"127.0.0.1:{port}")
+            endpoint = f"127.0.0.1:{port}"
+            up = wait_for_port(endpoint, timeout, lambda proc=proc: proc.poll() is None, str(binary))
+            if not up.ok:
+                raise OracleError(up.error)
+            endpoints.append(endpoint)
         yield endpoints
     finally:
         for proc in procs:

@@ -83,19 +83,9 @@ class Worker:
 def load_workers(host: ResolvedHost) -> dict[str, Worker]:
     """The worker hosts named by ``rpc:`` of any model of ``host``, checked together with it
     (:func:`homelab.inventory.multihost.load_related`: each has an rpc-server the head can reach;
-    the endpoint is the address the head uses). Without that module (older trees), each worker
-    is loaded on its own and reached at its ``rpc_server.listen``."""
-    try:
-        from ..inventory.multihost import load_related
-    except ImportError:  # pragma: no cover - the multi-host loader not present
-        from ..inventory import load_host
+    the endpoint is the address the head uses)."""
+    from ..inventory.multihost import load_related
 
-        names = dict.fromkeys(w for m in host.models for w in m.rpc_workers)
-        loaded = {name: load_host(name, host.inventory) for name in names}
-        return {
-            name: Worker(h, h.host.rpc_server.listen if h.host.rpc_server else "")
-            for name, h in loaded.items()
-        }
     related = load_related(host)
     return {name: Worker(related.hosts[name], endpoint) for name, endpoint in related.workers.items()}
 

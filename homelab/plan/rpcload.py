@@ -122,12 +122,18 @@ def heads_of(worker: ResolvedHost) -> list[ResolvedHost]:
     for name in list_hosts(worker.inventory):
         if name == worker.name:
             continue
+        path = worker.inventory / "hosts" / f"{name}.yaml"
+        # ``rpc:`` is a host-file key (recipes cannot set it): a file that never spells this
+        # worker's name cannot put load on it, so only those that do are resolved (this runs in
+        # the plan task's up-to-date check, for every worker, on every deploy)
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if worker.name not in text:
+            continue
         try:
             other = load_host(name, worker.inventory)
         except InventoryError as exc:
-            path = worker.inventory / "hosts" / f"{name}.yaml"
             # a broken file that never names this worker cannot put load on it
-            if re.search(rf"\b{re.escape(worker.name)}\b", path.read_text(encoding="utf-8", errors="replace")):
+            if re.search(rf"\b{re.escape(worker.name)}\b", text):
                 raise PlanError(
                     f"{path}: names {worker.name}, which may be an RPC worker of its models, but the file does not "
                     f"load, so the plan of {worker.name} cannot size that load: fix it (`homelab validate {name}`). "
@@ -171,14 +177,17 @@ def rpc_reservations(
     heads = heads_of(worker)
     if not heads:
         return {}, []
-    kept = own_use(worker, inputs)
+    # what each worker keeps for its own models, this one's and those heads share (computed once)
+    known: dict[str, Mapping[str, Kept]] = {worker.name: own_use(worker, inputs)}
     loads: dict[str, list[HeadLoad]] = {}
     notes: list[str] = []
     for head in heads:
         try:
             head_inputs = inputs_of(head)
             planned = _complete(head, head_inputs)
-            plan = plan_host(planned, head_inputs, workers_for(planned, inputs_of, {worker.name: kept}))
+            workers = workers_for(planned, inputs_of, known)
+            known.update({name: w.kept for name, w in workers.items()})
+            plan = plan_host(planned, head_inputs, workers)
         except HomelabError as exc:
             why = (
                 f"{head.host_file}: host {head.name} puts layers on {worker.name} (rpc:), and its plan, which "

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..inventory.multihost import PeerLink
 from ..inventory.resolved import ResolvedHost
 from ..llamacpp.flags import AcceptedFlags
 from ..lock import Lock, read_lock
@@ -115,8 +116,10 @@ def _mtp_heads(host: ResolvedHost, weights: Mapping[str, tuple[Path, ...]]) -> d
     return out
 
 
-def _build(host: ResolvedHost, server: Path | None) -> tuple[Path, AcceptedFlags | None, int | None, str, str]:
-    """Binary, its flags, build number, label, key."""
+def _build(
+    host: ResolvedHost, server: Path | None
+) -> tuple[Path, AcceptedFlags | None, int | None, str, str, list[str] | None]:
+    """Binary, its flags, build number, label, key, the build's targets (None for ``--server``)."""
     if server is not None:
         from ..llamacpp.build import read_flags
 
@@ -125,7 +128,7 @@ def _build(host: ResolvedHost, server: Path | None) -> tuple[Path, AcceptedFlags
             raise RenderError(f"--server {server}: no such file")
         flags_file = server.parent.parent / "flags.json"
         flags = AcceptedFlags.read(flags_file) if flags_file.is_file() else read_flags(server, str(server))
-        return server, flags, None, flags.build or str(server), sha256_file(server)
+        return server, flags, None, flags.build or str(server), sha256_file(server), None
     from ..llamacpp.stage import current_build
 
     build = current_build(host.name)
@@ -134,7 +137,8 @@ def _build(host: ResolvedHost, server: Path | None) -> tuple[Path, AcceptedFlags
     manifest = build.manifest()
     flags = build.flags() if build.flags_file.is_file() else None
     label = (flags.build if flags and flags.build else None) or str(manifest.get("label") or build.key[:12])
-    return build.server, flags, manifest.get("build_number"), label, build.key
+    targets = list(manifest.get("targets") or [])
+    return build.server, flags, manifest.get("build_number"), label, build.key, targets
 
 
 def _executable() -> Path:
@@ -156,18 +160,12 @@ def previous_ports(host: str, state: Path | None = None) -> dict[str, int]:
     return {str(k): int(v) for k, v in ports.items() if isinstance(v, int)}
 
 
-def _rpc_support(host: ResolvedHost, server: Path | None) -> bool | None:
-    """Whether the host's current build has the RPC backend (its manifest lists the rpc-server
-    target, which turns GGML_RPC on); None when unknown (an explicit --server)."""
-    if server is not None:
-        return None
+def _rpc_support(targets: list[str] | None) -> bool | None:
+    """Whether the build has the RPC backend (its manifest lists the rpc-server target, which
+    turns GGML_RPC on); None when unknown (an explicit --server)."""
     from ..llamacpp.configure import RPC_SERVER
-    from ..llamacpp.stage import current_build
 
-    build = current_build(host.name)
-    if build is None:
-        return None
-    return RPC_SERVER in (build.manifest().get("targets") or [])
+    return None if targets is None else RPC_SERVER in targets
 
 
 def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
@@ -176,7 +174,7 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
     related = load_related(host)  # peers and RPC workers, checked against their own host files
     lock = _lock(host)
     weights, mmproj, sizes = _files(host, lock)
-    binary, flags, build_number, label, build_key = _build(host, server)
+    binary, flags, build_number, label, build_key, targets = _build(host, server)
     from ..plan.stage import plan_path
 
     plan_file = plan_path(host.name)
@@ -198,7 +196,7 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
         # a peer's models or a worker's address change what this host renders
         hashes["related_hosts"] = {name: sha256_file(h.host_file) for name, h in sorted(related.hosts.items())}
     uses_rpc = any(m.rpc_workers for m in host.models)
-    return RenderInputs(
+    inputs = RenderInputs(
         host=host,
         server_binary=binary,
         accepted_flags=flags,
@@ -218,25 +216,33 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
         input_hashes=hashes,
         peers=related.peers,
         rpc_workers=dict(related.workers),
-        rpc_support=_rpc_support(host, server) if uses_rpc else None,
-        rpc_server_binary=_rpc_binary(host, binary) if host.host.rpc_server is not None else None,
+        rpc_support=_rpc_support(targets) if uses_rpc else None,
     )
+    if host.host.rpc_server is not None:
+        _check_rpc_binary(inputs)
+    return inputs
 
 
-def _rpc_binary(host: ResolvedHost, server_binary: Path) -> Path:
-    """The build installs ``rpc-server`` beside ``llama-server`` (``bin/``)."""
-    beside = server_binary.with_name("rpc-server")
-    if not beside.is_file():
+def _check_rpc_binary(inputs: RenderInputs) -> None:
+    """The rpc-server unit runs :attr:`RenderInputs.rpc_binary`: the build must have made it."""
+    if not inputs.rpc_binary.is_file():
+        name = inputs.host.name
         raise RenderError(
-            f"{beside} is missing: host {host.name} has rpc_server: but its build has no rpc-server; rebuild "
-            f"with `doit build host={host.name}` (hosts with rpc_server: build the rpc-server target)"
+            f"{inputs.rpc_binary} is missing: host {name} has rpc_server: but its build has no rpc-server; rebuild "
+            f"with `doit build host={name}` (hosts with rpc_server: build the rpc-server target)"
         )
-    return beside
 
 
-def write_secrets(host: ResolvedHost, paths: StatePaths, environ: Mapping[str, str] | None = None) -> Path | None:
+def write_secrets(
+    host: ResolvedHost,
+    paths: StatePaths,
+    environ: Mapping[str, str] | None = None,
+    *,
+    peers: tuple[PeerLink, ...] | None = None,
+) -> Path | None:
     """Copy ``runtime.api_key_env`` and the peers' key variables from this environment into
-    ``secrets.env`` (mode 0600).
+    ``secrets.env`` (mode 0600). ``peers``: :attr:`RenderInputs.peers` when the caller has
+    assembled them (default: loaded again from the inventory).
 
     Only when the variable is set here; an existing file is otherwise left alone (users may
     maintain it by hand). The file lives beside ``current``, outside every generation.
@@ -244,7 +250,9 @@ def write_secrets(host: ResolvedHost, paths: StatePaths, environ: Mapping[str, s
     from ..inventory.multihost import load_related, secret_names
 
     environ = os.environ if environ is None else environ
-    names = [n for n in secret_names(host, load_related(host).peers) if n in environ]
+    if peers is None:
+        peers = load_related(host).peers
+    names = [n for n in secret_names(host, peers) if n in environ]
     if not names:
         return None
     from .formats import env_file_value

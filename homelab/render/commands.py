@@ -25,7 +25,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else staging_dir(host.name)
     changed = write_generation(files, out)
     if not args.out:
-        write_secrets(host, inputs.paths)
+        write_secrets(host, inputs.paths, peers=inputs.peers)
     print(f"{'rendered' if changed else 'unchanged'}: {out} ({len(files)} files)")
     return 0
 

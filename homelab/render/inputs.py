@@ -105,13 +105,12 @@ class RenderInputs:
     a model of this host names."""
     rpc_support: bool | None = None
     """The build has llama.cpp's RPC backend (GGML_RPC=ON); None = unknown (not checked)."""
-    rpc_server_binary: Path | None = None
-    """The build's ``rpc-server`` for this host's ``rpc_server:`` unit (default: beside
-    ``server_binary``, where the build installs it)."""
 
     @property
     def rpc_binary(self) -> Path:
-        return self.rpc_server_binary or self.server_binary.with_name("rpc-server")
+        """The build's ``rpc-server`` for this host's ``rpc_server:`` unit: the build installs it
+        beside ``server_binary`` (``bin/``)."""
+        return self.server_binary.with_name("rpc-server")
 
     @property
     def build(self) -> str:

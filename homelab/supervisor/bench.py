@@ -392,24 +392,22 @@ async def bench_proxy(setup: Setup, requests: int, levels: list[int], max_tokens
     _presets(setup, presets)
     ports = {"supervisor": free_port(), "router": free_port()}
     urls = {m: f"http://127.0.0.1:{p}" for m, p in ports.items()}
+    starts = {"supervisor": (_serve_argv(config, ports["supervisor"]), w / "serve.log", _supervisor_front),
+              "router": (_router_argv(setup, presets, ports["router"], 1), w / "router.log", _router_front)}
     async with _session() as s:
+
+        async def phase(names: list[str]) -> dict[str, Any]:
+            """Start these fronts (all processes first), then measure them interleaved."""
+            with contextlib.ExitStack() as stack:
+                procs = [stack.enter_context(_process(*starts[name][:2])) for name in names]
+                fronts = [await starts[name][2](s, setup, proc, urls[name])
+                          for name, proc in zip(names, procs, strict=True)]
+                _apply_pinning(fronts, pinning)
+                return await _measure(s, fronts, requests, levels, max_tokens, rounds)
+
         if one_at_a_time:
-            results: dict[str, Any] = {}
-            with _process(_serve_argv(config, ports["supervisor"]), w / "serve.log") as sup:
-                fronts = [await _supervisor_front(s, setup, sup, urls["supervisor"])]
-                _apply_pinning(fronts, pinning)
-                results["supervisor"] = await _measure(s, fronts, requests, levels, max_tokens, rounds)
-            with _process(_router_argv(setup, presets, ports["router"], 1), w / "router.log") as router:
-                fronts = [await _router_front(s, setup, router, urls["router"])]
-                _apply_pinning(fronts, pinning)
-                results["router"] = await _measure(s, fronts, requests, levels, max_tokens, rounds)
-            return _merge(results)
-        with _process(_serve_argv(config, ports["supervisor"]), w / "serve.log") as sup, \
-                _process(_router_argv(setup, presets, ports["router"], 1), w / "router.log") as router:
-            fronts = [await _supervisor_front(s, setup, sup, urls["supervisor"]),
-                      await _router_front(s, setup, router, urls["router"])]
-            _apply_pinning(fronts, pinning)
-            return await _measure(s, fronts, requests, levels, max_tokens, rounds)
+            return _merge({name: await phase([name]) for name in starts})
+        return await phase(list(starts))
 
 
 def _merge(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .proxy import sse_error_event
+
 LOADING_ROUTES = ("/v1/chat/completions",)
 RULE = "━━━━━"
 TICK = 1.0
@@ -44,8 +46,7 @@ def reasoning_chunk(model_id: str, text: str) -> bytes:
 
 def error_frame(message: str, code: str) -> bytes:
     """An in-band error for a stream whose 200 is already sent, then the end of the stream."""
-    error = {"error": {"message": message, "type": "server_error", "code": code, "source": "supervisor"}}
-    return b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n"
+    return sse_error_event(message, code) + b"data: [DONE]\n\n"
 
 
 async def stream_loading_state(request: web.Request, model_id: str, ready: asyncio.Future[Any]) -> web.StreamResponse:

@@ -33,6 +33,7 @@ from enum import StrEnum
 import aiohttp
 
 from .config import PeerConfig
+from .proxy import key_headers
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -123,6 +124,14 @@ def probe_error(status: int | None, exc: BaseException | None, timeout: float) -
     return None
 
 
+def _by_model(peers: Mapping[str, PeerConfig]) -> dict[str, tuple[PeerConfig, ...]]:
+    index: dict[str, list[PeerConfig]] = {}
+    for peer in peers.values():
+        for model in dict.fromkeys(peer.models):
+            index.setdefault(model, []).append(peer)
+    return {model: tuple(serving) for model, serving in index.items()}
+
+
 class PeerMonitor:
     """Probes every peer in the background, keeps their :class:`PeerHealth` and the HTTP sessions
     requests to them use.
@@ -141,6 +150,7 @@ class PeerMonitor:
         self.timings = timings or ProbeTimings()
         self.clock = clock
         self.peers: dict[str, PeerConfig] = dict(peers)
+        self._serving = _by_model(peers)
         self.health: dict[str, PeerHealth] = {name: PeerHealth(name) for name in peers}
         self.probe_session: aiohttp.ClientSession | None = None
         self.sessions: dict[str, aiohttp.ClientSession] = {}
@@ -205,11 +215,16 @@ class PeerMonitor:
                 self.health.pop(name, None)
                 self._drop_session(name)
         self.peers = dict(peers)
+        self._serving = _by_model(peers)
         for name in peers:
             if name not in self._tasks:
                 self.health[name] = PeerHealth(name)
                 if self._started:
                     self._launch(name)
+
+    def serving(self, model: str) -> tuple[PeerConfig, ...]:
+        """The peers that list ``model``, in config order (indexed at load, not per request)."""
+        return self._serving.get(model, ())
 
     def touch(self, name: str) -> None:
         """A request is about to use the peer: probe it now unless it was checked just now, so
@@ -258,7 +273,7 @@ class PeerMonitor:
         """One probe of ``name``, applied to its health."""
         peer, health = self.peers[name], self.health[name]
         assert self.probe_session is not None
-        headers = {"Authorization": f"Bearer {peer.api_key}", "x-api-key": peer.api_key} if peer.api_key else {}
+        headers = key_headers(peer.api_key)
         status: int | None = None
         error: BaseException | None = None
         try:

@@ -132,6 +132,11 @@ def model_body(model: ModelConfig, requested: str, payload: dict[str, Any] | Non
     return apply_filters(payload, model.filters, requested, model.use_model_name or model.id, body)
 
 
+def key_headers(api_key: str | None) -> dict[str, str]:
+    """A peer's API key, sent both ways as llama-swap does."""
+    return {"Authorization": f"Bearer {api_key}", "x-api-key": api_key} if api_key else {}
+
+
 def upstream_headers(request: web.Request, *, drop_auth: bool, api_key: str | None = None) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for key, value in request.headers.items():
@@ -139,8 +144,7 @@ def upstream_headers(request: web.Request, *, drop_auth: bool, api_key: str | No
         if lower in HOP_BY_HOP or (drop_auth and lower in ("authorization", "x-api-key")):
             continue
         headers.add(key, value)
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    headers.update(key_headers(api_key))
     return headers
 
 

@@ -306,8 +306,8 @@ class Supervisor:
         serving = self.peers_serving(requested)
         return (serving[0], requested) if len(serving) == 1 else None
 
-    def peers_serving(self, model: str) -> list[PeerConfig]:
-        return [peer for peer in self.config.peers.values() if model in peer.models]
+    def peers_serving(self, model: str) -> tuple[PeerConfig, ...]:
+        return self.peers.serving(model)
 
 
 def _write_stdout(data: bytes) -> None:
@@ -483,8 +483,6 @@ async def proxy_peer(request: web.Request, sup: Supervisor, peer: PeerConfig, mo
         elif (content_type := request.headers.get("Content-Type", "")).startswith("multipart/form-data"):
             body = multipart_with_model(content_type, body, model)  # the peer knows it as `model`
         headers = upstream_headers(request, drop_auth=True, api_key=peer.api_key)
-        if peer.api_key:
-            headers["x-api-key"] = peer.api_key  # llama-swap sends the key both ways
         outcome = ForwardResult()
         monitor.touch(peer.name)
         session = monitor.session(peer.name)
@@ -497,10 +495,12 @@ async def proxy_peer(request: web.Request, sup: Supervisor, peer: PeerConfig, mo
             # Nothing reached the client yet: the peer could not be reached, or it was marked down
             # (its session closed) while the request waited for an answer.
             current = monitor.health.get(peer.name)
-            if current is not None and current.state is not PeerState.DOWN:
+            if current is not None and current.state is PeerState.DOWN:
+                reason = current.last_error or outcome.upstream_error
+            else:
                 monitor.report_failure(peer.name, outcome.upstream_error)
-            reason = current.last_error if current is not None and current.state is PeerState.DOWN else None
-            response, code = _peer_down(peer, reason or outcome.upstream_error), "503"
+                reason = outcome.upstream_error
+            response, code = _peer_down(peer, reason), "503"
         sup.metrics.peer_requests.inc(peer=peer.name, code=code)
         sup.metrics.requests.inc(model=label, code=code)
         if outcome.upstream_error:

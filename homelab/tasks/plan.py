@@ -26,14 +26,9 @@ def plan_digest(host: ResolvedHost) -> str:
         h.update(host.lock_file.read_bytes())
     except FileNotFoundError:
         h.update(b"no lock")
-    # RPC workers' host files: their GPUs, budgets and endpoints size the split
-    for worker in getattr(host, "depends_on", ()):
-        try:
-            h.update((host.inventory / "hosts" / f"{worker}.yaml").read_bytes())
-        except FileNotFoundError:
-            h.update(f"no host file {worker}".encode())
-    # RPC both ways: workers' own models (room they keep) and, for a worker, the heads using it
-    # (the load it keeps free), each with its lock (homelab/plan/rpcload.py)
+    # RPC both ways: a head's workers (their GPUs, budgets, endpoints and own models: the split
+    # and the room they keep) and, for a worker, the heads using it (the load it keeps free),
+    # each resolved and with its lock (homelab/plan/rpcload.py)
     from ..plan.rpcload import related_digest
 
     h.update(related_digest(host).encode())

@@ -83,7 +83,7 @@ def _render(host: ResolvedHost) -> None:
 
     inputs = assemble(host)
     changed = write_generation(render_host(inputs), staging_dir(host.name))
-    write_secrets(host, inputs.paths)
+    write_secrets(host, inputs.paths, peers=inputs.peers)
     print(f"{'rendered' if changed else 'unchanged'}: {staging_dir(host.name)}")
     _record(staging_dir(host.name), inputs_digest(inputs))
 

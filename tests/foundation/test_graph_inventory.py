@@ -18,6 +18,12 @@ def doit(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def copy_example_inventory(target: Path) -> None:
+    """The example hosts and recipes under ``target`` (their lockfiles left out)."""
+    for folder in ("hosts", "recipes"):
+        shutil.copytree(REPO / folder, target / folder, ignore=shutil.ignore_patterns("*.lock.json"))
+
+
 def test_doit_list_shows_every_stage_for_the_example_hosts() -> None:
     out = doit("list", "--all", "host=xtx,duo3060")
     assert out.returncode == 0, out.stderr
@@ -27,8 +33,7 @@ def test_doit_list_shows_every_stage_for_the_example_hosts() -> None:
 
 
 def test_a_broken_inventory_stops_doit_with_file_and_line(tmp_path: Path) -> None:
-    for folder in ("hosts", "recipes"):
-        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("*.lock.json"))
+    copy_example_inventory(tmp_path)
     host = tmp_path / "hosts" / "xtx.yaml"
     host.write_text(host.read_text().replace("arch: gfx1100", "arch: sm_86"))
     out = doit("list", "host=xtx", f"inventory={tmp_path}")
@@ -52,8 +57,7 @@ def test_making_the_task_graph_imports_no_heavy_stage_library() -> None:
 
 
 def test_a_head_naming_a_host_without_rpc_server_stops_doit_before_any_task(tmp_path: Path) -> None:
-    for folder in ("hosts", "recipes"):
-        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("*.lock.json"))
+    copy_example_inventory(tmp_path)
     head = tmp_path / "hosts" / "rig4090.yaml"
     head.write_text(head.read_text().replace("rpc: [rpc3090]", "rpc: [xtx]"))
     out = doit("list", "host=rig4090", f"inventory={tmp_path}")
