@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shlex
 import signal
 import socket
@@ -62,7 +63,22 @@ SHAPES: dict[str, dict[str, Any]] = {
 """Shapes of the models written on the fly (``--shape``) when no ``--model`` is given."""
 
 
+BELOW_EPHEMERAL = (20000, 32000)
+"""Where bench ports are drawn: below Linux's default ephemeral range (32768-60999), so no
+outgoing connection (the bench's own clients, the fronts' upstream connections) takes a port
+between the moment it is chosen and the moment a backend binds it: ``startPort`` + n included."""
+
+
 def free_port() -> int:
+    """A port free now, outside the ephemeral range where possible."""
+    for _ in range(100):
+        port = random.randrange(*BELOW_EPHEMERAL)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
