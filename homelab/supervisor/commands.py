@@ -42,7 +42,7 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .config_load import load_config
-    from .server import serve
+    from .app import serve
 
     config = load_config(Path(args.config))
     if args.check:

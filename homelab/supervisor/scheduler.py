@@ -1,7 +1,7 @@
 """The supervisor's decisions as a pure state machine: events in, actions out.
 
 No I/O, no clock, no sleeps: every event carries ``now`` (seconds, monotonic) and returns the
-actions the driver (:mod:`homelab.supervisor.server`) must carry out. The driver reports back with
+actions the driver (:mod:`homelab.supervisor.driver`) must carry out. The driver reports back with
 further events (``ready``, ``start_failed``, ``exited``, ``stopped``) and calls :meth:`tick` at
 :meth:`next_deadline`. That keeps the hard part testable without processes or timing.
 

@@ -23,10 +23,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from homelab.supervisor.app import Running, start_server
 from homelab.supervisor.config import Config, PeerConfig
 from homelab.supervisor.config_load import parse_config
 from homelab.supervisor.peers import PeerHealth, PeerState, ProbeTimings, probe_error
-from homelab.supervisor.server import Running, start_server
 
 from .conftest import FAKE, fake_model, free_port, make_config
 from .helpers import chat
