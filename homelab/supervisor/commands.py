@@ -1,4 +1,4 @@
-"""``homelab serve``, ``homelab reload`` and the supervisor benchmarks."""
+"""``homelab serve`` and ``homelab reload`` (the supervisor's benchmarks are in :mod:`homelab.bench.supervisor`)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config_load import load_config
     from .app import serve
+    from .config_load import load_config
 
     config = load_config(Path(args.config))
     if args.check:
@@ -100,8 +100,3 @@ def register(cli: CLI) -> None:
     where.add_argument("--pid-file", help="signal the supervisor whose PID is in this file")
     where.add_argument("--listen", default="127.0.0.1:12434", help="ask the supervisor at HOST:PORT")
     reload.add_argument("--api-key", help="an apiKeys entry, when the config sets apiKeys")
-    try:
-        from . import bench
-    except ImportError:  # pragma: no cover
-        return
-    bench.register(cli)

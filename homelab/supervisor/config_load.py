@@ -54,7 +54,7 @@ from homelab.supervisor.config_macros import (
     suggest_name,
 )
 from homelab.supervisor.config_yaml import ConfigError, Value, compose, substitute_env
-from homelab.supervisor.matrix import (
+from homelab.matrix import (
     DEFAULT_GROUP,
     MatrixError,
     MatrixExpressionError,

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homelab.errors import HomelabError
+from homelab.matrix import group_evictions, solve
 from homelab.supervisor.config import Config
 from homelab.supervisor.config_load import (
     ConfigError,
@@ -18,7 +19,6 @@ from homelab.supervisor.config_load import (
     load_config,
     parse_config,
 )
-from homelab.supervisor.matrix import group_evictions, solve
 
 DATA = Path(__file__).parent / "data"
 SOURCE = Path("/etc/homelab/config.yaml")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from homelab.bench.supervisor import Pinning, _pinning
 from homelab.errors import HomelabError
-from homelab.supervisor.bench import Pinning, _pinning
 from homelab.supervisor.proxy import _usage_from
 
 
