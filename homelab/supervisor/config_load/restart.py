@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..config import Config
 
-
 RESTART_FIELDS = ("cmd", "cmd_stop", "proxy", "port", "check_endpoint", "env")
 """ModelConfig fields whose change means the running process is not what the config describes.
 
