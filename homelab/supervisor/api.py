@@ -148,7 +148,8 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 async def handle_reload(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR_KEY]
-    ok, error, changed = await sup.reload()
-    return web.json_response({"reloaded": ok, "error": error or None, "changed": changed},
+    ok, error, restarting = await sup.reload()
+    # "changed" is the answer's field `homelab reload` and the deployer read: the models restarted
+    return web.json_response({"reloaded": ok, "error": error or None, "changed": restarting},
                              status=200 if ok else 400)
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from ..errors import HomelabError
 from . import notify
 from .config import Config, PeerConfig
-from .config_load import changed_models
+from .config_load import models_to_restart
 from .connect import backend_connector
 from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
@@ -256,7 +256,8 @@ class Supervisor:
         return targets
 
     async def reload(self) -> tuple[bool, str, list[str]]:
-        """Re-read the config; restart only changed models. A bad config keeps the old one."""
+        """Re-read the config; restart only changed models. A bad config keeps the old one.
+        Returns: accepted, the error if not, the models restarting (or stopping: removed)."""
         if self.loader is None or self.config.source is None:
             return False, "no config file to reload from", []
         notify.reloading()
@@ -266,14 +267,14 @@ class Supervisor:
             log.error("reload rejected, still serving the previous config: %s", exc)
             notify.notify("READY=1", "STATUS=reload rejected")
             return False, str(exc), []
-        changed = sorted(changed_models(self.config, new))
+        restarting = sorted(models_to_restart(self.config, new))
         self.config = new
         self.apply_log_settings()
         self.peers.reconfigure(new.peers)
-        self.dispatch(self.scheduler.reconfigure(new, changed, self.now()))
-        log.info("reloaded %s; restarting changed models: %s", new.source, ", ".join(changed) or "none")
+        self.dispatch(self.scheduler.reconfigure(new, restarting, self.now()))
+        log.info("reloaded %s; restarting changed models: %s", new.source, ", ".join(restarting) or "none")
         notify.notify("READY=1", "STATUS=reloaded")
-        return True, "", changed
+        return True, "", restarting
 
     # ------------------------------------------------------------ queries
     def status_of(self, model_id: str) -> State:

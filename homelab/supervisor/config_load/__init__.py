@@ -25,7 +25,7 @@ says which models a reload restarts.
 """
 
 from .document import load_config, parse_config
-from .restart import changed_models
+from .restart import models_to_restart
 from .values import ConfigError
 
-__all__ = ["ConfigError", "changed_models", "load_config", "parse_config"]
+__all__ = ["ConfigError", "load_config", "models_to_restart", "parse_config"]

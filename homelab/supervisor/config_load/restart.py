@@ -12,11 +12,11 @@ use_model_name, concurrency_limit, send_loading_state, vram_mib) is read per req
 decision from the live config, so a changed value takes effect without a restart."""
 
 
-def changed_models(old: Config, new: Config) -> set[str]:
+def models_to_restart(old: Config, new: Config) -> set[str]:
     """Model IDs to restart on reload: removed ones and those whose RESTART_FIELDS differ."""
-    changed: set[str] = set()
+    restart: set[str] = set()
     for model_id, before in old.models.items():
         after = new.models.get(model_id)
         if after is None or any(getattr(before, f) != getattr(after, f) for f in RESTART_FIELDS):
-            changed.add(model_id)
-    return changed
+            restart.add(model_id)
+    return restart
