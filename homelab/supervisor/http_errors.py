@@ -9,8 +9,8 @@ body goes out as one SSE ``data:`` event and the stream ends.
 A stream that ends in an error gets no ``data: [DONE]``: ``[DONE]`` tells a client the answer is
 complete, and a client that reads until it (rather than parsing every event for ``error``) must
 not take a failed answer for a whole one. It is also foreign to streams that are not OpenAI's
-(``/v1/messages``, ``/completion``), which reach the same code. llama-swap does send ``[DONE]``
-after a failed load; no client relies on it, since the error event comes first.
+(``/v1/messages``, ``/completion``), which reach the same code. llama-swap sends ``[DONE]``
+after a failed load; a client that parses events meets the error first either way.
 """
 
 from __future__ import annotations
