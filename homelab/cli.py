@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "homelab.render.commands",
     "homelab.deploy.commands",
     "homelab.supervisor.commands",
+    "homelab.bench.supervisor",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

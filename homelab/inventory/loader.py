@@ -624,7 +624,7 @@ class _Session:
     def check_sets(self, doc: YamlDoc, host: Host, models: list[ResolvedModel]) -> None:
         if not host.sets:
             return
-        from ..supervisor.matrix import (
+        from ..matrix import (
             MatrixError,
             MatrixExpressionError,
             expand_sets,

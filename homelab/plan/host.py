@@ -426,7 +426,7 @@ def largest_ctx(host: ResolvedHost, inp: ModelInput, limits: Mapping[str, int], 
 def _alternatives(host: ResolvedHost) -> list[tuple[str, tuple[str, ...]]]:
     if not host.sets:
         return []
-    from ..supervisor.matrix import expand_sets
+    from ..matrix import expand_sets
 
     expanded = expand_sets(host.sets)
     known = {m.id for m in host.models}

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..inventory.resolved import ResolvedHost
 from ..inventory.schema import FlagValue
-from ..supervisor.matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names
+from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names
 from .backends import BACKEND_HOST, Backend
 from .errors import RenderError
 from .formats import shell_word

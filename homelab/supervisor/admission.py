@@ -2,8 +2,8 @@
 
 Pure functions of the config and the resident set (no I/O), used by the scheduler.
 
-* with a ``matrix``: :func:`homelab.supervisor.matrix.solve` picks the cheapest allowed set;
-* otherwise llama-swap's groups (:func:`homelab.supervisor.matrix.group_evictions`; ungrouped
+* with a ``matrix``: :func:`homelab.matrix.solve` picks the cheapest allowed set;
+* otherwise llama-swap's groups (:func:`homelab.matrix.group_evictions`; ungrouped
   models form one default group with ``swap`` and ``exclusive``, so a plain config runs one model
   at a time);
 * then VRAM-aware admission: where the config states ``x-vramBudgetMiB`` and models carry
@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from ..errors import HomelabError
+from ..matrix import group_evictions, solve
 from .config import Config
-from .matrix import group_evictions, solve
 
 
 class AdmissionError(HomelabError):

@@ -1,4 +1,4 @@
-"""``homelab serve``, ``homelab reload`` and the supervisor benchmarks."""
+"""``homelab serve`` and ``homelab reload`` (the supervisor's benchmarks are in :mod:`homelab.bench.supervisor`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HomelabError
+from .config_load import load_config
 
 if TYPE_CHECKING:
     from ..cli import CLI
@@ -31,6 +32,7 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     ``HOMELAB_NO_UVLOOP=1`` forces asyncio."""
     if not os.environ.get("HOMELAB_NO_UVLOOP"):
         try:
+            # Deferred: only `serve` runs a loop, and uvloop is a dependency on Linux only.
             import uvloop
         except ImportError:
             pass
@@ -41,8 +43,9 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config_load import load_config
-    from .server import serve
+    # Deferred: the app pulls in aiohttp (~0.15 s), and every `homelab` command imports this
+    # module to register its subcommands.
+    from .app import serve
 
     config = load_config(Path(args.config))
     if args.check:
@@ -72,6 +75,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
             raise HomelabError(f"cannot signal the supervisor from {args.pid_file}: {exc}") from None
         print(f"sent SIGHUP to {pid} (the supervisor logs whether the new config was accepted)")
         return 0
+    # Deferred: requests costs ~0.08 s to import, on every `homelab` command otherwise.
     import requests
 
     host, port = parse_listen(args.listen)
@@ -100,8 +104,3 @@ def register(cli: CLI) -> None:
     where.add_argument("--pid-file", help="signal the supervisor whose PID is in this file")
     where.add_argument("--listen", default="127.0.0.1:12434", help="ask the supervisor at HOST:PORT")
     reload.add_argument("--api-key", help="an apiKeys entry, when the config sets apiKeys")
-    try:
-        from . import bench
-    except ImportError:  # pragma: no cover
-        return
-    bench.register(cli)

@@ -2,7 +2,8 @@
 
 This module holds the typed result of parsing. Parsing itself (strict keys with file:line
 errors, macros, ``${env.X}``, ``${PORT}`` allocation, groups, matrix expansion, peers) lives in
-:mod:`homelab.supervisor.config_load`; the matrix solver in :mod:`homelab.supervisor.matrix`.
+:mod:`homelab.supervisor.config_load`; the matrix solver, and the group and matrix settings it
+reads, in :mod:`homelab.matrix`.
 
 Every field here is already expanded: ``cmd`` is an argv list with every macro and ``${PORT}``
 substituted; ``cmd_stop`` keeps ``${PID}`` for the process layer to fill in.
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..matrix import GroupConfig, MatrixConfig
 
 
 @dataclass(frozen=True)
@@ -48,26 +51,6 @@ class ModelConfig:
     send_loading_state: bool = False
     vram_mib: int | None = None
     """From ``metadata.vram_mib`` (the plan writes it): used for VRAM-aware admission."""
-
-
-@dataclass(frozen=True)
-class GroupConfig:
-    name: str
-    members: tuple[str, ...]
-    swap: bool = True
-    exclusive: bool = True
-    persistent: bool = False
-
-
-@dataclass(frozen=True)
-class MatrixConfig:
-    vars: dict[str, str]
-    """Short name -> model ID."""
-    evict_costs: dict[str, int]
-    """Model ID -> cost of evicting it (default 1)."""
-    sets: dict[str, tuple[frozenset[str], ...]]
-    """Set name -> the alternatives it allows, each a frozenset of model IDs, in definition order.
-    Any subset of an alternative may run together."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ once and sends chat-completion chunks whose ``delta`` carries only ``reasoning_c
 banner ``━━━━━`` / ``llama-swap loading model: <id>``, a ``.`` every tick, then ``Done! (1.23s)``
 and ``━━━━━``; then the backend's own stream follows in the same response. A load that fails is
 reported in-band as a ``data: {"error": ...}`` frame followed by ``data: [DONE]`` (the 200 is
-already sent).
+already sent); we send the same error frame but end the stream without ``[DONE]``, as every
+stream that fails does here (:mod:`.http_errors` says why).
 
 We do the same, on the same route only, and never for non-streaming requests: the other streaming
 APIs have no field for side text (``/v1/completions`` and ``/completion`` would splice it into
@@ -26,8 +27,6 @@ from typing import Any
 
 from aiohttp import web
 
-from .proxy import sse_error_event
-
 LOADING_ROUTES = ("/v1/chat/completions",)
 RULE = "━━━━━"
 TICK = 1.0
@@ -44,14 +43,10 @@ def reasoning_chunk(model_id: str, text: str) -> bytes:
     return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
 
-def error_frame(message: str, code: str) -> bytes:
-    """An in-band error for a stream whose 200 is already sent, then the end of the stream."""
-    return sse_error_event(message, code) + b"data: [DONE]\n\n"
-
-
 async def stream_loading_state(request: web.Request, model_id: str, ready: asyncio.Future[Any]) -> web.StreamResponse:
     """Open the SSE response and send progress until ``ready`` completes (admitted or refused);
-    the caller then closes the banner (:func:`finish_loading_state`) or sends :func:`error_frame`."""
+    the caller then closes the banner (:func:`finish_loading_state`) or ends the stream with the
+    error (:func:`.http_errors.end_stream_with_error`)."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)

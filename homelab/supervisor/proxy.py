@@ -1,4 +1,4 @@
-"""Request parsing, filters, OpenAI-shaped errors and the streaming forwarder.
+"""Request parsing, filters and the streaming forwarder.
 
 The forwarder never holds a whole response: it copies the backend's body chunk by chunk as it
 arrives (``iter_any``), so SSE tokens reach the client as soon as the backend writes them.
@@ -22,6 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import Filters, ModelConfig
+from .http_errors import end_stream_with_error, error_response
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -29,25 +30,9 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
 })
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               429: "rate_limit_error", 502: "server_error", 503: "server_error"}
 USAGE_KEEP = 1 << 16
 SMALL_BODY = 256 * 1024
 """Answers with a Content-Length up to this are read whole and sent in one write."""
-
-
-def error_response(status: int, message: str, code: str, *, source: str = "supervisor",
-                   retry_after: int | None = None, **extra: Any) -> web.Response:
-    """``{"error": {"message", "type", "code", "source"}}`` like OpenAI, plus where it came from."""
-    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"),
-                      "code": code, "source": source, **extra}}
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response(body, status=status, headers=headers)
-
-
-def sse_error_event(message: str, code: str) -> bytes:
-    payload = {"error": {"message": message, "type": "server_error", "code": code, "source": "supervisor"}}
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
 def parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -239,9 +224,7 @@ async def forward(
         result.upstream_error = f"{type(exc).__name__}: {exc}"
         message = f"backend at {url} failed before answering: {result.upstream_error}"
         if prepared is not None:
-            await prepared.write(sse_error_event(message, "backend_failed"))
-            await prepared.write_eof()
-            return prepared
+            return await end_stream_with_error(prepared, message, "backend_failed")
         return error_response(502, message, "backend_failed")
     if same_backend is not None and not same_backend():
         # The process this request was admitted to is gone, so whoever answered on its port is
@@ -251,9 +234,7 @@ async def forward(
         result.upstream_error = "backend exited before answering"
         message = f"the backend at {url} exited before answering; retry"
         if prepared is not None:
-            await prepared.write(sse_error_event(message, "backend_failed"))
-            await prepared.write_eof()
-            return prepared
+            return await end_stream_with_error(prepared, message, "backend_failed")
         return error_response(502, message, "backend_failed")
     async with upstream:
         result.status = upstream.status
@@ -263,10 +244,8 @@ async def forward(
             response = prepared
             if upstream.status >= 400:
                 text = (await upstream.read())[:4000].decode(errors="replace")
-                await response.write(sse_error_event(f"backend answered {upstream.status}: {text}",
-                                                     "backend_error"))
-                await response.write_eof()
-                return response
+                return await end_stream_with_error(response, f"backend answered {upstream.status}: {text}",
+                                                   "backend_error")
         elif not streaming and upstream.content_length is not None and upstream.content_length <= SMALL_BODY:
             # A short answer: read it and send headers and body in one write (fewer syscalls
             # and wake-ups than streaming it; this is most non-streaming API answers).
@@ -325,15 +304,13 @@ async def forward(
         if result.upstream_error is not None:
             log.warning("backend at %s failed mid-response: %s", url, result.upstream_error)
             if streaming or prepared is not None:
-                await response.write(sse_error_event(
-                    f"backend failed in the middle of the response: {result.upstream_error}",
-                    "backend_failed"))
-            else:
-                # The status line is gone already; closing the connection without the final
-                # chunk tells the client the body is incomplete.
-                request.transport and request.transport.close()
-                return response
-        else:
-            result.usage = _usage_from(tail) or (_usage_from(head) if keep else None)
+                return await end_stream_with_error(
+                    response, f"backend failed in the middle of the response: {result.upstream_error}",
+                    "backend_failed")
+            # The status line is gone already; closing the connection without the final
+            # chunk tells the client the body is incomplete.
+            request.transport and request.transport.close()
+            return response
+        result.usage = _usage_from(tail) or (_usage_from(head) if keep else None)
         await response.write_eof()
         return response

@@ -1,7 +1,7 @@
 """The supervisor's decisions as a pure state machine: events in, actions out.
 
 No I/O, no clock, no sleeps: every event carries ``now`` (seconds, monotonic) and returns the
-actions the driver (:mod:`homelab.supervisor.server`) must carry out. The driver reports back with
+actions the driver (:mod:`homelab.supervisor.driver`) must carry out. The driver reports back with
 further events (``ready``, ``start_failed``, ``exited``, ``stopped``) and calls :meth:`tick` at
 :meth:`next_deadline`. That keeps the hard part testable without processes or timing.
 
@@ -188,8 +188,8 @@ class Scheduler:
                 state.unload_requested = True
         return self._plan(now)
 
-    def reconfigure(self, config: Config, changed: Collection[str], now: float) -> list[Action]:
-        """Swap in a new config; restart only ``changed`` models (removed ones are stopped)."""
+    def reconfigure(self, config: Config, restart: Collection[str], now: float) -> list[Action]:
+        """Swap in a new config; restart only the ``restart`` models (removed ones are stopped)."""
         self.config = config
         actions: list[Action] = []
         for model_id, state in list(self.models.items()):
@@ -198,7 +198,7 @@ class Scheduler:
                 for req in list(state.waiters):
                     actions.append(self._reject_waiter(state, req, 404,
                                                        f"model {model_id!r} was removed by a reload"))
-            if (removed or model_id in changed) and state.state is not State.STOPPED:
+            if (removed or model_id in restart) and state.state is not State.STOPPED:
                 state.unload_requested = True
             elif removed:
                 del self.models[model_id]

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _require_stages() -> None:
-    for module in ("homelab.render", "homelab.supervisor.server", "homelab.hub.fetch", "homelab.llamacpp.stage"):
+    for module in ("homelab.render", "homelab.supervisor.app", "homelab.hub.fetch", "homelab.llamacpp.stage"):
         try:
             __import__(module)
         except ImportError as exc:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from homelab.supervisor.app import Running, start_server
 from homelab.supervisor.config import Config, ModelConfig
-from homelab.supervisor.server import Running, start_server
 
 FAKE = Path(__file__).with_name("fake_llama_server.py")
 

@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homelab.errors import HomelabError
+from homelab.matrix import group_evictions, solve
 from homelab.supervisor.config import Config
 from homelab.supervisor.config_load import (
     ConfigError,
-    changed_models,
     load_config,
+    models_to_restart,
     parse_config,
 )
-from homelab.supervisor.matrix import group_evictions, solve
 
 DATA = Path(__file__).parent / "data"
 SOURCE = Path("/etc/homelab/config.yaml")
@@ -607,20 +607,20 @@ models:
 """
 
 
-def test_changed_models_restarts_only_definition_changes() -> None:
+def test_models_to_restart_are_only_definition_changes() -> None:
     old = parse(RELOAD_BASE)
     # ttl, aliases, filters, metadata: no restart
     soft = RELOAD_BASE.replace("ttl: 60", "ttl: 5").replace("aliases: [x]", "aliases: [y]\n    metadata: {vram_mib: 10}")
-    assert changed_models(old, parse(soft)) == set()
+    assert models_to_restart(old, parse(soft)) == set()
     # env changes restart b; removing c restarts (stops) c; adding d does not appear
     hard = RELOAD_BASE.replace("K=1", "K=2").replace("  c:\n    cmd: c --port ${PORT}\n", "  d:\n    cmd: d --port ${PORT}\n")
-    assert changed_models(old, parse(hard)) == {"b", "c"}
+    assert models_to_restart(old, parse(hard)) == {"b", "c"}
     # adding a model that sorts first shifts every port: every model whose port moved restarts
     shifted = RELOAD_BASE + "  0first:\n    cmd: z --port ${PORT}\n"
-    assert changed_models(old, parse(shifted)) == {"a", "b", "c"}
+    assert models_to_restart(old, parse(shifted)) == {"a", "b", "c"}
 
 
-def test_changed_models_field_by_field() -> None:
+def test_models_to_restart_field_by_field() -> None:
     old = parse(RELOAD_BASE)
     model = old.models["a"]
     for change in (
@@ -631,13 +631,13 @@ def test_changed_models_field_by_field() -> None:
         {"env": {"A": "1"}},
     ):
         new = replace(old, models={**old.models, "a": replace(model, **change)})
-        assert changed_models(old, new) == {"a"}, change
+        assert models_to_restart(old, new) == {"a"}, change
     for change in (
         {"ttl": 1.0}, {"unload_timeout": 1.0}, {"concurrency_limit": 1}, {"name": "n"},
         {"unlisted": True}, {"use_model_name": "m"}, {"vram_mib": 3},
     ):  # fmt: skip
         new = replace(old, models={**old.models, "a": replace(model, **change)})
-        assert changed_models(old, new) == set(), change
+        assert models_to_restart(old, new) == set(), change
 
 
 # --------------------------------------------------------------------------- properties

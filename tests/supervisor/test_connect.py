@@ -3,6 +3,7 @@ behaving like aiohttp's own (pooling, errors that _send does not retry, the conn
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from homelab.supervisor.connect import DirectConnector
+from homelab.supervisor.connect import DirectConnector, backend_connector
 
 
 async def _peer(request: web.Request) -> web.Response:
@@ -103,20 +104,16 @@ async def test_connect_timeout_still_bounds_a_connection_that_never_completes() 
 
 def test_backend_sessions_use_the_direct_route_only_while_aiohttps_hook_has_its_known_shape(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from homelab.supervisor import connect
-
     async def changed(self, req, traces, timeout, extra):  # type: ignore[no-untyped-def]
         raise AssertionError("never called")
 
     async def make() -> tuple[type, type]:
-        first = connect.backend_connector(limit=0)
+        first = backend_connector(limit=0)
         monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", changed)
-        second = connect.backend_connector(limit=0)
+        second = backend_connector(limit=0)
         await first.close()
         await second.close()
         return type(first), type(second)
-
-    import asyncio
 
     current, after_change = asyncio.run(make())
     assert current is DirectConnector

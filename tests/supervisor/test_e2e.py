@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from homelab.supervisor.config import Config, ModelConfig
+from homelab.supervisor.config import Config, MatrixConfig, ModelConfig
 from homelab.supervisor.scheduler import State
 
 from .conftest import free_port
 from .helpers import alive, wait_dead
+from .test_load import judge
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -109,6 +111,7 @@ async def test_models_running_unload_and_ttl(serve, llama_server_bin: Path, tiny
 
 
 async def test_openai_client(serve, llama_server_bin: Path, tiny_models: dict[str, Path]) -> None:
+    # Deferred: openai takes about a second to import, paid only by this test.
     import openai
 
     config = Config(models={"alpha": real_model("alpha", llama_server_bin, tiny_models["alpha"])},
@@ -183,12 +186,6 @@ async def test_small_load_with_real_backends_and_kills(serve, llama_server_bin: 
                                                        tiny_models: dict[str, Path]) -> None:
     """The load test's smaller sibling on real llama-servers: 60 mixed requests over 3 models and
     2 sets, 3 random SIGKILLs; every request ends cleanly and no llama-server is left."""
-    import random
-
-    from homelab.supervisor.config import MatrixConfig
-
-    from .test_load import judge
-
     before = backend_pids(llama_server_bin)
     matrix = MatrixConfig(vars={}, evict_costs={}, sets={"pair": (frozenset({"alpha", "beta"}),),
                                                          "solo": (frozenset({"gamma"}),)})

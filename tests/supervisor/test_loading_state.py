@@ -71,7 +71,7 @@ async def test_no_loading_messages_for_other_routes_or_non_streaming(serve) -> N
     assert events(text)[-1] == "[DONE]"
 
 
-async def test_failed_load_is_reported_in_band_then_done(serve) -> None:
+async def test_failed_load_is_reported_in_band_and_ends_the_stream(serve) -> None:
     # --hang-health: /health never answers, so the load can only end with the crash at 1.2 s
     running = await serve(make_config(fake_model("a", "--load-time", "1.2", "--crash-on-start", "--hang-health",
                                                  send_loading_state=True)))
@@ -81,5 +81,6 @@ async def test_failed_load_is_reported_in_band_then_done(serve) -> None:
     assert status == 200  # committed before the load failed
     assert "llama-swap loading model: a" in evs[0]["choices"][0]["delta"]["reasoning_content"]
     assert "Done!" not in text
-    assert evs[-2]["error"]["code"] == "model_unavailable" and "exited" in evs[-2]["error"]["message"]
-    assert evs[-1] == "[DONE]"
+    assert evs[-1]["error"]["code"] == "model_unavailable" and "exited" in evs[-1]["error"]["message"]
+    # the error is the last event: no [DONE], which would tell a client the answer was complete
+    assert "[DONE]" not in evs

@@ -23,10 +23,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from homelab.supervisor.config import Config, PeerConfig
-from homelab.supervisor.config_load import parse_config
+from homelab.supervisor.app import Running, start_server
+from homelab.supervisor.config import Config, ModelConfig, PeerConfig
+from homelab.supervisor.config_load import load_config, parse_config
 from homelab.supervisor.peers import PeerHealth, PeerState, ProbeTimings, probe_error
-from homelab.supervisor.server import Running, start_server
 
 from .conftest import FAKE, fake_model, free_port, make_config
 from .helpers import chat
@@ -306,8 +306,6 @@ async def test_api_key_from_env_is_sent_to_the_peer(hosts: Hosts, tmp_path: Path
 
 
 async def test_reload_adds_and_removes_peers(hosts: Hosts, tmp_path: Path) -> None:
-    from homelab.supervisor.config_load import load_config
-
     b = await hosts.start(make_config(fake_model("b")), HOST_B)
     c = await hosts.start(make_config(fake_model("c")), HOST_C)
     path = tmp_path / "a.yaml"
@@ -402,8 +400,6 @@ async def test_stopped_peer_process_ends_waiting_requests(hosts: Hosts, tmp_path
 
 @pytest.mark.e2e
 async def test_real_llama_server_behind_a_peer(hosts: Hosts, llama_server_bin: Path, tiny_model: Path) -> None:
-    from homelab.supervisor.config import ModelConfig
-
     port = free_port()
     cmd = (str(llama_server_bin), "-m", str(tiny_model), "--host", "127.0.0.1", "--port", str(port), "-c", "512",
            "-t", "1", "-np", "2", "--no-webui")

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from homelab.supervisor.config import Filters, PeerConfig
+from homelab.supervisor.config import Filters, HooksConfig, PeerConfig
 from homelab.supervisor.scheduler import State
 
 from .conftest import fake_model, make_config
@@ -328,8 +328,6 @@ async def test_send_loading_state(serve) -> None:
 
 
 async def test_preload_hook(serve) -> None:
-    from homelab.supervisor.config import HooksConfig
-
     running = await serve(make_config(fake_model("a"), hooks=HooksConfig(preload=("a",))))
     for _ in range(200):
         if running.sup.status_of("a") is State.READY:

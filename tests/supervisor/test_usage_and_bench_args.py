@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from homelab.bench.supervisor import Pinning, _pinning
 from homelab.errors import HomelabError
-from homelab.supervisor.bench import Pinning, _pinning
-from homelab.supervisor.proxy import _usage_from
+from homelab.supervisor.proxy import _usage_from, multipart_with_model, parse_body
 
 
 def test_usage_of_a_json_answer_is_its_usage_object() -> None:
@@ -50,8 +50,6 @@ def test_pin_parsing() -> None:
 
 
 def test_multipart_model_field_is_replaced_and_nothing_else() -> None:
-    from homelab.supervisor.proxy import multipart_with_model, parse_body
-
     content_type = "multipart/form-data; boundary=XyZ"
     audio = b"\x00\x01RIFF\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nfake"
     body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"model\"\r\n"

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from homelab.supervisor.config_yaml import Value
+from .values import Value
 
 MACRO_REF = re.compile(r"\$\{([a-zA-Z0-9_-]+)\}")
 MACRO_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,63}$")

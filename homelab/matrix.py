@@ -1,5 +1,9 @@
 """llama-swap's swap matrix: the set-expression language and the eviction solver (pure).
 
+A leaf module (it imports only :mod:`homelab.errors`): the inventory and the planner check and
+expand a host's ``sets`` with it, and the supervisor solves evictions with it at run time (as
+llama-swap's ``internal/matrix``), so neither side imports the other.
+
 A matrix ``set`` is an expression over model names (or ``vars`` short names)::
 
     a & b          a and b together (one alternative: {a, b})
@@ -26,11 +30,30 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from homelab.errors import HomelabError
-from homelab.supervisor.config import GroupConfig, MatrixConfig
 
 MAX_ALTERNATIVES = 1000
 """llama-swap caps an expansion at 1000 combinations; so do we (a typo like ``a&b&c&...``
 over large ``|`` groups would otherwise explode)."""
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    name: str
+    members: tuple[str, ...]
+    swap: bool = True
+    exclusive: bool = True
+    persistent: bool = False
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    vars: dict[str, str]
+    """Short name -> model ID."""
+    evict_costs: dict[str, int]
+    """Model ID -> cost of evicting it (default 1)."""
+    sets: dict[str, tuple[frozenset[str], ...]]
+    """Set name -> the alternatives it allows, each a frozenset of model IDs, in definition order.
+    Any subset of an alternative may run together."""
 
 
 class MatrixExpressionError(HomelabError):

@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from homelab.supervisor.config import GroupConfig, MatrixConfig
-from homelab.supervisor.matrix import (
+from homelab.matrix import (
     DEFAULT_GROUP,
     MAX_ALTERNATIVES,
+    GroupConfig,
+    MatrixConfig,
     MatrixError,
     MatrixExpressionError,
     expand_sets,

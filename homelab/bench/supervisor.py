@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import shlex
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from ..errors import HomelabError
-from .process import spawn_guarded
+from ..supervisor.process import spawn_guarded
 
 if TYPE_CHECKING:
     from ..cli import CLI
@@ -107,8 +108,8 @@ def _setup(args: argparse.Namespace, workdir: Path, count: int) -> Setup:
         if not model.is_file():
             raise HomelabError(f"--model {model}: no such GGUF file")
     if not models:
-        import logging
-
+        # Deferred: the GGUF writer loads gguf and numpy, and every `homelab` command imports this
+        # module to register the benchmark; only a run without --model needs it.
         from ..gguf.tiny import TinySpec, write_tiny_llama
 
         logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's chatter

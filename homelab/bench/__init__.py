@@ -1,0 +1,1 @@
+"""Benchmarks (``homelab bench ...``): comparable numbers for each stage, apart from the stages."""

@@ -1,0 +1,155 @@
+"""The management API: model listing, running state, unload, logs, metrics, health, reload.
+
+These routes answer from the driver's state and never go through the scheduler's admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from .config import ModelConfig
+from .driver import SUPERVISOR_KEY, Supervisor
+from .inference import unknown_model
+from .logs import LogBuffer
+from .peers import PeerState
+from .scheduler import State
+
+
+def _model_entry(sup: Supervisor, model_id: str, cfg: ModelConfig, listed_id: str) -> dict[str, Any]:
+    state = sup.status_of(model_id)
+    value = {State.READY: "loaded", State.STARTING: "loading", State.STOPPING: "unloading"}.get(state, "unloaded")
+    entry: dict[str, Any] = {"id": listed_id, "object": "model", "created": sup.started,
+                             "owned_by": "homelab", "status": {"value": value}}
+    if cfg.name:
+        entry["name"] = cfg.name
+    if cfg.description:
+        entry["description"] = cfg.description
+    if cfg.metadata:
+        entry["meta"] = cfg.metadata
+    return entry
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR_KEY]
+    data = []
+    for model_id, cfg in sup.config.models.items():
+        if cfg.unlisted:
+            continue
+        data.append(_model_entry(sup, model_id, cfg, model_id))
+        if sup.config.include_aliases_in_list:
+            for alias, target in sup.config.aliases.items():
+                if target == model_id:
+                    data.append(_model_entry(sup, model_id, cfg, alias))
+    for peer in sup.config.peers.values():
+        health = sup.peers.health.get(peer.name)
+        described = health.describe() if health is not None else {"state": PeerState.UNKNOWN.value}
+        for model in peer.models:
+            # Listed qualified (always routable and unique); a bare name also works when exactly
+            # one peer lists it. status.value is the peer's health: up / down / unknown.
+            data.append({"id": f"{peer.name}/{model}", "object": "model", "created": sup.started,
+                         "owned_by": peer.name, "name": f"{peer.name}: {model}",
+                         "status": {"value": described["state"]},
+                         "meta": {"llamaswap": {"peerID": peer.name}, "peer": {"name": peer.name, **described}}})
+    return web.json_response({"object": "list", "data": data})
+
+
+def _peer_entries(sup: Supervisor) -> list[dict[str, Any]]:
+    entries = []
+    for peer in sup.config.peers.values():
+        health = sup.peers.health.get(peer.name)
+        described = health.describe() if health is not None else {"state": PeerState.UNKNOWN.value}
+        entries.append({"peer": peer.name, "proxy": peer.proxy, "models": list(peer.models), **described})
+    return entries
+
+
+async def handle_running(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR_KEY]
+    running = []
+    for model_id, state in sup.scheduler.models.items():
+        if state.state is State.STOPPED:
+            continue
+        backend = sup.backends.get(model_id)
+        cfg = backend.model if backend else sup.config.models.get(model_id)
+        if cfg is None:
+            continue
+        ttl = cfg.ttl if cfg.ttl > 0 else sup.config.global_ttl
+        running.append({"model": model_id, "state": state.state.value, "cmd": " ".join(cfg.cmd),
+                        "proxy": cfg.proxy, "ttl": ttl})
+    return web.json_response({"running": running, "peers": _peer_entries(sup)})
+
+
+async def handle_unload(request: web.Request) -> web.StreamResponse:
+    sup = request.app[SUPERVISOR_KEY]
+    model = request.match_info.get("model")
+    if model is not None:
+        model_id = sup.config.resolve(model)
+        if model_id is None:
+            return unknown_model(sup, model)
+        stopped = await sup.unload([model_id])
+    else:
+        stopped = await sup.unload(None)
+    if request.path == "/unload":
+        return web.Response(text="OK")
+    return web.json_response({"msg": "ok", "unloaded": stopped})
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+def _log_buffer(sup: Supervisor, name: str | None) -> LogBuffer | None:
+    if name is None:
+        return sup.all_log
+    if name in ("supervisor", "proxy"):
+        return sup.supervisor_log
+    model_id = sup.config.resolve(name) or (name if name in sup.logs else None)
+    return sup.model_log(model_id) if model_id else None
+
+
+async def handle_logs(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR_KEY]
+    return web.Response(body=sup.all_log.contents(), content_type="text/plain")
+
+
+async def handle_log_stream(request: web.Request) -> web.StreamResponse:
+    sup = request.app[SUPERVISOR_KEY]
+    buffer = _log_buffer(sup, request.match_info.get("model"))
+    if buffer is None:
+        return unknown_model(sup, request.match_info.get("model", ""))
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
+                                           "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    queue = buffer.subscribe()
+    sup.active -= 1  # a log stream never blocks shutdown
+    try:
+        if "no-history" not in request.query:
+            await response.write(buffer.contents())
+        while sup.accepting:
+            try:
+                chunk = await asyncio.wait_for(queue.get(), timeout=1.0)
+            except TimeoutError:
+                continue
+            await response.write(chunk)
+    finally:
+        buffer.unsubscribe(queue)
+        sup.active += 1
+    return response
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR_KEY]
+    loaded = {m: sup.status_of(m) is State.READY for m in sup.config.models}
+    peers_up = {name: health.state is PeerState.UP for name, health in sup.peers.health.items()}
+    return web.Response(text=sup.metrics.render(loaded, peers_up), content_type="text/plain")
+
+
+async def handle_reload(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR_KEY]
+    ok, error, restarting = await sup.reload()
+    # "changed" is the answer's field `homelab reload` and the deployer read: the models restarted
+    return web.json_response({"reloaded": ok, "error": error or None, "changed": restarting},
+                             status=200 if ok else 400)
+

@@ -1,0 +1,305 @@
+"""The supervisor's driver: carries out the scheduler's decisions.
+
+The scheduler (:mod:`.scheduler`) is a pure state machine; :class:`Supervisor` turns its actions
+into backend processes, answers to waiting requests and timers, and reports back what happened
+(ready, failed, exited, stopped). The HTTP side (:mod:`.api`, :mod:`.inference`) finds it in the
+application under :data:`SUPERVISOR_KEY`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..errors import HomelabError
+from . import notify
+from .config import Config, PeerConfig
+from .config_load import models_to_restart
+from .connect import backend_connector
+from .logs import BufferHandler, LogBuffer
+from .metrics import Metrics
+from .peers import PeerMonitor, ProbeTimings
+from .process import Backend, StartFailed, Watchdog
+from .scheduler import Admit, Reject, Scheduler, Start, State, Stop
+
+log = logging.getLogger("homelab.supervisor")
+
+Loader = Callable[[Path], Config]
+
+
+class Supervisor:
+    """Carries out the scheduler's decisions: backends, answers to waiting requests, timers."""
+
+    def __init__(self, config: Config, loader: Loader | None = None, drain_timeout: float = 30.0,
+                 peer_timings: ProbeTimings | None = None) -> None:
+        self.config = config
+        self.loader = loader
+        self.drain_timeout = drain_timeout
+        self.scheduler = Scheduler(config)
+        self.backends: dict[str, Backend] = {}
+        self.all_log = LogBuffer("all", max_bytes=1 << 20)
+        self.supervisor_log = LogBuffer("supervisor", parent=self.all_log)
+        self.logs: dict[str, LogBuffer] = {}
+        self.metrics = Metrics()
+        self.started = int(time.time())
+        self.accepting = True
+        self.active = 0
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future[Admit | Reject]] = {}
+        self.admitted_to: dict[int, Backend] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped_events: dict[str, asyncio.Event] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.watchdog: Watchdog | None = None
+        self.peers = PeerMonitor(config.peers, peer_timings)
+        self._log_handler = BufferHandler(self.supervisor_log)
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        log.addHandler(self._log_handler)
+        self.session = aiohttp.ClientSession(
+            # llama-server drops idle keep-alive connections after 5 s: let the pool drop them first.
+            # DirectConnector: a connection per stream (llama-server closes it), opened cheaply.
+            connector=backend_connector(limit=0, ttl_dns_cache=300, keepalive_timeout=3),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+        self.watchdog = Watchdog()
+        self.apply_log_settings()
+        await self.peers.start()
+        for model in self.config.hooks.preload:
+            self.preload(model)
+
+    def preload(self, model: str) -> None:
+        model_id = self.config.resolve(model)
+        if model_id is None:
+            log.warning("hooks.on_startup.preload names unknown model %r", model)
+            return
+
+        async def run() -> None:
+            req, fut = self.enqueue(model_id)
+            result = await fut
+            self.release(req)
+            if isinstance(result, Reject):
+                log.warning("preload of %s failed: %s", model_id, result.message)
+
+        self._spawn(run())
+
+    async def close(self) -> None:
+        """Drain in-flight requests (bounded), then stop every backend."""
+        self.accepting = False
+        deadline = time.monotonic() + self.drain_timeout
+        while self.active > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        backends = list(self.backends.values())
+        await asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
+        for backend in backends:
+            backend.kill()
+        self.backends.clear()
+        if self._timer:
+            self._timer.cancel()
+        if self.session:
+            await self.session.close()
+        await self.peers.close()
+        if self.watchdog:
+            self.watchdog.close()
+        log.removeHandler(self._log_handler)
+        log.propagate = True
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    # ------------------------------------------------------------ scheduling
+    def dispatch(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, (Admit, Reject)):
+                if isinstance(action, Admit):
+                    # Bind the request to the process that is ready now: if it dies before the
+                    # request is sent, its port may already belong to a replacement that loads.
+                    backend = self.backends.get(action.model)
+                    if backend is not None:
+                        self.admitted_to[action.req] = backend
+                fut = self._waiters.pop(action.req, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(action)
+            elif isinstance(action, Start):
+                self._spawn(self._start(action))
+            elif isinstance(action, Stop):
+                log.info("stopping model %s: %s", action.model, action.reason)
+                self._spawn(self._stop(action.model))
+        if self._stopped_events:  # unload() callers wait for these (a failed start counts)
+            for model_id in [m for m in self._stopped_events if self.status_of(m) is State.STOPPED]:
+                self._stopped_events.pop(model_id).set()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.scheduler.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline + 0.001:
+                return  # unchanged (the common case on the request path)
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline + 0.001, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.dispatch(self.scheduler.tick(self.now()))
+
+    def enqueue(self, model_id: str) -> tuple[int, asyncio.Future[Admit | Reject]]:
+        req = next(self._ids)
+        fut: asyncio.Future[Admit | Reject] = self.loop.create_future()
+        self._waiters[req] = fut
+        self.dispatch(self.scheduler.request(req, model_id, self.now()))
+        return req, fut
+
+    def release(self, req: int) -> None:
+        self._waiters.pop(req, None)
+        self.admitted_to.pop(req, None)
+        self.dispatch(self.scheduler.done(req, self.now()))
+
+    def model_log(self, model_id: str) -> LogBuffer:
+        buffer = self.logs.get(model_id)
+        if buffer is None:
+            buffer = self.logs[model_id] = LogBuffer(model_id, parent=self.all_log, prefix=model_id)
+        # logToStdout: upstream | both copy backends' output to our stdout (read at each start)
+        buffer.mirror = _write_stdout if self.config.log_to_stdout in ("upstream", "both") else None
+        return buffer
+
+    def apply_log_settings(self) -> None:
+        """logLevel; logToStdout proxy|both: our own log on stderr; upstream|none: only in /logs."""
+        level = {"warn": "WARNING"}.get(self.config.log_level.lower(), self.config.log_level.upper())
+        log.setLevel(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
+        log.propagate = self.config.log_to_stdout in ("proxy", "both")
+
+    async def _start(self, action: Start) -> None:
+        model_id = action.model
+        cfg = self.config.models[model_id]
+        assert self.session is not None
+        backend = Backend(cfg, self.model_log(model_id), self.session, self.watchdog, self._on_exit)
+        self.backends[model_id] = backend
+        log.info("starting model %s", model_id)
+        try:
+            await backend.spawn()
+            time_to_ready = await backend.wait_ready(self.config.health_check_timeout)
+        except StartFailed as exc:
+            backend.kill()
+            if self.backends.get(model_id) is backend:
+                del self.backends[model_id]
+            log.error("%s", exc)
+            self.metrics.swaps.inc(model=model_id, outcome="failed")
+            self.dispatch(self.scheduler.start_failed(model_id, str(exc), self.now()))
+            return
+        except asyncio.CancelledError:
+            backend.kill()
+            raise
+        now = self.now()
+        self.metrics.swaps.inc(model=model_id, outcome="ready")
+        self.metrics.time_to_ready.observe(time_to_ready, model=model_id)
+        self.metrics.swap_duration.observe(max(0.0, now - action.requested_at), model=model_id)
+        log.info("model %s ready in %.3fs", model_id, time_to_ready)
+        self.dispatch(self.scheduler.ready(model_id, now))
+
+    def _on_exit(self, backend: Backend) -> None:
+        model_id = backend.model.id
+        if backend.stop_requested or self.backends.get(model_id) is not backend:
+            return
+        state = self.scheduler.models.get(model_id)
+        if state is None or state.state is not State.READY:
+            return  # a start in progress reports the exit itself
+        del self.backends[model_id]
+        reason = f"model {model_id!r} {backend.exit_description()}; last output:\n{backend.log.tail(8)}"
+        log.error("%s crashed: %s", model_id, backend.exit_description())
+        self.metrics.crashes.inc(model=model_id)
+        self.dispatch(self.scheduler.exited(model_id, reason, self.now()))
+
+    async def _stop(self, model_id: str) -> None:
+        backend = self.backends.get(model_id)
+        if backend is not None:
+            await backend.stop()
+            if self.backends.get(model_id) is backend:
+                del self.backends[model_id]
+        self.dispatch(self.scheduler.stopped(model_id, self.now()))
+
+    async def unload(self, models: list[str] | None, wait: float = 30.0) -> list[str]:
+        """Unload models (all when None) and wait (bounded) until they have stopped."""
+        targets = [m for m, s in self.scheduler.models.items()
+                   if s.state is not State.STOPPED and (models is None or m in models)]
+        events = [self._stopped_events.setdefault(m, asyncio.Event()) for m in targets]
+        self.dispatch(self.scheduler.unload(targets, self.now()))
+        if events:
+            waits = [asyncio.ensure_future(e.wait()) for e in events]
+            _, pending = await asyncio.wait(waits, timeout=wait)
+            for task in pending:
+                task.cancel()
+        return targets
+
+    async def reload(self) -> tuple[bool, str, list[str]]:
+        """Re-read the config; restart only changed models. A bad config keeps the old one.
+        Returns: accepted, the error if not, the models restarting (or stopping: removed)."""
+        if self.loader is None or self.config.source is None:
+            return False, "no config file to reload from", []
+        notify.reloading()
+        try:
+            new = self.loader(self.config.source)
+        except (HomelabError, OSError, ValueError) as exc:
+            log.error("reload rejected, still serving the previous config: %s", exc)
+            notify.notify("READY=1", "STATUS=reload rejected")
+            return False, str(exc), []
+        restarting = sorted(models_to_restart(self.config, new))
+        self.config = new
+        self.apply_log_settings()
+        self.peers.reconfigure(new.peers)
+        self.dispatch(self.scheduler.reconfigure(new, restarting, self.now()))
+        log.info("reloaded %s; restarting changed models: %s", new.source, ", ".join(restarting) or "none")
+        notify.notify("READY=1", "STATUS=reloaded")
+        return True, "", restarting
+
+    # ------------------------------------------------------------ queries
+    def status_of(self, model_id: str) -> State:
+        state = self.scheduler.models.get(model_id)
+        return state.state if state else State.STOPPED
+
+    def find_peer(self, requested: str) -> tuple[PeerConfig, str] | None:
+        """``<peer>/<model>``, or a bare model name that exactly one peer lists (llama-swap's
+        rule; local models and aliases are resolved before this). Only listed models route."""
+        prefix, _, rest = requested.partition("/")
+        peer = self.config.peers.get(prefix) if rest else None
+        if peer is not None and rest in peer.models:
+            return peer, rest
+        serving = self.peers_serving(requested)
+        return (serving[0], requested) if len(serving) == 1 else None
+
+    def peers_serving(self, model: str) -> tuple[PeerConfig, ...]:
+        return self.peers.serving(model)
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+
+SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
+"""Where request handlers find the driver in the aiohttp application."""
