@@ -109,7 +109,7 @@ def _setup(args: argparse.Namespace, workdir: Path, count: int) -> Setup:
     if not models:
         import logging
 
-        from ..gguf.tiny import TinySpec, write_tiny_llama
+        from ..testing.tiny_gguf import TinySpec, write_tiny_llama
 
         logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's chatter
         shape = SHAPES[args.shape]

@@ -1,0 +1,1 @@
+"""Benchmarks: ``homelab bench ...`` commands that print comparable numbers; no stage imports them."""
