@@ -1,7 +1,8 @@
 """Install a rendered directory as a generation, activate it, verify it, roll back on failure.
 
 This is the deploy stage's core: data in (a :class:`Target` and the rendered files), a
-:class:`InstallReport` out, with the service driven through :mod:`homelab.deploy.service`.
+:class:`InstallReport` out, with the service (systemd or detached) made by
+:mod:`homelab.deploy.service_mode`.
 """
 
 from __future__ import annotations
