@@ -26,6 +26,7 @@ import requests
 
 from ..errors import HomelabError
 from ..files import atomic_write_text
+from ..http_client import http_session
 from ..settings import hf_endpoint, hf_token, state_dir
 
 GGUF_MAGIC = b"GGUF"
@@ -307,7 +308,7 @@ def read_url_header(
     if cached is not None:
         return cached
     what = what or url
-    http = session or requests.Session()
+    http = session or http_session()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     buf = bytearray()
     total: int | None = None
