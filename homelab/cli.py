@@ -21,11 +21,15 @@ COMMAND_MODULES = (
     "homelab.inventory.commands",
     "homelab.hub.commands",
     "homelab.llamacpp.commands",
-    "homelab.gguf.commands",
+    "homelab.plan.gguf_inspect",  # `homelab gguf inspect`: facts with the plan stage's estimate
     "homelab.plan.commands",
     "homelab.render.commands",
     "homelab.deploy.commands",
     "homelab.supervisor.commands",
+    "homelab.bench.fetch",
+    "homelab.bench.build",
+    "homelab.bench.plan",
+    "homelab.bench.deploy",
     "homelab.bench.supervisor",
 )
 

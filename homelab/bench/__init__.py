@@ -1,1 +1,1 @@
-"""Benchmarks (``homelab bench ...``): comparable numbers for each stage, apart from the stages."""
+"""Benchmarks: ``homelab bench ...`` commands that print comparable numbers; no stage imports them."""

@@ -110,7 +110,7 @@ def _setup(args: argparse.Namespace, workdir: Path, count: int) -> Setup:
     if not models:
         # Deferred: the GGUF writer loads gguf and numpy, and every `homelab` command imports this
         # module to register the benchmark; only a run without --model needs it.
-        from ..gguf.tiny import TinySpec, write_tiny_llama
+        from ..testing.tiny_gguf import TinySpec, write_tiny_llama
 
         logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's chatter
         shape = SHAPES[args.shape]

@@ -16,7 +16,7 @@ from ..inventory import ResolvedHost
 from ..lock import read_lock
 from ..settings import hf_cache_dir
 from .changes import action_for, compare, unified_diff
-from .service import side_unit_files, side_units, unit_changed, units_of
+from .units import side_unit_files, side_units, unit_changed, units_of
 from .chain import staged_dir
 from .generations import Files, GenerationStore, read_tree
 from .paths import HostPaths

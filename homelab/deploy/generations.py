@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HomelabError
+from ..files import atomic_write_text
 from .paths import HostPaths
 
 META_NAME = ".homelab-generation.json"
@@ -80,7 +81,7 @@ class Generation:
             "action": self.action,
             "changes": self.changes,
         }
-        _write_atomic(self.meta_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.meta_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "Generation":
@@ -105,14 +106,6 @@ class Generation:
             changes=list(data.get("changes", [])),
         )
 
-
-def _write_atomic(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class GenerationStore:
@@ -215,13 +208,13 @@ class GenerationStore:
         os.replace(tmp, link)
         if before != number:
             state = {"current": number, "previous": before}
-            _write_atomic(self.paths.state_file, json.dumps(state, indent=2) + "\n")
+            atomic_write_text(self.paths.state_file, json.dumps(state, indent=2) + "\n")
 
     def unset_current(self) -> None:
         """Forget the current generation (a first deploy that failed has nothing to go back to)."""
         if self.paths.current.is_symlink():
             self.paths.current.unlink()
-        _write_atomic(self.paths.state_file, json.dumps({"current": None, "previous": None}) + "\n")
+        atomic_write_text(self.paths.state_file, json.dumps({"current": None, "previous": None}) + "\n")
 
     def prune(self, keep: int) -> list[int]:
         """Delete all but the newest ``keep`` generations; never the current, previous or the

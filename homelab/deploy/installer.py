@@ -1,7 +1,8 @@
 """Install a rendered directory as a generation, activate it, verify it, roll back on failure.
 
 This is the deploy stage's core: data in (a :class:`Target` and the rendered files), a
-:class:`InstallReport` out, with the service driven through :mod:`homelab.deploy.service`.
+:class:`InstallReport` out, with the service (systemd or detached) made by
+:mod:`homelab.deploy.service_mode`.
 """
 
 from __future__ import annotations
@@ -13,25 +14,18 @@ from pathlib import Path
 
 import yaml
 
+from ..address import base_url
 from ..errors import HomelabError
 from ..inventory import ResolvedHost
 from .changes import Changes, action_for, compare
 from .generations import Files, Generation, GenerationStore, content_hash, read_tree
 from .hostlock import lock_host
 from .paths import HostPaths, root_prefix
-from .service import (
-    RecordingRunner,
-    Runner,
-    Service,
-    ServiceError,
-    main_unit,
-    make_service,
-    resolve_mode,
-    rpc_unit_name,
-    side_unit_files,
-    units_of,
-)
-from .verify import LEVELS, VerifyResult, api_key_from_env, base_url, config_models, verify, wait_for_port
+from .service import Service, ServiceError
+from .service_mode import make_service, resolve_mode
+from .systemd import RecordingRunner, Runner
+from .units import main_unit, rpc_unit_name, side_unit_files, units_of
+from .verify import LEVELS, VerifyResult, api_key_from_env, config_models, verify, wait_for_port
 
 
 class DeployFailed(HomelabError):

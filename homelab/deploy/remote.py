@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HomelabError
+from ..files import atomic_write_bytes
 from ..settings import CHECKOUT
 
 SOURCE_FILES = ("pyproject.toml", "README.md", "dodo.py")
@@ -175,9 +176,7 @@ def fetch_back_lock(address: SSHAddress, host: str, lock_file: Path, say: Callab
             return False
     except FileNotFoundError:
         pass
-    tmp = lock_file.with_name(f".{lock_file.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(result.stdout)
-    os.replace(tmp, lock_file)
+    atomic_write_bytes(lock_file, result.stdout)
     say(f"updated {lock_file} from {address}")
     return True
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
+
+from ..address import base_url, wait_until_accepting
 
 LEVELS = ("health", "models", "completion")
 
@@ -28,13 +29,6 @@ class VerifyResult:
     ok: bool
     steps: list[str] = field(default_factory=list)
     error: str = ""
-
-
-def base_url(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    if host in ("", "0.0.0.0", "::", "[::]", "*"):
-        host = "127.0.0.1"
-    return f"http://{host}:{port}"
 
 
 def config_models(config_yaml: bytes | None) -> list[str]:
@@ -76,25 +70,12 @@ def api_key_from_env(env_name: str | None) -> str | None:
 def wait_for_port(
     listen: str, timeout: float, alive: Callable[[], bool] = lambda: True, what: str = "service"
 ) -> VerifyResult:
-    """Wait until ``listen`` (HOST:PORT; any-address = loopback) accepts a TCP connection: all
-    that can be asked of llama.cpp's rpc-server without speaking its protocol."""
-    host, _, port = base_url(listen).removeprefix("http://").rpartition(":")
-    host = host.strip("[]")
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while True:
-        try:
-            with socket.create_connection((host, int(port)), timeout=2):
-                return VerifyResult(ok=True, steps=[f"{what} on {listen}: accepts connections"])
-        except OSError as exc:
-            last = exc.strerror or str(exc)
-        if not alive():
-            return VerifyResult(ok=False, error=f"the {what} exited before {listen} accepted a connection")
-        if time.monotonic() > deadline:
-            return VerifyResult(
-                ok=False, error=f"{what} on {listen} did not accept a connection within {timeout:.0f} s (last: {last})"
-            )
-        time.sleep(0.05)
+    """Wait until ``listen`` accepts a TCP connection: all that can be asked of llama.cpp's
+    rpc-server without speaking its protocol."""
+    error = wait_until_accepting(listen, timeout, alive, what)
+    if error:
+        return VerifyResult(ok=False, error=error)
+    return VerifyResult(ok=True, steps=[f"{what} on {listen}: accepts connections"])
 
 
 def verify(

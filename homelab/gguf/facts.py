@@ -326,7 +326,7 @@ def _file_type_name(value: Any) -> str:
     if value is None:
         return ""
     try:
-        import gguf
+        import gguf  # lazily: gguf loads numpy, which a no-op deploy never needs
 
         return gguf.LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
     except (ValueError, TypeError):
@@ -340,6 +340,6 @@ def facts_from_header(header: Any, *, source: str = "GGUF") -> ModelFacts:
 
 def facts_from_file(path: str | os.PathLike[str]) -> ModelFacts:
     """Facts of a local GGUF, reading only its header."""
-    from ..hub.gguf_header import read_local_header
+    from ..hub.gguf_header import read_local_header  # lazily: it loads gguf (numpy) and requests
 
     return facts_from_header(read_local_header(path), source=str(path))

@@ -1,21 +1,21 @@
-"""``homelab lock`` and ``homelab fetch`` (and ``homelab bench fetch``)."""
+"""``homelab lock`` and ``homelab fetch``."""
 
 from __future__ import annotations
 
 import argparse
 
+from ..inventory import ResolvedHost, load_host
 from ..settings import inventory_dir
+from .cache import model_files
+from .fetch import fetch_host
+from .resolve import is_ci, load_lock, lock_host
 
 
-def _host(name: str, inventory: str | None = None):  # noqa: ANN202 - ResolvedHost
-    from ..inventory import load_host
-
+def _host(name: str, inventory: str | None = None) -> ResolvedHost:
     return load_host(name, inventory_dir(inventory))
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from .resolve import is_ci, lock_host
-
     host = _host(args.host, args.inventory)
     update: list[str] | bool = False
     if args.update is not None:
@@ -35,9 +35,6 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .fetch import fetch_host, model_files
-    from .resolve import load_lock
-
     host = _host(args.host, args.inventory)
     lock = load_lock(host)
     fetch_host(host, lock, args.models or None, progress=not args.quiet)
@@ -62,10 +59,3 @@ def register(cli) -> None:  # noqa: ANN001 - homelab.cli.CLI
     p.add_argument("models", nargs="*", metavar="MODEL", help="only these models (default: all of the host)")
     p.add_argument("--inventory", help="inventory directory (default: $HOMELAB_INVENTORY or the checkout)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-
-    from .bench import cmd_bench_fetch
-
-    p = cli.benchmark("fetch", cmd_bench_fetch, "our fetch (download + sha256) vs curl -o of the same local file")
-    p.add_argument("--size", default="1G", help="file size: bytes or with K/M/G suffix (default 1G)")
-    p.add_argument("--runs", type=int, default=4, help="runs of each, alternating who goes first; the best of each is compared")
-    p.add_argument("--keep", action="store_true", help="keep the temp directory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import HomelabError
+from ..settings import hf_endpoint
 
 
 class HubError(HomelabError):
@@ -15,6 +16,7 @@ class ChecksumMismatch(HubError):
 
 def explain_hub_error(exc: Exception, repo: str, file: str | None, revision: str) -> HubError | None:
     """A :class:`HubError` for a huggingface_hub error we understand, else None (a bug or outage)."""
+    # lazily: huggingface_hub is slow to import, errors are rare
     from huggingface_hub import errors as hf
 
     where = f"{repo}" + (f"/{file}" if file else "") + f" at revision {revision}"
@@ -42,6 +44,4 @@ def explain_hub_error(exc: Exception, repo: str, file: str | None, revision: str
 
 
 def _page(repo: str) -> str:
-    from ..settings import hf_endpoint
-
     return f"{hf_endpoint()}/{repo}"

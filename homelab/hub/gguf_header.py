@@ -25,6 +25,8 @@ import gguf
 import requests
 
 from ..errors import HomelabError
+from ..files import atomic_write_text
+from ..http_client import http_session
 from ..settings import hf_endpoint, hf_token, state_dir
 
 GGUF_MAGIC = b"GGUF"
@@ -258,9 +260,7 @@ def _cache_get(sha256: str | None) -> GGUFHeader | None:
 def _cache_put(sha256: str, header: GGUFHeader) -> None:
     path = header_cache_path(sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(header.to_json())
-    os.replace(tmp, path)
+    atomic_write_text(path, header.to_json())
 
 
 def resolve_url(repo: str, path: str, revision: str, endpoint: str | None = None) -> str:
@@ -308,7 +308,7 @@ def read_url_header(
     if cached is not None:
         return cached
     what = what or url
-    http = session or requests.Session()
+    http = session or http_session()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     buf = bytearray()
     total: int | None = None
@@ -382,7 +382,7 @@ def read_pinned_header(pf: Any, local: Path | None = None) -> GGUFHeader:
     """The header of a pinned file (``homelab.lock.PinnedFile``): from ``local`` when that file is
     there (fetched already), else from the Hub (``hf``) or the URL (``url``), cached by sha256.
 
-    ``local`` is where fetch puts it (``homelab.hub.fetch.local_path(pf, inventory)``).
+    ``local`` is where fetch puts it (``homelab.hub.cache.local_path(pf, inventory)``).
     """
     cached = _cache_get(pf.sha256)
     if cached is not None:

@@ -1,26 +1,18 @@
-"""Streaming sha256 of big files, with an optional progress bar."""
+"""sha256 of a big file with a progress bar (the hashing itself is :func:`homelab.files.sha256_file`)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from tqdm import tqdm
 
-CHUNK = 8 << 20
+from ..files import sha256_file
 
 
-def sha256_file(path: Path, *, desc: str | None = None, progress: bool = False) -> str:
-    """Hash ``path`` in 8 MiB chunks (constant memory); a tqdm bar when ``progress``."""
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with path.open("rb", buffering=0) as f, tqdm(
-        total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc or f"verify {path.name}",
+def sha256_with_progress(path: Path, *, desc: str, progress: bool) -> str:
+    """:func:`sha256_file` under a tqdm bar named ``desc`` (hidden unless ``progress``)."""
+    with tqdm(
+        total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
         disable=not progress, leave=False,
     ) as bar:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-            bar.update(n)
-    return digest.hexdigest()
+        return sha256_file(path, bar.update)

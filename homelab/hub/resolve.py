@@ -13,7 +13,7 @@ hashed once.
 
 from __future__ import annotations
 
-import importlib
+import hashlib
 import json
 import logging
 import os
@@ -21,15 +21,17 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import HomelabError
+from ..http_client import http_session
 from ..inventory import ResolvedHost
 from ..inventory.schema import HFFile, LocalFile, Source, URLFile
+from ..llamacpp.pin import resolve_llama_cpp
 from ..lock import LlamaCppPin, Lock, LockError, PinnedFile, PinnedModel, read_lock, write_lock
 from ..settings import hf_endpoint, hf_token
+from .download import download_url, url_size
 from .errors import HubError, explain_hub_error
-from .hashing import sha256_file
+from .hashing import sha256_with_progress
 
 LOG = logging.getLogger(__name__)
 SPLIT = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -74,6 +76,7 @@ class HubClient:
     """The few Hub calls the lock needs, with ``endpoint`` and ``token`` read at call time."""
 
     def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
+        # lazily: slow to import; a no-op deploy never locks
         from huggingface_hub import HfApi
 
         self.endpoint = endpoint or hf_endpoint()
@@ -98,14 +101,10 @@ class HubClient:
 
     def hash_plain_file(self, repo: str, path: str, commit: str) -> str:
         """sha256 of a non-LFS file, by streaming it (they are small)."""
-        import hashlib
-
-        import requests
-
         url = f"{self.endpoint}/{repo}/resolve/{commit}/{path}"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         digest = hashlib.sha256()
-        with requests.get(url, headers=headers, stream=True, timeout=60) as resp:
+        with http_session() as http, http.get(url, headers=headers, stream=True, timeout=60) as resp:
             if resp.status_code != 200:
                 raise HubError(f"{repo}/{path} at {commit}: HTTP {resp.status_code} while hashing it")
             for chunk in resp.iter_content(1 << 20):
@@ -148,8 +147,6 @@ def resolve_hf(hf: HFFile, client: HubClient) -> list[PinnedFile]:
 
 
 def resolve_url(src: URLFile) -> list[PinnedFile]:
-    from .fetch import download_url, url_size
-
     if src.sha256:
         return [PinnedFile(source="url", path=src.url, size=url_size(src.url), sha256=src.sha256)]
     LOG.warning("%s: no sha256 in the recipe; downloading it once to compute it (add `sha256:` to skip this)", src.url)
@@ -166,7 +163,7 @@ def resolve_path(src: LocalFile, inventory: Path) -> list[PinnedFile]:
     path = local_source_path(src, inventory)
     if not path.is_file():
         raise HubError(f"source path {src.path}: no such file ({path}); fix `path:` in the recipe")
-    sha = src.sha256 or sha256_file(path, desc=f"hash {path.name}", progress=True)
+    sha = src.sha256 or sha256_with_progress(path, desc=f"hash {path.name}", progress=True)
     return [PinnedFile(source="path", path=src.path, size=path.stat().st_size, sha256=sha)]
 
 
@@ -252,15 +249,13 @@ def lock_host(
     result = LockResult(lock=Lock(host=host.name, models=models))
     old_llama = previous.llama_cpp if previous else None
     try:
-        llama_cpp, note = _llama_cpp_pin(host, old_llama, LLAMA_CPP in to_update, frozen)
+        llama_cpp = _llama_cpp_pin(host, old_llama, LLAMA_CPP in to_update, frozen)
     except HomelabError as exc:
         if frozen or models == old_models:
             raise
         # keep the model pins just resolved (minutes of Hub requests for a big host), then fail
         write_lock(host.lock_file, Lock(host=host.name, models=models, llama_cpp=old_llama))
         raise LockError(f"model pins written to {host.lock_file}; the llama.cpp pin failed: {exc}") from None
-    if note:
-        result.notes.append(note)
     result.lock = Lock(host=host.name, models=models, llama_cpp=llama_cpp)
     result.changes = describe_changes(previous, result.lock)
     if frozen:
@@ -274,16 +269,7 @@ def lock_host(
     return result
 
 
-LLAMA_CPP_MODULES = ("lock", "pin", "resolve", "source")
-"""Where the llama.cpp stage may define ``resolve_llama_cpp(host, previous, update)``."""
-
-
-def _llama_cpp_pin(
-    host: ResolvedHost, previous: LlamaCppPin | None, update: bool, frozen: bool
-) -> tuple[LlamaCppPin | None, str | None]:
-    resolver = _find_llama_cpp_resolver()
-    if resolver is None:
-        return previous, "llama.cpp pin: left as it was (the llama.cpp stage has no resolve_llama_cpp yet)"
+def _llama_cpp_pin(host: ResolvedHost, previous: LlamaCppPin | None, update: bool, frozen: bool) -> LlamaCppPin:
     if frozen:
         if previous is None:
             raise LockError(
@@ -291,22 +277,8 @@ def _llama_cpp_pin(
                 f"Run `homelab lock {host.name}` and commit the lockfile."
             )
         # Ask without moving anything; a differing answer means the pin is stale.
-        return resolver(host, previous, False), None
-    return resolver(host, previous, update), None
-
-
-def _find_llama_cpp_resolver() -> Callable[..., Any] | None:
-    for name in LLAMA_CPP_MODULES:
-        try:
-            module = importlib.import_module(f"homelab.llamacpp.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"homelab.llamacpp.{name}":
-                continue
-            raise
-        resolver = getattr(module, "resolve_llama_cpp", None)
-        if callable(resolver):
-            return resolver
-    return None
+        return resolve_llama_cpp(host, previous, False)
+    return resolve_llama_cpp(host, previous, update)
 
 
 def _dump(lock: Lock) -> str:

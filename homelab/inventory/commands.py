@@ -12,7 +12,8 @@ import yaml
 
 from ..settings import inventory_dir
 from . import schemas
-from .loader import InventoryError, list_hosts, load_host, validate_inventory
+from .checks import validate_inventory
+from .loader import InventoryError, list_hosts, load_host
 from .resolved import ResolvedHost
 
 if TYPE_CHECKING:

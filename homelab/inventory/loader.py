@@ -16,19 +16,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names, expression_refs
+from ..address import split_host_port
+from ..suggest import did_you_mean
 from .flagnames import DEFAULT_REF, RESERVED, known_flags
-from .problems import InventoryError, Problem, did_you_mean
+from .problems import InventoryError, Problem
 from .remote import RecipeFetchError, fetch_recipe, hash_of_url
 from .resolved import ResolvedHost, ResolvedModel
 from .schema import HIP_ARCH, MTP, Host, HostModel, Recipe, cuda_architecture
 from .sourcemap import KeyPath, YamlDoc, YamlSyntaxError, display_name, parse_yaml
+from .validation import validation_problems
 
 __all__ = [
     "InventoryError",
@@ -40,7 +43,6 @@ __all__ = [
     "load_host_file",
     "load_recipe",
     "recipe_ref_kind",
-    "validate_inventory",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ def load_host_file(path: str | Path, inventory: str | Path) -> ResolvedHost:
     """A host file anywhere on disk, resolved against ``inventory`` (for its ``recipes/``)."""
     path = Path(path)
     session = _Session(Path(inventory))
-    doc = _read_doc(path)
+    doc = read_doc(path)
     host = session.resolve_host(doc, path)
     session.raise_if_problems()
     assert host is not None
@@ -121,59 +123,6 @@ def check_recipe_file(path: str | Path) -> Recipe:
     return loaded.recipe
 
 
-@dataclass(frozen=True)
-class ValidationReport:
-    hosts: tuple[str, ...]
-    recipes: tuple[str, ...]
-    warnings: tuple[Problem, ...] = ()
-    """Likely mistakes that do not stop a deploy (printed, exit status 0)."""
-
-
-def validate_inventory(
-    inventory: str | Path, paths: Sequence[str | Path] = ()
-) -> ValidationReport:
-    """Validate ``paths`` (host or recipe files), or every host and recipe of the inventory.
-
-    All problems of all files are raised together.
-    """
-    from .multihost import related_problems
-
-    inventory = Path(inventory)
-    problems: list[Problem] = []
-    warnings: list[Problem] = []
-    hosts: list[str] = []
-    recipes: list[str] = []
-    if not paths:
-        files = sorted((inventory / "hosts").glob("*.yaml")) + sorted((inventory / "recipes").glob("*.yaml"))
-        if not files:
-            raise InventoryError(f"{inventory} has no hosts/*.yaml or recipes/*.yaml to validate")
-    else:
-        files = [Path(p) for p in paths]
-    for file in files:
-        try:
-            if file.is_dir():
-                report = validate_inventory(file)
-                hosts.extend(report.hosts)
-                recipes.extend(report.recipes)
-                warnings.extend(report.warnings)
-            elif _file_kind(file) == "host":
-                # a host file inside an inventory's hosts/ resolves recipes from that inventory
-                host_inventory = file.parent.parent if file.parent.name == "hosts" else inventory
-                host = load_host_file(file, host_inventory)
-                hosts.append(host.name)
-                # peers and RPC workers: the other hosts it names, from the same inventory
-                found, warned = related_problems(host)
-                problems.extend(found)
-                warnings.extend(warned)
-            else:
-                recipes.append(check_recipe_file(file).name)
-        except InventoryError as exc:
-            problems.extend(exc.problems or [Problem(display_name(file), None, (), str(exc))])
-    if problems:
-        raise InventoryError(problems)
-    return ValidationReport(tuple(hosts), tuple(recipes), tuple(dict.fromkeys(warnings)))
-
-
 def recipe_ref_kind(ref: str) -> RefKind:
     """How ``recipe:`` is meant: an http(s) URL, a file path, or a name in ``recipes/``."""
     if re.match(r"https?://", ref):
@@ -187,7 +136,7 @@ def recipe_ref_kind(ref: str) -> RefKind:
 # Reading files
 
 
-def _read_doc(path: Path, display: str | None = None) -> YamlDoc:
+def read_doc(path: Path, display: str | None = None) -> YamlDoc:
     display = display or display_name(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -211,26 +160,12 @@ def _parse(text: str, display: str) -> YamlDoc:
     return doc
 
 
-def _file_kind(path: Path) -> Literal["host", "recipe"]:
-    if path.parent.name == "hosts":
-        return "host"
-    if path.parent.name == "recipes":
-        return "recipe"
-    try:
-        doc = _read_doc(path)
-    except InventoryError:
-        return "host"  # the host loader reports the reading problem
-    return "recipe" if "source" in doc.data and "backend" not in doc.data else "host"
-
-
 EXTENSION_PREFIX = "x-"
 """Top-level keys starting with ``x-`` are ignored (as in docker compose): a place for YAML anchors
 shared by several entries, e.g. ``x-sampling: &qwen {temperature: 0.7}``."""
 
 
 def _validate(doc: YamlDoc, model: type[M]) -> tuple[M | None, list[Problem]]:
-    from .validation import validation_problems
-
     data = doc.data
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith(EXTENSION_PREFIX))}
@@ -352,7 +287,7 @@ class _Session:
         self, file: Path, display: str, *, expected_name: str | None, ref: str | None = None
     ) -> _LoadedRecipe:
         try:
-            doc = _read_doc(file, display)
+            doc = read_doc(file, display)
         except InventoryError as exc:
             self.problems.extend(exc.problems)
             return _LoadedRecipe(None, file, None, ref or str(file))
@@ -624,14 +559,6 @@ class _Session:
     def check_sets(self, doc: YamlDoc, host: Host, models: list[ResolvedModel]) -> None:
         if not host.sets:
             return
-        from ..matrix import (
-            MatrixError,
-            MatrixExpressionError,
-            expand_sets,
-            expression_names,
-            expression_refs,
-        )
-
         ids = {m.id for m in models}
         wanted = {e.id or _recipe_stem(e.recipe) for e in host.models}  # IDs even of broken entries
         clean = True
@@ -696,9 +623,9 @@ class _Session:
         server = host.rpc_server
         if server is None:
             return
-        port = int(server.listen.rsplit(":", 1)[1])
+        _address, port = split_host_port(server.listen)
         path = ("rpc_server", "listen")
-        listen_port = int(host.runtime.listen.rsplit(":", 1)[1])
+        _address, listen_port = split_host_port(host.runtime.listen)
         start = host.runtime.start_port
         pinned = {entry.port for entry in host.models if entry.port is not None}
         if not 1 <= port <= 65535:

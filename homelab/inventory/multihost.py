@@ -21,17 +21,17 @@ The facts a render needs (each peer's URL, its model names, the key variable; ea
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .problems import InventoryError, Problem, did_you_mean
+from ..address import is_any_address, is_loopback, split_host_port
+from ..suggest import did_you_mean
+from .loader import list_hosts, load_host
+from .problems import InventoryError, Problem
 from .resolved import ResolvedHost
-from .schema import ANY_ADDRESS, ENV_NAME, Host, Peer
+from .schema import ENV_NAME, Host, Peer
 from .sourcemap import KeyPath, YamlDoc, YamlSyntaxError, display_name, parse_yaml
-
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
 
 @dataclass(frozen=True)
@@ -66,24 +66,6 @@ class Related:
 # Addresses (pure)
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    address, port = listen.rsplit(":", 1)
-    return address.strip("[]"), int(port)
-
-
-def is_loopback(address: str) -> bool:
-    if address.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def is_any_address(address: str) -> bool:
-    return address in ANY_ADDRESS or address.strip("[]") in ("::", "0.0.0.0")
-
-
 def ssh_host(host: Host) -> str | None:
     """The host part of an ``ssh://user@host:port`` address (None for ``local``)."""
     if host.address == "local":
@@ -116,7 +98,7 @@ def reachable_address(target: Host, listen: str, *, seen_from: Host, what: str) 
       machine) 127.0.0.1;
     - a specific address is reached at ``lan_address`` when given, else at that address.
     """
-    address, _port = split_listen(listen)
+    address, _port = split_host_port(listen)
     lan = target.lan_address
     if is_loopback(address):
         if same_machine(target, seen_from) and (lan is None or is_loopback(lan)):
@@ -191,8 +173,6 @@ class _Check:
 
     def other(self, name: str, path: KeyPath, role: str) -> ResolvedHost | None:
         """The host ``name`` of this inventory, or None with a problem at ``path``."""
-        from .loader import list_hosts, load_host
-
         if name == self.host.name:
             self.add(path, f"a host cannot be its own {role}: name another host of the inventory")
             return None
@@ -324,7 +304,7 @@ def _check_peers(check: _Check) -> tuple[PeerLink, ...]:
         links.append(
             PeerLink(
                 name=peer.host,
-                url=f"http://{_url_host(address)}:{split_listen(listen)[1]}",  # type: ignore[arg-type]
+                url=f"http://{_url_host(address)}:{split_host_port(listen)[1]}",  # type: ignore[arg-type]
                 models=tuple(models),
                 api_key_env=key_env,
             )
@@ -359,7 +339,7 @@ def _check_workers(check: _Check) -> dict[str, str]:
             if reason is not None:
                 check.add(at, reason)
                 continue
-            workers[name] = f"{_url_host(address)}:{split_listen(server.listen)[1]}"  # type: ignore[arg-type]
+            workers[name] = f"{_url_host(address)}:{split_host_port(server.listen)[1]}"  # type: ignore[arg-type]
             mine, theirs = host.host.llama_cpp, other.host.llama_cpp
             if (mine.repo, mine.ref, mine.path, mine.tarball) != (theirs.repo, theirs.ref, theirs.path, theirs.tarball):
                 check.warn(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -49,24 +48,3 @@ class InventoryError(HomelabError):
         unique = list(dict.fromkeys(problems))
         self.problems = tuple(sorted(unique, key=Problem.sort_key))
         super().__init__("\n".join(str(p) for p in self.problems))
-
-
-def did_you_mean(
-    word: str, choices: Iterable[str], *, listing: str = "valid keys", fallback: str = ""
-) -> str:
-    """``; did you mean 'x'?`` for a near miss, else ``; <listing>: a, b, c`` for a short list,
-    else ``fallback``."""
-    choices = sorted(set(choices))
-    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if not near:
-        # a typo in the separator (ctx_size for ctx-size) or the case is still a near miss
-        normal = {c.replace("_", "-").lower(): c for c in choices}
-        hit = normal.get(word.replace("_", "-").lower().lstrip("-"))
-        near = [hit] if hit else []
-    if near:
-        return f"; did you mean {near[0]!r}?"
-    if not choices:
-        return fallback
-    if len(choices) > 25:
-        return fallback
-    return f"; {listing}: " + ", ".join(choices)

@@ -9,10 +9,10 @@ pin is refused rather than trusted.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
+from ..files import atomic_write_bytes
+from ..http_client import http_session
 from ..settings import state_dir
 
 MAX_RECIPE_BYTES = 1 << 20
@@ -43,10 +43,10 @@ def cached_recipe(sha256: str) -> Path | None:
 
 
 def download(url: str) -> bytes:
-    import requests  # lazily: every doit run loads the inventory, few download a recipe
+    import requests  # lazily, for its errors: every doit run loads the inventory, few download a recipe
 
     try:
-        with requests.get(url, timeout=TIMEOUT_S, stream=True) as response:
+        with http_session() as http, http.get(url, timeout=TIMEOUT_S, stream=True) as response:
             if response.status_code != 200:
                 raise RecipeFetchError(f"downloading {url} failed: HTTP {response.status_code}")
             body = bytearray()
@@ -86,15 +86,7 @@ def fetch_recipe(url: str, sha256: str) -> Path:
         )
     target = cache_dir() / f"{sha256}.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".recipe-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, body)
     return target
 
 

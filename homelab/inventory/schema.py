@@ -16,6 +16,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from ..address import is_any_address, split_host_port
+
 FlagValue = Union[bool, int, float, str, None]
 """A flag's value: ``true`` for a switch, ``false``/``null`` to drop a flag set by the recipe."""
 
@@ -239,7 +241,6 @@ class Runtime(Strict):
 
 HOST_PORT = r"^[^\s:]+:\d{1,5}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-ANY_ADDRESS = ("0.0.0.0", "::", "[::]", "*")
 
 
 class Peer(Strict):
@@ -276,8 +277,8 @@ class RpcServer(Strict):
 
     @model_validator(mode="after")
     def _lan_only(self) -> "RpcServer":
-        address = self.listen.rsplit(":", 1)[0]
-        if address in ANY_ADDRESS and not self.allow_any_address:
+        address, _port = split_host_port(self.listen)
+        if is_any_address(address) and not self.allow_any_address:
             raise ValueError(
                 f"rpc_server.listen {self.listen!r} binds every interface, and llama.cpp's RPC protocol is "
                 "unauthenticated: use this host's LAN address (e.g. 192.168.1.21:50052), or set "

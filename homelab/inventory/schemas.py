@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..errors import HomelabError
+from ..files import atomic_write_text
 from ..settings import CHECKOUT
 from .flagnames import DEFAULT_REF, known_flags
 from .schema import Host, Recipe
@@ -107,15 +106,7 @@ def write(directory: Path = SCHEMA_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     for path in stale(directory):
         kind = path.name.split(".")[0]
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{kind}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(render(kind))
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are committed, world-readable files
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, render(kind))  # committed, world-readable files: the default 0644
         changed.append(path)
     return changed
 

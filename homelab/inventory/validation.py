@@ -18,7 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .problems import Problem, did_you_mean
+from ..suggest import did_you_mean
+from .problems import Problem
 from .sourcemap import KeyPath, YamlDoc
 
 EXPECTED = {
@@ -131,7 +132,7 @@ def _problem(doc: YamlDoc, model: type[BaseModel], path: KeyPath, error: dict[st
     if kind == "extra_forbidden":
         key = path[-1] if path else "?"
         valid = valid_keys(model, path[:-1])
-        return doc.problem(path[:-1], f"unknown key {key!r}" + did_you_mean(str(key), valid), line=doc.line(path))
+        return doc.problem(path[:-1], f"unknown key {key!r}" + did_you_mean(str(key), valid, listing="valid keys"), line=doc.line(path))
     if kind == "missing":
         key = path[-1] if path else "?"
         return doc.problem(path[:-1], f"missing required key {key!r}")

@@ -11,5 +11,6 @@ Modules, from the bottom up:
 - :mod:`.flags`     ``llama-server --help`` parsing, recipe flag checks, MTP spelling
 - :mod:`.pin`       ``resolve_llama_cpp`` for the lock command
 - :mod:`.stage`     one host from inventory + lock to a build (used by CLI and doit tasks)
-- :mod:`.testing`   ``build_test_server()`` for the ``llama_server_bin`` fixture
+
+The test build (``build_test_server()``) lives in :mod:`homelab.testing.llama_server`.
 """

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 
-from ..inventory import load_host
+from ..inventory import ResolvedHost, load_host
 from ..settings import inventory_dir
 from .flags import parse_help
 from .stage import build_host, host_flag_problems, prepare_host
 
 
-def _host(args: argparse.Namespace):
+def _host(args: argparse.Namespace) -> ResolvedHost:
     return load_host(args.host, inventory_dir(args.inventory))
 
 
@@ -46,35 +47,10 @@ def _build(args: argparse.Namespace) -> int:
 
 def _flags(args: argparse.Namespace) -> int:
     """Print the long flags a llama-server binary accepts (the static snapshot format)."""
-    import subprocess
-
     result = subprocess.run([args.binary, "--help"], capture_output=True, text=True, timeout=60)
     accepted = parse_help(result.stdout + result.stderr, args.binary)
     for name in accepted.long_names():
         print(name)
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    """Time what runs on every `doit build`: the build-key check and the patch pre-check."""
-    from .patches import precheck_series
-    from .stage import builder, plan_host
-
-    host = _host(args)
-    planned = plan_host(host)  # first call pays the imports and any fetch
-    timings = []
-    for _ in range(args.runs):
-        started = time.perf_counter()
-        planned = plan_host(host)
-        timings.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    request = planned.request
-    precheck_series(planned.git_dir, request.patches, base_commit=request.commit, base_label=request.label)
-    check = time.perf_counter() - started
-    timings.sort()
-    print(f"build key check: median {timings[len(timings) // 2] * 1000:.1f} ms, max {timings[-1] * 1000:.1f} ms ({args.runs} runs)")
-    print(f"patch pre-check: {check * 1000:.1f} ms for {len(request.patches)} patch(es)")
-    print(f"installed: {'yes' if builder().installed(planned.key) else 'no'} (key {planned.key[:12]})")
     return 0
 
 
@@ -94,9 +70,5 @@ def register(cli) -> None:
         )
         if name == "build":
             parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser = cli.benchmark("build-check", _bench, "time the build-key check and the patch pre-check of a host")
-    parser.add_argument("host")
-    parser.add_argument("--inventory")
-    parser.add_argument("--runs", type=int, default=20)
     parser = cli.command("server-flags", _flags, "print the long flags a llama-server binary accepts")
     parser.add_argument("binary", help="path to llama-server")

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import HomelabError
+from ..files import atomic_write_bytes, atomic_write_text, sha256_file
+from ..http_client import http_session
 from ..inventory.schema import PatchRef, PullRequestPatch
 from .gitrepo import IDENTITY, git
 
@@ -54,10 +56,6 @@ class Patch:
     @property
     def format(self) -> PatchFormat:
         return patch_format(self.path.read_bytes())
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def patch_format(data: bytes) -> PatchFormat:
@@ -91,11 +89,12 @@ def fetch_pr(pr: PullRequestPatch, llama_repo: str, cache: Path, expected: str |
     ref = pr_ref(pr)
     if expected and (cache / f"{expected}.patch").is_file():
         return Patch(ref, cache / f"{expected}.patch", expected)
-    import requests
+    import requests  # lazily, for its errors: patches are downloaded once, then cached
 
     url = pr_url(pr, llama_repo)
     try:
-        response = requests.get(url, timeout=60)
+        with http_session() as http:
+            response = http.get(url, timeout=60)
         response.raise_for_status()
     except requests.RequestException as exc:
         raise PatchError(f"patch {ref}: cannot download {url} ({exc})") from None
@@ -108,9 +107,7 @@ def fetch_pr(pr: PullRequestPatch, llama_repo: str, cache: Path, expected: str |
         )
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{sha}.patch"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    atomic_write_bytes(target, data)
     return Patch(ref, target, sha)
 
 
@@ -258,9 +255,7 @@ class ApplyHistory:
         )
         data[patch.ref] = entries[-self.KEEP :]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
     def last_good(self, patch: Patch, not_commit: str) -> str | None:
         """The most recent other pin this patch (same content preferred) applied to."""

@@ -29,6 +29,7 @@ from typing import Literal
 from urllib.parse import urlparse
 
 from ..errors import HomelabError
+from ..http_client import http_session
 from .gitrepo import GitError, git, has_commit, init_bare, rev_parse, snapshot_commit
 
 log = logging.getLogger(__name__)
@@ -216,10 +217,8 @@ class SourceCache:
                         digest.update(chunk)
                         dst.write(chunk)
             else:
-                import requests
-
                 log.info("downloading %s", url)
-                with requests.get(url, stream=True, timeout=60) as response:
+                with http_session() as http, http.get(url, stream=True, timeout=60) as response:
                     response.raise_for_status()
                     with tmp.open("wb") as dst:
                         for chunk in response.iter_content(1 << 20):

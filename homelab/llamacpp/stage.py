@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..errors import HomelabError
+from ..files import atomic_write_text
 from ..inventory.resolved import ResolvedHost
 from ..lock import LlamaCppPin, read_lock
 from ..settings import state_dir
-from .build import Build, BuildRequest, Builder, Planned
-from .configure import Toolchain, kv_pairs_of, probe_toolchain, require_toolchain
+from .build import Build, Builder, BuildRequest, Planned
+from .configure import RPC_SERVER, Toolchain, kv_pairs_of, probe_toolchain, require_toolchain
 from .flags import AcceptedFlags, FlagProblem, MtpSettings, check_flags, mtp_flags
 from .patches import collect
 from .pin import resolve_llama_cpp, source_spec
@@ -86,8 +86,6 @@ def build_request(host: ResolvedHost, pin: LlamaCppPin, extra_targets: Iterable[
 def rpc_targets(host: ResolvedHost) -> tuple[str, ...]:
     """``rpc-server`` for an RPC worker (it runs it) and for a head whose models use workers:
     that target turns GGML_RPC on, without which llama-server refuses ``--rpc``."""
-    from .configure import RPC_SERVER
-
     if host.host.rpc_server is not None or any(m.rpc_workers for m in host.models):
         return (RPC_SERVER,)
     return ()
@@ -142,9 +140,7 @@ def write_stamp(host: str, build: Build) -> None:
             return
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def read_stamp(host: str) -> dict | None:

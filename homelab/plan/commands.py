@@ -1,11 +1,10 @@
-"""``homelab plan HOST`` and ``homelab bench plan``."""
+"""``homelab plan HOST``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..errors import HomelabError
 from ..inventory import load_host
 from ..settings import inventory_dir
 from .host import PlanError
@@ -25,9 +24,6 @@ def register(cli) -> None:  # type: ignore[no-untyped-def]
                    help="also run llama.cpp's llama-fit-params with each fetched model's flags and show its numbers")
     p.add_argument("--fit-params", metavar="PATH", help="the llama-fit-params binary (default: next to the host's built llama-server)")
     p.add_argument("--inventory", metavar="DIR", help="inventory directory (default: $HOMELAB_INVENTORY or the checkout)")
-    b = cli.benchmark("plan", bench_command, "our memory estimate beside llama.cpp's own numbers on tiny models")
-    b.add_argument("--server", metavar="PATH", help="llama-server to compare with (default: $HOMELAB_TEST_LLAMA_SERVER or the test build)")
-    b.add_argument("--json", action="store_true")
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -63,12 +59,3 @@ def plan_command(args: argparse.Namespace) -> int:
             print(render_plan(plan))
         print(f"\nwritten: {path}")
     return 0 if plan.fits else 1
-
-
-def bench_command(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-
-    try:
-        return run_bench(args.server, as_json=args.json)
-    except HomelabError:
-        raise

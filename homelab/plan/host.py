@@ -16,17 +16,8 @@ from typing import Any
 from ..errors import HomelabError
 from ..gguf.facts import ModelFacts
 from ..inventory.resolved import ResolvedHost, ResolvedModel
-from .estimate import CPU, MIB, Estimate, EstimateError, Settings, estimate, settings_from_flags
-from .rpc import (
-    Kept,
-    RemoteDevice,
-    Reservation,
-    RpcPlanError,
-    Worker,
-    balance_layers,
-    model_rpc_devices,
-    proportional_layers,
-)
+from .estimate import CPU, EXPS_REGEX, MIB, Estimate, EstimateError, Override, Settings, estimate, settings_from_flags
+from .rpc import Kept, RemoteDevice, Reservation, RpcPlanError, Worker, balance_layers, model_rpc_devices, proportional_layers
 
 AUTO_CTX = ("auto", "max")
 MIN_CTX = 256
@@ -694,8 +685,6 @@ def _n_elements(shape: Sequence[int]) -> int:
 
 
 def _cpu_moe(s: Settings, n: int) -> Settings:
-    from .estimate import EXPS_REGEX, Override
-
     extra = tuple(Override(rf"blk\.{i}{EXPS_REGEX}", CPU) for i in range(n))
     return replace(s, overrides=s.overrides + extra)
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..address import free_loopback_port, wait_until_accepting
 from ..errors import HomelabError
 
 MIB = 1024 * 1024
@@ -243,34 +244,24 @@ def rpc_server_beside(server_bin: Path) -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def local_rpc_servers(binary: Path, count: int, *, timeout: float = 30.0) -> Iterator[list[str]]:
     """``count`` real ``rpc-server`` processes on 127.0.0.1 (their CPU device, one thread each);
     yields their endpoints (``127.0.0.1:PORT``) and stops them, whatever happens."""
-    from ..deploy.verify import wait_for_port
-
     procs: list[subprocess.Popen[bytes]] = []
     try:
         endpoints = []
         for _ in range(count):
-            port = _free_port()
+            port = free_loopback_port()
             proc = subprocess.Popen(
                 [str(binary), "-H", "127.0.0.1", "-p", str(port), "-t", "1"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             procs.append(proc)
             endpoint = f"127.0.0.1:{port}"
-            up = wait_for_port(endpoint, timeout, lambda proc=proc: proc.poll() is None, str(binary))
-            if not up.ok:
-                raise OracleError(up.error)
+            error = wait_until_accepting(endpoint, timeout, lambda proc=proc: proc.poll() is None, str(binary))
+            if error:
+                raise OracleError(error)
             endpoints.append(endpoint)
         yield endpoints
     finally:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..errors import HomelabError
+from ..inventory.multihost import load_related
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from .estimate import MIB, RpcDevice
 
@@ -84,8 +85,6 @@ def load_workers(host: ResolvedHost) -> dict[str, Worker]:
     """The worker hosts named by ``rpc:`` of any model of ``host``, checked together with it
     (:func:`homelab.inventory.multihost.load_related`: each has an rpc-server the head can reach;
     the endpoint is the address the head uses)."""
-    from ..inventory.multihost import load_related
-
     related = load_related(host)
     return {name: Worker(related.hosts[name], endpoint) for name, endpoint in related.workers.items()}
 

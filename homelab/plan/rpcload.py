@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from ..errors import HomelabError
+from ..inventory import InventoryError, list_hosts, load_host
 from ..inventory.resolved import ResolvedHost
 from .host import (
     MIN_CTX,
@@ -113,9 +114,6 @@ def workers_for(
 
 def heads_of(worker: ResolvedHost) -> list[ResolvedHost]:
     """The hosts of ``worker``'s inventory with a model that names it in ``rpc:``."""
-    from ..inventory import list_hosts, load_host
-    from ..inventory.problems import InventoryError
-
     if worker.host.rpc_server is None:
         return []
     out: list[ResolvedHost] = []
@@ -217,9 +215,6 @@ def related_digest(host: ResolvedHost) -> str:
     """What ``host``'s plan depends on beyond itself: as a head, its workers (their devices and
     own models, with their locks); as a worker, every head using it and that head's other
     workers (they move the head's split). For the plan task's up-to-date check."""
-    from ..inventory import load_host
-    from ..inventory.problems import InventoryError
-
     h = hashlib.sha256()
 
     def add(name: str) -> None:

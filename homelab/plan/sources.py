@@ -1,6 +1,6 @@
 """Where the plan gets each model's metadata: the fetched file if it is on disk, else the Hub.
 
-The lock says which files a model uses (``homelab.hub.fetch.local_path`` says where fetch puts
+The lock says which files a model uses (``homelab.hub.cache.local_path`` says where fetch puts
 them); a file not fetched yet is read from the Hub with Range requests (the header only, cached
 by sha256), so ``homelab plan`` runs before a 20 GB download. Without a lock the recipe's
 source is read directly (branch head for Hub files).
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..gguf.facts import ModelFacts, facts_from_metadata
+from ..hub.cache import local_path
 from ..hub.gguf_header import GGUFHeader, read_local_header, read_remote_header, read_url_header
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from ..lock import Lock, PinnedFile
@@ -18,8 +19,6 @@ from .host import ModelInput, PlanError
 
 
 def _header(pf: PinnedFile, inventory: Path) -> tuple[GGUFHeader, str]:
-    from ..hub.fetch import local_path
-
     local = local_path(pf, inventory)
     if local.is_file():
         return read_local_header(local), str(local)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..errors import HomelabError
+from ..files import atomic_write_text
 from ..inventory.resolved import ResolvedHost
+from ..llamacpp.stage import current_build
 from ..lock import Lock, read_lock
 from ..settings import state_dir
 from .estimate import MIB
-from ..errors import HomelabError
 from .host import HostPlan, ModelInput, PlanError, host_budget, host_device, plan_host
-from .rpcload import InputsOf, rpc_reservations, workers_for
 from .observe import FitReport, OracleError, help_flags, run_fit_params
+from .rpcload import InputsOf, rpc_reservations, workers_for
 
 FIT_PARAMS = "llama-fit-params"
 
@@ -26,9 +27,7 @@ def plan_path(host: str) -> Path:
 
 def write_json_atomic(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_plan(host: str) -> dict | None:
@@ -47,7 +46,8 @@ def gather_inputs(host: ResolvedHost, lock: Lock | None) -> tuple[dict[str, Mode
     """Every model's facts. A host with a budget needs them all (the plan must prove the fit);
     a report-only host (CPU, no ram_mib) leaves out a model whose header cannot be read (offline,
     before lock and fetch) with a note instead of failing the deploy."""
-    from .sources import model_input  # lazily: gguf imports numpy; plan_path() callers need neither
+    # lazily: gguf (numpy) and requests; plan_path() callers need neither
+    from .sources import model_input
 
     budget, _ = host_budget(host)
     inputs: dict[str, ModelInput] = {}
@@ -107,8 +107,6 @@ def find_fit_params(host: ResolvedHost, explicit: str | None = None) -> Path | N
             raise PlanError(f"--fit-params {path}: no such file (build it with llama_cpp.targets: [llama-fit-params])")
         return path
     try:
-        from ..llamacpp.stage import current_build
-
         build = current_build(host.name)
     except Exception:  # the build stage's own errors: no build is simply "no oracle"
         build = None

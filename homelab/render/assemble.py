@@ -23,24 +23,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..inventory.multihost import PeerLink
+from ..files import atomic_write_text, sha256_file
+from ..gguf.facts import facts_from_file
+from ..hub.cache import model_files
+from ..inventory.multihost import PeerLink, load_related, secret_names
 from ..inventory.resolved import ResolvedHost
+from ..llamacpp.build import read_flags
+from ..llamacpp.configure import RPC_SERVER
 from ..llamacpp.flags import AcceptedFlags
+from ..llamacpp.stage import current_build
 from ..lock import Lock, read_lock
+from ..plan.stage import plan_path
 from ..settings import state_dir
 from .errors import RenderError
+from .formats import env_file_value
 from .generation import MANIFEST_NAME, installed_dir
 from .inputs import PlannedModel, RenderInputs, StatePaths
 
 PACKAGE = Path(__file__).resolve().parent.parent
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def homelab_source_hash() -> str:
@@ -86,8 +86,6 @@ def _lock(host: ResolvedHost) -> Lock:
 
 
 def _files(host: ResolvedHost, lock: Lock) -> tuple[dict[str, tuple[Path, ...]], dict[str, Path], dict[str, int]]:
-    from ..hub.fetch import model_files
-
     paths = model_files(host, lock)
     weights: dict[str, tuple[Path, ...]] = {}
     mmproj: dict[str, Path] = {}
@@ -103,8 +101,6 @@ def _files(host: ResolvedHost, lock: Lock) -> tuple[dict[str, tuple[Path, ...]],
 
 
 def _mtp_heads(host: ResolvedHost, weights: Mapping[str, tuple[Path, ...]]) -> dict[str, bool]:
-    from ..gguf.facts import facts_from_file
-
     out: dict[str, bool] = {}
     for model in host.models:
         if model.mtp is None:
@@ -121,16 +117,12 @@ def _build(
 ) -> tuple[Path, AcceptedFlags | None, int | None, str, str, list[str] | None]:
     """Binary, its flags, build number, label, key, the build's targets (None for ``--server``)."""
     if server is not None:
-        from ..llamacpp.build import read_flags
-
         server = server.resolve()
         if not server.is_file():
             raise RenderError(f"--server {server}: no such file")
         flags_file = server.parent.parent / "flags.json"
         flags = AcceptedFlags.read(flags_file) if flags_file.is_file() else read_flags(server, str(server))
         return server, flags, None, flags.build or str(server), sha256_file(server), None
-    from ..llamacpp.stage import current_build
-
     build = current_build(host.name)
     if build is None:
         raise RenderError(f"host {host.name} has no llama-server build yet: run `doit build host={host.name}` first")
@@ -163,20 +155,14 @@ def previous_ports(host: str, state: Path | None = None) -> dict[str, int]:
 def _rpc_support(targets: list[str] | None) -> bool | None:
     """Whether the build has the RPC backend (its manifest lists the rpc-server target, which
     turns GGML_RPC on); None when unknown (an explicit --server)."""
-    from ..llamacpp.configure import RPC_SERVER
-
     return None if targets is None else RPC_SERVER in targets
 
 
 def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
-    from ..inventory.multihost import load_related
-
     related = load_related(host)  # peers and RPC workers, checked against their own host files
     lock = _lock(host)
     weights, mmproj, sizes = _files(host, lock)
     binary, flags, build_number, label, build_key, targets = _build(host, server)
-    from ..plan.stage import plan_path
-
     plan_file = plan_path(host.name)
     plan_text = plan_file.read_text() if plan_file.is_file() else None
     plan_data = json.loads(plan_text) if plan_text else None
@@ -247,16 +233,12 @@ def write_secrets(
     Only when the variable is set here; an existing file is otherwise left alone (users may
     maintain it by hand). The file lives beside ``current``, outside every generation.
     """
-    from ..inventory.multihost import load_related, secret_names
-
     environ = os.environ if environ is None else environ
     if peers is None:
         peers = load_related(host).peers
     names = [n for n in secret_names(host, peers) if n in environ]
     if not names:
         return None
-    from .formats import env_file_value
-
     path = paths.secrets_env
     lines: list[str] = []
     if path.is_file():
@@ -265,9 +247,5 @@ def write_secrets(
     if path.is_file() and path.read_text() == text:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text, mode=0o600)
     return path

@@ -6,15 +6,16 @@ and the checks against the pinned binary all come from the :class:`Backend` buil
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..address import split_host_port
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from ..inventory.schema import GPU, FlagValue
 from ..llamacpp.flags import AcceptedFlags, MtpSettings, check_flags, mtp_flags
+from ..suggest import did_you_mean
 from .errors import RenderError
 from .inputs import PlannedModel, RenderInputs
 from .ports import assign_ports
@@ -148,10 +149,9 @@ def check_accepted(
         problems = []
         for name in to_check:
             if name not in accepted:
-                near = difflib.get_close_matches(name, sorted(accepted), n=1, cutoff=0.75)
                 problems.append(
                     f"{where}: model '{model.id}' (recipe {model.recipe.name}): server flag '{name}' "
-                    f"is not accepted by {inputs.build}" + (f"; did you mean '{near[0]}'?" if near else "")
+                    f"is not accepted by {inputs.build}" + did_you_mean(name, accepted, cutoff=0.75)
                 )
     if problems:
         raise RenderError("; ".join(problems))
@@ -237,7 +237,7 @@ def build_backends(inputs: RenderInputs) -> list[Backend]:
     ids = [m.id for m in host.models]
     for model_id in sorted({i for i in ids if ids.count(i) > 1}):
         raise RenderError(f"{host.host_file}: model ID {model_id!r} is used twice; give one an `id:`")
-    listen_port = int(runtime.listen.rsplit(":", 1)[1])
+    _host, listen_port = split_host_port(runtime.listen)
     ports = assign_ports(
         [m.id for m in host.models],
         start_port=runtime.start_port,

@@ -19,13 +19,13 @@ Layout decisions:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..inventory.resolved import ResolvedHost
 from ..inventory.schema import FlagValue
+from ..suggest import did_you_mean
 from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names
 from .backends import BACKEND_HOST, Backend
 from .errors import RenderError
@@ -80,11 +80,10 @@ def check_sets(host: ResolvedHost) -> dict[str, tuple[frozenset[str], ...]]:
         except MatrixExpressionError as exc:
             raise RenderError(f"{host.host_file}: sets.{name}: {exc}") from None
         for unknown in sorted(names - ids):
-            near = difflib.get_close_matches(unknown, sorted(ids), n=1)
             raise RenderError(
                 f"{host.host_file}: sets.{name} names {unknown!r}, which is not a model on host "
                 f"{host.name} (models: {', '.join(sorted(ids))})"
-                + (f"; did you mean {near[0]!r}?" if near else "")
+                + did_you_mean(unknown, ids)
             )
     try:
         return expand_sets(host.sets)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..address import split_host_port
 from .backends import host_hsa_override
 from .errors import RenderError
 from .formats import systemd_word
@@ -84,13 +85,13 @@ def _command(inputs: RenderInputs) -> tuple[list[str], bool, bool]:
         argv = [str(inputs.llama_swap_binary), "--config", str(current / CONFIG_NAME), "--listen", runtime.listen]
         return argv, False, True
     # router: llama-server itself, one child per model, LRU by count
-    address, port = runtime.listen.rsplit(":", 1)
+    address, port = split_host_port(runtime.listen)
     largest_set = _largest_set(inputs)
     argv = [
         str(inputs.server_binary),
         "--models-preset", str(current / PRESETS_NAME),
         "--host", address,
-        "--port", port,
+        "--port", str(port),
         "--models-max", str(largest_set),
     ]  # fmt: skip
     if runtime.api_key_env:
@@ -162,8 +163,8 @@ def rpc_server_argv(inputs: RenderInputs) -> list[str]:
     tools/rpc/rpc-server.cpp; it exits 0 on an unknown flag, so only these are written)."""
     server = inputs.host.host.rpc_server
     assert server is not None
-    address, port = server.listen.rsplit(":", 1)
-    argv = [str(inputs.rpc_binary), "-H", address, "-p", port]
+    address, port = split_host_port(server.listen)
+    argv = [str(inputs.rpc_binary), "-H", address, "-p", str(port)]
     if server.cache:
         argv.append("-c")
     if server.threads is not None:

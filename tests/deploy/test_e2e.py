@@ -67,7 +67,7 @@ def lab(tmp_path: Path, llama_server_bin: Path, tiny_models: dict[str, Path], mo
     from fakehub import FakeHub
 
     from homelab.inventory import load_host
-    from homelab.llamacpp import testing
+    from homelab.testing import llama_server as testing
 
     build_root = llama_server_bin.parent.parent
     repo, _commit = testing.source_repo(testing.cache_dir())
@@ -144,7 +144,7 @@ def _seed_build(root: Path, key: str, server: Path) -> None:
     """Install a prebuilt llama-server (HOMELAB_TEST_LLAMA_SERVER) under the build key the host
     asks for, laid out as the build stage installs builds, so the chain finds it built."""
     from homelab.llamacpp.build import read_flags
-    from homelab.llamacpp.testing import BUILD_NUMBER, TAG
+    from homelab.testing.llama_server import BUILD_NUMBER, TAG
 
     (root / "bin").mkdir(parents=True)
     for tool in server.parent.iterdir():

@@ -195,7 +195,7 @@ def test_root_prefix_without_systemctl_override_records_calls_and_installs_only(
 def test_auto_picks_user_where_a_user_manager_runs_else_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from homelab.deploy.service import resolve_mode
+    from homelab.deploy.service_mode import resolve_mode
 
     runtime = tmp_path / "run"
     (runtime / "systemd").mkdir(parents=True)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def hub_inventory(tmp_path: Path):
     from fakehub import FakeHub
 
-    from homelab.llamacpp import testing
+    from homelab.testing import llama_server as testing
 
     repo = testing.cache_dir() / "src" / f"llama.cpp-{testing.TAG}.git"
     if not (repo / "HEAD").exists():

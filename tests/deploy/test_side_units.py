@@ -15,7 +15,7 @@ import pytest
 from homelab.deploy.changes import action_for, compare
 from homelab.deploy.installer import DeployFailed, Deployer, Options, Target
 from homelab.deploy.paths import HostPaths
-from homelab.deploy.service import side_unit_files
+from homelab.deploy.units import side_unit_files
 
 from deploy_helpers import free_port, render_files, rpc_unit
 

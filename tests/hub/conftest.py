@@ -9,7 +9,7 @@ import pytest
 import yaml
 from fakehub import FakeHub
 
-from homelab.gguf.tiny import TinySpec, write_tiny_llama
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.inventory import ResolvedHost, load_host
 
 
@@ -75,7 +75,7 @@ def _models_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Lock tests are about model pins: the llama.cpp pin (another stage) is left out unless a
     test asks for it with ``@pytest.mark.llama_cpp_pin`` (the doit test runs it for real)."""
     if request.node.get_closest_marker("llama_cpp_pin") is None:
-        monkeypatch.setattr("homelab.hub.resolve._find_llama_cpp_resolver", lambda: None)
+        monkeypatch.setattr("homelab.hub.resolve._llama_cpp_pin", lambda _host, previous, _update, _frozen: previous)
 
 
 def pytest_configure(config: pytest.Config) -> None:

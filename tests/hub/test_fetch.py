@@ -12,9 +12,11 @@ import pytest
 from fakehub import FakeHub
 
 from homelab.cli import main
+from homelab.hub import download
 from homelab.hub import fetch as fetch_mod
 from homelab.hub.errors import ChecksumMismatch, HubError
-from homelab.hub.fetch import fetch_host, hf_blob_path, is_fetched, manifest_path, model_files
+from homelab.hub.cache import hf_blob_path, is_fetched, manifest_path, model_files
+from homelab.hub.fetch import fetch_host
 from homelab.hub.resolve import lock_host
 from homelab.settings import hf_cache_dir
 
@@ -183,14 +185,14 @@ def test_cli_fetch_prints_the_model_path(hub: FakeHub, inventory, capsys) -> Non
 
 
 def test_interrupted_run_keeps_its_bytes_and_the_next_run_resumes(hub: FakeHub, inventory, monkeypatch) -> None:
-    monkeypatch.setattr(fetch_mod, "RETRY_DELAY_S", 0.01)
+    monkeypatch.setattr(download, "RETRY_DELAY_S", 0.01)
     data = random.Random(9).randbytes(12 << 20)
     hub.add_repo("acme/flaky-GGUF", {"f.gguf": data})
     host, lock = locked(hub, inventory, {"f": {"hf": {"repo": "acme/flaky-GGUF", "file": "f.gguf"}}})
     hub.drop_once(sha(data), after_bytes=5 << 20)
-    for _ in range(fetch_mod.ATTEMPTS):  # then the link is dead: no byte gets through
+    for _ in range(download.ATTEMPTS):  # then the link is dead: no byte gets through
         hub.drop_once(sha(data), after_bytes=0)
-    with pytest.raises(HubError, match=rf"download failed {fetch_mod.ATTEMPTS} times.*{5 << 20} of {12 << 20} bytes are kept"):
+    with pytest.raises(HubError, match=rf"download failed {download.ATTEMPTS} times.*{5 << 20} of {12 << 20} bytes are kept"):
         fetch_host(host, lock, progress=False)
     assert not manifest_path("box", "f").exists()
     hub.clear_requests()

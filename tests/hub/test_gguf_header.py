@@ -8,7 +8,7 @@ import gguf
 import pytest
 from fakehub import FakeHub
 
-from homelab.gguf.tiny import TinySpec, write_tiny_llama
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.hub import gguf_header
 from homelab.hub.gguf_header import GGUFHeaderError, read_local_header, read_remote_header
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from homelab.llamacpp.flags import AcceptedFlags
-from homelab.llamacpp.testing import PATCH_MARKER
+from homelab.testing.llama_server import PATCH_MARKER
 
 SNAPSHOT = Path(__file__).resolve().parents[2] / "homelab" / "llamacpp" / "server_flags_b11434.txt"
 

@@ -116,7 +116,7 @@ def test_pinned_models_read_the_fetched_file_else_the_hub_header(
 ) -> None:
     import hashlib
 
-    from homelab.hub.fetch import hf_cache_path
+    from homelab.hub.cache import hf_cache_path
     from homelab.lock import Lock, PinnedFile, PinnedModel, write_lock
     from homelab.plan.stage import make_plan
 

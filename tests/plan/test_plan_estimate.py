@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from homelab.gguf.facts import ModelFacts, TensorFacts, facts_from_file
-from homelab.gguf.tiny import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
+from homelab.testing.tiny_gguf import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
 from homelab.plan.estimate import (
     MIB,
     EstimateError,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from homelab.gguf.facts import facts_from_file
-from homelab.gguf.tiny import TinySpec, write_tiny_llama
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.inventory import ResolvedHost, load_host
 from homelab.plan.estimate import CPU, MIB, RpcDevice, estimate, layer_devices, settings_from_flags, split_points
 from homelab.plan.host import ModelInput, PlanError, plan_host

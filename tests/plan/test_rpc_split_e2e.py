@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from homelab.gguf.tiny import TinySpec, write_tiny_llama
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.inventory import load_host
 from homelab.plan.observe import local_rpc_servers, parse_server_log, rpc_server_beside
 from homelab.plan.stage import make_plan

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from homelab.gguf.facts import facts_from_file
-from homelab.gguf.tiny import TinySpec, write_tiny_llama
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.inventory import ResolvedHost, load_host
 from homelab.plan.estimate import MIB
 from homelab.plan.host import ModelInput, PlanError, host_device, usage

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..plan.estimate import RUNTIME_OVERHEAD_MIB, estimate, settings_from_flags
-from ..plan.report import mib, render_estimate
-from .ref import facts_from_ref
+from ..gguf.ref import facts_from_ref
+from .estimate import RUNTIME_OVERHEAD_MIB, estimate, settings_from_flags
+from .report import mib, render_estimate
 
 
 def register(cli) -> None:  # type: ignore[no-untyped-def]

@@ -1,6 +1,6 @@
 """``homelab bench plan``: our estimate beside llama.cpp's own buffer report, per term.
 
-Tiny models of several shapes are written with :mod:`homelab.gguf.tiny`, each loaded by the real
+Tiny models of several shapes are written with :mod:`homelab.testing.tiny_gguf`, each loaded by the real
 ``llama-server`` at log verbosity 4 with several settings; the buffers it reports (model, KV,
 compute, output: per buffer type, to 0.01 MiB) are compared with :func:`estimate`. With an
 ``rpc-server`` beside the binary, models are also split (``--rpc``, ``--tensor-split``) over two
@@ -9,16 +9,19 @@ real rpc-servers on 127.0.0.1 and every device's buffers are compared (``RPC_SET
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..gguf.facts import facts_from_file
-from ..gguf.tiny import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
-from .estimate import MIB, RpcDevice, draft_compute_bytes, estimate, mtp_kv_bytes, settings_from_flags
-from .observe import Observed, local_rpc_servers, observe_server, rpc_server_beside
+from ..plan.estimate import MIB, RpcDevice, draft_compute_bytes, estimate, mtp_kv_bytes, settings_from_flags
+from ..plan.observe import Observed, local_rpc_servers, observe_server, rpc_server_beside
+from ..testing.llama_server import build_test_server
+from ..testing.tiny_gguf import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
 
 MODELS: dict[str, TinySpec | TinyArchSpec] = {
     "tiny-llama": TinySpec(),
@@ -92,8 +95,6 @@ def server_binary(explicit: str | None) -> Path:
     env = os.environ.get("HOMELAB_TEST_LLAMA_SERVER")
     if env:
         return Path(env)
-    from ..llamacpp.testing import build_test_server
-
     return build_test_server()
 
 
@@ -162,8 +163,6 @@ def compare_rpc(server: Path, workdir: Path) -> list[Row]:
 
 
 def run_bench(server: str | None, *, as_json: bool = False, rpc: bool = True) -> int:
-    import logging
-
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's "Writing the following files"
     binary = server_binary(server)
     with tempfile.TemporaryDirectory(prefix="homelab-bench-plan-") as tmp:
@@ -192,3 +191,13 @@ def run_bench(server: str | None, *, as_json: bool = False, rpc: bool = True) ->
     if rpc and not split_rows:
         print(f"(no rpc-server beside {binary}: RPC split rows skipped)")
     return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    return run_bench(args.server, as_json=args.json)
+
+
+def register(cli) -> None:  # noqa: ANN001 - homelab.cli.CLI
+    b = cli.benchmark("plan", bench_command, "our memory estimate beside llama.cpp's own numbers on tiny models")
+    b.add_argument("--server", metavar="PATH", help="llama-server to compare with (default: $HOMELAB_TEST_LLAMA_SERVER or the test build)")
+    b.add_argument("--json", action="store_true")

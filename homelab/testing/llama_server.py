@@ -29,11 +29,12 @@ import tempfile
 from pathlib import Path
 
 from ..errors import HomelabError
+from ..files import sha256_file
+from ..llamacpp.build import Builder, BuildRequest, file_lock
+from ..llamacpp.gitrepo import git, init_bare, rev_parse, snapshot_commit
+from ..llamacpp.patches import Patch
+from ..llamacpp.source import SourceSpec, find_llama_root
 from ..settings import CHECKOUT
-from .build import BuildRequest, Builder, file_lock
-from .gitrepo import git, init_bare, rev_parse, snapshot_commit
-from .patches import Patch, sha256_file
-from .source import SourceSpec, find_llama_root
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from ..errors import HomelabError
+from ..hub.cache import hf_cache_path
+from ..hub.fetch import _fetch_file
+from ..lock import PinnedFile
 
 REPO = "bench/fetch-GGUF"
 NAME = "bench.gguf"
@@ -108,8 +113,6 @@ def _serve(host: str, role: str, **attrs: Any) -> ThreadingHTTPServer:
 
 
 def cmd_bench_fetch(args: argparse.Namespace) -> int:
-    from ..lock import PinnedFile
-
     size = parse_size(args.size)
     tmp = Path(tempfile.mkdtemp(prefix="homelab-bench-fetch-"))
     servers: list[ThreadingHTTPServer] = []
@@ -129,10 +132,6 @@ def cmd_bench_fetch(args: argparse.Namespace) -> int:
         os.environ.pop("HF_HUB_CACHE", None)
 
         os.sync()  # the generated file's dirty pages must not slow whichever run comes first
-
-        from tqdm import tqdm
-
-        from .fetch import _fetch_file, hf_cache_path
 
         curl = shutil.which("curl")
         pf = PinnedFile(source="hf", repo=REPO, revision=COMMIT, path=NAME, size=size, sha256=sha)
@@ -192,3 +191,10 @@ def cmd_bench_fetch(args: argparse.Namespace) -> int:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def register(cli) -> None:  # noqa: ANN001 - homelab.cli.CLI
+    p = cli.benchmark("fetch", cmd_bench_fetch, "our fetch (download + sha256) vs curl -o of the same local file")
+    p.add_argument("--size", default="1G", help="file size: bytes or with K/M/G suffix (default 1G)")
+    p.add_argument("--runs", type=int, default=4, help="runs of each, alternating who goes first; the best of each is compared")
+    p.add_argument("--keep", action="store_true", help="keep the temp directory")

@@ -1,0 +1,73 @@
+"""Listen addresses (``HOST:PORT``): splitting one, loopback and any-address, the URL a local
+client uses, a free loopback port, and waiting until an address accepts connections.
+
+Standard library only, so every stage and the supervisor can use it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+
+ANY_ADDRESS = ("0.0.0.0", "::", "[::]", "*")
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host without IPv6 brackets, port); the last colon separates the port."""
+    address, port = listen.rsplit(":", 1)
+    return address.strip("[]"), int(port)
+
+
+def is_loopback(address: str) -> bool:
+    if address.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def is_any_address(address: str) -> bool:
+    return address in ANY_ADDRESS or address.strip("[]") in ("::", "0.0.0.0")
+
+
+def base_url(listen: str) -> str:
+    """``http://HOST:PORT`` for a client on this machine: a server bound to every interface (or
+    to no host) is reached on 127.0.0.1."""
+    host, _, port = listen.rpartition(":")
+    if host in ("",) + ANY_ADDRESS:
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def free_loopback_port() -> int:
+    """A port the kernel has just handed out on 127.0.0.1 (free now; a test or benchmark binds it
+    right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_accepting(
+    listen: str, timeout: float, alive: Callable[[], bool] = lambda: True, what: str = "service"
+) -> str | None:
+    """Wait until ``listen`` (HOST:PORT; any-address = loopback) accepts a TCP connection; None
+    when it does, else why not (the process died, or the timeout passed)."""
+    host, _, port = base_url(listen).removeprefix("http://").rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return None
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        if not alive():
+            return f"the {what} exited before {listen} accepted a connection"
+        if time.monotonic() > deadline:
+            return f"{what} on {listen} did not accept a connection within {timeout:.0f} s (last: {last})"
+        time.sleep(0.05)
