@@ -14,13 +14,13 @@ def _host(name: str, inventory: str | None = None):  # noqa: ANN202 - ResolvedHo
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from .resolve import is_ci, lock_host
+    from .resolve import is_ci, resolve_lock
 
     host = _host(args.host, args.inventory)
     update: list[str] | bool = False
     if args.update is not None:
         update = args.update or True
-    result = lock_host(host, update=update, frozen=args.frozen or (is_ci() and not update))
+    result = resolve_lock(host, update=update, frozen=args.frozen or (is_ci() and not update))
     for line in result.changes:
         print(line)
     for note in result.notes:

@@ -58,14 +58,14 @@ def _flags(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     """Time what runs on every `doit build`: the build-key check and the patch pre-check."""
     from .patches import precheck_series
-    from .stage import builder, plan_host
+    from .stage import builder, plan_build
 
     host = _host(args)
-    planned = plan_host(host)  # first call pays the imports and any fetch
+    planned = plan_build(host)  # first call pays the imports and any fetch
     timings = []
     for _ in range(args.runs):
         started = time.perf_counter()
-        planned = plan_host(host)
+        planned = plan_build(host)
         timings.append(time.perf_counter() - started)
     started = time.perf_counter()
     request = planned.request

@@ -15,7 +15,7 @@ from homelab.cli import main
 from homelab.hub import fetch as fetch_mod
 from homelab.hub.errors import ChecksumMismatch, HubError
 from homelab.hub.fetch import fetch_host, hf_blob_path, is_fetched, manifest_path, model_files
-from homelab.hub.resolve import lock_host
+from homelab.hub.resolve import resolve_lock
 from homelab.settings import hf_cache_dir
 
 
@@ -27,7 +27,7 @@ def locked(hub, inventory, recipes: dict[str, dict], **kw):
     for name, source in recipes.items():
         inventory.recipe(name, source)
     host = inventory.host(list(recipes))
-    lock = lock_host(host).lock
+    lock = resolve_lock(host).lock
     hub.clear_requests()
     return host, lock
 
