@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "homelab.plan.commands",
     "homelab.render.commands",
     "homelab.deploy.commands",
+    "homelab.tasks.commands",
     "homelab.supervisor.commands",
     "homelab.bench.fetch",
     "homelab.bench.build",

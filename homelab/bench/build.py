@@ -7,18 +7,18 @@ import time
 
 from ..inventory import load_host
 from ..llamacpp.patches import precheck_series
-from ..llamacpp.stage import builder, plan_host
+from ..llamacpp.stage import builder, plan_build
 from ..settings import inventory_dir
 
 
 def cmd_bench_build_check(args: argparse.Namespace) -> int:
     """Time what runs on every `doit build`: the build-key check and the patch pre-check."""
     host = load_host(args.host, inventory_dir(args.inventory))
-    planned = plan_host(host)  # first call pays the imports and any fetch
+    planned = plan_build(host)  # first call pays the imports and any fetch
     timings = []
     for _ in range(args.runs):
         started = time.perf_counter()
-        planned = plan_host(host)
+        planned = plan_build(host)
         timings.append(time.perf_counter() - started)
     started = time.perf_counter()
     request = planned.request

@@ -1,8 +1,8 @@
-"""The deploy chain as users run it: doit in-process for one host, a thread pool for ``all``.
+"""Deploying beyond one local chain: a remote host (sync, then its own chain over ssh) and many
+hosts (``all``: one ``homelab deploy`` process per host, in waves, with a summary table).
 
-``homelab deploy HOST`` and ``doit deploy host=HOST`` run the same doit graph
-(lock -> fetch -> source/build -> plan -> render -> install -> verify); each stage's task is
-skipped when its inputs did not change. Remote hosts sync and run that graph on the remote.
+The chain itself (lock -> fetch -> source/build -> plan -> render -> install -> verify) is the
+doit graph of :mod:`homelab.tasks`, on top of this layer.
 """
 
 from __future__ import annotations
@@ -18,56 +18,21 @@ from pathlib import Path
 
 from ..errors import HomelabError
 from ..inventory import ResolvedHost, list_hosts, load_host
-from ..settings import CHECKOUT, inventory_dir, state_dir
+from ..settings import CHECKOUT, inventory_dir
 from . import remote
-from .hostlock import lock_host
+from .hostlock import deploy_lock
 from .paths import HostPaths
 from .waves import blocked_by, deploy_waves
 
-#: Doit variables the deploy tasks understand (passed as ``name=value`` words).
-VARIABLES = ("frozen", "dry", "service", "root", "verify", "local")
-
-
-def staged_dir(host: ResolvedHost) -> Path:
-    """Where the render stage leaves the host's rendered files (its staging directory)."""
-    try:
-        from ..render import staging_dir  # type: ignore[attr-defined]
-    except ImportError:
-        return state_dir() / "hosts" / host.name / "rendered"
-    return Path(staging_dir(host.name))
-
-
 def is_remote(host: ResolvedHost) -> bool:
     return host.host.address != "local"
-
-
-def run_doit(args: list[str]) -> int:
-    """Run doit in this process on homelab's task graph (``dodo.py`` semantics, no dodo file)."""
-    from doit.cmd_base import ModuleTaskLoader
-    from doit.doit_cmd import DoitMain
-
-    from .. import tasks
-    from ..tasks.config import DOIT_CONFIG
-
-    namespace = {name: getattr(tasks, name) for name in tasks.__all__}
-    namespace["DOIT_CONFIG"] = DOIT_CONFIG
-    return DoitMain(ModuleTaskLoader(namespace)).run(args)
-
-
-def doit_words(name: str, **variables: str | bool | None) -> list[str]:
-    words = ["deploy", f"host={name}"]
-    for key, value in variables.items():
-        if value is None or value is False:
-            continue
-        words.append(f"{key}={'1' if value is True else value}")
-    return words
 
 
 def deploy_remote(host: ResolvedHost, args: list[str], say=print) -> int:
     """Sync, then ``homelab deploy HOST --local ARGS`` on the remote, streaming its output."""
     address = remote.SSHAddress.parse(host.host.address)
     # the remote side locks its own deploy; this one keeps two syncs from interleaving
-    with lock_host(HostPaths.for_host(host.name)):
+    with deploy_lock(HostPaths.for_host(host.name)):
         remote.sync(address, host.inventory, say)
         code = remote.run_homelab(address, ["deploy", host.name, "--local", *args], say)
         if "--dry-run" not in args:

@@ -1,17 +1,16 @@
-"""``homelab deploy | generations | rollback | stop | status | bootstrap``."""
+"""``homelab generations | rollback | stop | status | bootstrap`` (``homelab deploy`` runs the task
+graph: :mod:`homelab.tasks.commands`)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import HomelabError
 from . import remote
-from .chain import all_hosts, dependencies, deploy_all, deploy_remote, doit_words, is_remote, load, run_doit, summary_table
+from .chain import is_remote, load
 from .generations import GenerationStore
 from .installer import Deployer, Options, Target, format_generations
 from .paths import HostPaths
-from .verify import LEVELS
 
 
 def _add_host_options(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +18,7 @@ def _add_host_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", action="store_true", help="act here even if the host's address is ssh://")
 
 
-def _deployer(args: argparse.Namespace) -> Deployer:
+def deployer_from_args(args: argparse.Namespace) -> Deployer:
     host = load(args.host)
     options = Options(root=getattr(args, "root", None), verify=getattr(args, "verify", None))
     return Deployer(Target.from_host(host, service=getattr(args, "service", None)), options)
@@ -31,50 +30,6 @@ def _remote_or_none(args: argparse.Namespace, command: list[str]) -> int | None:
     if args.local or not is_remote(host):
         return None
     return remote.run_homelab(remote.SSHAddress.parse(host.host.address), [*command, "--local"])
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    passthrough = []
-    if args.frozen:
-        passthrough.append("--frozen")
-    if args.dry_run:
-        passthrough.append("--dry-run")
-    if args.service:
-        passthrough += ["--service", args.service]
-    if args.verify:
-        passthrough += ["--verify", args.verify]
-    if args.host == "all":
-        names = all_hosts()
-        results = deploy_all(names, passthrough, jobs=args.jobs, depends_on=dependencies(names))
-        print(summary_table(results))
-        return 1 if any(r.code for r in results) else 0
-    host = load(args.host)
-    if is_remote(host) and not args.local:
-        if args.rendered:
-            address = remote.SSHAddress.parse(host.host.address)
-            remote.sync(address, host.inventory)
-            rendered = Path(args.rendered).resolve()
-            remote.sync_tree(address, rendered, sorted(p.name for p in rendered.iterdir()), f"rendered/{host.name}")
-            return remote.run_homelab(
-                address, ["deploy", host.name, "--local", "--rendered", f"rendered/{host.name}", *passthrough]
-            )
-        return deploy_remote(host, passthrough)
-    if args.rendered:
-        if args.dry_run:
-            raise HomelabError("--dry-run with --rendered: compare with `diff -ru DIR current` instead")
-        report = _deployer(args).install(Path(args.rendered))
-        print(report.line())
-        return 0
-    words = doit_words(
-        host.name,
-        frozen=args.frozen,
-        dry=args.dry_run,
-        service=args.service,
-        root=args.root,
-        verify=args.verify,
-        local=args.local,
-    )
-    return run_doit(words)
 
 
 def cmd_generations(args: argparse.Namespace) -> int:
@@ -90,7 +45,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     code = _remote_or_none(args, ["rollback", args.host, *([str(args.generation)] if args.generation else [])])
     if code is not None:
         return code
-    report = _deployer(args).rollback(args.generation)
+    report = deployer_from_args(args).rollback(args.generation)
     print(report.line())
     return 0
 
@@ -99,7 +54,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     code = _remote_or_none(args, ["stop", args.host])
     if code is not None:
         return code
-    deployer = _deployer(args)
+    deployer = deployer_from_args(args)
     deployer.stop()
     print(deployer.status())
     return 0
@@ -109,7 +64,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     code = _remote_or_none(args, ["status", args.host])
     if code is not None:
         return code
-    deployer = _deployer(args)
+    deployer = deployer_from_args(args)
     print(deployer.status())
     return 0 if deployer.service.alive() else 3
 
@@ -127,17 +82,6 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def register(cli) -> None:  # type: ignore[no-untyped-def]
-    p = cli.command("deploy", cmd_deploy, "run the whole chain for a host (or `all`): fetch, build, render, install, verify")
-    p.add_argument("host", help="host name, or `all` for every host in parallel")
-    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
-    p.add_argument("--frozen", action="store_true", help="the lockfile must not change (CI)")
-    p.add_argument("--local", action="store_true", help="run the chain here even if the host is ssh://")
-    p.add_argument("--service", choices=["user", "system", "none", "auto"], help="override runtime.service")
-    p.add_argument("--root", help="install unit files below this root prefix (tests); also HOMELAB_ROOT")
-    p.add_argument("--verify", choices=LEVELS, help="health | models | completion (default: the host's runtime.verify)")
-    p.add_argument("--rendered", help="install this rendered directory instead of running the chain")
-    p.add_argument("-j", "--jobs", type=int, help="parallel hosts for `all` (default: all at once)")
-
     p = cli.command("generations", cmd_generations, "list a host's deployed generations (* = current)")
     _add_host_options(p)
 

@@ -13,11 +13,15 @@ from pathlib import Path
 
 from ..errors import HomelabError
 from ..inventory import ResolvedHost
+from ..llamacpp.gitrepo import has_commit
+from ..llamacpp.pin import source_spec
+from ..llamacpp.stage import build_request, builder
 from ..lock import read_lock
+from ..render import render_host, staging_dir
+from ..render.assemble import assemble
 from ..settings import hf_cache_dir
 from .changes import action_for, compare, unified_diff
 from .units import side_unit_files, side_units, unit_changed, units_of
-from .chain import staged_dir
 from .generations import Files, GenerationStore, read_tree
 from .paths import HostPaths
 
@@ -63,12 +67,6 @@ def downloads(host: ResolvedHost) -> list[str]:
 
 def builds(host: ResolvedHost) -> list[str]:
     """Whether the pinned llama.cpp build exists, without fetching or building anything."""
-    try:
-        from ..llamacpp.gitrepo import has_commit
-        from ..llamacpp.pin import source_spec
-        from ..llamacpp.stage import build_request, builder
-    except ImportError as exc:
-        return [f"unknown: the build stage is not available ({exc})"]
     lock = read_lock(host.lock_file)
     pin = lock.llama_cpp if lock else None
     if pin is None or not pin.commit:
@@ -91,17 +89,11 @@ def builds(host: ResolvedHost) -> list[str]:
 def rendered_files(host: ResolvedHost) -> tuple[Files | None, str]:
     """The files a deploy would install, and where they come from."""
     try:
-        from ..render import render_host
-        from ..render.assemble import assemble
-    except ImportError:
-        note = "render stage not available"
-    else:
-        try:
-            files = render_host(assemble(host))
-            return {k: v.encode() for k, v in files.items()}, "rendered now, in memory"
-        except HomelabError as exc:
-            note = f"render cannot run yet: {exc}"
-    staged = staged_dir(host)
+        files = render_host(assemble(host))
+        return {k: v.encode() for k, v in files.items()}, "rendered now, in memory"
+    except HomelabError as exc:
+        note = f"render cannot run yet: {exc}"
+    staged = staging_dir(host.name)
     if staged.is_dir():
         return read_tree(staged), f"{note}; showing the last rendered files in {staged}"
     return None, f"{note}; nothing rendered yet"

@@ -25,6 +25,8 @@ class HostLock:
         self.paths = paths
         self._fd: int | None = None
         self._depth = 0
+        self.taken_again = 0
+        """How often it was taken again while held: an install or rollback under a deploy's lock."""
 
     @property
     def path(self) -> Path:
@@ -33,6 +35,7 @@ class HostLock:
     def acquire(self) -> None:
         if self._fd is not None:  # re-entrant within one process (deploy -> install)
             self._depth += 1
+            self.taken_again += 1
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -50,6 +53,7 @@ class HostLock:
         os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}: {command}\n".encode(), 0)
         self._fd = fd
         self._depth = 1
+        self.taken_again = 0
 
     def release(self) -> None:
         if self._fd is None:
@@ -73,7 +77,7 @@ class HostLock:
 _held: dict[str, HostLock] = {}
 
 
-def lock_host(paths: HostPaths) -> HostLock:
+def deploy_lock(paths: HostPaths) -> HostLock:
     """The process-wide lock object for a host (the doit chain takes it once, install re-enters)."""
     key = str(paths.base)
     if key not in _held:

@@ -19,7 +19,7 @@ from ..errors import HomelabError
 from ..inventory import ResolvedHost
 from .changes import Changes, action_for, compare
 from .generations import Files, Generation, GenerationStore, content_hash, read_tree
-from .hostlock import lock_host
+from .hostlock import deploy_lock
 from .paths import HostPaths, root_prefix
 from .service import Service, ServiceError
 from .service_mode import make_service, resolve_mode
@@ -198,7 +198,7 @@ class Deployer:
         files = read_tree(staged) if isinstance(staged, Path) else dict(staged)
         if not files:
             raise HomelabError(f"{staged}: the rendered directory is empty; run `doit render host={self.target.name}`")
-        with lock_host(self.paths):
+        with deploy_lock(self.paths):
             return self._install(files)
 
     def _install(self, files: Files) -> InstallReport:
@@ -282,7 +282,7 @@ class Deployer:
     # ---- rollback, status
 
     def rollback(self, number: int | None = None) -> InstallReport:
-        with lock_host(self.paths):
+        with deploy_lock(self.paths):
             current = self.store.current()
             if number is None:
                 number = self.store.rollback_target()

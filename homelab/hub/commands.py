@@ -8,7 +8,7 @@ from ..inventory import ResolvedHost, load_host
 from ..settings import inventory_dir
 from .cache import model_files
 from .fetch import fetch_host
-from .resolve import is_ci, load_lock, lock_host
+from .resolve import is_ci, load_lock, resolve_lock
 
 
 def _host(name: str, inventory: str | None = None) -> ResolvedHost:
@@ -20,7 +20,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     update: list[str] | bool = False
     if args.update is not None:
         update = args.update or True
-    result = lock_host(host, update=update, frozen=args.frozen or (is_ci() and not update))
+    result = resolve_lock(host, update=update, frozen=args.frozen or (is_ci() and not update))
     for line in result.changes:
         print(line)
     for note in result.notes:

@@ -190,7 +190,7 @@ class LockResult:
     notes: list[str] = field(default_factory=list)
 
 
-def lock_host(
+def resolve_lock(
     host: ResolvedHost,
     *,
     update: Iterable[str] | bool = False,

@@ -192,9 +192,9 @@ class Builder:
     def worktree_of(self, key: str) -> Path:
         return self.state / "worktrees" / key[:16]
 
-    def prepared(self, planned: Planned) -> bool:
-        """Whether the worktree for this key exists with its patches applied."""
-        return (self.worktree_of(planned.key).parent / f"{planned.key[:16]}.ready").is_file()
+    def prepared(self, key: str) -> bool:
+        """Whether the worktree for this build key exists with its patches applied."""
+        return (self.worktree_of(key).parent / f"{key[:16]}.ready").is_file()
 
     def prepare(self, planned: Planned) -> Path:
         """A clean worktree of the pinned commit with the patch series applied (idempotent).

@@ -1,13 +1,15 @@
 """The llama.cpp stage for one host: from the validated host and its lock to a build.
 
-The CLI (:mod:`homelab.llamacpp.commands`) and the doit tasks (:mod:`homelab.tasks.source`,
-:mod:`homelab.tasks.build`) are thin wrappers over these functions.
+The CLI (:mod:`homelab.llamacpp.commands`) and the two stages at the end of this module
+(``source`` and ``build``, which :mod:`homelab.tasks` turns into doit tasks) are thin wrappers
+over these functions.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from ..files import atomic_write_text
 from ..inventory.resolved import ResolvedHost
 from ..lock import LlamaCppPin, read_lock
 from ..settings import state_dir
-from .build import Build, Builder, BuildRequest, Planned
+from ..stage import Stage, digest, file_bytes, tree_files
+from .build import Build, BuildRequest, Builder, Planned
 from .configure import RPC_SERVER, Toolchain, kv_pairs_of, probe_toolchain, require_toolchain
 from .flags import AcceptedFlags, FlagProblem, MtpSettings, check_flags, mtp_flags
 from .patches import collect
@@ -99,7 +102,7 @@ def check_toolchain(host: ResolvedHost) -> Toolchain:
     return tools
 
 
-def plan_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> Planned:
+def plan_build(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> Planned:
     tools = check_toolchain(host)
     pin, _locked = host_pin(host)
     return builder().plan(build_request(host, pin, extra_targets), tools=tools)
@@ -108,7 +111,7 @@ def plan_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> Planned:
 def prepare_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple[Planned, Path | None]:
     """Check out and patch (the ``source`` step). None when the build is already installed."""
     b = builder()
-    planned = plan_host(host, extra_targets)
+    planned = plan_build(host, extra_targets)
     if b.installed(planned.key):
         return planned, None
     return planned, b.prepare(planned)
@@ -189,3 +192,69 @@ def require_flags(host: ResolvedHost, build: Build, has_mtp_heads: Mapping[str, 
     problems = host_flag_problems(host, build.flags(), has_mtp_heads)
     if problems:
         raise HomelabError("; ".join(str(p) for p in problems))
+
+
+# --------------------------------------------------------------------------------------------
+# The source and build stages
+
+#: memo of build keys by a digest of what they are made from (the host, its lock, the patch
+#: files): source's and build's freshness both need the key, and computing it runs git and
+#: probes the toolchain. A changed input is a different entry, never a stale one.
+_BUILD_KEYS: dict[str, str] = {}
+
+
+def build_fingerprint(host: ResolvedHost) -> str:
+    """The build key: commit, patch contents, backend, cmake options, targets, toolchain. Recipe
+    changes that do not reach it (context size, sampling) leave the build alone."""
+    if host.host.llama_cpp.path:  # a directory snapshot, not told by the files read here
+        return plan_build(host).key
+    made_of = digest(host.as_dict(), file_bytes(host.lock_file), tree_files(host.patches_dir), str(state_dir()))
+    if made_of not in _BUILD_KEYS:
+        _BUILD_KEYS[made_of] = plan_build(host).key
+    return _BUILD_KEYS[made_of]
+
+
+def _source_in_place(host: ResolvedHost) -> bool:
+    """Nothing to check out when the build for the key exists or its worktree is ready."""
+    key = build_fingerprint(host)
+    b = builder()
+    return b.installed(key) is not None or b.prepared(key)
+
+
+def _build_in_place(host: ResolvedHost) -> bool:
+    key = build_fingerprint(host)
+    stamp = read_stamp(host.name)
+    return stamp is not None and stamp.get("key") == key and builder().installed(key) is not None
+
+
+def _prepare(host: ResolvedHost) -> None:
+    prepare_host(host)
+
+
+def _build(host: ResolvedHost) -> None:
+    build, built = build_host(host, progress=sys.stderr.isatty())
+    print(f"{host.name}: llama-server {'built' if built else 'up to date'}: {build.server}")
+
+
+SOURCE = Stage(
+    name="source",
+    doc="Check out llama.cpp at the pinned commit and apply the patch series",
+    consumes=("the llama.cpp pin in <host>.lock.json", "patches/", "backend and cmake options"),
+    produces="a patched worktree of llama.cpp (none when the build exists)",
+    after=("lock",),
+    fingerprint=build_fingerprint,
+    run=_prepare,
+    in_place=_source_in_place,
+)
+
+BUILD = Stage(
+    name="build",
+    doc="Configure and compile llama-server for the host's backend",
+    consumes=("the build key (see source)",),
+    produces="builds/<key>/ and the host's stamp builds/stamps/<host>.json",
+    after=("source",),
+    fingerprint=build_fingerprint,
+    run=_build,
+    target=lambda host: stamp_path(host.name),
+    in_place=_build_in_place,
+)

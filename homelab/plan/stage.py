@@ -12,10 +12,12 @@ from ..inventory.resolved import ResolvedHost
 from ..llamacpp.stage import current_build
 from ..lock import Lock, read_lock
 from ..settings import state_dir
+from ..stage import Stage, code_digest, digest, file_bytes
 from .estimate import MIB
 from .host import HostPlan, ModelInput, PlanError, host_budget, host_device, plan_host
+from .report import render_plan
+from .rpcload import InputsOf, related_digest, rpc_reservations, workers_for
 from .observe import FitReport, OracleError, help_flags, run_fit_params
-from .rpcload import InputsOf, rpc_reservations, workers_for
 
 FIT_PARAMS = "llama-fit-params"
 
@@ -190,3 +192,33 @@ def ours_mib(plan: HostPlan, model_id: str) -> dict[str, int]:
     for dev, terms in plan.models[model_id].host_devices().items():
         out[dev] = -(-(terms["weights"] + terms["kv"] + terms["recurrent"] + terms["compute"]) // MIB)
     return out
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def plan_fingerprint(host: ResolvedHost) -> str:
+    """What the plan depends on: the merged host, its lock, the hosts it shares GPUs with over
+    RPC (a head's workers; for a worker, the heads using it: see :func:`.rpcload.related_digest`)
+    and the planner's own code (this package and what it imports)."""
+    return digest(host.as_dict(), file_bytes(host.lock_file), related_digest(host), code_digest("homelab.plan"))
+
+
+def _plan(host: ResolvedHost) -> None:
+    plan, _ = make_plan(host)
+    write_plan(plan)
+    print(render_plan(plan))
+    if not plan.fits:
+        raise PlanError(f"host {host.name} does not fit: " + " | ".join(plan.problems))
+
+
+PLAN = Stage(
+    name="plan",
+    doc="Prove every model and resident set fits the host's VRAM budget",
+    consumes=("host file and recipes", "<host>.lock.json", "RPC-related hosts", "the planner's code"),
+    produces="$HOMELAB_STATE/plans/<host>.json",
+    after=("lock",),
+    fingerprint=plan_fingerprint,
+    run=_plan,
+    target=lambda host: plan_path(host.name),
+)

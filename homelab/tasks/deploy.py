@@ -1,4 +1,4 @@
-"""doit tasks for the deploy stage (thin: the work lives in homelab.deploy).
+"""The ``deploy`` tasks on top of the stage table (thin: the work lives in homelab.deploy).
 
 ``deploy:<host>`` is the whole chain: ``deploy-guard:<host>`` takes the per-host deploy lock
 first, then lock -> fetch -> source/build -> plan -> render -> install (+ verify) run, each
@@ -20,29 +20,26 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
+from ..deploy.chain import deploy_all, deploy_remote, is_remote, summary_table
+from ..deploy.dryrun import preview
+from ..deploy.generations import GenerationStore
+from ..deploy.hostlock import deploy_lock
+from ..deploy.paths import HostPaths
 from ..inventory import ResolvedHost
-from .graph import _var, each_host, flag, user_action
-from .install import REPORTS
+from .graph import flag, selected_hosts, user_action, var
 
 
 def _guard(host: ResolvedHost) -> None:
-    from ..deploy.hostlock import lock_host
-    from ..deploy.paths import HostPaths
-
-    lock_host(HostPaths.for_host(host.name)).acquire()  # held until deploy:<host> or exit
+    deploy_lock(HostPaths.for_host(host.name)).acquire()  # held until deploy:<host> or exit
 
 
 def _finish(host: ResolvedHost) -> None:
-    from ..deploy.hostlock import lock_host
-    from ..deploy.paths import HostPaths
-
-    lock_host(HostPaths.for_host(host.name)).release()
-    report = REPORTS.get(host.name)
-    if report is None:  # install was up to date: doit skipped it
-        from ..deploy.generations import GenerationStore
-
-        number = GenerationStore(HostPaths.for_host(host.name)).current_number()
-        print(f"{host.name}: up to date (generation {number}), nothing restarted")
+    paths = HostPaths.for_host(host.name)
+    lock = deploy_lock(paths)
+    installed = lock.taken_again > 0  # install takes the lock again; skipped, it did not
+    lock.release()
+    if not installed:  # install was up to date: doit skipped it
+        print(f"{host.name}: up to date (generation {GenerationStore(paths).current_number()}), nothing restarted")
 
 
 def _passthrough() -> list[str]:
@@ -52,27 +49,21 @@ def _passthrough() -> list[str]:
     if flag("dry"):
         args.append("--dry-run")
     for name in ("service", "verify"):
-        if _var(name):
-            args += [f"--{name}", str(_var(name))]
+        if var(name):
+            args += [f"--{name}", str(var(name))]
     return args
 
 
 def _remote(host: ResolvedHost) -> TaskFailed | None:
-    from ..deploy.chain import deploy_remote
-
     code = deploy_remote(host, _passthrough())
     return TaskFailed(f"remote deploy of {host.name} failed (exit {code})") if code else None
 
 
 def _dry(host: ResolvedHost) -> None:
-    from ..deploy.dryrun import preview
-
-    print(preview(host, service=_var("service")))
+    print(preview(host, service=var("service")))
 
 
 def _all(depends_on: dict[str, tuple[str, ...]]) -> TaskFailed | None:
-    from ..deploy.chain import deploy_all, summary_table
-
     results = deploy_all(list(depends_on), _passthrough(), depends_on=depends_on)
     print(summary_table(results))
     failed = [r.host for r in results if r.code and not r.skipped]
@@ -87,8 +78,8 @@ def _all(depends_on: dict[str, tuple[str, ...]]) -> TaskFailed | None:
 def task_deploy() -> Iterator[dict[str, Any]]:
     """The whole chain: lock, fetch, build, plan, render, install, verify."""
     yield {"basename": "deploy", "name": None, "doc": "The whole chain: lock, fetch, build, plan, render, install, verify"}
-    hosts = list(each_host())
-    if _var("host") == "all" and len(hosts) > 1:
+    hosts = list(selected_hosts())
+    if var("host") == "all" and len(hosts) > 1:
         depends_on = {h.name: h.depends_on for h in hosts}
         yield {
             "name": "all",
@@ -100,7 +91,7 @@ def task_deploy() -> Iterator[dict[str, Any]]:
         return
     selected = {h.name for h in hosts}
     for host in hosts:
-        remote = host.host.address != "local" and not flag("local")
+        remote = is_remote(host) and not flag("local")
         # host=head,worker: the workers this head's models use are deployed first
         workers_first = [f"deploy:{w}" for w in host.depends_on if w in selected and w != host.name]
         task: dict[str, Any] = {

@@ -1,15 +1,15 @@
-"""Shared plumbing for the doit task creators: which hosts, and how a stage action fails.
+"""Shared plumbing for the doit task creators: doit variables, which hosts, how an action fails.
 
-Task creators stay declarative: they ask :func:`selected_hosts` for the validated hosts named by
-``host=NAME`` (``all`` for every host) and wrap their actions with :func:`user_action`, so a
-:class:`HomelabError` becomes doit's ``TaskFailed`` with one clear message and no traceback.
+Task creators ask :func:`selected_hosts` for the validated hosts named by ``host=NAME`` (``all``
+for every host) and wrap their actions with :func:`user_action`, so a :class:`HomelabError`
+becomes doit's ``TaskFailed`` with one clear message and no traceback.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from doit import get_var
@@ -20,7 +20,7 @@ from ..inventory import ResolvedHost, list_hosts, load_host
 from ..settings import inventory_dir
 
 
-def _var(name: str, default: str | None = None) -> str | None:
+def var(name: str, default: str | None = None) -> str | None:
     try:
         value = get_var(name, default)
     except Exception:  # doit's variable table was never initialised (imported from pytest)
@@ -30,7 +30,7 @@ def _var(name: str, default: str | None = None) -> str | None:
 
 def flag(name: str) -> bool:
     """A boolean doit variable such as ``frozen=1`` or ``dry=1``."""
-    return (_var(name, "") or "").lower() in {"1", "true", "yes", "on"}
+    return (var(name, "") or "").lower() in {"1", "true", "yes", "on"}
 
 
 @functools.cache
@@ -51,8 +51,8 @@ def selected_hosts() -> tuple[ResolvedHost, ...]:
     A bad inventory stops doit here with the loader's message and exit status 2: there is no
     graph to show or run without it.
     """
-    inventory = str(inventory_dir(_var("inventory")))
-    wanted = _var("host")
+    inventory = str(inventory_dir(var("inventory")))
+    wanted = var("host")
     if not wanted:
         return ()
     try:
@@ -83,7 +83,3 @@ def user_action(func: Callable[..., Any]) -> Callable[..., Any]:
         return None if result is None or result is True else result
 
     return run
-
-
-def each_host() -> Iterator[ResolvedHost]:
-    yield from selected_hosts()

@@ -119,9 +119,9 @@ def lab(tmp_path: Path, llama_server_bin: Path, tiny_models: dict[str, Path], mo
         monkeypatch.setenv("HOMELAB_INVENTORY", str(inv))
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         # seed this state's build cache with the fixture's build when the keys agree
-        from homelab.llamacpp.stage import plan_host
+        from homelab.llamacpp.stage import plan_build
 
-        key = plan_host(load_host("lab", inv)).key
+        key = plan_build(load_host("lab", inv)).key
         if (build_root / "build.json").is_file() and key != build_root.name:
             pytest.skip(f"the lab host's build key {key[:12]} differs from the fixture build "
                         f"{build_root.name[:12]}: the test would compile llama.cpp")

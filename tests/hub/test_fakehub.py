@@ -9,7 +9,7 @@ from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, Repositor
 
 from homelab.hub.cache import local_path
 from homelab.hub.gguf_header import read_local_header, read_pinned_header
-from homelab.hub.resolve import lock_host
+from homelab.hub.resolve import resolve_lock
 
 
 def test_hf_api_calls_against_the_fake(hub: FakeHub) -> None:
@@ -39,7 +39,7 @@ def test_hf_api_calls_against_the_fake(hub: FakeHub) -> None:
 def test_pinned_header_comes_from_the_hub_then_the_cache(hub: FakeHub, inventory) -> None:
     inventory.recipe("tiny", {"hf": {"repo": "acme/tiny-GGUF", "file": "tiny-Q8_0.gguf"}})
     host = inventory.host(["tiny"])
-    [pf] = lock_host(host).lock.models["tiny"].files
+    [pf] = resolve_lock(host).lock.models["tiny"].files
     hub.clear_requests()
     header = read_pinned_header(pf, local_path(pf, host.inventory))
     assert header.fields["general.name"] == "model"

@@ -17,7 +17,7 @@ from homelab.hub import fetch as fetch_mod
 from homelab.hub.errors import ChecksumMismatch, HubError
 from homelab.hub.cache import hf_blob_path, is_fetched, manifest_path, model_files
 from homelab.hub.fetch import fetch_host
-from homelab.hub.resolve import lock_host
+from homelab.hub.resolve import resolve_lock
 from homelab.settings import hf_cache_dir
 
 
@@ -29,7 +29,7 @@ def locked(hub, inventory, recipes: dict[str, dict], **kw):
     for name, source in recipes.items():
         inventory.recipe(name, source)
     host = inventory.host(list(recipes))
-    lock = lock_host(host).lock
+    lock = resolve_lock(host).lock
     hub.clear_requests()
     return host, lock
 

@@ -9,7 +9,7 @@ from fakehub import FakeHub
 
 from homelab.cli import main
 from homelab.hub.errors import HubError
-from homelab.hub.resolve import lock_host, split_parts
+from homelab.hub.resolve import resolve_lock, split_parts
 from homelab.lock import LockError, read_lock
 
 
@@ -20,7 +20,7 @@ def sha(data: bytes) -> str:
 def test_lock_pins_commit_size_and_sha256_without_downloading(hub: FakeHub, inventory, gguf_bytes) -> None:
     inventory.recipe("tiny", {"hf": {"repo": "acme/tiny-GGUF", "file": "tiny-Q8_0.gguf"}})
     host = inventory.host(["tiny"])
-    result = lock_host(host)
+    result = resolve_lock(host)
     assert result.written
     pin = read_lock(host.lock_file).models["tiny"]
     [f] = pin.files
@@ -34,11 +34,11 @@ def test_lock_pins_commit_size_and_sha256_without_downloading(hub: FakeHub, inve
 def test_relock_is_byte_identical_and_makes_no_request(hub: FakeHub, inventory) -> None:
     inventory.recipe("tiny", {"hf": {"repo": "acme/tiny-GGUF", "file": "tiny-Q8_0.gguf"}})
     host = inventory.host(["tiny"])
-    lock_host(host)
+    resolve_lock(host)
     before = host.lock_file.read_bytes()
     hub.clear_requests()
     hub.add_file("acme/tiny-GGUF", "tiny-Q8_0.gguf", b"GGUF upstream moved on")  # not asked for: no move
-    result = lock_host(host)
+    result = resolve_lock(host)
     assert not result.written and result.changes == []
     assert host.lock_file.read_bytes() == before
     assert hub.requests == []
@@ -47,7 +47,7 @@ def test_relock_is_byte_identical_and_makes_no_request(hub: FakeHub, inventory) 
 def test_update_moves_the_pin_and_prints_old_and_new(hub: FakeHub, inventory, gguf_bytes, capsys) -> None:
     inventory.recipe("tiny", {"hf": {"repo": "acme/tiny-GGUF", "file": "tiny-Q8_0.gguf"}})
     host = inventory.host(["tiny"])
-    lock_host(host)
+    resolve_lock(host)
     old = read_lock(host.lock_file).models["tiny"].files[0]
     new_commit = hub.add_file("acme/tiny-GGUF", "tiny-Q8_0.gguf", gguf_bytes["model-v2"])
     code = main(["lock", "box", "--inventory", str(inventory.root), "--update", "tiny"])
@@ -63,17 +63,17 @@ def test_changed_recipe_makes_the_pin_stale_and_frozen_refuses(hub: FakeHub, inv
     inventory.recipe("tiny", {"hf": {"repo": "acme/tiny-GGUF", "file": "tiny-Q8_0.gguf"}})
     host = inventory.host(["tiny"])
     with pytest.raises(LockError, match="tiny: no pin"):
-        lock_host(host, frozen=True)
+        resolve_lock(host, frozen=True)
     assert not host.lock_file.exists()
-    lock_host(host)
+    resolve_lock(host)
     inventory.recipe("tiny", {"hf": {"repo": "acme/vision-GGUF", "file": "v.gguf"}})
     host = inventory.host(["tiny"])
     monkeypatch.setenv("CI", "true")  # CI means frozen
     with pytest.raises(LockError, match="source changed since it was pinned"):
-        lock_host(host)
+        resolve_lock(host)
     monkeypatch.delenv("CI")
-    assert lock_host(host).lock.models["tiny"].files[0].repo == "acme/vision-GGUF"
-    lock_host(host, frozen=True)  # now up to date: passes
+    assert resolve_lock(host).lock.models["tiny"].files[0].repo == "acme/vision-GGUF"
+    resolve_lock(host, frozen=True)  # now up to date: passes
 
 
 def test_frozen_cli_exits_2_with_one_line(hub: FakeHub, inventory, capsys) -> None:
@@ -88,7 +88,7 @@ def test_split_and_mmproj_are_files_of_the_model(hub: FakeHub, inventory, gguf_b
     inventory.recipe("big", {"hf": {"repo": "acme/split-GGUF", "file": "big-00001-of-00002.gguf"}})
     inventory.recipe("vis", {"hf": {"repo": "acme/vision-GGUF", "file": "v.gguf", "mmproj": "mmproj-F16.gguf"}})
     host = inventory.host(["big", "vis"])
-    lock = lock_host(host).lock
+    lock = resolve_lock(host).lock
     big = lock.models["big"].files
     assert [(f.role, f.path) for f in big] == [
         ("model", "big-00001-of-00002.gguf"),
@@ -119,27 +119,27 @@ def test_split_names() -> None:
 def test_lock_errors_name_the_repo_and_the_fix(hub: FakeHub, inventory, source, message) -> None:
     inventory.recipe("m", {"hf": source})
     with pytest.raises(HubError, match=message) as info:
-        lock_host(inventory.host(["m"]))
+        resolve_lock(inventory.host(["m"]))
     assert source["repo"] in str(info.value)
 
 
 def test_gated_repo_locks_with_the_token(hub: FakeHub, inventory, monkeypatch) -> None:
     inventory.recipe("g", {"hf": {"repo": "acme/gated-GGUF", "file": "g.gguf"}})
     monkeypatch.setenv("HF_TOKEN", hub.token)
-    assert lock_host(inventory.host(["g"])).lock.models["g"].files[0].repo == "acme/gated-GGUF"
+    assert resolve_lock(inventory.host(["g"])).lock.models["g"].files[0].repo == "acme/gated-GGUF"
 
 
 def test_recipe_sha256_must_match_the_hub(hub: FakeHub, inventory) -> None:
     inventory.recipe("tiny", {"hf": {"repo": "acme/tiny-GGUF", "file": "tiny-Q8_0.gguf", "sha256": "0" * 64}})
     with pytest.raises(HubError, match="recipe expects sha256 0000"):
-        lock_host(inventory.host(["tiny"]))
+        resolve_lock(inventory.host(["tiny"]))
 
 
 def test_path_source_is_hashed_once(hub: FakeHub, inventory, gguf_bytes) -> None:
     (inventory.root / "models").mkdir()
     (inventory.root / "models" / "mine.gguf").write_bytes(gguf_bytes["model"])
     inventory.recipe("mine", {"path": {"path": "models/mine.gguf"}})
-    lock = lock_host(inventory.host(["mine"])).lock
+    lock = resolve_lock(inventory.host(["mine"])).lock
     [f] = lock.models["mine"].files
     assert (f.source, f.path, f.sha256) == ("path", "models/mine.gguf", sha(gguf_bytes["model"]))
 
@@ -149,7 +149,7 @@ def test_url_source_with_and_without_sha256(hub: FakeHub, inventory, gguf_bytes)
     url = f"{hub.cdn}/blobs/{blob.sha256}"
     inventory.recipe("u1", {"url": {"url": url, "sha256": blob.sha256}})
     inventory.recipe("u2", {"url": {"url": url}})
-    lock = lock_host(inventory.host(["u1", "u2"])).lock
+    lock = resolve_lock(inventory.host(["u1", "u2"])).lock
     for mid in ("u1", "u2"):
         [f] = lock.models[mid].files
         assert (f.source, f.size, f.sha256) == ("url", len(gguf_bytes["model"]), blob.sha256)
@@ -166,5 +166,5 @@ def test_llama_cpp_failure_keeps_the_model_pins(hub: FakeHub, inventory, tmp_pat
 
     host = load_host("box", inventory.root)
     with pytest.raises(LockError, match="model pins written to .*llama.cpp pin failed: .*CMakeLists.txt"):
-        lock_host(host)
+        resolve_lock(host)
     assert read_lock(host.lock_file).models["tiny"].files[0].repo == "acme/tiny-GGUF"

@@ -12,7 +12,7 @@ from homelab.inventory import load_host
 from homelab.llamacpp.build import Builder, BuildError, BuildRequest, parse_progress
 from homelab.llamacpp.patches import expand_local
 from homelab.llamacpp.source import SourceCache, SourceSpec
-from homelab.llamacpp.stage import build_host, build_request, host_flag_problems, host_pin, plan_host
+from homelab.llamacpp.stage import build_host, build_request, host_flag_problems, host_pin, plan_build
 
 from .conftest import write_inventory
 from .test_patches import diff_of, replace
@@ -103,13 +103,13 @@ def test_progress_lines_from_make_and_ninja() -> None:
 def test_host_build_key_follows_patches_not_recipes(upstream: Path, tmp_path: Path) -> None:
     inv = write_inventory(tmp_path / "inv", upstream, patches=["p.patch"])
     (inv / "patches" / "p.patch").write_text(diff_of(upstream, replace("fit.c", "return 0", "return 1")))
-    key = plan_host(load_host("box", inv)).key
+    key = plan_build(load_host("box", inv)).key
 
     write_inventory(tmp_path / "inv", upstream, patches=["p.patch"], recipe_server={"ctx-size": 1024, "cache-type-k": "q8_0"})
-    assert plan_host(load_host("box", inv)).key == key  # a recipe change (even KV types on CPU)
+    assert plan_build(load_host("box", inv)).key == key  # a recipe change (even KV types on CPU)
 
     (inv / "patches" / "p.patch").write_text(diff_of(upstream, replace("fit.c", "return 0", "return 2")))
-    assert plan_host(load_host("box", inv)).key != key  # a patch change
+    assert plan_build(load_host("box", inv)).key != key  # a patch change
 
 
 def test_cuda_host_key_follows_the_kv_pairs_recipes_need(upstream: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,9 +10,7 @@ import pytest
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain, reset_vars
 
-from homelab.tasks import build as build_tasks
-from homelab.tasks import graph
-from homelab.tasks import source as source_tasks
+from homelab.tasks import graph, task_build, task_source
 
 from .conftest import write_inventory
 from .test_patches import diff_of, replace
@@ -21,7 +19,7 @@ from .test_patches import diff_of, replace
 def task_lock():
     """Stand-in for the hub stage's lock task (not this stage's to test)."""
     yield {"basename": "lock", "name": None}
-    for host in graph.each_host():
+    for host in graph.selected_hosts():
         yield {"name": host.name, "actions": [], "uptodate": [True]}
 
 
@@ -29,8 +27,8 @@ def run_doit(capsys: pytest.CaptureFixture[str], inventory: Path, *argv: str) ->
     graph._load.cache_clear()  # a new doit process would load the inventory afresh
     module = types.SimpleNamespace(
         task_lock=task_lock,
-        task_source=source_tasks.task_source,
-        task_build=build_tasks.task_build,
+        task_source=task_source,
+        task_build=task_build,
         DOIT_CONFIG={
             "dep_file": str(Path(os.environ["HOMELAB_STATE"]) / "doit-deps.json"),
             "backend": "json",

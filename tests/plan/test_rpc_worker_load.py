@@ -21,7 +21,7 @@ from homelab.plan.host import ModelInput, PlanError, host_device, usage
 from homelab.plan.report import render_plan
 from homelab.plan.rpcload import heads_of
 from homelab.plan.stage import make_plan
-from homelab.tasks.plan import plan_digest
+from homelab.plan.stage import plan_fingerprint
 
 DEEP = TinySpec(n_embd=256, n_head=8, n_head_kv=2, n_ff=1024, n_layer=12, name="deep")
 REPO = Path(__file__).resolve().parents[2]
@@ -211,8 +211,8 @@ def test_example_rpc3090_reserves_rig4090s_split(standin_dir: Path) -> None:
 
 def test_doit_replans_the_worker_when_a_head_changes(deep_model: Path, tmp_path: Path) -> None:
     inv = write_inventory(tmp_path / "inv", deep_model, {"head": head("[w1]"), "w1": worker(300, 50052)})
-    before = plan_digest(load_host("w1", inv))
-    assert plan_digest(load_host("w1", inv)) == before
+    before = plan_fingerprint(load_host("w1", inv))
+    assert plan_fingerprint(load_host("w1", inv)) == before
     # the real task: runs, is then up to date, and runs again after the head's host file changed
     env = {**os.environ, "HOMELAB_INVENTORY": str(inv), "HOMELAB_STATE": str(tmp_path / "state")}
 
@@ -229,7 +229,7 @@ def test_doit_replans_the_worker_when_a_head_changes(deep_model: Path, tmp_path:
     assert again.returncode == 0 and "-- plan:w1" in again.stdout, again.stdout  # up to date
     head_file = inv / "hosts" / "head.yaml"
     head_file.write_text(head_file.read_text().replace("rpc: [w1]\n", "rpc: [w1]\n    server: {ctx-size: 8192}\n"))
-    assert plan_digest(load_host("w1", inv)) != before
+    assert plan_fingerprint(load_host("w1", inv)) != before
     changed = doit()
     assert changed.returncode == 0 and "-- plan:w1" not in changed.stdout, changed.stdout  # ran again
     assert "RPC load reserved" in changed.stdout

@@ -107,7 +107,8 @@ def test_render_without_a_lock_says_what_to_run(inventory: Path, fake_build: Pat
 
 def test_doit_task_renders_from_the_current_build_and_is_then_up_to_date(inventory: Path, fake_build: Path) -> None:
     """The task's action and up-to-date check, with the build stage's layout faked on disk."""
-    from homelab.tasks.render import _render, _rendered, task_render
+    from homelab.render.stage import RENDER
+    from homelab.tasks import task_render
 
     builds = state_dir() / "builds"
     key = "k" * 64
@@ -119,13 +120,12 @@ def test_doit_task_renders_from_the_current_build_and_is_then_up_to_date(invento
     os.symlink(f"../{key}", builds / "current" / "box")
 
     host = load_host("box", inventory)
-    uptodate = _rendered(host)
-    assert uptodate(None, {}) is False
-    _render(host)
+    assert RENDER.is_fresh(host) is False
+    RENDER.run_and_record(host)
     staged = read_generation(staging_dir("box"))
     assert staged is not None and json.loads(staged["manifest.json"])["inputs"]["build"] == key
     assert "/bin/llama-server" in staged["config.yaml"]
-    assert uptodate(None, {}) is True
+    assert RENDER.is_fresh(host) is True
     (inventory / "hosts" / "box.yaml").write_text((inventory / "hosts" / "box.yaml").read_text() + "env: {A: b}\n")
-    assert _rendered(load_host("box", inventory))(None, {}) is False
+    assert RENDER.is_fresh(load_host("box", inventory)) is False
     assert [t["name"] for t in task_render()] == [None]  # no host= given: only the group task
