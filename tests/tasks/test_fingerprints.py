@@ -186,8 +186,8 @@ def test_the_planner_fingerprint_covers_its_package_and_what_it_imports() -> Non
     files = code_files("homelab.plan")
     package = Path(__import__("homelab.plan").plan.__file__).parent
     assert {f"homelab.plan.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"} <= set(files)
-    assert {"homelab.gguf.facts", "homelab.supervisor.matrix", "homelab.hub.gguf_header"} <= set(files)
-    assert "homelab.render.generation" not in files and "homelab.supervisor.server" not in files
+    assert {"homelab.gguf.facts", "homelab.matrix", "homelab.hub.gguf_header"} <= set(files)
+    assert "homelab.render.generation" not in files and "homelab.supervisor.driver" not in files
 
 
 def test_the_build_key_moves_with_patches_and_cmake_options_not_with_sampling(tmp_path: Path) -> None:
