@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .flagnames import DEFAULT_REF, RESERVED, known_flags
+from .flagnames import DEFAULT_REF, RESERVED, known_flags, value_message
 from .problems import InventoryError, Problem, did_you_mean
 from .remote import RecipeFetchError, fetch_recipe, hash_of_url
 from .resolved import ResolvedHost, ResolvedModel
@@ -372,7 +372,8 @@ class _Session:
     # -- checks -------------------------------------------------------------------------------
 
     def check_server(self, doc: YamlDoc, base: KeyPath, server: dict[str, object], ref: str) -> None:
-        """Flag names (reserved ones, and typos against the ref's snapshot) and ctx-size values."""
+        """Flag names (reserved ones, and typos against the ref's snapshot), values of enumerated
+        flags against the ref's help text, and ctx-size values."""
         known = known_flags(ref)
         for name, value in server.items():
             path = (*base, name)
@@ -396,6 +397,8 @@ class _Session:
                         ),
                     )
                 )
+            if message := value_message(ref, name, value):
+                self.add(doc.problem(path, message))
             if name == "ctx-size" and not _ctx_size_ok(value):
                 self.add(
                     doc.problem(

@@ -33,6 +33,11 @@ _FLAG = r"-{1,2}[A-Za-z0-9][A-Za-z0-9._-]*"
 _SPEC = re.compile(rf"^(?P<aliases>{_FLAG}(?:,\s+{_FLAG})*)(?: (?P<value>\S.*?))?(?:\s{{2,}}(?P<desc>.*))?$")
 _REMOVED = "the argument has been removed"
 _ALLOWED = re.compile(r"allowed values: (?P<values>[\w.-]+(?:, [\w.-]+)*)")
+# "... one of:" then one "- name: what it does" line per value (--reasoning-format, --split-mode);
+# the default may sit on the bullet ("- layer (default): ...") or after the list ("(default: auto)")
+_ONE_OF = "one of:"
+_BULLET = re.compile(r"^- (?P<value>[\w.-]+)(?: \(default\))?:")
+_DEFAULT = re.compile(r"^\(default: (?P<value>[\w.-]+)\)$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class FlagInfo:
     """Allowed values when the placeholder lists them (``{none,layer,row}`` or ``a,b,c``)."""
     removed: str | None = None
     """The upstream hint when the option is listed but rejected ("use --spec-draft-n-max ...")."""
+
+    @property
+    def takes_list(self) -> bool:
+        """A bare comma list placeholder (``none,draft-simple,...``) takes several of its values
+        at once (``--spec-type draft-mtp,ngram-mod``); ``{a,b}`` and ``[a|b]`` take one."""
+        return "," in self.placeholder and not self.placeholder.startswith(("{", "["))
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,21 @@ def _choices(placeholder: str) -> tuple[str, ...]:
     return ()
 
 
+def _listed_choices(desc: list[str]) -> tuple[str, ...]:
+    """The values of a description that lists them after "one of:", its default included
+    (llama.cpp accepts ``--reasoning-format auto`` although only the default line says so)."""
+    text = " ".join(desc)
+    if _ONE_OF not in text:
+        return ()
+    values: list[str] = []
+    for line in desc:
+        if m := _BULLET.match(line):
+            values.append(m["value"])
+        elif values and (m := _DEFAULT.match(line)) and m["value"] not in values:
+            values.append(m["value"])
+    return tuple(values)
+
+
 def parse_help(text: str, build: str = "") -> AcceptedFlags:
     """Parse ``llama-server --help`` output into the set of options it accepts."""
     infos: list[FlagInfo] = []
@@ -144,6 +170,8 @@ def parse_help(text: str, build: str = "") -> AcceptedFlags:
         choices = _choices(placeholder)
         if not choices and (allowed := _ALLOWED.search(description)):
             choices = tuple(c.strip() for c in allowed["values"].split(","))
+        if not choices:
+            choices = _listed_choices(desc)
         infos.append(
             FlagInfo(
                 name=longs[0][2:],
@@ -168,6 +196,52 @@ RENAMED = {
     "draft-min": "use 'spec-draft-n-min'",
 }
 """Upstream renames whose new name a spelling match would not find."""
+
+
+def nearest_choice(value: str, choices: Iterable[str]) -> str | None:
+    """The allowed value a mistaken one most likely meant: a different case, a choice that has
+    it as one of its ``-`` parts (``mtp`` -> ``draft-mtp``), else the closest spelling."""
+    options = list(choices)
+    lowered = value.lower()
+    for choice in options:
+        if choice.lower() == lowered:
+            return choice
+    parts = [c for c in options if lowered in c.lower().split("-")]
+    if len(parts) == 1:
+        return parts[0]
+    near = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
+    return near[0] if near else None
+
+
+def bad_values(info: FlagInfo, value: object) -> list[str]:
+    """The parts of ``value`` that ``info``'s listed choices do not allow (``[]``: all fine or
+    nothing to check). A list-taking flag checks each comma-separated (or YAML list) element."""
+    if not info.choices or isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    elif info.takes_list:
+        items = [v.strip() for v in str(value).split(",")]
+    else:
+        items = [str(value)]
+    return [v for v in items if v not in info.choices]
+
+
+def value_problem(name: str, info: FlagInfo, value: object, build: str) -> str | None:
+    """One sentence about the disallowed values of ``name: value``, with the nearest allowed."""
+    bad = bad_values(info, value)
+    if not bad:
+        return None
+    nearest = {b: near for b in bad if (near := nearest_choice(b, info.choices))}
+    if len(bad) == 1 and nearest:
+        hint = f"; did you mean {next(iter(nearest.values()))!r}?"
+    else:
+        hint = f"; did you mean {', '.join(f'{b!r} -> {n!r}' for b, n in nearest.items())}?" if nearest else ""
+    what = "values" if len(bad) > 1 else "value"
+    return (
+        f"server flag '{name}' {what} {', '.join(repr(b) for b in bad)} not accepted by {build} "
+        f"(allowed: {', '.join(info.choices)}){hint}"
+    )
 
 
 @dataclass(frozen=True)
@@ -228,20 +302,8 @@ def check_flags(
                     f"{where}model '{model}': server flag '{name}' is a switch in {build}; write `{name}: true`",
                 )
             )
-        elif (
-            info.choices
-            and isinstance(value, str)
-            and "," not in info.placeholder.strip("[]{}")  # comma lists take several values
-            and value not in info.choices
-        ):
-            problems.append(
-                FlagProblem(
-                    model,
-                    name,
-                    f"{where}model '{model}': server flag '{name}' value {value!r} is not one of "
-                    f"{', '.join(info.choices)} in {build}",
-                )
-            )
+        elif message := value_problem(name, info, value, build):
+            problems.append(FlagProblem(model, name, f"{where}model '{model}': {message}"))
     return problems
 
 

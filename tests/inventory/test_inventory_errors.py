@@ -205,6 +205,47 @@ def test_flag_check_uses_the_snapshot_of_the_hosts_ref(
     assert load_host("xtx", inventory.root).model("qwen3.5-9b").server["brand-new-flag"] == 1
 
 
+def test_spec_type_mtp_is_refused_with_draft_mtp_suggested(inventory: Inventory) -> None:
+    # b11434 exits with "unknown speculative type: mtp"; validate says so first
+    line = inventory.edit_host("xtx", "server: {ctx-size: 122880}", "server: {ctx-size: 122880, spec-type: mtp}")
+    message = load_error(inventory, "xtx")
+    assert_line(
+        message,
+        inventory.host_path("xtx"),
+        line,
+        "models[4].server.spec-type: server flag 'spec-type' value 'mtp' not accepted by llama.cpp b11434",
+        "did you mean 'draft-mtp'?",
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "bad", "nearest"),
+    [
+        ("cache-type-k", "q8", "'q8'", "q8_0"),
+        ("cache-type-v", "Q4_0", "'Q4_0'", "q4_0"),
+        ("split-mode", "rows", "'rows'", "row"),
+        ("flash-attn", "auto-on", "'auto-on'", "auto"),
+        ("reasoning-format", "deepseek_legacy", "'deepseek_legacy'", "deepseek-legacy"),
+        ("spec-type", "draft-mtp,ngram-mods", "'ngram-mods'", "ngram-mod"),
+    ],
+)
+def test_enumerated_flag_values_are_checked_against_the_refs_help(
+    inventory: Inventory, flag: str, value: str, bad: str, nearest: str
+) -> None:
+    line = inventory.edit_host("xtx", "server: {ctx-size: 122880}", f"server: {{ctx-size: 122880, {flag}: '{value}'}}")
+    message = load_error(inventory, "xtx")
+    assert_line(message, inventory.host_path("xtx"), line, f"server.{flag}:", f"value {bad} not accepted", f"'{nearest}'")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("spec-type", "draft-mtp,ngram-mod"), ("reasoning-format", "auto"), ("split-mode", "tensor"), ("cache-type-k", "iq4_nl")],
+)
+def test_allowed_values_pass(inventory: Inventory, flag: str, value: str) -> None:
+    inventory.edit_host("xtx", "server: {ctx-size: 122880}", f"server: {{ctx-size: 122880, {flag}: '{value}'}}")
+    assert load_host("xtx", inventory.root).model("qwen3.5-9b").server[flag] == value
+
+
 def test_flags_homelab_sets_itself_are_refused(inventory: Inventory) -> None:
     line = inventory.edit_host("xtx", "server: {ctx-size: 122880}", "server: {ctx-size: 122880, port: 8080}")
     message = load_error(inventory, "xtx")

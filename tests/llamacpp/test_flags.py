@@ -71,7 +71,8 @@ def test_check_flags_names_model_flag_and_build(accepted: AcceptedFlags) -> None
         "metrics": 3,  # a switch given a value
         "port": True,  # a valued flag given no value
         "cache-type-v": "q3_k",  # not an allowed value
-        "spec-type": "draft-mtp,ngram-mod",  # comma lists are not checked against choices
+        "spec-type": "draft-mtp,ngram-mod",  # a comma list: each element is a choice
+        "split-mode": "layer",
     }
     problems = check_flags("qwen3", server, accepted, recipe_file="recipes/qwen3.yaml")
     by_flag = {p.flag: str(p) for p in problems}
@@ -99,3 +100,33 @@ def test_mtp_only_with_heads_and_spelled_as_the_build_does(accepted: AcceptedFla
     # a build whose --spec-type only knows "mtp"
     old = parse_help("--spec-type none,mtp,ngram             speculative type\n", "patched-b9000")
     assert mtp_flags(mtp, has_mtp_heads=True, accepted=old)["spec-type"] == "mtp"
+
+
+def test_one_of_lists_in_descriptions_become_choices(accepted: AcceptedFlags) -> None:
+    # "--reasoning-format FORMAT ... one of: - none: ... (default: auto)": auto is accepted too
+    assert accepted.flags["reasoning-format"].choices == ("none", "deepseek", "deepseek-legacy", "auto")
+    assert accepted.flags["spec-type"].takes_list and not accepted.flags["split-mode"].takes_list
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("spec-type", "mtp", "value 'mtp' not accepted by b11434 (allowed: none, draft-simple"),
+        ("spec-type", "mtp", "did you mean 'draft-mtp'?"),
+        ("spec-type", "draft-mtp,eagle3,ngram", "values 'eagle3', 'ngram' not accepted"),
+        ("spec-type", "draft-mtp,eagle3,ngram", "'eagle3' -> 'draft-eagle3'"),
+        ("cache-type-k", "F16", "did you mean 'f16'?"),
+        ("split-mode", "rows", "did you mean 'row'?"),
+        ("reasoning-format", "deepseek-legacyy", "did you mean 'deepseek-legacy'?"),
+    ],
+)
+def test_bad_enumerated_values_name_the_nearest_choice(
+    accepted: AcceptedFlags, flag: str, value: str, expected: str
+) -> None:
+    problems = check_flags("m", {flag: value}, accepted)
+    assert len(problems) == 1 and expected in str(problems[0]), problems
+
+
+def test_switch_values_of_optional_flags_are_not_choice_checked(accepted: AcceptedFlags) -> None:
+    # YAML reads `flash-attn: on` as true: a bare --flash-attn, which the build accepts
+    assert check_flags("m", {"flash-attn": True, "spec-type": "none"}, accepted) == []
