@@ -237,11 +237,8 @@ def value_problem(name: str, info: FlagInfo, value: object, build: str) -> str |
         hint = f"; did you mean {next(iter(nearest.values()))!r}?"
     else:
         hint = f"; did you mean {', '.join(f'{b!r} -> {n!r}' for b, n in nearest.items())}?" if nearest else ""
-    what = "values" if len(bad) > 1 else "value"
-    return (
-        f"server flag '{name}' {what} {', '.join(repr(b) for b in bad)} not accepted by {build} "
-        f"(allowed: {', '.join(info.choices)}){hint}"
-    )
+    what = f"value {bad[0]!r} is" if len(bad) == 1 else f"values {', '.join(repr(b) for b in bad)} are"
+    return f"server flag '{name}' {what} not one of {', '.join(info.choices)} in {build}{hint}"
 
 
 @dataclass(frozen=True)

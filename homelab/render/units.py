@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backends import host_hsa_override
+from .backends import host_gpu_env
 from .errors import RenderError
 from .formats import systemd_word
 from .inputs import RenderInputs
@@ -99,11 +99,10 @@ def _command(inputs: RenderInputs) -> tuple[list[str], bool, bool]:
 
 
 def _router_env(inputs: RenderInputs) -> list[tuple[str, str]]:
-    """Router children inherit the router's environment: a host-wide HSA override goes here."""
+    """Router children inherit the router's environment: host-wide GPU settings go here."""
     if inputs.host.host.runtime.kind != "router":
         return []
-    override = host_hsa_override(inputs.host)
-    return [("HSA_OVERRIDE_GFX_VERSION", override)] if override else []
+    return sorted(host_gpu_env(inputs.host).items())
 
 
 def _largest_set(inputs: RenderInputs) -> int:

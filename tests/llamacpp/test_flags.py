@@ -111,9 +111,9 @@ def test_one_of_lists_in_descriptions_become_choices(accepted: AcceptedFlags) ->
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
-        ("spec-type", "mtp", "value 'mtp' not accepted by b11434 (allowed: none, draft-simple"),
+        ("spec-type", "mtp", "value 'mtp' is not one of none, draft-simple, draft-eagle3, draft-mtp"),
         ("spec-type", "mtp", "did you mean 'draft-mtp'?"),
-        ("spec-type", "draft-mtp,eagle3,ngram", "values 'eagle3', 'ngram' not accepted"),
+        ("spec-type", "draft-mtp,eagle3,ngram", "values 'eagle3', 'ngram' are not one of"),
         ("spec-type", "draft-mtp,eagle3,ngram", "'eagle3' -> 'draft-eagle3'"),
         ("cache-type-k", "F16", "did you mean 'f16'?"),
         ("split-mode", "rows", "did you mean 'row'?"),

@@ -34,8 +34,9 @@ def cmd_lines(model: dict) -> list[str]:
 def test_duo3060_pins_chat_small_and_splits_think_small() -> None:
     config = config_of(render_host(fake_inputs(example_host("duo3060"))))
     chat, think = config["models"]["chat-small"], config["models"]["think-small"]
-    assert chat["env"] == ["CUDA_VISIBLE_DEVICES=0"]
-    assert "env" not in think  # both cards
+    # PCI order: `gpus: [0]` is the card nvidia-smi lists first, not CUDA's fastest-first pick
+    assert chat["env"] == ["CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES=0"]
+    assert think["env"] == ["CUDA_DEVICE_ORDER=PCI_BUS_ID"]  # both cards
     assert "--tensor-split 1,1.5" in cmd_lines(think)
     assert config["matrix"]["sets"] == {"voice": "chat-small & think-small", "coding": "think-big"}
     assert config["matrix"]["evict_costs"] == {"chat-small": 3, "think-big": 18, "think-small": 18}
