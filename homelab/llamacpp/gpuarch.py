@@ -96,10 +96,21 @@ def runtime_env(backend: str, archs: list[str]) -> dict[str, str]:
         return dict(CUDA_ENV)
     if backend != "hip":
         return {}
-    overrides = {f.override if (f := family_of(a)) and _base(a) in f.runs_as else None for a in archs}
-    if len(overrides) > 1:
+    # each card's acceptable overrides: its family's for the cards that need it; the family's
+    # target arch (gfx1030) runs the same with or without it; any other card wants none
+    allowed: list[set[str | None]] = []
+    for arch in archs:
+        family, base = family_of(arch), _base(arch)
+        if family and base in family.runs_as:
+            allowed.append({family.override})
+        elif family and base in family.runs_as.values():
+            allowed.append({None, family.override})
+        else:
+            allowed.append({None})
+    common = set.intersection(*allowed) if allowed else {None}
+    if not common:
         raise ValueError("the GPUs need different HSA_OVERRIDE_GFX_VERSION values")
-    value = overrides.pop() if overrides else None
+    value = None if None in common else common.pop()  # no override unless a card needs one
     return {"HSA_OVERRIDE_GFX_VERSION": value} if value else {}
 
 
