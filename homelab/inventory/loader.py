@@ -27,7 +27,7 @@ from .flagnames import DEFAULT_REF, RESERVED, known_flags, value_message
 from .problems import InventoryError, Problem, did_you_mean
 from .remote import RecipeFetchError, fetch_recipe, hash_of_url
 from .resolved import ResolvedHost, ResolvedModel
-from .schema import HIP_ARCH, MTP, Host, HostModel, Recipe, cuda_architecture
+from .schema import HIP_ARCH, MTP, Host, HostModel, Recipe, cuda_architecture, cuda_floor_problem
 from .sourcemap import KeyPath, YamlDoc, YamlSyntaxError, display_name, parse_yaml
 
 __all__ = [
@@ -475,6 +475,8 @@ class _Session:
                         "for an RTX 3060",
                     )
                 )
+            elif host.backend == "cuda" and (floor := cuda_floor_problem(gpu.arch)):
+                self.add(doc.problem(path, floor))
 
     def check_patches(self, doc: YamlDoc, host: Host) -> None:
         """Patch files named in ``llama_cpp.patches`` exist under ``<inventory>/patches/`` (a file,

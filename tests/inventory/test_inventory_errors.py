@@ -307,3 +307,14 @@ def test_tensor_split_is_the_plans_when_a_model_uses_rpc_workers(inventory: Inve
     message = load_error(inventory, "rig4090")
     assert_line(message, inventory.host_path("rig4090"), line, "models[1].server.tensor-split:",
                 "split over rpc workers (rpc3090)", "tensor-split: null")
+
+
+@pytest.mark.parametrize(("arch", "shown"), [("61", "6.1"), ("7.0", "7.0"), ("sm_52", "5.2")])
+def test_cuda_archs_below_turing_are_refused_for_cuda_13(inventory: Inventory, arch: str, shown: str) -> None:
+    path = inventory.host_path("duo3060")
+    path.write_text(path.read_text().replace('arch: "86"', f'arch: "{arch}"', 1))
+    message = load_error(inventory, "duo3060")
+    assert_line(
+        message, path, 7, f"gpus[0].arch: '{arch}' (compute capability {shown}) cannot be built with CUDA 13",
+        "lowest: 7.5", "backend: vulkan",
+    )
