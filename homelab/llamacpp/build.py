@@ -45,7 +45,7 @@ from .configure import (
     probe_toolchain,
     require_toolchain,
 )
-from .flags import AcceptedFlags, parse_help
+from .flags import AcceptedFlags, mtp_architectures_in, parse_help
 from .gitrepo import git
 from .patches import ApplyHistory, Patch, apply_series, precheck_series
 from .source import SourceCache, SourceSpec, remove_worktree
@@ -104,6 +104,11 @@ class Build:
 
     def manifest(self) -> dict:
         return json.loads((self.root / "build.json").read_text())
+
+    def mtp_architectures(self) -> frozenset[str] | None:
+        """Architectures this build runs MTP for (None: a build from before this was recorded)."""
+        archs = self.manifest().get("mtp_architectures")
+        return frozenset(archs) if archs else None
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,8 @@ class Builder:
             "cmake": plan.configure_command(Path("<src>"), Path("<build>")),
             "env": plan.env,
             "targets": list(plan.targets),
+            # the patched tree's own answer to "which architectures can run MTP" (render asks it)
+            "mtp_architectures": sorted(mtp_architectures_in(build_dir.parent) or ()),
             "seconds": round(seconds, 1),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -345,6 +345,66 @@ def mtp_flags(
     return flags
 
 
+# Which architectures have an MTP graph is llama.cpp's decision, read from the tree of the
+# build: a model class whose ``build_arch_graph`` handles ``LLM_GRAPH_TYPE_DECODER_MTP`` (in
+# ``src/models/*.cpp``; subclasses in ``models.h`` inherit it unless they define their own),
+# the ``LLM_ARCH_*`` that ``src/llama-model.cpp`` maps to that class, and the GGUF name
+# ``src/llama-arch.cpp`` gives that enum. For any other architecture ``nextn_predict_layers``
+# is only weight: llama.cpp either refuses the MTP context or never runs the heads.
+
+MTP_SOURCES = ("src/models/models.h", "src/llama-model.cpp", "src/llama-arch.cpp")
+"""Files :func:`mtp_architectures` reads besides every ``src/models/*.cpp``."""
+_GRAPH = re.compile(r"llama_model_(\w+)::build_arch_graph\s*\(")
+_PARENT = re.compile(r"struct\s+llama_model_(\w+)\s*:\s*public\s+llama_model_(\w+)")
+_FACTORY = re.compile(r"((?:case\s+LLM_ARCH_\w+\s*:\s*)+)return\s+new\s+llama_model_(\w+)\s*\(")
+_ARCH_NAME = re.compile(r"\{\s*(LLM_ARCH_\w+)\s*,\s*\"([^\"]+)\"\s*\}")
+
+
+def mtp_architectures(model_sources: Iterable[str], models_h: str, llama_model_cpp: str, llama_arch_cpp: str) -> frozenset[str]:
+    """GGUF architecture names (``general.architecture``) that llama.cpp builds an MTP graph for."""
+    own: dict[str, bool] = {}
+    for text in model_sources:
+        for m in _GRAPH.finditer(text):
+            end = text.find("\n}", m.end())
+            own[m[1]] = "LLM_GRAPH_TYPE_DECODER_MTP" in text[m.end() : end if end >= 0 else None]
+    parents = {m[1]: m[2] for m in _PARENT.finditer(models_h)}
+
+    def has_mtp(cls: str, depth: int = 0) -> bool:
+        if cls in own:
+            return own[cls]
+        return depth < 8 and cls in parents and has_mtp(parents[cls], depth + 1)
+
+    names = dict(_ARCH_NAME.findall(llama_arch_cpp))
+    archs = set()
+    for m in _FACTORY.finditer(llama_model_cpp):
+        if has_mtp(m[2]):
+            archs.update(names[e] for e in re.findall(r"LLM_ARCH_\w+", m[1]) if e in names)
+    return frozenset(archs)
+
+
+def mtp_architectures_in(tree: Path) -> frozenset[str] | None:
+    """:func:`mtp_architectures` of a checked-out tree; None when it lacks the files (an old or
+    unusual tree: then nothing is known and MTP is judged by the GGUF alone)."""
+    try:
+        texts = [(tree / rel).read_text(errors="replace") for rel in MTP_SOURCES]
+    except OSError:
+        return None
+    models = [p.read_text(errors="replace") for p in sorted((tree / "src" / "models").glob("*.cpp"))]
+    return mtp_architectures(models, *texts) or None
+
+
+def mtp_unusable(arch: str, nextn_layers: int, mtp_archs: frozenset[str] | None) -> str | None:
+    """Why ``--spec-type draft-mtp`` cannot take effect for a GGUF (None: it can)."""
+    if nextn_layers <= 0:
+        return f"the GGUF ({arch}) has no MTP heads ({arch}.nextn_predict_layers is 0 or absent)"
+    if mtp_archs is not None and arch not in mtp_archs:
+        return (
+            f"the pinned llama.cpp builds no MTP graph for architecture {arch!r} "
+            f"(it does for: {', '.join(sorted(mtp_archs))})"
+        )
+    return None
+
+
 def snapshot_lines(accepted: AcceptedFlags) -> list[str]:
     """The static snapshot format: one accepted long flag name per line, no dashes, sorted."""
     return accepted.long_names()

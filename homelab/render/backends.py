@@ -188,10 +188,14 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
             build_number=inputs.build_number,
         )
         if not mtp:
-            notes.append("mtp requested, but the GGUF has no MTP heads: speculative decoding off")
-        elif "fit" not in server:
-            # --fit is reported to conflict with MTP drafting; the plan sized the model already
-            mtp = {**mtp, "fit": "off"}
+            # asked for and silently off would serve a slower model than the host file promises
+            reason = inputs.mtp_refused.get(model.id, "the GGUF has no MTP heads")
+            raise RenderError(
+                f"{inputs.host.host_file}: model {model.id!r} sets `mtp:` but MTP cannot take effect: {reason}; "
+                "remove `mtp:`, or use a GGUF with MTP heads (or pass a separate MTP head file as "
+                "`spec-draft-model`)"
+            )
+        # no --fit off: llama-server fits the MTP draft context together with the model
     for name, value in server.items():
         if value is None or value is False:
             continue
