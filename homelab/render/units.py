@@ -183,6 +183,8 @@ def render_rpc_unit(inputs: RenderInputs) -> str:
     if server.cache:
         # rpc-server keeps received tensors under $LLAMA_CACHE/rpc: inside the writable state folder
         environment.append(("LLAMA_CACHE", str(paths.host_dir / RPC_CACHE_DIR)))
+    # the worker's cards need what a local backend would (HSA override, PCI order for -d CUDAi)
+    environment += sorted(host_gpu_env(host).items())
     context = _unit_context(inputs) | {
         "unit": rpc_unit_name(host.name).removesuffix(".service"),
         "comments": list(RPC_WARNING),

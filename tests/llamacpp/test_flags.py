@@ -17,7 +17,8 @@ from homelab.llamacpp.flags import (
     parse_help,
 )
 
-HELP = (Path(__file__).parent / "data" / "llama-server-b11434-help.txt").read_text()
+# the real b11434 --help, shipped for the validate-time check
+HELP = (Path(__file__).resolve().parents[2] / "homelab" / "llamacpp" / "server_help_b11434.txt").read_text()
 SNAPSHOT = Path(__file__).resolve().parents[2] / "homelab" / "llamacpp" / "server_flags_b11434.txt"
 
 
@@ -216,3 +217,11 @@ def test_the_real_b11434_tree(tmp_path: Path) -> None:
     archs = mtp_architectures_in(tmp_path)
     assert archs is not None and {"qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "step35"} <= archs
     assert not {"llama", "qwen3", "qwen3moe", "gemma3"} & archs
+
+
+def test_the_validate_time_check_reads_the_same_help(accepted: AcceptedFlags) -> None:
+    from homelab.inventory.flagnames import known_help
+
+    shipped = known_help("b11434")
+    assert shipped is not None and shipped.flags["spec-type"].choices == accepted.flags["spec-type"].choices
+    assert known_help("b1") is None and known_help("master") is None
