@@ -220,9 +220,9 @@ def probe_cuda(nvcc: str, extra_roots: Iterable[Path] | None = None, system_dirs
     """The toolkit behind ``nvcc``: its root (nvcc's own ``TOP``, wrappers included), version,
     the archs it compiles, cuBLAS and the driver library."""
     top = None
-    if dry := _output_all([nvcc, "--dryrun", "-v", "-c", "homelab-probe.cu"]):
-        if m := re.search(r"^#\$ TOP=(.+)$", dry, re.M):
-            top = Path(m[1].strip()).resolve()
+    dry = _output_all([nvcc, "--dryrun", "-v", "-c", "homelab-probe.cu"]) or ""
+    if m := re.search(r"^#\$ TOP=(.+)$", dry, re.MULTILINE):
+        top = Path(m[1].strip()).resolve()
     if top is None:
         top = Path(os.path.realpath(nvcc)).parent.parent
     version = _output([nvcc, "--version"]) or ""
@@ -240,7 +240,7 @@ def probe_cuda(nvcc: str, extra_roots: Iterable[Path] | None = None, system_dirs
 def _output_all(cmd: list[str]) -> str | None:
     """stdout and stderr of a command whatever its exit code (``nvcc --dryrun`` of a missing file)."""
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout + result.stderr

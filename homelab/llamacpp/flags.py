@@ -375,7 +375,7 @@ def mtp_architectures(model_sources: Iterable[str], models_h: str, llama_model_c
         return depth < 8 and cls in parents and has_mtp(parents[cls], depth + 1)
 
     names = dict(_ARCH_NAME.findall(llama_arch_cpp))
-    archs = set()
+    archs: set[str] = set()
     for m in _FACTORY.finditer(llama_model_cpp):
         if has_mtp(m[2]):
             archs.update(names[e] for e in re.findall(r"LLM_ARCH_\w+", m[1]) if e in names)

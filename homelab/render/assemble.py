@@ -124,7 +124,7 @@ def _mtp_heads(
         head = model.server.get("spec-draft-model")
         candidate = Path(str(head)) if isinstance(head, str) and Path(head).is_file() else first
         facts = facts_from_file(candidate)
-        reason = mtp_unusable(facts.arch, facts.n_layer_nextn, mtp_archs)
+        reason = mtp_unusable(facts.architecture, facts.n_layer_nextn, mtp_archs)
         supported[model.id] = reason is None
         if reason:
             why_not[model.id] = reason
