@@ -31,28 +31,24 @@ class Family:
     """arch -> the arch the runtime reports under :attr:`override` (what the kernels must be)."""
     override: str | None = None
     """``HSA_OVERRIDE_GFX_VERSION`` for the archs in :attr:`runs_as`."""
-    examples: str = ""
 
 
 FAMILIES: tuple[Family, ...] = (
+    # RX 6800/6900 (gfx1030), RX 6700 XT (gfx1031), RX 6600 (gfx1032)
     Family(
         "RDNA2", "amd", ("gfx1030", "gfx1031", "gfx1032", "gfx1033", "gfx1034", "gfx1035", "gfx1036"),
         runs_as={f"gfx103{n}": "gfx1030" for n in range(1, 7)}, override="10.3.0",
-        examples="RX 6800/6900 (gfx1030), RX 6700 XT (gfx1031), RX 6600 (gfx1032)",
     ),
-    Family(
-        "RDNA3", "amd", ("gfx1100", "gfx1101", "gfx1102", "gfx1103"),
-        runs_as={"gfx1103": "gfx1100"}, override="11.0.0",
-        examples="RX 7900 XTX (gfx1100), RX 7800 XT (gfx1101), RX 7600 (gfx1102), 780M iGPU (gfx1103)",
-    ),
-    Family("RDNA3.5", "amd", ("gfx1150", "gfx1151"), examples="Strix Point/Halo (gfx1150, gfx1151)"),
-    Family("RDNA4", "amd", ("gfx1200", "gfx1201"), examples="RX 9060 (gfx1200), RX 9070 (gfx1201)"),
-    Family("CDNA", "amd", ("gfx908", "gfx90a", "gfx942", "gfx950"), examples="MI100, MI210/250, MI300, MI350"),
-    Family("Turing", "nvidia", ("75",), examples="RTX 20xx, T4"),
-    Family("Ampere", "nvidia", ("80", "86", "87"), examples="A100 (80), RTX 30xx (86), Orin (87)"),
-    Family("Ada", "nvidia", ("89",), examples="RTX 40xx, L4, L40"),
-    Family("Hopper", "nvidia", ("90", "90a"), examples="H100, H200"),
-    Family("Blackwell", "nvidia", ("100", "100a", "103", "110", "120", "121"), examples="B200 (100), RTX 50xx (120)"),
+    # RX 7900 XTX (gfx1100), RX 7800 XT (gfx1101), RX 7600 (gfx1102), 780M iGPU (gfx1103)
+    Family("RDNA3", "amd", ("gfx1100", "gfx1101", "gfx1102", "gfx1103"), runs_as={"gfx1103": "gfx1100"}, override="11.0.0"),
+    Family("RDNA3.5", "amd", ("gfx1150", "gfx1151")),  # Strix Point, Strix Halo
+    Family("RDNA4", "amd", ("gfx1200", "gfx1201")),  # RX 9060, RX 9070
+    Family("CDNA", "amd", ("gfx908", "gfx90a", "gfx942", "gfx950")),  # MI100, MI210/250, MI300, MI350
+    Family("Turing", "nvidia", ("75",)),  # RTX 20xx, T4
+    Family("Ampere", "nvidia", ("80", "86", "87")),  # A100, RTX 30xx, Orin
+    Family("Ada", "nvidia", ("89",)),  # RTX 40xx, L4, L40
+    Family("Hopper", "nvidia", ("90", "90a")),  # H100, H200
+    Family("Blackwell", "nvidia", ("100", "100a", "103", "110", "120", "121")),  # B200 (100), RTX 50xx (120)
 )
 
 CUDA_MIN_BY_TOOLKIT = ((13, 75), (12, 50), (11, 35))
