@@ -118,7 +118,7 @@ def _has(option: OptionChange, name: str, build_number: int, declared: frozenset
 
 @dataclass(frozen=True)
 class CudaLibrary:
-    """cuBLAS found outside cmake's own search (a pip wheel's ``nvidia/cu13``) needs telling."""
+    """Where cuBLAS is; one outside the toolkit (a pip wheel's ``nvidia/cu13``) is named to cmake."""
 
     include: str
     cublas: str
