@@ -1,7 +1,9 @@
 """The early, static check of ``server:`` flag names: a typo catcher run while loading YAML.
 
 It compares names against a snapshot of ``llama-server --help`` long flags for the host's
-llama.cpp ref (``homelab/llamacpp/server_flags_<ref>.txt``, one name per line, no dashes).
+llama.cpp ref (``homelab/llamacpp/server_flags_<ref>.txt``, one name per line, no dashes), and
+values of enumerated flags (``spec-type``, ``cache-type-k``, ``split-mode``...) against the choices
+the ref's full ``--help`` text lists (``server_help_<ref>.txt``).
 The authoritative check against the binary actually built belongs to the llama.cpp stage
 (:mod:`homelab.llamacpp.flags`); this one only needs the YAML, so a typo fails at ``homelab
 validate`` instead of after a 10-minute build. Without a snapshot for the ref the check is skipped.
@@ -12,6 +14,10 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+
+# flags.py is a stdlib-only leaf (the help parser): reading the same text the same way here
+# keeps validate-time and build-time checks from drifting apart
+from ..llamacpp.flags import AcceptedFlags, parse_help, value_problem
 
 SNAPSHOT_DIR = Path(__file__).resolve().parent.parent / "llamacpp"
 DEFAULT_REF = "b11434"
@@ -53,3 +59,32 @@ def known_flags(ref: str) -> frozenset[str] | None:
     if path is None:
         return None
     return _read(path, path.stat().st_mtime_ns)
+
+
+def help_path(ref: str) -> Path | None:
+    """The full ``llama-server --help`` text for ``ref``, if one ships with homelab."""
+    if not re.fullmatch(r"b\d+", ref):
+        return None
+    path = SNAPSHOT_DIR / f"server_help_{ref}.txt"
+    return path if path.is_file() else None
+
+
+@functools.cache
+def _parse(path: Path, mtime_ns: int, ref: str) -> AcceptedFlags:
+    return parse_help(path.read_text(), f"llama.cpp {ref}")
+
+
+def known_help(ref: str) -> AcceptedFlags | None:
+    """Every option of llama-server ``ref`` with its value choices, or None without a help text."""
+    path = help_path(ref)
+    if path is None:
+        return None
+    return _parse(path, path.stat().st_mtime_ns, ref)
+
+
+def value_message(ref: str, name: str, value: object) -> str | None:
+    """Why llama-server ``ref`` would refuse ``name: value`` (a value outside the listed
+    choices, with the nearest allowed one), or None when fine or unknown."""
+    described = known_help(ref)
+    info = described.flags.get(name) if described is not None else None
+    return value_problem(name, info, value, described.build) if described and info else None

@@ -25,11 +25,11 @@ from pydantic import BaseModel, ValidationError
 from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names, expression_refs
 from ..address import split_host_port
 from ..suggest import did_you_mean
-from .flagnames import DEFAULT_REF, RESERVED, known_flags
+from .flagnames import DEFAULT_REF, RESERVED, known_flags, value_message
 from .problems import InventoryError, Problem
 from .remote import RecipeFetchError, fetch_recipe, hash_of_url
 from .resolved import ResolvedHost, ResolvedModel
-from .schema import HIP_ARCH, MTP, Host, HostModel, Recipe, cuda_architecture
+from .schema import HIP_ARCH, MTP, Host, HostModel, Recipe, cuda_architecture, cuda_floor_problem
 from .sourcemap import KeyPath, YamlDoc, YamlSyntaxError, display_name, parse_yaml
 from .validation import validation_problems
 
@@ -307,7 +307,8 @@ class _Session:
     # -- checks -------------------------------------------------------------------------------
 
     def check_server(self, doc: YamlDoc, base: KeyPath, server: dict[str, object], ref: str) -> None:
-        """Flag names (reserved ones, and typos against the ref's snapshot) and ctx-size values."""
+        """Flag names (reserved ones, and typos against the ref's snapshot), values of enumerated
+        flags against the ref's help text, and ctx-size values."""
         known = known_flags(ref)
         for name, value in server.items():
             path = (*base, name)
@@ -331,6 +332,8 @@ class _Session:
                         ),
                     )
                 )
+            if message := value_message(ref, name, value):
+                self.add(doc.problem(path, message))
             if name == "ctx-size" and not _ctx_size_ok(value):
                 self.add(
                     doc.problem(
@@ -407,6 +410,8 @@ class _Session:
                         "for an RTX 3060",
                     )
                 )
+            elif host.backend == "cuda" and (floor := cuda_floor_problem(gpu.arch)):
+                self.add(doc.problem(path, floor))
 
     def check_patches(self, doc: YamlDoc, host: Host) -> None:
         """Patch files named in ``llama_cpp.patches`` exist under ``<inventory>/patches/`` (a file,

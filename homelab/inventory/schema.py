@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from ..address import is_any_address, split_host_port
+from ..gpuarch import CUDA_ERA_MAJOR, cuda_min_for
 
 FlagValue = Union[bool, int, float, str, None]
 """A flag's value: ``true`` for a switch, ``false``/``null`` to drop a flag set by the recipe."""
@@ -171,6 +172,21 @@ def cuda_architecture(arch: str) -> str | None:
     if not major or int(major) < 5:
         return None
     return f"{int(major)}{minor}{suffix}"
+
+
+def cuda_floor_problem(arch: str) -> str | None:
+    """Why a valid compute capability cannot be built by a CUDA 13 toolkit, or None."""
+    spelled = cuda_architecture(arch)
+    if spelled is None:
+        return None
+    # the toolkit of this llama.cpp's era; the build stage checks the host's own nvcc again
+    number, lowest = int(re.match(r"\d+", spelled)[0]), cuda_min_for(CUDA_ERA_MAJOR)  # type: ignore[index]
+    if number >= lowest:
+        return None
+    return (
+        f"{arch!r} (compute capability {number / 10:.1f}) cannot be built with CUDA {CUDA_ERA_MAJOR} "
+        f"(lowest: {lowest / 10:.1f}, Turing); use backend: vulkan for this card"
+    )
 
 
 class PullRequestPatch(Strict):

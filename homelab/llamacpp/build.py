@@ -16,6 +16,7 @@ kept for rollback, up to a cap. After a build, ``llama-server --help`` is parsed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -44,7 +45,7 @@ from .configure import (
     probe_toolchain,
     require_toolchain,
 )
-from .flags import AcceptedFlags, parse_help
+from .flags import AcceptedFlags, mtp_architectures_in, parse_help
 from .gitrepo import git
 from .patches import ApplyHistory, Patch, apply_series, precheck_series
 from .source import SourceCache, SourceSpec, remove_worktree
@@ -104,6 +105,11 @@ class Build:
     def manifest(self) -> dict:
         return json.loads((self.root / "build.json").read_text())
 
+    def mtp_architectures(self) -> frozenset[str] | None:
+        """Architectures this build runs MTP for (None: a build from before this was recorded)."""
+        archs = self.manifest().get("mtp_architectures")
+        return frozenset(archs) if archs else None
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -137,7 +143,7 @@ class Builder:
         """The cmake plan and build key; fails first when a needed tool is missing."""
         tools = tools or probe_toolchain(request.backend)
         if check_tools:
-            require_toolchain(request.backend, tools, request.host)
+            require_toolchain(request.backend, tools, request.host, request.cmake_extra)
         git_dir = self.sources.ensure_commit(request.source, request.commit)
         plan = plan_cmake(
             backend=request.backend,
@@ -242,13 +248,7 @@ class Builder:
 
         self.prepare(planned)
         build_dir = worktree / "build"
-        env = {
-            **os.environ,
-            **plan.env,
-            # every worktree looks the same to ccache: paths below it are hashed relative
-            "CCACHE_BASEDIR": str(worktree),
-            "CCACHE_NOHASHDIR": "1",
-        }
+        env = {**os.environ, **compile_env(plan, worktree)}
         started = time.monotonic()
         with log_path.open("w") as log_file:
             log_file.write(f"# homelab build {key} for {request.host} ({request.label}, {request.commit})\n")
@@ -264,6 +264,18 @@ class Builder:
         build = self._install(planned, build_dir, log_path, seconds)
         self.discard_worktree(planned)  # hundreds of MB; ccache keeps what a rebuild needs
         return build
+
+    def dry_run(self, planned: Planned) -> str:
+        """What :meth:`build` would run for ``planned``: environment and cmake commands."""
+        worktree = self.worktree_of(planned.key)
+        env = compile_env(planned.plan, worktree)
+        head = [
+            f"# llama.cpp {planned.request.label} ({planned.request.commit[:12]}) for {planned.request.host}, "
+            f"key {planned.key[:12]}; source checked out to {worktree}",
+        ]
+        plan = planned.plan
+        shown = dataclasses.replace(plan, env=env)
+        return "\n".join([*head, shown.dry_run(worktree, worktree / "build")])
 
     def _install(self, planned: Planned, build_dir: Path, log_path: Path, seconds: float) -> Build:
         request, plan, key = planned.request, planned.plan, planned.key
@@ -297,6 +309,8 @@ class Builder:
             "cmake": plan.configure_command(Path("<src>"), Path("<build>")),
             "env": plan.env,
             "targets": list(plan.targets),
+            # the patched tree's own answer to "which architectures can run MTP" (render asks it)
+            "mtp_architectures": sorted(mtp_architectures_in(build_dir.parent) or ()),
             "seconds": round(seconds, 1),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -349,6 +363,16 @@ class Builder:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def compile_env(plan: CMakePlan, worktree: Path) -> dict[str, str]:
+    """What configure and build get on top of the caller's environment."""
+    return {
+        **plan.env,
+        # every worktree looks the same to ccache: paths below it are hashed relative
+        "CCACHE_BASEDIR": str(worktree),
+        "CCACHE_NOHASHDIR": "1",
+    }
 
 
 def _read_cache(cache: Path) -> object | None:

@@ -10,7 +10,7 @@ import time
 from ..inventory import ResolvedHost, load_host
 from ..settings import inventory_dir
 from .flags import parse_help
-from .stage import build_host, host_flag_problems, prepare_host
+from .stage import build_host, dry_run_host, host_flag_problems, prepare_host
 
 
 def _host(args: argparse.Namespace) -> ResolvedHost:
@@ -34,6 +34,12 @@ def _source(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     host = _host(args)
+    if args.dry_run:
+        text, missing = dry_run_host(host, args.target or ())
+        print(text)
+        for item in missing:
+            print(f"warning: a build would stop here: missing {item}", file=sys.stderr)
+        return 0
     started = time.monotonic()
     build, built = build_host(host, args.target or (), progress=not args.quiet and sys.stderr.isatty())
     took = time.monotonic() - started
@@ -70,5 +76,8 @@ def register(cli) -> None:
         )
         if name == "build":
             parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+            parser.add_argument(
+                "--dry-run", action="store_true", help="print the environment and cmake commands; build nothing"
+            )
     parser = cli.command("server-flags", _flags, "print the long flags a llama-server binary accepts")
     parser.add_argument("binary", help="path to llama-server")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import HomelabError
+from ..gpuarch import build_target, cuda_min_for, cuda_number, nvcc_archs
 
 Backend = Literal["hip", "cuda", "vulkan", "cpu"]
 
@@ -116,6 +117,16 @@ def _has(option: OptionChange, name: str, build_number: int, declared: frozenset
 
 
 @dataclass(frozen=True)
+class CudaLibrary:
+    """Where cuBLAS is; one outside the toolkit (a pip wheel's ``nvidia/cu13``) is named to cmake."""
+
+    include: str
+    cublas: str
+    cublas_lt: str
+    in_toolkit: bool
+
+
+@dataclass(frozen=True)
 class Toolchain:
     """What the build needs, as found on this machine (:func:`probe_toolchain`)."""
 
@@ -129,6 +140,17 @@ class Toolchain:
     hip_path: str | None = None
     """``hipconfig -R``: the ROCm root."""
     nvcc: str | None = None
+    cuda_root: str | None = None
+    """The toolkit nvcc belongs to (its ``TOP``), where cmake looks for cuBLAS and the driver stub."""
+    cuda_major: int | None = None
+    cuda_archs: frozenset[int] = frozenset()
+    """``nvcc --list-gpu-arch``: compute capabilities (times ten) this toolkit compiles."""
+    cublas: CudaLibrary | None = None
+    """Where cuBLAS headers and libraries are (the toolkit, or a ``nvidia-cublas`` wheel)."""
+    cuda_driver: bool = False
+    """Whether ``libcuda.so`` (the driver or the toolkit's stub) is there to link against."""
+    hip_blas: bool = False
+    """hipBLAS and rocBLAS headers and libraries under the ROCm root."""
     glslc: str | None = None
     vulkan_headers: bool = False
 
@@ -151,6 +173,91 @@ def _output(cmd: list[str]) -> str | None:
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
 
 
+def _lib_dirs(root: Path) -> list[Path]:
+    return [root / "lib64", root / "lib", *sorted(root.glob("targets/*/lib"))]
+
+
+def _include_dirs(root: Path) -> list[Path]:
+    return [root / "include", *sorted(root.glob("targets/*/include"))]
+
+
+def find_cublas(cuda_root: Path | None, major: int | None, extra_roots: Iterable[Path] = ()) -> CudaLibrary | None:
+    """cuBLAS as cmake's FindCUDAToolkit would see it in the toolkit (``libcublas.so``, the dev
+    link), else a ``nvidia-cublas`` wheel's ``nvidia/cu<major>`` in ``extra_roots`` (versioned
+    ``.so.<major>`` only, which cmake does not look for: we name the files to it)."""
+    if cuda_root is not None:
+        headers = [d for d in _include_dirs(cuda_root) if (d / "cublas_v2.h").is_file()]
+        libs = [d for d in _lib_dirs(cuda_root) if (d / "libcublas.so").exists() and (d / "libcublasLt.so").exists()]
+        if headers and libs:
+            return CudaLibrary(str(headers[0]), str(libs[0] / "libcublas.so"), str(libs[0] / "libcublasLt.so"), True)
+    for root in extra_roots:
+        wheel = root / "nvidia" / f"cu{major}" if major else root
+        for base in (wheel, root / "nvidia" / "cublas"):
+            blas = next(iter(sorted((base / "lib").glob("libcublas.so*"))), None)
+            lt = next(iter(sorted((base / "lib").glob("libcublasLt.so*"))), None)
+            if blas and lt and (base / "include" / "cublas_v2.h").is_file():
+                return CudaLibrary(str(base / "include"), str(blas), str(lt), False)
+    return None
+
+
+DRIVER_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+
+
+def find_cuda_driver(cuda_root: Path | None, system_dirs: Iterable[str] = DRIVER_DIRS) -> bool:
+    """``libcuda.so`` where FindCUDAToolkit looks: the toolkit (and its stubs), then the system."""
+    dirs = [*_lib_dirs(cuda_root), *(d / "stubs" for d in _lib_dirs(cuda_root))] if cuda_root else []
+    return any((d / "libcuda.so").exists() for d in [*dirs, *map(Path, system_dirs)])
+
+
+def _python_roots() -> list[Path]:
+    """Where ``pip install nvidia-cublas`` (into homelab's environment) puts the wheel."""
+    import sys
+
+    return [Path(p) for p in sys.path if p and Path(p, "nvidia").is_dir()]
+
+
+def probe_cuda(nvcc: str, extra_roots: Iterable[Path] | None = None, system_dirs: Iterable[str] = DRIVER_DIRS) -> dict[str, object]:
+    """The toolkit behind ``nvcc``: its root (nvcc's own ``TOP``, wrappers included), version,
+    the archs it compiles, cuBLAS and the driver library."""
+    top = None
+    dry = _output_all([nvcc, "--dryrun", "-v", "-c", "homelab-probe.cu"]) or ""
+    if m := re.search(r"^#\$ TOP=(.+)$", dry, re.MULTILINE):
+        top = Path(m[1].strip()).resolve()
+    if top is None:
+        top = Path(os.path.realpath(nvcc)).parent.parent
+    version = _output([nvcc, "--version"]) or ""
+    m = re.search(r"release (\d+)\.", version)
+    major = int(m[1]) if m else None
+    return {
+        "cuda_root": str(top),
+        "cuda_major": major,
+        "cuda_archs": nvcc_archs(_output([nvcc, "--list-gpu-arch"]) or ""),
+        "cublas": find_cublas(top, major, _python_roots() if extra_roots is None else extra_roots),
+        "cuda_driver": find_cuda_driver(top, system_dirs),
+    }
+
+
+def _output_all(cmd: list[str]) -> str | None:
+    """stdout and stderr of a command whatever its exit code (``nvcc --dryrun`` of a missing file)."""
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout + result.stderr
+
+
+def hip_blas_present(hip_path: str | None) -> bool:
+    """hipBLAS and rocBLAS (headers and libraries) under the ROCm root ggml-hip links against."""
+    if not hip_path:
+        return False
+    root = Path(hip_path)
+    libs = _lib_dirs(root)
+    return all(
+        any((d / f"lib{name}.so").exists() for d in libs) and (root / "include" / name / f"{name}.h").is_file()
+        for name in ("hipblas", "rocblas")
+    )
+
+
 def probe_toolchain(backend: Backend) -> Toolchain:
     """Look for the tools ``backend`` needs (only those: no hipconfig call on a CUDA box)."""
     found: dict[str, object] = {
@@ -165,8 +272,12 @@ def probe_toolchain(backend: Backend) -> Toolchain:
         if hipconfig:
             found["hip_clang_dir"] = _output([hipconfig, "-l"])
             found["hip_path"] = _output([hipconfig, "-R"])
+            found["hip_blas"] = hip_blas_present(found["hip_path"])  # type: ignore[arg-type]
     elif backend == "cuda":
-        found["nvcc"] = _which("nvcc", "/usr/local/cuda/bin", "/opt/cuda/bin")
+        nvcc = _which("nvcc", "/usr/local/cuda/bin", "/opt/cuda/bin")
+        found["nvcc"] = nvcc
+        if nvcc:
+            found.update(probe_cuda(nvcc))
     elif backend == "vulkan":
         found["glslc"] = _which("glslc")
         found["vulkan_headers"] = any(
@@ -176,8 +287,9 @@ def probe_toolchain(backend: Backend) -> Toolchain:
     return Toolchain(**found)  # type: ignore[arg-type]
 
 
-def missing_tools(backend: Backend, tools: Toolchain) -> list[str]:
-    """What to install before building for ``backend`` (Debian/Ubuntu package names)."""
+def missing_tools(backend: Backend, tools: Toolchain, cmake_extra: Mapping[str, object] | None = None) -> list[str]:
+    """What to install before building for ``backend`` (Debian/Ubuntu package names), checked
+    before cmake so a partial toolkit is named instead of failing deep in configure."""
     missing: list[str] = []
     if not tools.cmake:
         missing.append("cmake (apt install cmake)")
@@ -188,8 +300,29 @@ def missing_tools(backend: Backend, tools: Toolchain) -> list[str]:
             "ROCm >= 6.1 with hipconfig/hipcc (apt install hipcc libamdhip64-dev libhipblas-dev "
             "librocblas-dev, or AMD's rocm-dev; /opt/rocm/bin is searched too)"
         )
+    if backend == "hip" and tools.hip_path and not tools.hip_blas:
+        missing.append(
+            f"hipBLAS and rocBLAS under {tools.hip_path} (apt install libhipblas-dev librocblas-dev, "
+            "or AMD's hipblas-dev rocblas-dev)"
+        )
     if backend == "cuda" and not tools.nvcc:
         missing.append("the CUDA toolkit with nvcc (apt install nvidia-cuda-toolkit, or NVIDIA's cuda-toolkit; /usr/local/cuda/bin is searched too)")
+    if backend == "cuda" and tools.nvcc:
+        extra = cmake_extra or {}
+        major = tools.cuda_major or 13
+        if tools.cublas is None and "CUDA_cublas_LIBRARY" not in extra:
+            missing.append(
+                f"cuBLAS headers and libraries (not in {tools.cuda_root}): apt install "
+                f"libcublas-dev-{major}-0 (NVIDIA's repository) or cuda-libraries-dev-{major}-0, "
+                f"or `pip install nvidia-cublas` (CUDA {major} wheels) into homelab's Python environment"
+            )
+        no_vmm = str(extra.get("GGML_CUDA_NO_VMM", "")).upper() in ("ON", "1", "TRUE", "YES")
+        if not tools.cuda_driver and not no_vmm:
+            missing.append(
+                f"the CUDA driver library libcuda.so (not in {tools.cuda_root} or its stubs, nor the system): "
+                "install the NVIDIA driver (apt install libcuda1 or nvidia-driver), or build without it "
+                "by adding `GGML_CUDA_NO_VMM: ON` to the host's llama_cpp.cmake"
+            )
     if backend == "vulkan":
         if not tools.glslc:
             missing.append("glslc (apt install glslc)")
@@ -198,8 +331,10 @@ def missing_tools(backend: Backend, tools: Toolchain) -> list[str]:
     return missing
 
 
-def require_toolchain(backend: Backend, tools: Toolchain, host: str = "") -> None:
-    missing = missing_tools(backend, tools)
+def require_toolchain(
+    backend: Backend, tools: Toolchain, host: str = "", cmake_extra: Mapping[str, object] | None = None
+) -> None:
+    missing = missing_tools(backend, tools, cmake_extra)
     if missing:
         who = f"host {host!r} " if host else ""
         raise ToolchainError(
@@ -240,6 +375,16 @@ class CMakePlan:
             "cmake", "--build", str(build), "--config", "Release", "-j", str(self.jobs),
             "--target", *(self.cmake_target(t) for t in self.targets),
         ]
+
+    def dry_run(self, source: Path, build: Path) -> str:
+        """The exact configure environment and commands, as a shell could run them."""
+        import shlex
+
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in self.env.items()]
+        lines += [f"# note: {n}" for n in self.notes]
+        lines.append(shlex.join(self.configure_command(source, build)))
+        lines.append(shlex.join(self.build_command(build)))
+        return "\n".join(lines)
 
     def cmake_target(self, target: str) -> str:
         return self.cmake_targets.get(target, target)
@@ -320,7 +465,11 @@ def plan_cmake(
     if backend == "hip":
         defines["GGML_HIP"] = "ON"
         if archs:
-            defines["GPU_TARGETS"] = ";".join(_unique(hip_arch(a) for a in archs))
+            targets_of = {a: build_target(hip_arch(a)) for a in archs}
+            defines["GPU_TARGETS"] = ";".join(_unique(targets_of.values()))
+            for arch, target in targets_of.items():
+                if target != hip_arch(arch):
+                    notes.append(f"{arch} runs as {target} (HSA_OVERRIDE_GFX_VERSION): compiling {target}")
         else:
             notes.append("no gpus[].arch given: building for the AMD GPUs present on this machine")
         if tools.hip_clang_dir:
@@ -331,10 +480,17 @@ def plan_cmake(
         defines["GGML_CUDA"] = "ON"
         if archs:
             defines["CMAKE_CUDA_ARCHITECTURES"] = ";".join(_unique(cuda_arch(a) for a in archs))
+            _check_cuda_archs(archs, tools)
         else:
             notes.append("no gpus[].arch given: CUDA builds for the GPUs present (slow, large)")
         if tools.nvcc and not shutil.which("nvcc"):
             env["CUDACXX"] = tools.nvcc
+        if tools.cublas is not None and not tools.cublas.in_toolkit:
+            # a pip wheel: cmake's FindCUDAToolkit neither searches it nor finds unversioned names
+            defines["CUDA_cublas_LIBRARY"] = tools.cublas.cublas
+            defines["CUDA_cublasLt_LIBRARY"] = tools.cublas.cublas_lt
+            defines["CMAKE_CUDA_FLAGS"] = f"-I{tools.cublas.include}"
+            notes.append(f"cuBLAS from {Path(tools.cublas.include).parent} (outside the toolkit)")
     elif backend == "vulkan":
         defines["GGML_VULKAN"] = "ON"
 
@@ -358,6 +514,28 @@ def plan_cmake(
         jobs=jobs or os.cpu_count() or 1,
         notes=tuple(notes),
     )
+
+
+def _check_cuda_archs(archs: list[str], tools: Toolchain) -> None:
+    """Refuse compute capabilities the toolkit cannot compile, before cmake does."""
+    for arch in archs:
+        number = cuda_number(cuda_arch(arch))
+        if number is None:
+            continue
+        if tools.cuda_archs:
+            if number not in tools.cuda_archs:
+                lowest = min(tools.cuda_archs)
+                raise ToolchainError(
+                    f"gpus[].arch {arch!r}: this CUDA {tools.cuda_major or ''} toolkit ({tools.nvcc}) cannot "
+                    f"compile compute capability {number / 10:.1f} (nvcc --list-gpu-arch: "
+                    f"{', '.join(str(a) for a in sorted(tools.cuda_archs))}); "
+                    + ("use backend: vulkan for this card or a CUDA 12 toolkit" if number < lowest else "use a newer toolkit")
+                )
+        elif tools.cuda_major and number < cuda_min_for(tools.cuda_major):
+            raise ToolchainError(
+                f"gpus[].arch {arch!r}: CUDA {tools.cuda_major} cannot compile compute capability "
+                f"{number / 10:.1f} (lowest: {cuda_min_for(tools.cuda_major) / 10:.1f})"
+            )
 
 
 def _fa_change() -> OptionChange:

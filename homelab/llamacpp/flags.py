@@ -33,6 +33,11 @@ _FLAG = r"-{1,2}[A-Za-z0-9][A-Za-z0-9._-]*"
 _SPEC = re.compile(rf"^(?P<aliases>{_FLAG}(?:,\s+{_FLAG})*)(?: (?P<value>\S.*?))?(?:\s{{2,}}(?P<desc>.*))?$")
 _REMOVED = "the argument has been removed"
 _ALLOWED = re.compile(r"allowed values: (?P<values>[\w.-]+(?:, [\w.-]+)*)")
+# "... one of:" then one "- name: what it does" line per value (--reasoning-format, --split-mode);
+# the default may sit on the bullet ("- layer (default): ...") or after the list ("(default: auto)")
+_ONE_OF = "one of:"
+_BULLET = re.compile(r"^- (?P<value>[\w.-]+)(?: \(default\))?:")
+_DEFAULT = re.compile(r"^\(default: (?P<value>[\w.-]+)\)$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class FlagInfo:
     """Allowed values when the placeholder lists them (``{none,layer,row}`` or ``a,b,c``)."""
     removed: str | None = None
     """The upstream hint when the option is listed but rejected ("use --spec-draft-n-max ...")."""
+
+    @property
+    def takes_list(self) -> bool:
+        """A bare comma list placeholder (``none,draft-simple,...``) takes several of its values
+        at once (``--spec-type draft-mtp,ngram-mod``); ``{a,b}`` and ``[a|b]`` take one."""
+        return "," in self.placeholder and not self.placeholder.startswith(("{", "["))
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,21 @@ def _choices(placeholder: str) -> tuple[str, ...]:
     return ()
 
 
+def _listed_choices(desc: list[str]) -> tuple[str, ...]:
+    """The values of a description that lists them after "one of:", its default included
+    (llama.cpp accepts ``--reasoning-format auto`` although only the default line says so)."""
+    text = " ".join(desc)
+    if _ONE_OF not in text:
+        return ()
+    values: list[str] = []
+    for line in desc:
+        if m := _BULLET.match(line):
+            values.append(m["value"])
+        elif values and (m := _DEFAULT.match(line)) and m["value"] not in values:
+            values.append(m["value"])
+    return tuple(values)
+
+
 def parse_help(text: str, build: str = "") -> AcceptedFlags:
     """Parse ``llama-server --help`` output into the set of options it accepts."""
     infos: list[FlagInfo] = []
@@ -144,6 +170,8 @@ def parse_help(text: str, build: str = "") -> AcceptedFlags:
         choices = _choices(placeholder)
         if not choices and (allowed := _ALLOWED.search(description)):
             choices = tuple(c.strip() for c in allowed["values"].split(","))
+        if not choices:
+            choices = _listed_choices(desc)
         infos.append(
             FlagInfo(
                 name=longs[0][2:],
@@ -168,6 +196,49 @@ RENAMED = {
     "draft-min": "use 'spec-draft-n-min'",
 }
 """Upstream renames whose new name a spelling match would not find."""
+
+
+def nearest_choice(value: str, choices: Iterable[str]) -> str | None:
+    """The allowed value a mistaken one most likely meant: a different case, a choice that has
+    it as one of its ``-`` parts (``mtp`` -> ``draft-mtp``), else the closest spelling."""
+    options = list(choices)
+    lowered = value.lower()
+    for choice in options:
+        if choice.lower() == lowered:
+            return choice
+    parts = [c for c in options if lowered in c.lower().split("-")]
+    if len(parts) == 1:
+        return parts[0]
+    near = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
+    return near[0] if near else None
+
+
+def bad_values(info: FlagInfo, value: object) -> list[str]:
+    """The parts of ``value`` that ``info``'s listed choices do not allow (``[]``: all fine or
+    nothing to check). A list-taking flag checks each comma-separated (or YAML list) element."""
+    if not info.choices or isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    elif info.takes_list:
+        items = [v.strip() for v in str(value).split(",")]
+    else:
+        items = [str(value)]
+    return [v for v in items if v not in info.choices]
+
+
+def value_problem(name: str, info: FlagInfo, value: object, build: str) -> str | None:
+    """One sentence about the disallowed values of ``name: value``, with the nearest allowed."""
+    bad = bad_values(info, value)
+    if not bad:
+        return None
+    nearest = {b: near for b in bad if (near := nearest_choice(b, info.choices))}
+    if len(bad) == 1 and nearest:
+        hint = f"; did you mean {next(iter(nearest.values()))!r}?"
+    else:
+        hint = f"; did you mean {', '.join(f'{b!r} -> {n!r}' for b, n in nearest.items())}?" if nearest else ""
+    what = f"value {bad[0]!r} is" if len(bad) == 1 else f"values {', '.join(repr(b) for b in bad)} are"
+    return f"server flag '{name}' {what} not one of {', '.join(info.choices)} in {build}{hint}"
 
 
 @dataclass(frozen=True)
@@ -228,20 +299,8 @@ def check_flags(
                     f"{where}model '{model}': server flag '{name}' is a switch in {build}; write `{name}: true`",
                 )
             )
-        elif (
-            info.choices
-            and isinstance(value, str)
-            and "," not in info.placeholder.strip("[]{}")  # comma lists take several values
-            and value not in info.choices
-        ):
-            problems.append(
-                FlagProblem(
-                    model,
-                    name,
-                    f"{where}model '{model}': server flag '{name}' value {value!r} is not one of "
-                    f"{', '.join(info.choices)} in {build}",
-                )
-            )
+        elif message := value_problem(name, info, value, build):
+            problems.append(FlagProblem(model, name, f"{where}model '{model}': {message}"))
     return problems
 
 
@@ -284,6 +343,66 @@ def mtp_flags(
     if mtp.draft_n_min is not None:
         flags["spec-draft-n-min"] = str(mtp.draft_n_min)
     return flags
+
+
+# Which architectures have an MTP graph is llama.cpp's decision, read from the tree of the
+# build: a model class whose ``build_arch_graph`` handles ``LLM_GRAPH_TYPE_DECODER_MTP`` (in
+# ``src/models/*.cpp``; subclasses in ``models.h`` inherit it unless they define their own),
+# the ``LLM_ARCH_*`` that ``src/llama-model.cpp`` maps to that class, and the GGUF name
+# ``src/llama-arch.cpp`` gives that enum. For any other architecture ``nextn_predict_layers``
+# is only weight: llama.cpp either refuses the MTP context or never runs the heads.
+
+MTP_SOURCES = ("src/models/models.h", "src/llama-model.cpp", "src/llama-arch.cpp")
+"""Files :func:`mtp_architectures` reads besides every ``src/models/*.cpp``."""
+_GRAPH = re.compile(r"llama_model_(\w+)::build_arch_graph\s*\(")
+_PARENT = re.compile(r"struct\s+llama_model_(\w+)\s*:\s*public\s+llama_model_(\w+)")
+_FACTORY = re.compile(r"((?:case\s+LLM_ARCH_\w+\s*:\s*)+)return\s+new\s+llama_model_(\w+)\s*\(")
+_ARCH_NAME = re.compile(r"\{\s*(LLM_ARCH_\w+)\s*,\s*\"([^\"]+)\"\s*\}")
+
+
+def mtp_architectures(model_sources: Iterable[str], models_h: str, llama_model_cpp: str, llama_arch_cpp: str) -> frozenset[str]:
+    """GGUF architecture names (``general.architecture``) that llama.cpp builds an MTP graph for."""
+    own: dict[str, bool] = {}
+    for text in model_sources:
+        for m in _GRAPH.finditer(text):
+            end = text.find("\n}", m.end())
+            own[m[1]] = "LLM_GRAPH_TYPE_DECODER_MTP" in text[m.end() : end if end >= 0 else None]
+    parents = {m[1]: m[2] for m in _PARENT.finditer(models_h)}
+
+    def has_mtp(cls: str, depth: int = 0) -> bool:
+        if cls in own:
+            return own[cls]
+        return depth < 8 and cls in parents and has_mtp(parents[cls], depth + 1)
+
+    names = dict(_ARCH_NAME.findall(llama_arch_cpp))
+    archs: set[str] = set()
+    for m in _FACTORY.finditer(llama_model_cpp):
+        if has_mtp(m[2]):
+            archs.update(names[e] for e in re.findall(r"LLM_ARCH_\w+", m[1]) if e in names)
+    return frozenset(archs)
+
+
+def mtp_architectures_in(tree: Path) -> frozenset[str] | None:
+    """:func:`mtp_architectures` of a checked-out tree; None when it lacks the files (an old or
+    unusual tree: then nothing is known and MTP is judged by the GGUF alone)."""
+    try:
+        texts = [(tree / rel).read_text(errors="replace") for rel in MTP_SOURCES]
+    except OSError:
+        return None
+    models = [p.read_text(errors="replace") for p in sorted((tree / "src" / "models").glob("*.cpp"))]
+    return mtp_architectures(models, *texts) or None
+
+
+def mtp_unusable(arch: str, nextn_layers: int, mtp_archs: frozenset[str] | None) -> str | None:
+    """Why ``--spec-type draft-mtp`` cannot take effect for a GGUF (None: it can)."""
+    if nextn_layers <= 0:
+        return f"the GGUF ({arch}) has no MTP heads ({arch}.nextn_predict_layers is 0 or absent)"
+    if mtp_archs is not None and arch not in mtp_archs:
+        return (
+            f"the pinned llama.cpp builds no MTP graph for architecture {arch!r} "
+            f"(it does for: {', '.join(sorted(mtp_archs))})"
+        )
+    return None
 
 
 def snapshot_lines(accepted: AcceptedFlags) -> list[str]:

@@ -20,7 +20,7 @@ from ..lock import LlamaCppPin, read_lock
 from ..settings import state_dir
 from ..stage import Stage, digest, file_bytes, tree_files
 from .build import Build, BuildRequest, Builder, Planned
-from .configure import RPC_SERVER, Toolchain, kv_pairs_of, probe_toolchain, require_toolchain
+from .configure import RPC_SERVER, Toolchain, kv_pairs_of, missing_tools, probe_toolchain, require_toolchain
 from .flags import AcceptedFlags, FlagProblem, MtpSettings, check_flags, mtp_flags
 from .patches import collect
 from .pin import resolve_llama_cpp, source_spec
@@ -98,7 +98,7 @@ def check_toolchain(host: ResolvedHost) -> Toolchain:
     """The backend's tools; fails before anything is fetched or checked out when one is missing."""
     backend = host.host.backend
     tools = probe_toolchain(backend)
-    require_toolchain(backend, tools, host.name)
+    require_toolchain(backend, tools, host.name, host.host.llama_cpp.cmake)
     return tools
 
 
@@ -106,6 +106,16 @@ def plan_build(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> Planned
     tools = check_toolchain(host)
     pin, _locked = host_pin(host)
     return builder().plan(build_request(host, pin, extra_targets), tools=tools)
+
+
+def dry_run_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple[str, list[str]]:
+    """The environment and cmake commands a build of ``host`` runs, and what the toolchain
+    lacks (listed rather than refused: a dry run shows the commands either way)."""
+    tools = probe_toolchain(host.host.backend)
+    pin, _locked = host_pin(host)
+    b = builder()
+    planned = b.plan(build_request(host, pin, extra_targets), tools=tools, check_tools=False)
+    return b.dry_run(planned), missing_tools(host.host.backend, tools, host.host.llama_cpp.cmake)
 
 
 def prepare_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple[Planned, Path | None]:

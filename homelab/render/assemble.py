@@ -30,7 +30,7 @@ from ..inventory.multihost import PeerLink, load_related, secret_names
 from ..inventory.resolved import ResolvedHost
 from ..llamacpp.build import read_flags
 from ..llamacpp.configure import RPC_SERVER
-from ..llamacpp.flags import AcceptedFlags
+from ..llamacpp.flags import AcceptedFlags, mtp_unusable
 from ..llamacpp.stage import current_build
 from ..lock import Lock, read_lock
 from ..plan.stage import plan_path
@@ -100,16 +100,30 @@ def _files(host: ResolvedHost, lock: Lock) -> tuple[dict[str, tuple[Path, ...]],
     return weights, mmproj, sizes
 
 
-def _mtp_heads(host: ResolvedHost, weights: Mapping[str, tuple[Path, ...]]) -> dict[str, bool]:
-    out: dict[str, bool] = {}
+def _mtp_heads(
+    host: ResolvedHost, weights: Mapping[str, tuple[Path, ...]], mtp_archs: frozenset[str] | None
+) -> tuple[dict[str, bool], dict[str, str]]:
+    """Per model with ``mtp:``: whether MTP can take effect, and why not where it cannot.
+
+    The heads are in the model's GGUF, or in a separate head file the model passes as
+    ``spec-draft-model`` (llama.cpp runs ``--spec-type draft-mtp`` on that file's MTP block);
+    the architecture must be one the build has an MTP graph for."""
+    supported: dict[str, bool] = {}
+    why_not: dict[str, str] = {}
     for model in host.models:
         if model.mtp is None:
             continue
         first = weights[model.id][0]
         if not first.is_file():
             raise RenderError(f"{first} (model {model.id}) is missing: run `doit fetch host={host.name}` first")
-        out[model.id] = facts_from_file(first).has_mtp
-    return out
+        head = model.server.get("spec-draft-model")
+        candidate = Path(str(head)) if isinstance(head, str) and Path(head).is_file() else first
+        facts = facts_from_file(candidate)
+        reason = mtp_unusable(facts.architecture, facts.n_layer_nextn, mtp_archs)
+        supported[model.id] = reason is None
+        if reason:
+            why_not[model.id] = reason
+    return supported, why_not
 
 
 def _build(
@@ -131,6 +145,16 @@ def _build(
     label = (flags.build if flags and flags.build else None) or str(manifest.get("label") or build.key[:12])
     targets = list(manifest.get("targets") or [])
     return build.server, flags, manifest.get("build_number"), label, build.key, targets
+
+
+def _mtp_archs(host: ResolvedHost, server: Path | None) -> frozenset[str] | None:
+    """What the host's build recorded about MTP (None for ``--server`` or an older build)."""
+    if server is not None or not any(m.mtp is not None for m in host.models):
+        return None
+    from ..llamacpp.stage import current_build
+
+    build = current_build(host.name)
+    return build.mtp_architectures() if build is not None else None
 
 
 def _executable() -> Path:
@@ -163,6 +187,7 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
     lock = _lock(host)
     weights, mmproj, sizes = _files(host, lock)
     binary, flags, build_number, label, build_key, targets = _build(host, server)
+    mtp_supported, mtp_refused = _mtp_heads(host, weights, _mtp_archs(host, server))
     plan_file = plan_path(host.name)
     plan_text = plan_file.read_text() if plan_file.is_file() else None
     plan_data = json.loads(plan_text) if plan_text else None
@@ -194,7 +219,8 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
         plan=plan,
         plan_json=plan_text,
         rpc_reserved_mib=parse_rpc_reserved(plan_data) if plan_data else {},
-        mtp_supported=_mtp_heads(host, weights),
+        mtp_supported=mtp_supported,
+        mtp_refused=mtp_refused,
         build_number=build_number,
         build_label=label,
         llama_swap_binary=Path(found) if (found := shutil.which("llama-swap")) else None,

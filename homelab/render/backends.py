@@ -16,6 +16,7 @@ from ..inventory.resolved import ResolvedHost, ResolvedModel
 from ..inventory.schema import GPU, FlagValue
 from ..llamacpp.flags import AcceptedFlags, MtpSettings, check_flags, mtp_flags
 from ..suggest import did_you_mean
+from ..gpuarch import runtime_env
 from .errors import RenderError
 from .inputs import PlannedModel, RenderInputs
 from .ports import assign_ports
@@ -37,12 +38,6 @@ MANAGED_FLAGS = {
     "alias": "set `aliases:` on the recipe or host model instead",
 }
 """Flags homelab writes itself: a recipe that sets one would fight the render."""
-
-HSA_OVERRIDES = {
-    **{f"gfx103{n}": "10.3.0" for n in range(1, 7)},
-}
-"""RDNA2 consumer parts ROCm does not ship kernels for run the gfx1030 kernels (the build
-compiles gfx1030 for them). gfx1100 (RX 7900 XTX) and other supported targets need nothing."""
 
 VISIBLE_DEVICES = {"cuda": "CUDA_VISIBLE_DEVICES", "hip": "HIP_VISIBLE_DEVICES", "vulkan": "GGML_VK_VISIBLE_DEVICES"}
 
@@ -82,22 +77,22 @@ def health_timeout(size_bytes: int | None, override: int | None) -> int:
     return min(HEALTH_CAP_S, HEALTH_BASE_S + HEALTH_PER_GIB_S * gib)
 
 
-def _hsa_override(host: ResolvedHost, used: list[GPU], what: str) -> str | None:
-    overrides = {HSA_OVERRIDES.get((g.arch or "").split(":")[0]) for g in used}
-    if len(overrides) > 1:
+def _arch_env(host: ResolvedHost, used: list[GPU], what: str) -> dict[str, str]:
+    """The runtime environment the cards' architectures need, from the same table the build
+    targets come from (an RDNA2 card runs as gfx1030 under the override the build compiled for)."""
+    try:
+        return runtime_env(host.host.backend, [g.arch or "" for g in used])
+    except ValueError:
         raise RenderError(
             f"{host.host_file}: {what} spans GPUs that need different HSA_OVERRIDE_GFX_VERSION values ("
             + ", ".join(f"{g.name} {g.arch}" for g in used)
             + "); pin it to GPUs of one kind with `gpus:`"
-        )
-    return overrides.pop() if overrides else None
+        ) from None
 
 
-def host_hsa_override(host: ResolvedHost) -> str | None:
-    """The override every GPU of a hip host shares (router mode sets it for the whole service)."""
-    if host.host.backend != "hip":
-        return None
-    return _hsa_override(host, list(host.host.gpus), "router mode (one environment for all models)")
+def host_gpu_env(host: ResolvedHost) -> dict[str, str]:
+    """The environment every GPU of the host shares (router mode sets it for the whole service)."""
+    return _arch_env(host, list(host.host.gpus), "router mode (one environment for all models)")
 
 
 def _gpu_env(host: ResolvedHost, model: ResolvedModel) -> dict[str, str]:
@@ -114,11 +109,8 @@ def _gpu_env(host: ResolvedHost, model: ResolvedModel) -> dict[str, str]:
         name = VISIBLE_DEVICES.get(backend)
         if name:
             env[name] = ",".join(str(i) for i in model.gpus)
-    if backend == "hip":
-        used = [gpus[i] for i in (model.gpus if model.gpus is not None else range(len(gpus)))]
-        override = _hsa_override(host, used, f"model {model.id!r}")
-        if override:
-            env["HSA_OVERRIDE_GFX_VERSION"] = override
+    used = [gpus[i] for i in (model.gpus if model.gpus is not None else range(len(gpus)))]
+    env.update(_arch_env(host, used, f"model {model.id!r}"))
     return env
 
 
@@ -196,10 +188,14 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
             build_number=inputs.build_number,
         )
         if not mtp:
-            notes.append("mtp requested, but the GGUF has no MTP heads: speculative decoding off")
-        elif "fit" not in server:
-            # --fit is reported to conflict with MTP drafting; the plan sized the model already
-            mtp = {**mtp, "fit": "off"}
+            # asked for and silently off would serve a slower model than the host file promises
+            reason = inputs.mtp_refused.get(model.id, "the GGUF has no MTP heads")
+            raise RenderError(
+                f"{inputs.host.host_file}: model {model.id!r} sets `mtp:` but MTP cannot take effect: {reason}; "
+                "remove `mtp:`, or use a GGUF with MTP heads (or pass a separate MTP head file as "
+                "`spec-draft-model`)"
+            )
+        # no --fit off: llama-server fits the MTP draft context together with the model
     for name, value in server.items():
         if value is None or value is False:
             continue

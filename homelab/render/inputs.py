@@ -87,6 +87,8 @@ class RenderInputs:
     its rpc-server (not available to the worker's own models)."""
     mtp_supported: Mapping[str, bool] = field(default_factory=dict)
     """Model ID -> the GGUF has MTP heads (and the build can use them)."""
+    mtp_refused: Mapping[str, str] = field(default_factory=dict)
+    """Model ID -> why its ``mtp:`` cannot take effect (render refuses it with this reason)."""
     build_number: int | None = None
     build_label: str = ""
     """How messages name the build: ``llama.cpp b11434 (commit abc1234)``."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..address import split_host_port
-from .backends import host_hsa_override
+from .backends import host_gpu_env
 from .errors import RenderError
 from .formats import systemd_word
 from .inputs import RenderInputs
@@ -100,11 +100,10 @@ def _command(inputs: RenderInputs) -> tuple[list[str], bool, bool]:
 
 
 def _router_env(inputs: RenderInputs) -> list[tuple[str, str]]:
-    """Router children inherit the router's environment: a host-wide HSA override goes here."""
+    """Router children inherit the router's environment: host-wide GPU settings go here."""
     if inputs.host.host.runtime.kind != "router":
         return []
-    override = host_hsa_override(inputs.host)
-    return [("HSA_OVERRIDE_GFX_VERSION", override)] if override else []
+    return sorted(host_gpu_env(inputs.host).items())
 
 
 def _largest_set(inputs: RenderInputs) -> int:
@@ -185,6 +184,8 @@ def render_rpc_unit(inputs: RenderInputs) -> str:
     if server.cache:
         # rpc-server keeps received tensors under $LLAMA_CACHE/rpc: inside the writable state folder
         environment.append(("LLAMA_CACHE", str(paths.host_dir / RPC_CACHE_DIR)))
+    # the worker's cards need what a local backend would (HSA override, PCI order for -d CUDAi)
+    environment += sorted(host_gpu_env(host).items())
     context = _unit_context(inputs) | {
         "unit": rpc_unit_name(host.name).removesuffix(".service"),
         "comments": list(RPC_WARNING),

@@ -205,6 +205,47 @@ def test_flag_check_uses_the_snapshot_of_the_hosts_ref(
     assert load_host("xtx", inventory.root).model("qwen3.5-9b").server["brand-new-flag"] == 1
 
 
+def test_spec_type_mtp_is_refused_with_draft_mtp_suggested(inventory: Inventory) -> None:
+    # b11434 exits with "unknown speculative type: mtp"; validate says so first
+    line = inventory.edit_host("xtx", "server: {ctx-size: 122880}", "server: {ctx-size: 122880, spec-type: mtp}")
+    message = load_error(inventory, "xtx")
+    assert_line(
+        message,
+        inventory.host_path("xtx"),
+        line,
+        "models[4].server.spec-type: server flag 'spec-type' value 'mtp' is not one of none, draft-simple",
+        "did you mean 'draft-mtp'?",
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "bad", "nearest"),
+    [
+        ("cache-type-k", "q8", "'q8'", "q8_0"),
+        ("cache-type-v", "Q4_0", "'Q4_0'", "q4_0"),
+        ("split-mode", "rows", "'rows'", "row"),
+        ("flash-attn", "auto-on", "'auto-on'", "auto"),
+        ("reasoning-format", "deepseek_legacy", "'deepseek_legacy'", "deepseek-legacy"),
+        ("spec-type", "draft-mtp,ngram-mods", "'ngram-mods'", "ngram-mod"),
+    ],
+)
+def test_enumerated_flag_values_are_checked_against_the_refs_help(
+    inventory: Inventory, flag: str, value: str, bad: str, nearest: str
+) -> None:
+    line = inventory.edit_host("xtx", "server: {ctx-size: 122880}", f"server: {{ctx-size: 122880, {flag}: '{value}'}}")
+    message = load_error(inventory, "xtx")
+    assert_line(message, inventory.host_path("xtx"), line, f"server.{flag}:", f"value {bad} is not one of", f"'{nearest}'")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("spec-type", "draft-mtp,ngram-mod"), ("reasoning-format", "auto"), ("split-mode", "tensor"), ("cache-type-k", "iq4_nl")],
+)
+def test_allowed_values_pass(inventory: Inventory, flag: str, value: str) -> None:
+    inventory.edit_host("xtx", "server: {ctx-size: 122880}", f"server: {{ctx-size: 122880, {flag}: '{value}'}}")
+    assert load_host("xtx", inventory.root).model("qwen3.5-9b").server[flag] == value
+
+
 def test_flags_homelab_sets_itself_are_refused(inventory: Inventory) -> None:
     line = inventory.edit_host("xtx", "server: {ctx-size: 122880}", "server: {ctx-size: 122880, port: 8080}")
     message = load_error(inventory, "xtx")
@@ -266,3 +307,14 @@ def test_tensor_split_is_the_plans_when_a_model_uses_rpc_workers(inventory: Inve
     message = load_error(inventory, "rig4090")
     assert_line(message, inventory.host_path("rig4090"), line, "models[1].server.tensor-split:",
                 "split over rpc workers (rpc3090)", "tensor-split: null")
+
+
+@pytest.mark.parametrize(("arch", "shown"), [("61", "6.1"), ("7.0", "7.0"), ("sm_52", "5.2")])
+def test_cuda_archs_below_turing_are_refused_for_cuda_13(inventory: Inventory, arch: str, shown: str) -> None:
+    path = inventory.host_path("duo3060")
+    path.write_text(path.read_text().replace('arch: "86"', f'arch: "{arch}"', 1))
+    message = load_error(inventory, "duo3060")
+    assert_line(
+        message, path, 7, f"gpus[0].arch: '{arch}' (compute capability {shown}) cannot be built with CUDA 13",
+        "lowest: 7.5", "backend: vulkan",
+    )

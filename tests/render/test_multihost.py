@@ -148,6 +148,17 @@ def test_a_worker_without_models_renders_only_its_rpc_unit() -> None:
     assert "User=homelab" in unit and "DeviceAllow=char-nvidia-uvm rw" in unit and "WantedBy=multi-user.target" in unit
     assert f"Environment=LLAMA_CACHE={FAKE_STATE}/hosts/rpc3090/rpc-cache" in unit
     assert f"ReadWritePaths=-{FAKE_STATE}/hosts/rpc3090" in unit
+    # `-d CUDA0` means the card nvidia-smi lists first
+    assert "Environment=CUDA_DEVICE_ORDER=PCI_BUS_ID" in unit
+
+
+def test_an_rdna2_worker_gets_the_override_its_binary_was_built_for() -> None:
+    from homelab.inventory.schema import GPU
+
+    worker = example_host("rpc3090")
+    amd = worker.host.model_copy(update={"backend": "hip", "gpus": [GPU(name="RX 6700 XT", vram_mib=12272, arch="gfx1031")]})
+    unit = render_rpc_unit(fake_inputs(dataclasses.replace(worker, host=amd)))
+    assert "Environment=HSA_OVERRIDE_GFX_VERSION=10.3.0" in unit and "CUDA_DEVICE_ORDER" not in unit
 
 
 def test_rpc_unit_flags_threads_devices_no_cache_and_user_mode() -> None:

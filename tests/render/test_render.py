@@ -34,8 +34,9 @@ def cmd_lines(model: dict) -> list[str]:
 def test_duo3060_pins_chat_small_and_splits_think_small() -> None:
     config = config_of(render_host(fake_inputs(example_host("duo3060"))))
     chat, think = config["models"]["chat-small"], config["models"]["think-small"]
-    assert chat["env"] == ["CUDA_VISIBLE_DEVICES=0"]
-    assert "env" not in think  # both cards
+    # PCI order: `gpus: [0]` is the card nvidia-smi lists first, not CUDA's fastest-first pick
+    assert chat["env"] == ["CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES=0"]
+    assert think["env"] == ["CUDA_DEVICE_ORDER=PCI_BUS_ID"]  # both cards
     assert "--tensor-split 1,1.5" in cmd_lines(think)
     assert config["matrix"]["sets"] == {"voice": "chat-small & think-small", "coding": "think-big"}
     assert config["matrix"]["evict_costs"] == {"chat-small": 3, "think-big": 18, "think-small": 18}
@@ -55,6 +56,8 @@ def test_xtx_profiles_are_set_params_by_id_and_kv_is_q4_0() -> None:
         assert "--cache-type-k q4_0" in lines and "--cache-type-v q4_0" in lines
     mtp = cmd_lines(config["models"]["qwen3.6-35b-a3b-mtp"])
     assert "--spec-type draft-mtp" in mtp and "--spec-draft-n-max 2" in mtp
+    # b11434 fits the MTP draft context with the model: no --fit off forced on
+    assert not any(line.startswith("--fit") for line in mtp)
     assert not any("spec-type" in line for line in cmd_lines(qwen))
     assert config["x-vramBudgetMiB"] == int(24560 * 0.93)
     # the AMD card needs no HSA override
@@ -151,6 +154,29 @@ def test_router_mode_moves_the_hsa_override_into_the_unit_and_names_lost_env() -
 
 
 # ------------------------------------------------------------------ failures with clear messages
+
+
+def test_mtp_that_cannot_take_effect_is_refused_with_the_reason() -> None:
+    host = example_host("xtx")
+    reason = "the pinned llama.cpp builds no MTP graph for architecture 'llama'"
+    inputs = fake_inputs(
+        host,
+        mtp_supported={"qwen3.6-35b-a3b-mtp": False},
+        mtp_refused={"qwen3.6-35b-a3b-mtp": reason},
+    )
+    with pytest.raises(RenderError) as exc:
+        render_host(inputs)
+    message = str(exc.value)
+    assert "model 'qwen3.6-35b-a3b-mtp' sets `mtp:` but MTP cannot take effect" in message
+    assert reason in message and "spec-draft-model" in message and str(host.host_file) in message
+
+
+def test_mtp_on_a_build_without_fit_renders() -> None:
+    # the stale --fit off made a build without --fit fail here, blaming the recipe
+    accepted = _accepted_without("fit")
+    files = render_host(fake_inputs(example_host("xtx"), accepted_flags=accepted))
+    assert "--spec-type draft-mtp" in files["config.yaml"] and "--fit" not in files["config.yaml"]
+
 
 
 def _accepted_without(*missing: str) -> frozenset[str]:
