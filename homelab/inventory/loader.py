@@ -23,7 +23,9 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from .exposure import listen_problems
 from .flagnames import DEFAULT_REF, RESERVED, known_flags
+from .powers import recipe_power_problems
 from .problems import InventoryError, Problem, did_you_mean
 from .remote import RecipeFetchError, fetch_recipe, hash_of_url
 from .resolved import ResolvedHost, ResolvedModel
@@ -517,6 +519,7 @@ class _Session:
             return None
         recipe = loaded.recipe
         self.check_server(loaded.doc, ("server",), recipe.server, host.llama_cpp.ref)
+        self.problems.extend(recipe_power_problems(loaded.doc, recipe, doc.display, index, entry))
         if entry.profiles is not None:
             for k, profile in enumerate(entry.profiles):
                 if profile not in recipe.profiles:
@@ -678,6 +681,7 @@ class _Session:
                     )
                 )
         self.check_rpc_server(doc, host)
+        self.problems.extend(listen_problems(doc, host))
         ports: dict[int, int] = {}
         for index, entry in enumerate(host.models):
             if entry.port is None:
