@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..durable import fsync_dir, fsync_tree, write_durable
 from ..errors import HomelabError
 from .paths import HostPaths
 
@@ -107,12 +108,7 @@ class Generation:
 
 
 def _write_atomic(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    os.replace(tmp, path)
+    write_durable(path, text)
 
 
 class GenerationStore:
@@ -199,7 +195,10 @@ class GenerationStore:
             changes=changes,
         )
         generation.save()
+        # every file on disk before the generation appears under its number
+        fsync_tree(staging)
         os.rename(staging, final)
+        fsync_dir(self.paths.generations)
         generation.path = final
         return generation
 
@@ -213,6 +212,7 @@ class GenerationStore:
             tmp.unlink()
         os.symlink(f"generations/{number}", tmp)
         os.replace(tmp, link)
+        fsync_dir(link.parent)
         if before != number:
             state = {"current": number, "previous": before}
             _write_atomic(self.paths.state_file, json.dumps(state, indent=2) + "\n")

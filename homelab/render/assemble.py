@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..durable import write_durable
 from ..inventory.multihost import PeerLink
 from ..inventory.resolved import ResolvedHost
 from ..llamacpp.flags import AcceptedFlags
@@ -31,6 +32,7 @@ from ..settings import state_dir
 from .errors import RenderError
 from .generation import MANIFEST_NAME, installed_dir
 from .inputs import PlannedModel, RenderInputs, StatePaths
+from .keyfile import write_api_key_file
 
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -245,11 +247,13 @@ def write_secrets(
     assembled them (default: loaded again from the inventory).
 
     Only when the variable is set here; an existing file is otherwise left alone (users may
-    maintain it by hand). The file lives beside ``current``, outside every generation.
+    maintain it by hand). The file lives beside ``current``, outside every generation. Router
+    mode and upstream llama-swap also get the keys as a key file (:mod:`homelab.render.keyfile`).
     """
     from ..inventory.multihost import load_related, secret_names
 
     environ = os.environ if environ is None else environ
+    write_api_key_file(host, paths, environ)
     if peers is None:
         peers = load_related(host).peers
     names = [n for n in secret_names(host, peers) if n in environ]
@@ -265,9 +269,5 @@ def write_secrets(
     if path.is_file() and path.read_text() == text:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_durable(path, text, mode=0o600)
     return path

@@ -146,8 +146,18 @@ def test_a_worker_without_models_renders_only_its_rpc_unit() -> None:
     assert "no authentication" in unit and "Type=exec" in unit and "ExecReload" not in unit
     # system mode, like the main unit would be: the sandbox and the NVIDIA devices
     assert "User=homelab" in unit and "DeviceAllow=char-nvidia-uvm rw" in unit and "WantedBy=multi-user.target" in unit
-    assert f"Environment=LLAMA_CACHE={FAKE_STATE}/hosts/rpc3090/rpc-cache" in unit
+    # a system unit's cache: systemd makes /var/cache/homelab/rpc-<host>, owned by the service user
+    assert "CacheDirectory=homelab/rpc-rpc3090" in unit.splitlines()
+    assert "Environment=LLAMA_CACHE=/var/cache/homelab/rpc-rpc3090" in unit.splitlines()
     assert f"ReadWritePaths=-{FAKE_STATE}/hosts/rpc3090" in unit
+    # rpc-server needs no API key or peer secret
+    assert "secrets.env" not in unit
+
+
+def test_a_user_rpc_unit_keeps_its_cache_in_the_state_folder() -> None:
+    unit = render_rpc_unit(fake_inputs(with_runtime(example_host("rpc3090"), service="user")))
+    assert f"Environment=LLAMA_CACHE={FAKE_STATE}/hosts/rpc3090/rpc-cache" in unit.splitlines()
+    assert "CacheDirectory" not in unit and "secrets.env" not in unit
 
 
 def test_rpc_unit_flags_threads_devices_no_cache_and_user_mode() -> None:
@@ -184,6 +194,7 @@ def test_rendered_rpc_unit_runs_the_real_rpc_server(llama_server_bin: Path, tmp_
     worker = example_host("rpc3090")
     server = worker.host.rpc_server.model_copy(update={"listen": f"127.0.0.1:{port}", "threads": 1})
     host = dataclasses.replace(worker, host=worker.host.model_copy(update={"rpc_server": server}))
+    host = with_runtime(host, service="user")  # a user unit keeps its cache below the state folder
     inputs = fake_inputs(host, server_binary=llama_server_bin)
     inputs = dataclasses.replace(inputs, paths=dataclasses.replace(inputs.paths, state=tmp_path))
     unit = render_host(inputs)["units/homelab-rpc-rpc3090.service"]
