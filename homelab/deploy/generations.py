@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -179,9 +180,10 @@ class GenerationStore:
         self.paths.generations.mkdir(parents=True, exist_ok=True)
         number = (self.numbers() or [0])[-1] + 1
         final = self.paths.generations / str(number)
-        staging = self.paths.generations / f".{number}.{os.getpid()}.tmp"
-        if staging.exists():
-            shutil.rmtree(staging)
+        # a fresh folder of a random name (made with O_EXCL semantics): run as root, a name
+        # someone could predict could be a symlink planted to redirect the writes below
+        staging = Path(tempfile.mkdtemp(dir=self.paths.generations, prefix=f".{number}.", suffix=".tmp"))
+        staging.chmod(0o755)  # the service user reads it (mkdtemp makes 0700)
         for name, data in files.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)

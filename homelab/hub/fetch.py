@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ..inventory import ResolvedHost
 from ..inventory.schema import LocalFile
 from ..lock import Lock, PinnedFile, PinnedModel
+from ..privilege import refuse_root
 from ..settings import hf_cache_dir, hf_endpoint, hf_token, state_dir
 from .errors import ChecksumMismatch, HubError, explain_hub_error
 from .hashing import sha256_file
@@ -179,6 +180,7 @@ def fetch_host(
     host: ResolvedHost, lock: Lock | None = None, models: Iterable[str] | None = None, *, progress: bool = True
 ) -> dict[str, Path]:
     """Fetch and verify the named models (default: all of the host); model id -> manifest."""
+    refuse_root("fetch", host.name, host.host.runtime.service)
     lock = lock or load_lock(host)
     ids = list(models) if models else [m.id for m in host.models]
     known = {m.id for m in host.models}
@@ -494,7 +496,7 @@ def _fill(
                     f"{partial}. Run the fetch again to resume there."
                 )
             try:
-                restarted = _stream_once(url, partial, have, headers, hasher, (bar, overall))
+                restarted = _stream_once(url, partial, have, headers, hasher, (bar, overall), size)
                 problem: Exception | None = None
             except (http.client.HTTPException, OSError) as exc:
                 restarted, problem = False, exc
@@ -571,9 +573,13 @@ def _open(url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
 
 
 def _stream_once(
-    url: str, partial: Path, have: int, headers: dict[str, str], hasher: _Hasher, bars: tuple[tqdm, tqdm]
+    url: str, partial: Path, have: int, headers: dict[str, str], hasher: _Hasher, bars: tuple[tqdm, tqdm],
+    size: int,
 ) -> bool:
-    """One GET from ``have`` on; True when the server ignored Range (the file was rewritten)."""
+    """One GET from ``have`` on; True when the server ignored Range (the file was rewritten).
+
+    Never more than the pinned ``size`` bytes reach the disk: a host that sends more (a wrong
+    or hostile server, an endless body) is refused before it fills the disk."""
     request_headers = {**headers, "Range": f"bytes={have}-"} if have else headers
     resp = _open(url, request_headers)
     try:
@@ -582,6 +588,7 @@ def _stream_once(
         if resp.status not in (200, 206):
             raise OSError(f"HTTP {resp.status} from the download host")
         restarted = bool(have) and resp.status == 200
+        written = 0 if restarted else have
         with partial.open("wb" if restarted or not have else "ab", buffering=0) as out:
             if restarted:
                 for bar in bars:
@@ -592,6 +599,13 @@ def _stream_once(
                 if not n:
                     hasher.free.put(buf)
                     break
+                written += n
+                if written > size:
+                    hasher.free.put(buf)
+                    raise HubError(
+                        f"{url}: the download host sends more than the {size} bytes the lock pins; "
+                        "nothing beyond them was kept. Check the URL, or re-lock if the file changed upstream"
+                    )
                 view = memoryview(buf)[:n]
                 out.write(view)
                 hasher.feed(view, buf)

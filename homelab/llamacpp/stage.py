@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import HomelabError
 from ..inventory.resolved import ResolvedHost
 from ..lock import LlamaCppPin, read_lock
+from ..privilege import refuse_root
 from ..settings import state_dir
 from .build import Build, BuildRequest, Builder, Planned
 from .configure import Toolchain, kv_pairs_of, probe_toolchain, require_toolchain
@@ -109,6 +110,7 @@ def plan_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> Planned:
 
 def prepare_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple[Planned, Path | None]:
     """Check out and patch (the ``source`` step). None when the build is already installed."""
+    refuse_root("source", host.name, host.host.runtime.service)
     b = builder()
     planned = plan_host(host, extra_targets)
     if b.installed(planned.key):
@@ -117,6 +119,7 @@ def prepare_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple
 
 
 def build_host(host: ResolvedHost, extra_targets: Iterable[str] = (), *, progress: bool = True) -> tuple[Build, bool]:
+    refuse_root("build", host.name, host.host.runtime.service)
     tools = check_toolchain(host)
     b = builder()
     pin, _locked = host_pin(host)
