@@ -14,7 +14,14 @@ import urllib.parse
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import HomelabError
 
@@ -57,7 +64,7 @@ class PinnedFile(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="names the cached blob: 64 lower-case hex")
 
     @model_validator(mode="after")
-    def _safe_as_paths(self) -> "PinnedFile":
+    def _safe_as_paths(self) -> PinnedFile:
         if self.source == "hf":
             if self.revision is None or not re.fullmatch(r"[0-9a-f]{40}", self.revision):
                 raise ValueError(f"revision {self.revision!r} of an hf file must be a 40-hex commit")

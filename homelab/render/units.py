@@ -69,6 +69,8 @@ SYSTEM_CACHE_ROOT = Path("/var/cache")
 def rpc_cache_directory(host: str) -> str:
     """``CacheDirectory=`` of a system rpc-server unit (relative to /var/cache)."""
     return f"homelab/rpc-{host}"
+
+
 RPC_TIMEOUT_STOP_S = 20
 RPC_WARNING = (
     "llama.cpp's RPC protocol has no authentication and no encryption: anyone who reaches",
