@@ -1,4 +1,4 @@
-"""Files on disk: atomic writes and the sha256 of a file.
+"""Files on disk: atomic, durable writes (fsync of files and folders) and the sha256 of a file.
 
 Standard library only, so every stage and the supervisor can use it.
 """
@@ -33,11 +33,16 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename or a new file inside it) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
@@ -58,3 +63,21 @@ def sha256_file(path: Path, on_read: Callable[[int], object] | None = None) -> s
             if on_read is not None:
                 on_read(n)
     return digest.hexdigest()
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file below ``root``, then every folder (deepest first), ``root`` included."""
+    folders = [root]
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            folders.append(path)
+        elif path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)

@@ -8,10 +8,19 @@ with sorted keys so a re-lock that changes nothing leaves the bytes unchanged.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
+import urllib.parse
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import HomelabError
 from .files import atomic_write_text
@@ -27,6 +36,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def relative_path_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a path below a folder homelab owns (a cache, ``patches/``), or None.
+
+    Lock fields become file names: a lockfile from someone else (a pull request, a shared repo)
+    must not make a fetch write or read outside the cache, above all when run as root."""
+    if "\0" in text:
+        return "contains a NUL byte"
+    if text.startswith("/") or PurePosixPath(text).is_absolute():
+        return "is absolute"
+    if ".." in PurePosixPath(text).parts or "\\" in text:
+        return "steps out of its folder ('..' or a backslash)"
+    if not text.strip("/"):
+        return "is empty"
+    return None
+
+
 class PinnedFile(_Strict):
     """One file of a model, pinned by content."""
 
@@ -35,8 +60,26 @@ class PinnedFile(_Strict):
     repo: str | None = None
     revision: str | None = Field(default=None, description="40-hex commit for hf")
     path: str = Field(description="path inside the repo (hf), the URL (url) or the local path (path)")
-    size: int
-    sha256: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="names the cached blob: 64 lower-case hex")
+
+    @model_validator(mode="after")
+    def _safe_as_paths(self) -> PinnedFile:
+        if self.source == "hf":
+            if self.revision is None or not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+                raise ValueError(f"revision {self.revision!r} of an hf file must be a 40-hex commit")
+            if self.repo is None or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", self.repo) or ".." in self.repo:
+                raise ValueError(f"repo {self.repo!r} is not a Hugging Face repo id like 'owner/name'")
+            problem = relative_path_problem(self.path)
+            if problem:
+                raise ValueError(f"path {self.path!r} of {self.repo} {problem}")
+        elif self.source == "url":
+            name = PurePosixPath(urllib.parse.urlsplit(self.path).path).name
+            if not re.match(r"https?://", self.path) or name in ("..", ".") or "\0" in self.path:
+                raise ValueError(f"url {self.path!r} is not an http(s) URL of a file")
+        elif "\0" in self.path:
+            raise ValueError(f"path {self.path!r} contains a NUL byte")
+        return self
 
 
 class PinnedModel(_Strict):
@@ -49,7 +92,15 @@ class PinnedPatch(_Strict):
     """One patch file of the series, by content (written by homelab.llamacpp.pin)."""
 
     ref: str = Field(description="patches/<file>, patches/<dir>/<file>, pr:<number> or pr:<owner/name>#<number>")
-    sha256: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("ref")
+    @classmethod
+    def _safe_ref(cls, v: str) -> str:
+        problem = None if v.startswith("pr:") and "\0" not in v else relative_path_problem(v)
+        if problem:
+            raise ValueError(f"patch ref {v!r} {problem}")
+        return v
 
 
 class LlamaCppPin(_Strict):

@@ -18,10 +18,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..gguf.facts import facts_from_file
-from ..plan.estimate import MIB, RpcDevice, draft_compute_bytes, estimate, mtp_kv_bytes, settings_from_flags
-from ..plan.observe import Observed, local_rpc_servers, observe_server, rpc_server_beside
+from ..plan.estimate import (
+    MIB,
+    RpcDevice,
+    draft_compute_bytes,
+    estimate,
+    mtp_kv_bytes,
+    settings_from_flags,
+)
+from ..plan.observe import (
+    Observed,
+    local_rpc_servers,
+    observe_server,
+    rpc_server_beside,
+)
 from ..testing.llama_server import build_test_server
-from ..testing.tiny_gguf import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
+from ..testing.tiny_gguf import (
+    TinyArchSpec,
+    TinySpec,
+    write_tiny_arch,
+    write_tiny_llama,
+)
 
 MODELS: dict[str, TinySpec | TinyArchSpec] = {
     "tiny-llama": TinySpec(),

@@ -24,6 +24,7 @@ from .hostlock import deploy_lock
 from .paths import HostPaths
 from .waves import blocked_by, deploy_waves
 
+
 def is_remote(host: ResolvedHost) -> bool:
     return host.host.address != "local"
 

@@ -19,7 +19,14 @@ from ..files import atomic_write_text
 from .generations import Generation
 from .paths import HostPaths
 from .service import Service, ServiceError
-from .units import Unit, expand_specifiers, main_unit, side_units, unit_changed, units_of
+from .units import (
+    Unit,
+    expand_specifiers,
+    main_unit,
+    side_units,
+    unit_changed,
+    units_of,
+)
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

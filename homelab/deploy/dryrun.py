@@ -21,9 +21,9 @@ from ..render import render_host, staging_dir
 from ..render.assemble import assemble
 from ..settings import hf_cache_dir
 from .changes import action_for, compare, unified_diff
-from .units import side_unit_files, side_units, unit_changed, units_of
 from .generations import Files, GenerationStore, read_tree
 from .paths import HostPaths
+from .units import side_unit_files, side_units, unit_changed, units_of
 
 
 def human_size(n: int) -> str:

@@ -17,13 +17,14 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HomelabError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, fsync_dir, fsync_tree
 from .paths import HostPaths
 
 META_NAME = ".homelab-generation.json"
@@ -176,9 +177,10 @@ class GenerationStore:
         self.paths.generations.mkdir(parents=True, exist_ok=True)
         number = (self.numbers() or [0])[-1] + 1
         final = self.paths.generations / str(number)
-        staging = self.paths.generations / f".{number}.{os.getpid()}.tmp"
-        if staging.exists():
-            shutil.rmtree(staging)
+        # a fresh folder of a random name (made with O_EXCL semantics): run as root, a name
+        # someone could predict could be a symlink planted to redirect the writes below
+        staging = Path(tempfile.mkdtemp(dir=self.paths.generations, prefix=f".{number}.", suffix=".tmp"))
+        staging.chmod(0o755)  # the service user reads it (mkdtemp makes 0700)
         for name, data in files.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +194,10 @@ class GenerationStore:
             changes=changes,
         )
         generation.save()
+        # every file on disk before the generation appears under its number
+        fsync_tree(staging)
         os.rename(staging, final)
+        fsync_dir(self.paths.generations)
         generation.path = final
         return generation
 
@@ -206,6 +211,7 @@ class GenerationStore:
             tmp.unlink()
         os.symlink(f"generations/{number}", tmp)
         os.replace(tmp, link)
+        fsync_dir(link.parent)
         if before != number:
             state = {"current": number, "previous": before}
             atomic_write_text(self.paths.state_file, json.dumps(state, indent=2) + "\n")

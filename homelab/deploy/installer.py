@@ -25,7 +25,14 @@ from .service import Service, ServiceError
 from .service_mode import make_service, resolve_mode
 from .systemd import RecordingRunner, Runner
 from .units import main_unit, rpc_unit_name, side_unit_files, units_of
-from .verify import LEVELS, VerifyResult, api_key_from_env, config_models, verify, wait_for_port
+from .verify import (
+    LEVELS,
+    VerifyResult,
+    api_key_from_env,
+    config_models,
+    verify,
+    wait_for_port,
+)
 
 
 class DeployFailed(HomelabError):
@@ -229,6 +236,12 @@ class Deployer:
             result = self._verify(generation, old, self.options.verify or self.target.verify)
         except ServiceError as exc:
             result = VerifyResult(ok=False, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever broke the apply, `current` goes back
+            result = VerifyResult(ok=False, error=f"{type(exc).__name__}: {exc}")
+        except BaseException:
+            # interrupted (Ctrl-C) between switch and verify: put the previous generation back first
+            self._abandon(generation, current)
+            raise
         if not result.ok:
             generation.status = "failed"
             generation.save()
@@ -259,6 +272,12 @@ class Deployer:
         lines.extend(f"  | {line}" for line in (logs or "(empty)").splitlines())
         return "\n".join(lines)
 
+    def _abandon(self, failed: Generation, previous: Generation | None) -> None:
+        """Mark ``failed`` and make ``previous`` current again (quietly: an interrupt is on its way)."""
+        failed.status = "failed"
+        failed.save()
+        self._roll_back(failed, previous)
+
     def _roll_back(self, failed: Generation, previous: Generation | None) -> str:
         if previous is None:
             try:
@@ -275,6 +294,8 @@ class Deployer:
             result = self._verify(previous, None, "models")
         except ServiceError as exc:
             result = VerifyResult(ok=False, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the rollback is reported, never left half-done
+            result = VerifyResult(ok=False, error=f"{type(exc).__name__}: {exc}")
         if result.ok:
             return f"rolled back to generation {previous.number} ({action}): the endpoint answers"
         return f"rolled back to generation {previous.number} ({action}), but it does not answer either: {result.error}"
@@ -304,6 +325,8 @@ class Deployer:
                 result = self._verify(target, old, "models")
             except ServiceError as exc:
                 result = VerifyResult(ok=False, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever broke the apply, `current` goes back
+                result = VerifyResult(ok=False, error=f"{type(exc).__name__}: {exc}")
             if not result.ok:
                 raise DeployFailed(self._failure_text(target, result.error, current))
             return InstallReport(self.target.name, True, number, action, self.mode, changes.summary(), result.steps)

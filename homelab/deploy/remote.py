@@ -61,6 +61,8 @@ class SSHAddress:
         if not match:
             raise RemoteError(f"{address!r} is not ssh://user@host[:port]")
         user, host, port = match.groups()
+        if host.startswith("-") or (user or "").startswith("-"):
+            raise RemoteError(f"{address!r}: a user or host name cannot start with '-' (ssh would read an option)")
         return cls(user, host, int(port) if port else None)
 
     @property
@@ -76,7 +78,8 @@ def ssh_base(address: SSHAddress) -> list[str]:
     argv = shlex.split(os.environ.get("HOMELAB_SSH", "ssh"))
     if address.port:
         argv += ["-p", str(address.port)]
-    return argv + ["-o", "BatchMode=yes", address.destination]
+    # "--" ends ssh's options: a destination can never be read as one (-oProxyCommand=...)
+    return argv + ["-o", "BatchMode=yes", "--", address.destination]
 
 
 def remote_dir() -> str:
@@ -139,7 +142,8 @@ def sync_tree(address: SSHAddress, base: Path, names: list[str], sub: str) -> st
     _check(probe, "mkdir", address)
     present = [n for n in names if (base / n).exists()]
     if shutil.which("rsync") and probe.stdout.decode().strip() == "rsync" and present:
-        ssh_e = shlex.join(ssh_base(address)[:-1])
+        # without "--": rsync adds its own options (-l user) after this command
+        ssh_e = shlex.join(ssh_base(address)[:-2])
         result = subprocess.run(
             ["rsync", "-rltR", "--delete", "--exclude=__pycache__", "--exclude=*.pyc",
              "--exclude=.pytest_cache", "-e", ssh_e,

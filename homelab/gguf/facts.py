@@ -340,6 +340,8 @@ def facts_from_header(header: Any, *, source: str = "GGUF") -> ModelFacts:
 
 def facts_from_file(path: str | os.PathLike[str]) -> ModelFacts:
     """Facts of a local GGUF, reading only its header."""
-    from ..hub.gguf_header import read_local_header  # lazily: it loads gguf (numpy) and requests
+    from ..hub.gguf_header import (
+        read_local_header,  # lazily: it loads gguf (numpy) and requests
+    )
 
     return facts_from_header(read_local_header(path), source=str(path))

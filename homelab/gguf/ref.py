@@ -42,7 +42,10 @@ def parse_ref(text: str) -> HFRef | Path:
 
 def facts_from_ref(text: str) -> tuple[ModelFacts, str]:
     """Facts of a local file or a Hub file (header only, by Range requests), and where from."""
-    from ..hub.gguf_header import read_local_header, read_remote_header  # lazily: gguf (numpy) and requests
+    from ..hub.gguf_header import (  # lazily: gguf (numpy) and requests
+        read_local_header,
+        read_remote_header,
+    )
 
     ref = parse_ref(text)
     if isinstance(ref, HFRef):

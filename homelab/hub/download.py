@@ -114,7 +114,7 @@ def _fill(
                     f"{partial}. Run the fetch again to resume there."
                 )
             try:
-                restarted = _stream_once(url, partial, have, headers, hasher, (bar, overall))
+                restarted = _stream_once(url, partial, have, headers, hasher, (bar, overall), size)
                 problem: Exception | None = None
             except (http.client.HTTPException, OSError) as exc:
                 restarted, problem = False, exc
@@ -188,9 +188,13 @@ def _open(url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
 
 
 def _stream_once(
-    url: str, partial: Path, have: int, headers: dict[str, str], hasher: Hasher, bars: tuple[tqdm, tqdm]
+    url: str, partial: Path, have: int, headers: dict[str, str], hasher: Hasher, bars: tuple[tqdm, tqdm],
+    size: int,
 ) -> bool:
-    """One GET from ``have`` on; True when the server ignored Range (the file was rewritten)."""
+    """One GET from ``have`` on; True when the server ignored Range (the file was rewritten).
+
+    Never more than the pinned ``size`` bytes reach the disk: a host that sends more (a wrong
+    or hostile server, an endless body) is refused before it fills the disk."""
     request_headers = {**headers, "Range": f"bytes={have}-"} if have else headers
     resp = _open(url, request_headers)
     try:
@@ -199,6 +203,7 @@ def _stream_once(
         if resp.status not in (200, 206):
             raise OSError(f"HTTP {resp.status} from the download host")
         restarted = bool(have) and resp.status == 200
+        written = 0 if restarted else have
         with partial.open("wb" if restarted or not have else "ab", buffering=0) as out:
             if restarted:
                 for bar in bars:
@@ -209,6 +214,13 @@ def _stream_once(
                 if not n:
                     hasher.free.put(buf)
                     break
+                written += n
+                if written > size:
+                    hasher.free.put(buf)
+                    raise HubError(
+                        f"{url}: the download host sends more than the {size} bytes the lock pins; "
+                        "nothing beyond them was kept. Check the URL, or re-lock if the file changed upstream"
+                    )
                 view = memoryview(buf)[:n]
                 out.write(view)
                 hasher.feed(view, buf)
@@ -217,7 +229,6 @@ def _stream_once(
         return restarted
     finally:
         resp.close()
-
 
 
 def url_partial(url: str) -> Path:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..files import sha256_file
 from ..inventory import ResolvedHost
 from ..lock import Lock, PinnedFile, PinnedModel
+from ..privilege import refuse_root
 from ..settings import hf_cache_dir, hf_endpoint, hf_token, state_dir
 from .cache import (
     Verified,
@@ -66,6 +67,7 @@ def fetch_host(
     host: ResolvedHost, lock: Lock | None = None, models: Iterable[str] | None = None, *, progress: bool = True
 ) -> dict[str, Path]:
     """Fetch and verify the named models (default: all of the host); model id -> manifest."""
+    refuse_root("fetch", host.name, host.host.runtime.service)
     lock = lock or load_lock(host)
     ids = list(models) if models else [m.id for m in host.models]
     known = {m.id for m in host.models}

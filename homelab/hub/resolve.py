@@ -27,7 +27,15 @@ from ..http_client import http_session
 from ..inventory import ResolvedHost
 from ..inventory.schema import HFFile, LocalFile, Source, URLFile
 from ..llamacpp.pin import resolve_llama_cpp
-from ..lock import LlamaCppPin, Lock, LockError, PinnedFile, PinnedModel, read_lock, write_lock
+from ..lock import (
+    LlamaCppPin,
+    Lock,
+    LockError,
+    PinnedFile,
+    PinnedModel,
+    read_lock,
+    write_lock,
+)
 from ..settings import hf_endpoint, hf_token
 from .download import download_url, url_size
 from .errors import HubError, explain_hub_error

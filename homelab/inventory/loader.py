@@ -22,14 +22,30 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names, expression_refs
 from ..address import split_host_port
+from ..matrix import (
+    MatrixError,
+    MatrixExpressionError,
+    expand_sets,
+    expression_names,
+    expression_refs,
+)
 from ..suggest import did_you_mean
+from .exposure import listen_problems
 from .flagnames import DEFAULT_REF, RESERVED, known_flags, value_message
+from .powers import recipe_power_problems
 from .problems import InventoryError, Problem
 from .remote import RecipeFetchError, fetch_recipe, hash_of_url
 from .resolved import ResolvedHost, ResolvedModel
-from .schema import HIP_ARCH, MTP, Host, HostModel, Recipe, cuda_architecture, cuda_floor_problem
+from .schema import (
+    HIP_ARCH,
+    MTP,
+    Host,
+    HostModel,
+    Recipe,
+    cuda_architecture,
+    cuda_floor_problem,
+)
 from .sourcemap import KeyPath, YamlDoc, YamlSyntaxError, display_name, parse_yaml
 from .validation import validation_problems
 
@@ -457,6 +473,7 @@ class _Session:
             return None
         recipe = loaded.recipe
         self.check_server(loaded.doc, ("server",), recipe.server, host.llama_cpp.ref)
+        self.problems.extend(recipe_power_problems(loaded.doc, recipe, doc.display, index, entry))
         if entry.profiles is not None:
             for k, profile in enumerate(entry.profiles):
                 if profile not in recipe.profiles:
@@ -610,6 +627,7 @@ class _Session:
                     )
                 )
         self.check_rpc_server(doc, host)
+        self.problems.extend(listen_problems(doc, host))
         ports: dict[int, int] = {}
         for index, entry in enumerate(host.models):
             if entry.port is None:

@@ -14,7 +14,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_validator,
+    model_validator,
+)
 
 from ..address import is_any_address, split_host_port
 from ..gpuarch import CUDA_ERA_MAJOR, cuda_min_for
@@ -243,6 +250,11 @@ class Runtime(Strict):
     api_key_env: str | None = Field(
         default=None, description="environment variable holding API keys (comma separated)"
     )
+    allow_no_key: bool = Field(
+        default=False,
+        description="permit a listen address beyond loopback without api_key_env: anyone who reaches the "
+        "port can use every model (only behind a firewall or a proxy that authenticates)",
+    )
     user: str | None = Field(default=None, description="service user for service: system")
     preload: list[str] = Field(default_factory=list, description="model IDs started at boot")
     keep_generations: int = Field(default=5, ge=2, description="installed generations kept for rollback")
@@ -364,4 +376,7 @@ class Host(Strict):
     def _address(cls, v: str) -> str:
         if v != "local" and not re.fullmatch(r"ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?", v):
             raise ValueError(f"{v!r} is neither 'local' nor ssh://user@host[:port]")
+        if re.match(r"ssh://(?:[^@/\s]+@)?-|ssh://-", v):
+            # ssh would read a user or host starting with '-' as an option (-oProxyCommand=...)
+            raise ValueError(f"{v!r}: a user or host name cannot start with '-'")
         return v

@@ -82,18 +82,48 @@ def parse_yaml(text: str, display: str) -> YamlDoc:
             return doc
         doc.lines[()] = node.start_mark.line + 1
         try:
-            doc.data = _build(loader, node, (), doc)
+            doc.data = _build(loader, node, (), doc, _Budget())
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             raise YamlSyntaxError(
                 Problem(display, mark.line + 1 if mark else 1, (), f"YAML error: {exc.problem}")
             ) from None
+        except ExpansionError as exc:
+            raise YamlSyntaxError(Problem(display, exc.line, (), str(exc))) from None
         return doc
     finally:
         loader.dispose()
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: YamlDoc) -> Any:
+MAX_VALUES = 100_000
+"""Values one document may expand to. Aliases are built anew at each use (so every key path has
+its line), which lets a few lines of nested aliases (a "billion laughs") ask for billions."""
+MAX_DEPTH = 100
+"""Nesting depth; an alias inside its own anchor (``&a [*a]``) would otherwise never end."""
+
+
+class ExpansionError(Exception):
+    """The document expands beyond :data:`MAX_VALUES` or :data:`MAX_DEPTH`."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+@dataclass
+class _Budget:
+    values: int = 0
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: YamlDoc, budget: _Budget) -> Any:
+    budget.values += 1
+    if budget.values > MAX_VALUES or len(path) > MAX_DEPTH:
+        what = f"more than {MAX_VALUES} values" if budget.values > MAX_VALUES else f"deeper than {MAX_DEPTH} levels"
+        raise ExpansionError(
+            f"the document expands to {what} (aliases nested in aliases, or an alias inside its own "
+            "anchor?); an inventory file is far smaller: write the values out or reuse fewer aliases",
+            node.start_mark.line + 1,
+        )
     if isinstance(node, yaml.MappingNode):
         _check_duplicate_keys(loader, node, path, doc)
         loader.flatten_mapping(node)  # resolves `<<: *anchor` merges like safe_load does
@@ -106,13 +136,13 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: YamlDoc
                 )
                 continue
             doc.lines[(*path, key)] = key_node.start_mark.line + 1
-            result[key] = _build(loader, value_node, (*path, key), doc)
+            result[key] = _build(loader, value_node, (*path, key), doc, budget)
         return result
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item in enumerate(node.value):
             doc.lines[(*path, index)] = item.start_mark.line + 1
-            items.append(_build(loader, item, (*path, index), doc))
+            items.append(_build(loader, item, (*path, index), doc, budget))
         return items
     return loader.construct_object(node, deep=True)
 

@@ -17,10 +17,18 @@ from ..errors import HomelabError
 from ..files import atomic_write_text
 from ..inventory.resolved import ResolvedHost
 from ..lock import LlamaCppPin, read_lock
+from ..privilege import refuse_root
 from ..settings import state_dir
 from ..stage import Stage, digest, file_bytes, tree_files
-from .build import Build, BuildRequest, Builder, Planned
-from .configure import RPC_SERVER, Toolchain, kv_pairs_of, missing_tools, probe_toolchain, require_toolchain
+from .build import Build, Builder, BuildRequest, Planned
+from .configure import (
+    RPC_SERVER,
+    Toolchain,
+    kv_pairs_of,
+    missing_tools,
+    probe_toolchain,
+    require_toolchain,
+)
 from .flags import AcceptedFlags, FlagProblem, MtpSettings, check_flags, mtp_flags
 from .patches import collect
 from .pin import resolve_llama_cpp, source_spec
@@ -120,6 +128,7 @@ def dry_run_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple
 
 def prepare_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple[Planned, Path | None]:
     """Check out and patch (the ``source`` step). None when the build is already installed."""
+    refuse_root("source", host.name, host.host.runtime.service)
     b = builder()
     planned = plan_build(host, extra_targets)
     if b.installed(planned.key):
@@ -128,6 +137,7 @@ def prepare_host(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> tuple
 
 
 def build_host(host: ResolvedHost, extra_targets: Iterable[str] = (), *, progress: bool = True) -> tuple[Build, bool]:
+    refuse_root("build", host.name, host.host.runtime.service)
     tools = check_toolchain(host)
     b = builder()
     pin, _locked = host_pin(host)

@@ -16,8 +16,27 @@ from typing import Any
 from ..errors import HomelabError
 from ..gguf.facts import ModelFacts
 from ..inventory.resolved import ResolvedHost, ResolvedModel
-from .estimate import CPU, EXPS_REGEX, MIB, Estimate, EstimateError, Override, Settings, estimate, settings_from_flags
-from .rpc import Kept, RemoteDevice, Reservation, RpcPlanError, Worker, balance_layers, model_rpc_devices, proportional_layers
+from .estimate import (
+    CPU,
+    EXPS_REGEX,
+    MIB,
+    Estimate,
+    EstimateError,
+    Override,
+    Settings,
+    estimate,
+    settings_from_flags,
+)
+from .rpc import (
+    Kept,
+    RemoteDevice,
+    Reservation,
+    RpcPlanError,
+    Worker,
+    balance_layers,
+    model_rpc_devices,
+    proportional_layers,
+)
 
 AUTO_CTX = ("auto", "max")
 MIN_CTX = 256

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from ..gguf.facts import ModelFacts, facts_from_metadata
 from ..hub.cache import local_path
-from ..hub.gguf_header import GGUFHeader, read_local_header, read_remote_header, read_url_header
+from ..hub.gguf_header import (
+    GGUFHeader,
+    read_local_header,
+    read_remote_header,
+    read_url_header,
+)
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from ..lock import Lock, PinnedFile
 from .host import ModelInput, PlanError

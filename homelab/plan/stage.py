@@ -15,9 +15,9 @@ from ..settings import state_dir
 from ..stage import Stage, code_digest, digest, file_bytes
 from .estimate import MIB
 from .host import HostPlan, ModelInput, PlanError, host_budget, host_device, plan_host
+from .observe import FitReport, OracleError, help_flags, run_fit_params
 from .report import render_plan
 from .rpcload import InputsOf, related_digest, rpc_reservations, workers_for
-from .observe import FitReport, OracleError, help_flags, run_fit_params
 
 FIT_PARAMS = "llama-fit-params"
 

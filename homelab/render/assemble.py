@@ -39,6 +39,7 @@ from .errors import RenderError
 from .formats import env_file_value
 from .generation import MANIFEST_NAME, installed_dir
 from .inputs import PlannedModel, RenderInputs, StatePaths
+from .keyfile import write_api_key_file
 
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -257,9 +258,11 @@ def write_secrets(
     assembled them (default: loaded again from the inventory).
 
     Only when the variable is set here; an existing file is otherwise left alone (users may
-    maintain it by hand). The file lives beside ``current``, outside every generation.
+    maintain it by hand). The file lives beside ``current``, outside every generation. Router
+    mode and upstream llama-swap also get the keys as a key file (:mod:`homelab.render.keyfile`).
     """
     environ = os.environ if environ is None else environ
+    write_api_key_file(host, paths, environ)
     if peers is None:
         peers = load_related(host).peers
     names = [n for n in secret_names(host, peers) if n in environ]

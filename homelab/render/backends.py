@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..address import split_host_port
+from ..gpuarch import runtime_env
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from ..inventory.schema import GPU, FlagValue
 from ..llamacpp.flags import AcceptedFlags, MtpSettings, check_flags, mtp_flags
 from ..suggest import did_you_mean
-from ..gpuarch import runtime_env
 from .errors import RenderError
 from .inputs import PlannedModel, RenderInputs
 from .ports import assign_ports

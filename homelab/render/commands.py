@@ -9,7 +9,14 @@ from pathlib import Path
 from ..inventory import load_host
 from ..settings import inventory_dir
 from .assemble import assemble, write_secrets
-from .generation import diff_generations, installed_dir, read_generation, render_host, staging_dir, write_generation
+from .generation import (
+    diff_generations,
+    installed_dir,
+    read_generation,
+    render_host,
+    staging_dir,
+    write_generation,
+)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

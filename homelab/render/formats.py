@@ -144,6 +144,16 @@ def env_file_value(name: str, value: Any) -> str:
     return f"{name}='{text}'"
 
 
+def env_reference(name: str) -> str:
+    """``"${env.NAME}"``, double-quoted: llama-swap (and ``homelab serve``) substitute the value
+    into the YAML text before parsing, escaping it for a double-quoted string; in a plain scalar
+    a key holding `` #`` would be cut there (the rest read as a comment) and ``: `` would break
+    the file."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise RenderError(f"{name!r} is not a valid environment variable name")
+    return f'"${{env.{name}}}"'
+
+
 FILTERS = {
     "yaml": yaml_scalar,
     "yaml_key": yaml_key,
@@ -154,4 +164,5 @@ FILTERS = {
     "systemd_path": systemd_path,
     "env_line": env_file_value,
     "systemd_text": systemd_text,
+    "env_reference": env_reference,
 }

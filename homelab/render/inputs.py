@@ -61,6 +61,12 @@ class StatePaths:
         """Secrets (API keys) for the service: mode 0600, outside every generation."""
         return self.host_dir / "secrets.env"
 
+    @property
+    def api_key_file(self) -> Path:
+        """The API keys, one per line, for llama-server's ``--api-key-file`` (router mode, and every
+        backend under upstream llama-swap): mode 0600, owned by the service user, beside secrets.env."""
+        return self.host_dir / "api-keys"
+
 
 @dataclass(frozen=True)
 class RenderInputs:

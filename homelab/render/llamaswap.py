@@ -23,10 +23,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..inventory.multihost import secret_names
 from ..inventory.resolved import ResolvedHost
 from ..inventory.schema import FlagValue
-from ..suggest import did_you_mean
 from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names
+from ..suggest import did_you_mean
 from .backends import BACKEND_HOST, Backend
 from .errors import RenderError
 from .formats import shell_word
@@ -114,7 +115,9 @@ def _no_macros(value: Any, where: str) -> None:
             _no_macros(inner, where)
 
 
-def _model_view(backend: Backend, shared: list[tuple[str, FlagValue]], gpus: bool) -> dict[str, Any]:
+def _model_view(
+    backend: Backend, shared: list[tuple[str, FlagValue]], gpus: bool, withheld: Sequence[str] = ()
+) -> dict[str, Any]:
     model = backend.model
     where = f"model {backend.id}"
     own = own_flags(backend, shared)
@@ -141,7 +144,8 @@ def _model_view(backend: Backend, shared: list[tuple[str, FlagValue]], gpus: boo
         "cmd": lines,
         "proxy": f"http://{BACKEND_HOST}:{backend.port}",
         "ttl": backend.ttl,
-        "env": [f"{k}={v}" for k, v in backend.env.items()],
+        # the service's secrets, emptied: a backend inherits the environment otherwise
+        "env": [f"{k}={v}" for k, v in backend.env.items()] + [f"{n}=" for n in withheld if n not in backend.env],
         "aliases": list(backend.aliases),
         "set_params_by_id": {pid: dict(params) for pid, params in backend.profiles.items()},
         "metadata": metadata,
@@ -180,11 +184,23 @@ def peers_view(inputs: RenderInputs) -> list[dict[str, Any]]:
             {
                 "name": peer.name,
                 "proxy": peer.url,
-                "api_key": "${env." + peer.api_key_env + "}" if peer.api_key_env else None,
+                "api_key_env": peer.api_key_env,
                 "models": list(peer.models),
             }
         )
     return view
+
+
+def backend_key_flags(inputs: RenderInputs) -> list[tuple[str, FlagValue]]:
+    """Under upstream llama-swap with API keys, every backend checks the same keys (from the key
+    file): llama-swap passes the client's ``Authorization`` header through unchanged, so clients
+    keep working while a direct call to a backend's port needs a key too. llama-swap cannot add
+    a header of its own for local models, so without keys the backends stay open to local users.
+    ``homelab serve`` protects its backends itself."""
+    runtime = inputs.host.host.runtime
+    if runtime.kind != "llama-swap" or not runtime.api_key_env:
+        return []
+    return [("api-key-file", str(inputs.paths.api_key_file))]
 
 
 def backends_names(host: ResolvedHost) -> list[str]:
@@ -196,8 +212,9 @@ def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
     runtime = host.host.runtime
     sets = check_sets(host)
     shared = common_flags(backends)
-    common = " ".join(argv_words([("host", BACKEND_HOST), *shared], "macros.common"))
+    common = " ".join(argv_words([("host", BACKEND_HOST), *backend_key_flags(inputs), *shared], "macros.common"))
     api_key_env = runtime.api_key_env
+    withheld = secret_names(host, inputs.peers)
     return render(
         "config.yaml.j2",
         host=host.name,
@@ -208,7 +225,7 @@ def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
         api_key_env=api_key_env,
         binary=shell_word(inputs.server_binary, where="macros.llama-server"),
         common=common,
-        models=[_model_view(b, shared, bool(host.host.gpus)) for b in backends],
+        models=[_model_view(b, shared, bool(host.host.gpus), withheld) for b in backends],
         sets=dict(host.sets),
         evict_costs=evict_costs(inputs, sets),
         preload=sorted(b.id for b in backends if b.preload),

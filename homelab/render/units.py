@@ -14,6 +14,7 @@ Users' drop-ins (``homelab-<host>.service.d/*.conf``) are theirs: we never write
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..address import split_host_port
@@ -22,6 +23,7 @@ from .errors import RenderError
 from .formats import systemd_word
 from .inputs import RenderInputs
 from .llamaswap import check_sets
+from .sandbox import loopback_only, protect_home
 from .templating import render
 
 SUPERVISOR_DRAIN_S = 30
@@ -60,7 +62,16 @@ def rpc_unit_name(host: str) -> str:
 
 
 RPC_CACHE_DIR = "rpc-cache"
-"""``LLAMA_CACHE`` of the rpc-server unit, under the host's state folder (rpc-server adds ``rpc/``)."""
+"""``LLAMA_CACHE`` of a user rpc-server unit, under the host's state folder (rpc-server adds ``rpc/``)."""
+SYSTEM_CACHE_ROOT = Path("/var/cache")
+"""Where systemd puts a system unit's ``CacheDirectory=``."""
+
+
+def rpc_cache_directory(host: str) -> str:
+    """``CacheDirectory=`` of a system rpc-server unit (relative to /var/cache)."""
+    return f"homelab/rpc-{host}"
+
+
 RPC_TIMEOUT_STOP_S = 20
 RPC_WARNING = (
     "llama.cpp's RPC protocol has no authentication and no encryption: anyone who reaches",
@@ -95,7 +106,8 @@ def _command(inputs: RenderInputs) -> tuple[list[str], bool, bool]:
         "--models-max", str(largest_set),
     ]  # fmt: skip
     if runtime.api_key_env:
-        argv += ["--api-key", "${" + runtime.api_key_env + "}"]
+        # a file, never argv: every local user can read a process's command line
+        argv += ["--api-key-file", str(inputs.paths.api_key_file)]
     return argv, False, False
 
 
@@ -112,13 +124,6 @@ def _largest_set(inputs: RenderInputs) -> int:
     return max(sizes or [1])
 
 
-def _word(word: str) -> str:
-    # ${VAR} in a router ExecStart is meant for systemd's expansion; everything else is literal
-    if word.startswith("${") and word.endswith("}") and word[2:-1].isidentifier():
-        return word
-    return systemd_word(word)
-
-
 def render_unit(inputs: RenderInputs) -> str:
     host = inputs.host
     runtime = host.host.runtime
@@ -128,10 +133,15 @@ def render_unit(inputs: RenderInputs) -> str:
         "unit": unit_name(host.name).removesuffix(".service"),
         "description": f"homelab LLM server for {host.name} ({runtime.kind} on {runtime.listen})",
         "notify": notify,
-        "exec_start": " ".join(_word(w) for w in argv),
+        "exec_start": " ".join(systemd_word(w) for w in argv),
         "exec_reload": "/bin/kill -HUP $MAINPID" if reloadable else None,
         "timeout_stop": TIMEOUT_STOP_S,
         "environment": [("HOMELAB_STATE", str(paths.state)), *_router_env(inputs)],
+        # one backend killed by the kernel's OOM killer must not stop the endpoint and the others
+        "oom_policy": "continue",
+        # router mode reads its keys from the key file: its children need no secrets at all
+        "secrets_file": None if runtime.kind == "router" else str(paths.secrets_env),
+        "loopback_only": loopback_only(inputs),
     }
     return render("homelab.service.j2", **context)
 
@@ -154,6 +164,12 @@ def _unit_context(inputs: RenderInputs) -> dict[str, Any]:
         "devices": DEVICES[host.host.backend],
         "read_write": [str(paths.host_dir)],
         "working_directory": str(paths.host_dir),
+        "protect_home": protect_home(inputs),
+        # no GPU runtime compiles kernels into executable memory on a CPU host
+        "deny_write_execute": host.host.backend == "cpu",
+        "oom_policy": None,
+        "cache_directory": None,
+        "loopback_only": False,
     }
 
 
@@ -180,18 +196,28 @@ def render_rpc_unit(inputs: RenderInputs) -> str:
     if server is None:
         raise RenderError(f"{host.host_file}: host {host.name} has no rpc_server: to render a unit for")
     paths = inputs.paths
+    system = host.host.runtime.service == "system"
     environment = [("HOMELAB_STATE", str(paths.state))]
-    if server.cache:
-        # rpc-server keeps received tensors under $LLAMA_CACHE/rpc: inside the writable state folder
+    cache_directory = None
+    if server.cache and system:
+        # rpc-server keeps received tensors under $LLAMA_CACHE/rpc: systemd makes the folder,
+        # owned by the service user, and keeps it across restarts
+        cache_directory = rpc_cache_directory(host.name)
+        environment.append(("LLAMA_CACHE", str(SYSTEM_CACHE_ROOT / cache_directory)))
+    elif server.cache:
+        # a user unit: inside the writable state folder
         environment.append(("LLAMA_CACHE", str(paths.host_dir / RPC_CACHE_DIR)))
     # the worker's cards need what a local backend would (HSA override, PCI order for -d CUDAi)
     environment += sorted(host_gpu_env(host).items())
     context = _unit_context(inputs) | {
+        "cache_directory": cache_directory,
+        # rpc-server needs no API key or peer secret: it never reads secrets.env
+        "secrets_file": None,
         "unit": rpc_unit_name(host.name).removesuffix(".service"),
         "comments": list(RPC_WARNING),
         "description": f"homelab llama.cpp rpc-server for {host.name} on {server.listen} (unauthenticated)",
         "notify": False,
-        "exec_start": " ".join(_word(w) for w in rpc_server_argv(inputs)),
+        "exec_start": " ".join(systemd_word(w) for w in rpc_server_argv(inputs)),
         "exec_reload": None,
         "timeout_stop": RPC_TIMEOUT_STOP_S,
         "environment": environment,

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from deploy_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]

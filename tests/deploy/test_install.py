@@ -7,17 +7,17 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
-import urllib.request
+from deploy_helpers import free_port, render_files
 
 from homelab.deploy.generations import GenerationStore
 from homelab.deploy.hostlock import HostBusy, HostLock
-from homelab.deploy.installer import DeployFailed, Deployer, Options, Target
+from homelab.deploy.installer import Deployer, DeployFailed, Options, Target
 from homelab.deploy.paths import HostPaths
-
-from deploy_helpers import free_port, render_files
+from homelab.deploy.service import Runner
 
 
 def read_events(path: Path) -> list[str]:
@@ -218,3 +218,49 @@ def test_system_mode_checks_the_service_user(recorder: Path, tmp_path: Path, wri
     files = render_files("box", "127.0.0.1:1", {"a": ""}, unit_extra="User=no-such-user-x")
     with pytest.raises(Exception, match=r"service user 'no-such-user-x' .* does not exist: create it with `useradd"):
         deployer.install(write_rendered(files))
+
+
+class FailingRestart(Runner):
+    """The real runner ($SYSTEMCTL: the recorder), except that `restart` breaks while armed, as an
+    unexpected error would (not a ServiceError): the unit dir on a full disk, a killed systemctl."""
+
+    armed = False
+
+    def run(self, tool: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        if self.armed and "restart" in args:
+            raise OSError(28, "No space left on device")
+        return super().run(tool, args, check)
+
+
+def test_any_failure_during_apply_puts_the_previous_generation_back(
+    recorder: Path, tmp_path: Path, write_rendered
+) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    runner = FailingRestart()
+    target = Target(name="box", listen=listen, service="user", health_timeout=15)
+    deployer = Deployer(target, Options(root=tmp_path / "root", quiet=True, verify="models", runner=runner))
+    proc = serve_in_background(listen, HostPaths.for_host("box").current / "config.yaml")
+    try:
+        deployer.install(write_rendered(render_files("box", listen, {"alpha": "-c 1"})))
+        runner.armed = True
+        with pytest.raises(DeployFailed) as failure:
+            deployer.install(write_rendered(render_files("box", listen, {"alpha": "-c 1"}, unit_extra="Nice=5")))
+        message = str(failure.value)
+        assert "generation 2: OSError: [Errno 28] No space left on device" in message
+        assert "rolled back to generation 1" in message
+        store = GenerationStore(deployer.paths)
+        assert store.current_number() == 1 and store.get(2).status == "failed"
+        assert os.readlink(deployer.paths.current) == "generations/1"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_generation_files_are_written_whole(tmp_path: Path) -> None:
+    """No temp file or staging folder is left beside a generation, and state files are complete."""
+    store = GenerationStore(HostPaths("box", tmp_path / "box"))
+    generation = store.create({"config.yaml": b"a: 1\n", "units/x.service": b"[Unit]\n"}, ["first"], "start")
+    store.switch(generation.number)
+    assert sorted(p.name for p in (tmp_path / "box" / "generations").iterdir()) == ["1"]
+    assert not [p for p in (tmp_path / "box").rglob("*.tmp")]
+    assert json.loads((tmp_path / "box" / "generations.json").read_text())["current"] == 1

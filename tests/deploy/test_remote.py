@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from deploy_helpers import free_port, render_files, write_inventory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +119,19 @@ def test_sync_mirrors_files_and_deletions(sshd: str, tmp_path: Path, monkeypatch
     remote.sync_tree(address, local, ["hosts", "recipes"], "inventory")
     assert sorted(p.name for p in target.iterdir()) == ["a.yaml"]
     assert (target / "a.yaml").read_text() == "a2\n"
+
+
+@pytest.mark.parametrize("address", ["ssh://-oProxyCommand=touch", "ssh://-oProxyCommand=x@host:22"])
+def test_an_address_ssh_would_read_as_an_option_is_refused(address: str) -> None:
+    from homelab.deploy.remote import RemoteError, SSHAddress
+
+    with pytest.raises(RemoteError, match="cannot start with '-'"):
+        SSHAddress.parse(address)
+
+
+def test_ssh_argv_ends_its_options_before_the_destination(monkeypatch: pytest.MonkeyPatch) -> None:
+    from homelab.deploy.remote import SSHAddress, ssh_base
+
+    monkeypatch.setenv("HOMELAB_SSH", "ssh -F /dev/null")
+    argv = ssh_base(SSHAddress.parse("ssh://me@box:2222"))
+    assert argv == ["ssh", "-F", "/dev/null", "-p", "2222", "-o", "BatchMode=yes", "--", "me@box"]

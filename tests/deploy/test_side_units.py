@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from deploy_helpers import free_port, render_files, rpc_unit
 
 from homelab.deploy.changes import action_for, compare
-from homelab.deploy.installer import DeployFailed, Deployer, Options, Target
+from homelab.deploy.installer import Deployer, DeployFailed, Options, Target
 from homelab.deploy.paths import HostPaths
 from homelab.deploy.units import side_unit_files
-
-from deploy_helpers import free_port, render_files, rpc_unit
 
 
 def pid_of(pid_file: Path) -> int:
@@ -204,11 +203,11 @@ def test_systemd_enables_the_rpc_unit_and_restarts_it_only_when_it_changed(
 
 
 def test_dry_run_names_the_side_unit_it_would_start_and_leaves_the_endpoint(worker, write_rendered, tmp_path: Path) -> None:
+    from deploy_helpers import write_inventory
+
     from homelab.deploy.dryrun import preview
     from homelab.inventory import load_host
     from homelab.render import staging_dir
-
-    from deploy_helpers import write_inventory
 
     target, deployer = worker
     assert target.rpc_listen

@@ -7,15 +7,14 @@ import typing
 from pathlib import Path
 
 import pytest
+from deploy_helpers import free_port, render_files, write_inventory
 
 from homelab.deploy.generations import GenerationStore
-from homelab.deploy.installer import DeployFailed, Deployer, Options, Target
+from homelab.deploy.installer import Deployer, DeployFailed, Options, Target
 from homelab.deploy.verify import LEVELS
 from homelab.errors import HomelabError
 from homelab.inventory import load_host
 from homelab.inventory.schema import Runtime
-
-from deploy_helpers import free_port, render_files, write_inventory
 
 
 def _target(tmp_path: Path, verify: str | None) -> Target:

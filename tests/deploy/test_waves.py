@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from deploy_helpers import free_port, write_inventory
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from homelab.deploy.waves import DependencyCycle, blocked_by, deploy_waves
-
-from deploy_helpers import free_port, write_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = [f"h{i}" for i in range(8)]

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from homelab.address import base_url, free_loopback_port, is_any_address, is_loopback, split_host_port, wait_until_accepting
+from homelab.address import (
+    base_url,
+    free_loopback_port,
+    is_any_address,
+    is_loopback,
+    split_host_port,
+    wait_until_accepting,
+)
 from homelab.files import CHUNK, atomic_write_bytes, atomic_write_text, sha256_file
 from homelab.http_client import USER_AGENT, http_session
 from homelab.suggest import closest, did_you_mean

@@ -11,7 +11,12 @@ from metadata_writer import write_metadata_gguf
 from homelab.cli import main
 from homelab.gguf.facts import FactsError, facts_from_file
 from homelab.gguf.ref import HFRef, RefError, parse_ref
-from homelab.testing.tiny_gguf import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
+from homelab.testing.tiny_gguf import (
+    TinyArchSpec,
+    TinySpec,
+    write_tiny_arch,
+    write_tiny_llama,
+)
 
 
 def test_tiny_llama_facts_and_exact_tensor_bytes(tmp_path: Path) -> None:

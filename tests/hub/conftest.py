@@ -9,8 +9,8 @@ import pytest
 import yaml
 from fakehub import FakeHub
 
-from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.inventory import ResolvedHost, load_host
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 
 
 @pytest.fixture(scope="session")

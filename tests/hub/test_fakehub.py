@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from fakehub import FakeHub
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from homelab.hub.cache import local_path
 from homelab.hub.gguf_header import read_local_header, read_pinned_header

@@ -14,8 +14,8 @@ from fakehub import FakeHub
 from homelab.cli import main
 from homelab.hub import download
 from homelab.hub import fetch as fetch_mod
-from homelab.hub.errors import ChecksumMismatch, HubError
 from homelab.hub.cache import hf_blob_path, is_fetched, manifest_path, model_files
+from homelab.hub.errors import ChecksumMismatch, HubError
 from homelab.hub.fetch import fetch_host
 from homelab.hub.resolve import resolve_lock
 from homelab.settings import hf_cache_dir

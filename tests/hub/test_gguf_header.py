@@ -8,9 +8,13 @@ import gguf
 import pytest
 from fakehub import FakeHub
 
-from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.hub import gguf_header
-from homelab.hub.gguf_header import GGUFHeaderError, read_local_header, read_remote_header
+from homelab.hub.gguf_header import (
+    GGUFHeaderError,
+    read_local_header,
+    read_remote_header,
+)
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 
 
 def test_local_header_matches_gguf_reader(tiny_model: Path) -> None:

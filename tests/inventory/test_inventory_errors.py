@@ -8,12 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from inventory_testkit import Inventory
 
 from homelab.errors import HomelabError
-from homelab.inventory import InventoryError, load_host
-from homelab.inventory import flagnames
-
-from inventory_testkit import Inventory
+from homelab.inventory import InventoryError, flagnames, load_host
 
 
 def load_error(inventory: Inventory, host: str) -> str:

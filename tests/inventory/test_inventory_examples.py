@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from homelab.inventory import check_recipe_file, list_hosts, list_recipes, load_host
-from homelab.inventory import schemas
+from homelab.inventory import (
+    check_recipe_file,
+    list_hosts,
+    list_recipes,
+    load_host,
+    schemas,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

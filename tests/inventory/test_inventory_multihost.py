@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 from inventory_testkit import Inventory
+from test_inventory_errors import assert_line
 
 from homelab.cli import main
 from homelab.inventory import InventoryError, load_host, validate_inventory
 from homelab.inventory.multihost import load_related, reachable_address, secret_names
 from homelab.inventory.schema import Host
-
-from test_inventory_errors import assert_line
 
 
 def related_error(inventory: Inventory, host: str = "rig4090") -> str:

@@ -12,7 +12,13 @@ from homelab.inventory import load_host
 from homelab.llamacpp.build import Builder, BuildError, BuildRequest, parse_progress
 from homelab.llamacpp.patches import expand_local
 from homelab.llamacpp.source import SourceCache, SourceSpec
-from homelab.llamacpp.stage import build_host, build_request, host_flag_problems, host_pin, plan_build
+from homelab.llamacpp.stage import (
+    build_host,
+    build_request,
+    host_flag_problems,
+    host_pin,
+    plan_build,
+)
 
 from .conftest import write_inventory
 from .test_patches import diff_of, replace

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homelab.llamacpp.configure import (
-    cmake_target_in,
     FA_TYPES,
     Toolchain,
     ToolchainError,
+    cmake_target_in,
     declared_options,
     kv_pairs_of,
     missing_tools,

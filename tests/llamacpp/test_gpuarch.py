@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from homelab.llamacpp.configure import Toolchain, plan_cmake
 from homelab.gpuarch import FAMILIES, build_target, family_of, runs_as, runtime_env
+from homelab.llamacpp.configure import Toolchain, plan_cmake
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOOLS = Toolchain(cmake="cmake", cxx="c++")

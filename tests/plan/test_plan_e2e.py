@@ -12,12 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from homelab.bench.plan import EXTRA_SETTINGS, MODELS, SETTINGS, Row, compare
 from homelab.cli import main
 from homelab.gguf.facts import facts_from_file
-from homelab.testing.tiny_gguf import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
-from homelab.bench.plan import EXTRA_SETTINGS, MODELS, SETTINGS, Row, compare
 from homelab.plan.estimate import estimate, settings_from_flags
 from homelab.plan.observe import observe_server, parse_server_log
+from homelab.testing.tiny_gguf import (
+    TinyArchSpec,
+    TinySpec,
+    write_tiny_arch,
+    write_tiny_llama,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from homelab.gguf.facts import ModelFacts, TensorFacts, facts_from_file
-from homelab.testing.tiny_gguf import TinyArchSpec, TinySpec, write_tiny_arch, write_tiny_llama
 from homelab.plan.estimate import (
     MIB,
     EstimateError,
@@ -17,6 +16,12 @@ from homelab.plan.estimate import (
     geometry,
     row_bytes,
     settings_from_flags,
+)
+from homelab.testing.tiny_gguf import (
+    TinyArchSpec,
+    TinySpec,
+    write_tiny_arch,
+    write_tiny_llama,
 )
 
 

@@ -10,7 +10,14 @@ import pytest
 from homelab.gguf.facts import facts_from_file
 from homelab.inventory import ResolvedHost, load_host
 from homelab.plan.estimate import MIB
-from homelab.plan.host import ModelInput, PlanError, estimate_for, model_settings, plan_host, usage
+from homelab.plan.host import (
+    ModelInput,
+    PlanError,
+    estimate_for,
+    model_settings,
+    plan_host,
+    usage,
+)
 from homelab.plan.report import render_plan
 
 REPO = Path(__file__).resolve().parents[2]

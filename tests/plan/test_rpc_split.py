@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 from homelab.gguf.facts import facts_from_file
-from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.inventory import ResolvedHost, load_host
-from homelab.plan.estimate import CPU, MIB, RpcDevice, estimate, layer_devices, settings_from_flags, split_points
+from homelab.plan.estimate import (
+    CPU,
+    MIB,
+    RpcDevice,
+    estimate,
+    layer_devices,
+    settings_from_flags,
+    split_points,
+)
 from homelab.plan.host import ModelInput, PlanError, plan_host
 from homelab.plan.observe import parse_server_log
 from homelab.plan.report import render_plan
@@ -19,6 +26,7 @@ from homelab.plan.rpc import Worker, balance_layers, load_workers, proportional_
 from homelab.plan.sources import model_inputs
 from homelab.plan.stage import make_plan
 from homelab.render.assemble import parse_plan
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 
 DEEP = TinySpec(n_embd=256, n_head=8, n_head_kv=2, n_ff=1024, n_layer=12, name="deep")
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from processes import stop_group
 
-from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.inventory import load_host
 from homelab.plan.observe import local_rpc_servers, parse_server_log, rpc_server_beside
 from homelab.plan.stage import make_plan
-from processes import stop_group
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 
 DEEP = TinySpec(n_embd=256, n_head=8, n_head_kv=2, n_ff=1024, n_layer=12, name="deep")
 START_TIMEOUT = 60.0

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 
 from homelab.gguf.facts import facts_from_file
-from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 from homelab.inventory import ResolvedHost, load_host
 from homelab.plan.estimate import MIB
 from homelab.plan.host import ModelInput, PlanError, host_device, usage
 from homelab.plan.report import render_plan
 from homelab.plan.rpcload import heads_of
-from homelab.plan.stage import make_plan
-from homelab.plan.stage import plan_fingerprint
+from homelab.plan.stage import make_plan, plan_fingerprint
+from homelab.testing.tiny_gguf import TinySpec, write_tiny_llama
 
 DEEP = TinySpec(n_embd=256, n_head=8, n_head_kv=2, n_ff=1024, n_layer=12, name="deep")
 REPO = Path(__file__).resolve().parents[2]

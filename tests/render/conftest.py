@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from homelab.inventory import ResolvedHost, load_host
-from homelab.inventory.multihost import load_related
 from homelab.inventory.flagnames import known_flags
+from homelab.inventory.multihost import load_related
 from homelab.render import PlannedModel, RenderInputs, StatePaths
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,13 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from processes import stop_group
 
 from homelab.inventory import ResolvedHost, load_host
 from homelab.llamacpp.build import read_flags
 from homelab.llamacpp.flags import AcceptedFlags
 from homelab.render import RenderInputs, StatePaths, render_host
 from homelab.supervisor.config_load import load_config
-from processes import stop_group
 
 pytestmark = pytest.mark.e2e
 
@@ -189,3 +189,45 @@ def test_supervisor_serves_the_rendered_config(tmp_path: Path, tiny_inventory: P
         status, running_models = get(f"http://{listen}/running")
         assert status == 200
         assert {m["model"] for m in json.loads(running_models)["running"]} == {"tiny-alpha", "tiny-beta"}  # the set
+
+
+def test_a_llama_swap_backend_answers_only_with_an_endpoint_key(
+    tmp_path: Path, tiny_inventory: Path, llama_server_bin: Path
+) -> None:
+    """Under upstream llama-swap (which passes the client's Authorization header through), each
+    backend checks the endpoint's keys from the key file: a direct call to its port needs one."""
+    from homelab.render.assemble import write_secrets
+
+    from .conftest import with_runtime
+
+    host = with_runtime(load_host("tiny", tiny_inventory), kind="llama-swap", api_key_env="TINY_KEYS")
+    inputs = dataclasses.replace(
+        _inputs(host, llama_server_bin, read_flags(llama_server_bin, "the test build"), tmp_path),
+        llama_swap_binary=Path("/usr/local/bin/llama-swap"),
+    )
+    write_secrets(host, inputs.paths, environ={"TINY_KEYS": "sk-one,sk-two"}, peers=())
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(render_host(inputs)["config.yaml"])
+    model = load_config(config_path, env={"TINY_KEYS": "sk-one,sk-two"}).models["tiny-alpha"]
+    assert "--api-key-file" in model.cmd and "sk-one" not in " ".join(model.cmd)
+    log = tmp_path / "alpha.log"
+    with running(list(model.cmd), {**os.environ, **model.env}, log) as proc:
+        wait_healthy(f"{model.proxy}/health", proc, log)  # llama-swap's health check needs no key
+        body = {"model": "tiny-alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+        def ask(key: str | None) -> int:
+            headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+            request = urllib.request.Request(
+                f"{model.proxy}/v1/chat/completions", data=json.dumps(body).encode(), headers=headers
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert ask(None) == 401
+        assert ask("sk-wrong") == 401
+        assert ask("sk-two") == 200
+        status, _ = get(f"{model.proxy}/slots")
+        assert status == 401  # other people's prompts stay behind the key

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from processes import stop_group
 
 from homelab.inventory.multihost import PeerLink
 from homelab.inventory.schema import Peer, RpcServer
@@ -26,7 +27,6 @@ from homelab.render import PlannedModel, RenderError, render_host
 from homelab.render.assemble import write_secrets
 from homelab.render.units import render_rpc_unit
 from homelab.supervisor.config_load import load_config
-from processes import stop_group
 
 from .conftest import FAKE_STATE, example_host, fake_inputs, with_runtime
 
@@ -146,10 +146,14 @@ def test_a_worker_without_models_renders_only_its_rpc_unit() -> None:
     assert "no authentication" in unit and "Type=exec" in unit and "ExecReload" not in unit
     # system mode, like the main unit would be: the sandbox and the NVIDIA devices
     assert "User=homelab" in unit and "DeviceAllow=char-nvidia-uvm rw" in unit and "WantedBy=multi-user.target" in unit
-    assert f"Environment=LLAMA_CACHE={FAKE_STATE}/hosts/rpc3090/rpc-cache" in unit
+    # a system unit's cache: systemd makes /var/cache/homelab/rpc-<host>, owned by the service user
+    assert "CacheDirectory=homelab/rpc-rpc3090" in unit.splitlines()
+    assert "Environment=LLAMA_CACHE=/var/cache/homelab/rpc-rpc3090" in unit.splitlines()
     assert f"ReadWritePaths=-{FAKE_STATE}/hosts/rpc3090" in unit
     # `-d CUDA0` means the card nvidia-smi lists first
     assert "Environment=CUDA_DEVICE_ORDER=PCI_BUS_ID" in unit
+    # rpc-server needs no API key or peer secret
+    assert "secrets.env" not in unit
 
 
 def test_an_rdna2_worker_gets_the_override_its_binary_was_built_for() -> None:
@@ -159,6 +163,12 @@ def test_an_rdna2_worker_gets_the_override_its_binary_was_built_for() -> None:
     amd = worker.host.model_copy(update={"backend": "hip", "gpus": [GPU(name="RX 6700 XT", vram_mib=12272, arch="gfx1031")]})
     unit = render_rpc_unit(fake_inputs(dataclasses.replace(worker, host=amd)))
     assert "Environment=HSA_OVERRIDE_GFX_VERSION=10.3.0" in unit and "CUDA_DEVICE_ORDER" not in unit
+
+
+def test_a_user_rpc_unit_keeps_its_cache_in_the_state_folder() -> None:
+    unit = render_rpc_unit(fake_inputs(with_runtime(example_host("rpc3090"), service="user")))
+    assert f"Environment=LLAMA_CACHE={FAKE_STATE}/hosts/rpc3090/rpc-cache" in unit.splitlines()
+    assert "CacheDirectory" not in unit and "secrets.env" not in unit
 
 
 def test_rpc_unit_flags_threads_devices_no_cache_and_user_mode() -> None:
@@ -195,6 +205,7 @@ def test_rendered_rpc_unit_runs_the_real_rpc_server(llama_server_bin: Path, tmp_
     worker = example_host("rpc3090")
     server = worker.host.rpc_server.model_copy(update={"listen": f"127.0.0.1:{port}", "threads": 1})
     host = dataclasses.replace(worker, host=worker.host.model_copy(update={"rpc_server": server}))
+    host = with_runtime(host, service="user")  # a user unit keeps its cache below the state folder
     inputs = fake_inputs(host, server_binary=llama_server_bin)
     inputs = dataclasses.replace(inputs, paths=dataclasses.replace(inputs.paths, state=tmp_path))
     unit = render_host(inputs)["units/homelab-rpc-rpc3090.service"]

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homelab.render.errors import RenderError
-from homelab.render.formats import env_file_value, ini_value, shell_word, systemd_env, systemd_word, yaml_scalar
+from homelab.render.formats import (
+    env_file_value,
+    ini_value,
+    shell_word,
+    systemd_env,
+    systemd_word,
+    yaml_scalar,
+)
 from homelab.render.ports import assign_ports
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=40)

@@ -273,7 +273,10 @@ def test_router_runtime_unit_and_presets() -> None:
     unit = files["units/homelab-duo3060.service"]
     assert "ExecStart=/opt/homelab/bin/llama-server --models-preset /var/lib/homelab/hosts/duo3060/current/presets.ini" in unit
     assert "--models-max 2" in unit  # the voice set runs two at once
-    assert "--api-key ${HOMELAB_API_KEYS}" in unit
+    # the keys come from a file, never argv (every local user can read a command line); the
+    # router needs no secrets.env then, and its children inherit none
+    assert "--api-key-file /var/lib/homelab/hosts/duo3060/api-keys" in unit
+    assert "--api-key " not in unit and "HOMELAB_API_KEYS" not in unit and "secrets.env" not in unit
     assert "Type=exec" in unit and "ExecReload" not in unit
     assert "device = CUDA0" in files["presets.ini"]
 
@@ -284,7 +287,8 @@ def test_system_unit_hardening_keeps_the_gpu() -> None:
     for line in (
         "Type=notify", "User=llm", "SupplementaryGroups=render video", "PrivateDevices=no",
         "DevicePolicy=closed", "DeviceAllow=char-kfd rw", "DeviceAllow=char-drm rw",
-        "ProtectSystem=strict", "ReadWritePaths=-/var/lib/homelab/hosts/xtx", "ProtectHome=read-only",
+        "ProtectSystem=strict", "ReadWritePaths=-/var/lib/homelab/hosts/xtx", "ProtectHome=yes",
+        "OOMPolicy=continue", "KeyringMode=private", "IPAddressDeny=any", "IPAddressAllow=localhost",
         "NoNewPrivileges=yes", "KillMode=mixed", "Restart=on-failure", "StartLimitBurst=5",
         "ExecReload=/bin/kill -HUP $MAINPID", "EnvironmentFile=-/var/lib/homelab/hosts/xtx/secrets.env",
         "WantedBy=multi-user.target",

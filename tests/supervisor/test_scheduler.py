@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from homelab.supervisor.config import Config, GroupConfig, MatrixConfig, ModelConfig
-from homelab.supervisor.scheduler import Admit, Reject, Scheduler, Start, State, Stop, backoff
+from homelab.supervisor.scheduler import (
+    Admit,
+    Reject,
+    Scheduler,
+    Start,
+    State,
+    Stop,
+    backoff,
+)
 
 
 def model(mid: str, **kw: object) -> ModelConfig:
