@@ -3,7 +3,7 @@
 The format is llama-swap's (checked against its ``proxy/config`` / ``internal/config`` Go code);
 we differ in being strict: an unknown key is an error (with the nearest valid key suggested),
 except keys starting with ``x-``, which are free for extensions (ours: ``x-vramBudgetMiB``,
-``x-maxWait``). Every error names the file, the line and the key path, and says how to fix it.
+``x-maxWait``, and the swap settings of :mod:`homelab.supervisor.config_swap`). Every error names the file, the line and the key path, and says how to fix it.
 
 Order of work, as llama-swap does it:
 
@@ -53,6 +53,7 @@ from homelab.supervisor.config_macros import (
     substitute_typed,
     suggest_name,
 )
+from homelab.supervisor.config_swap import parse_model_prompt_cache, parse_prefetch, parse_prompt_cache
 from homelab.supervisor.config_yaml import ConfigError, Value, compose, substitute_env
 from homelab.supervisor.matrix import (
     DEFAULT_GROUP,
@@ -400,6 +401,7 @@ def build_model(
             f["sendLoadingState"].boolean() if "sendLoadingState" in f else defaults.send_loading_state
         ),
         vram_mib=parse_vram_mib(text),
+        prompt_cache=parse_model_prompt_cache(raw.at),
     )
 
 
@@ -536,6 +538,8 @@ def parse_config(
         source=source,
         log_to_stdout=log_to_stdout,
         log_requests=top["logRequests"].boolean() if "logRequests" in top else False,
+        prompt_cache=parse_prompt_cache(extensions.get("x-promptCache"), source),
+        prefetch=parse_prefetch(extensions.get("x-prefetch"), models, aliases),
     )
 
 
@@ -782,7 +786,7 @@ def parse_api_keys(section: Value | None) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- reload
 
 
-RESTART_FIELDS = ("cmd", "cmd_stop", "proxy", "port", "check_endpoint", "env")
+RESTART_FIELDS = ("cmd", "cmd_stop", "proxy", "port", "check_endpoint", "env", "prompt_cache")
 """ModelConfig fields whose change means the running process is not what the config describes.
 
 Everything else (ttl, unload_timeout, aliases, filters, metadata, name, description, unlisted,
