@@ -581,6 +581,12 @@ def _print_proxy(r: dict[str, Any], args: argparse.Namespace, levels: list[int])
 
 
 def cmd_bench_swap(args: argparse.Namespace) -> int:
+    if args.scenario != "cold":
+        from .bench_swap import run_scenarios
+
+        with _workdir(args) as tmp:
+            run_scenarios(args, Path(tmp))
+        return 0
     with _workdir(args) as tmp:
         setup = _setup(args, Path(tmp), 2)
         print(f"bench swap: {setup.server}, models {setup.models[0].name} and {setup.models[1].name}, "
@@ -626,3 +632,6 @@ def register(cli: CLI) -> None:
     swap = cli.benchmark("swap", cmd_bench_swap, "the supervisor's share of a cold swap, vs router mode")
     _common(swap)
     swap.add_argument("--rounds", type=int, default=10, help="swaps to time per mode (default 10)")
+    from .bench_swap import add_arguments
+
+    add_arguments(swap)

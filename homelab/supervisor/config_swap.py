@@ -72,5 +72,10 @@ def parse_prefetch(value: Value | None, models: Mapping[str, object], aliases: M
 
 
 def parse_model_prompt_cache(model: Value) -> bool | None:
-    value = model.extensions().get("x-promptCache")
-    return None if value is None or value.is_null else value.boolean()
+    """A model's ``x-promptCache``. Read from the node's pairs: the model's keys were already
+    checked (and ``<<`` merges flattened), so listing its entries again would see duplicates."""
+    for key_node, value_node in model.node.value:
+        if key_node.value == "x-promptCache":
+            value = model.child(value_node, "x-promptCache")
+            return None if value.is_null else value.boolean()
+    return None
