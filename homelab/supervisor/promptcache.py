@@ -267,11 +267,15 @@ class PromptCache:
         self.root = root
         self.settings = settings
         self.metrics = metrics
+        self._keys: dict[str, str] = {}
+        """Model ID -> the key of the backend running now, taken when it was started: a model
+        file replaced under a running backend must not label that backend's KV cells."""
         try:
             self.index = CacheIndex.from_json((root / INDEX_NAME).read_text())
         except OSError:
             self.index = CacheIndex([])
         self._drop_missing()
+        self._sweep_orphans()
 
     @classmethod
     def for_config(cls, config: Config, metrics: Metrics) -> PromptCache | None:
@@ -289,6 +293,7 @@ class PromptCache:
         supervisor owns the folder); unchanged when it is off or the folder cannot be made."""
         if not self.enabled_for(model):
             return model
+        self._keys[model.id] = cache_key(model.cmd)
         try:
             ensure_private_dir(self.root)
             folder = ensure_private_dir(self.model_dir(model.id))
@@ -305,7 +310,7 @@ class PromptCache:
 
     async def save(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         """Save every slot that holds tokens; bounded by ``saveTimeout`` in all."""
-        key = cache_key(model.cmd)
+        key = self.key_of(model)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.save_timeout):
@@ -367,7 +372,7 @@ class PromptCache:
         """Restore the slots saved under this model's current key (bounded by
         ``restoreTimeout``); refuse, count and delete those saved under another key. Returns
         how many slots were restored. Failures only cost the prefill they would have saved."""
-        matching, stale = self.index.split(model.id, cache_key(model.cmd))
+        matching, stale = self.index.split(model.id, self.key_of(model))
         if stale:
             log.warning("prompt cache: %d saved slot(s) of %s were made with another model file, build or "
                         "KV flags; refusing them", len(stale), model.id)
@@ -382,7 +387,7 @@ class PromptCache:
             log.warning("prompt cache: restoring %s took over %gs; serving without the rest",
                         model.id, self.settings.restore_timeout)
             self.metrics.prompt_cache_restores.inc(model=model.id, outcome="timeout")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             log.warning("prompt cache: cannot restore %s: %s", model.id, exc)
             self.metrics.prompt_cache_restores.inc(model=model.id, outcome="failed")
         if matching or stale:
@@ -405,6 +410,9 @@ class PromptCache:
 
     # -- bookkeeping
 
+    def key_of(self, model: ModelConfig) -> str:
+        return self._keys.get(model.id) or cache_key(model.cmd)
+
     def _drop(self, entries: list[Entry]) -> None:
         for entry in entries:
             with contextlib.suppress(OSError):
@@ -413,6 +421,14 @@ class PromptCache:
 
     def _drop_missing(self) -> None:
         self.index.remove([e for e in self.index.entries if not (self.root / e.file).is_file()])
+
+    def _sweep_orphans(self) -> None:
+        """Slot files no entry names (a crash between a save and the index write) only take space."""
+        known = {self.root / e.file for e in self.index.entries}
+        for path in self.root.glob("*/*.bin") if self.root.is_dir() else ():
+            if path not in known:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def _enforce_caps(self) -> None:
         drop = self.index.over_caps(self.settings.max_mib_per_model << 20, self.settings.max_mib << 20)
