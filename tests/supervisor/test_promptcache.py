@@ -207,3 +207,22 @@ def test_toggling_the_cache_restarts_the_model() -> None:
     old = Config(models={"a": model})
     new = Config(models={"a": ModelConfig(id="a", cmd=("x",), proxy="http://h:1", port=None, prompt_cache=True)})
     assert changed_models(old, new) == {"a"}
+
+
+def test_the_key_is_taken_when_the_backend_starts(tmp_path: Path) -> None:
+    """A model file replaced under a running backend: its KV cells belong to the old file, so
+    they are saved under the old key and refused by the next start (which reads the new file)."""
+    from homelab.supervisor.metrics import Metrics
+    from homelab.supervisor.promptcache import PromptCache
+
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF1")
+    model = ModelConfig(id="a", cmd=_cmd(weights), proxy="http://127.0.0.1:1", port=1, prompt_cache=True)
+    cache = PromptCache(tmp_path / "cache", PromptCacheSettings(), Metrics())
+    launched = cache.launch_config(model)
+    assert launched.cmd[-2:] == ("--slot-save-path", str(cache.model_dir("a")))
+    assert cache.active_for(launched) and (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    started_with = cache.key_of(launched)
+    weights.write_bytes(b"GGUF22")  # a new download lands while the backend runs
+    assert cache.key_of(launched) == started_with != cache_key(model.cmd)
+    assert cache.key_of(cache.launch_config(model)) == cache_key(model.cmd)  # the next start
