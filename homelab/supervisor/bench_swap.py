@@ -122,12 +122,13 @@ async def _first_token(s: aiohttp.ClientSession, url: str, model: str) -> float:
     return time.perf_counter() - started
 
 
-async def _swap_seconds(s: aiohttp.ClientSession, url: str, model: str) -> float:
-    """The supervisor's running total of request -> ready over ``model``'s swaps (drain,
-    eviction and load, no compute): the difference around one swap is that swap's."""
+async def _load_seconds(s: aiohttp.ClientSession, url: str, model: str) -> float:
+    """The supervisor's running total of spawn -> ready over ``model``'s starts: the load alone,
+    without the drain (whose length varies with the machine's load) and without compute; the
+    difference around one swap is that swap's load."""
     async with s.get(url + "/metrics") as resp:
         text = await resp.text()
-    prefix = f'homelab_swap_duration_seconds_sum{{model="{model}"}} '
+    prefix = f'homelab_time_to_ready_seconds_sum{{model="{model}"}} '
     return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
 
 
@@ -255,13 +256,13 @@ async def bench_prefetch(setup: Setup, rounds: int, drain_tokens: int) -> dict[s
                         read_through(big)
                     else:
                         drop_from_page_cache(big)
-                    before = await _swap_seconds(s, url, "big")
+                    before = await _load_seconds(s, url, "big")
                     stream = asyncio.ensure_future(_drain_stream(s, url, "small", drain_tokens))
                     await asyncio.sleep(0.05)  # the stream is under way: the swap has to wait for it
                     seconds = await _first_token(s, url, "big")
                     await stream
                     swap[mode].append(seconds)
-                    ready[mode].append(await _swap_seconds(s, url, "big") - before)
+                    ready[mode].append(await _load_seconds(s, url, "big") - before)
                     await _unload_all(s, "supervisor", url, [])
     size = big.stat().st_size
     return {"file_mib": size / (1 << 20), "disk_mb_s": speed / 1e6, "read_s": size / speed,
@@ -304,13 +305,13 @@ def run_scenarios(args: argparse.Namespace, workdir: Path) -> None:
         r = asyncio.run(bench_prefetch(setup, args.rounds, args.drain_tokens))
         print(f"  file {r['file_mib']:.0f} MiB; disk {r['disk_mb_s']:.0f} MB/s cold sequential "
               f"(the file in {r['read_s'] * 1000:.0f} ms)")
-        print("  median (min-max) of: request -> ready (the swap: drain, stop, load; from /metrics), "
-              "request -> first token; warm = the file already in the page cache")
+        print("  median (min-max) of: spawn -> ready (the load, from /metrics), request -> first token "
+              "(drain, stop, load, one token); warm = the file already in the page cache")
         for mode in ("prefetch", "no-prefetch", "warm"):
             v = r[mode]
             print(f"  {mode:<12} {v['ready_ms']:8.1f} ms ({v['ready_min_ms']:.0f}-{v['ready_max_ms']:.0f})  "
                   f"{v['first_token_ms']:8.1f} ms ({v['min_ms']:.0f}-{v['max_ms']:.0f})")
-        for what, key in (("ready", "ready_ms"), ("first token", "first_token_ms")):
+        for what, key in (("the load", "ready_ms"), ("first token", "first_token_ms")):
             gain = r["no-prefetch"][key] - r["prefetch"][key]
             print(f"  prefetch saves {gain:.0f} ms to {what} "
                   f"({100 * gain / (r['read_s'] * 1000):.0f}% of the file's read time at disk speed)")
