@@ -316,17 +316,17 @@ class PromptCache:
             async with asyncio.timeout(self.settings.save_timeout):
                 saved = await self._save_slots(model, session, key)
         except TimeoutError:
-            log.warning("prompt cache: saving %s's slots took over %gs; stopping it without them",
+            log.warning("prompt cache: saving %s's slots took over %gs; stopping it without the rest",
                         model.id, self.settings.save_timeout)
             self.metrics.prompt_cache_saves.inc(model=model.id, outcome="timeout")
-            return
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             log.warning("prompt cache: cannot save %s's slots: %s", model.id, exc)
             self.metrics.prompt_cache_saves.inc(model=model.id, outcome="failed")
-            return
-        if saved:
-            log.info("prompt cache: saved %d slot(s) of %s in %.3fs", saved, model.id, time.monotonic() - started)
-        self._enforce_caps()
+        else:
+            if saved:
+                log.info("prompt cache: saved %d slot(s) of %s in %.3fs", saved, model.id,
+                         time.monotonic() - started)
+        self._enforce_caps()  # slots saved before a timeout or failure are kept
         self._write_index()
 
     async def _save_slots(self, model: ModelConfig, session: aiohttp.ClientSession, key: str) -> int:

@@ -114,3 +114,19 @@ async def test_the_disk_cap_drops_the_least_recently_saved_slot(serve, llama_ser
     assert len(index["entries"]) == 1 and index["entries"][0]["bytes"] <= 1 << 20
     files = [p for p in (tmp_path / "prompt-cache").rglob("*.bin")]
     assert len(files) == 1
+
+
+async def test_a_save_over_its_time_bound_does_not_hold_the_eviction(serve, llama_server_bin: Path,
+                                                                    tiny_models: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    # saveTimeout 0: the bound is spent before the first slot is written (a disk that never answers)
+    config_path = write_config(tmp_path / "config.yaml", llama_server_bin, tiny_models, cache="{saveTimeout: 0}")
+    running = await serve(parse_config(config_path.read_text(), config_path))
+    async with aiohttp.ClientSession() as s:
+        await ask(s, running.url, "alpha", PREFIX + "one")
+        await ask(s, running.url, "beta", "hello")  # served: the eviction went on without the save
+        assert await metric(s, running.url, "homelab_prompt_cache_saves_total",
+                            model="alpha", outcome="timeout") == 1
+        again = await ask(s, running.url, "alpha", PREFIX + "two")
+        assert again["timings"].get("cache_n", 0) == 0  # nothing was restored
+    assert not list((tmp_path / "prompt-cache").rglob("*.bin"))  # no partial file left
