@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "homelab.bench.plan",
     "homelab.bench.deploy",
     "homelab.bench.supervisor",
+    "homelab.bench.supervisor_swap",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -624,6 +624,3 @@ def register(cli: CLI) -> None:
     proxy.add_argument("--one-at-a-time", action="store_true",
                        help="one resident model at a time (supervisor phase, then router phase) for models "
                             "that do not fit twice; default: both fronts resident, all paths interleaved")
-    swap = cli.benchmark("swap", cmd_bench_swap, "the supervisor's share of a cold swap, vs router mode")
-    _common(swap)
-    swap.add_argument("--rounds", type=int, default=10, help="swaps to time per mode (default 10)")

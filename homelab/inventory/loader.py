@@ -712,6 +712,7 @@ def merge_model(
         aliases=tuple(dict.fromkeys([*recipe.aliases, *entry.aliases])),
         mtp=mtp,
         ttl=entry.ttl if entry.ttl is not None else recipe.ttl,
+        prompt_cache=entry.prompt_cache if entry.prompt_cache is not None else recipe.prompt_cache,
         env={**recipe.env, **entry.env},
         gpus=tuple(entry.gpus) if entry.gpus is not None else None,
         port=entry.port,

@@ -36,6 +36,8 @@ class ResolvedModel:
     """``recipe:`` as the host file wrote it: a name, a path or a URL."""
     rpc_workers: tuple[str, ...] = ()
     """Hosts whose ``rpc-server`` takes part of this model's layers (``--rpc``), in order."""
+    prompt_cache: bool | None = None
+    """Keep the slots across evictions (supervisor ``x-promptCache``); None: its default."""
 
     def profile_ids(self) -> dict[str, Profile]:
         """Model IDs for llama-swap ``setParamsByID``: ``<id>:<profile>`` -> parameters."""
@@ -68,6 +70,7 @@ class ResolvedModel:
             "port": self.port,
             "preload": self.preload,
             "rpc": list(self.rpc_workers),
+            "prompt_cache": self.prompt_cache,
         }
 
 

@@ -139,6 +139,11 @@ class Recipe(Strict):
     )
     aliases: list[str] = Field(default_factory=list, description="extra names requests may use for the model")
     ttl: int | None = Field(default=None, ge=0, description="seconds idle before unload (0 = never)")
+    prompt_cache: bool | None = Field(
+        default=None,
+        description="keep the model's slots (its KV cache) on disk across evictions, restored when it starts "
+        "again (homelab's supervisor); default: on when ctx-size is at least 16384",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="environment variables for the backend process")
     tags: list[str] = Field(default_factory=list, description="free-form: chat, code, vision...")
 
@@ -330,6 +335,7 @@ class HostModel(Strict):
     )
     aliases: list[str] = Field(default_factory=list, description="extra names, added to the recipe's")
     ttl: int | None = Field(default=None, ge=0, description="overrides the recipe's ttl")
+    prompt_cache: bool | None = Field(default=None, description="overrides the recipe's prompt_cache")
     env: dict[str, str] = Field(default_factory=dict, description="merged over the recipe's env")
     gpus: list[int] | None = Field(
         default=None, description="indices into the host's gpus this model may use (default: all)"

@@ -12,6 +12,8 @@ Layout decisions:
   per-model need is also written as ``x-healthCheckTimeout`` for our supervisor;
 - the plan's VRAM goes to ``metadata.vram_mib`` (our admission control reads it) and the host's
   budget to ``x-vramBudgetMiB``;
+- the supervisor's prompt cache (``x-promptCache``) lives in the host's state folder; a recipe's
+  or host model's ``prompt_cache`` becomes the model's ``x-promptCache``;
 - ``matrix.sets`` are the host's ``sets`` as written (model IDs are plain names, so no
   ``vars`` are needed); ``matrix.evict_costs`` is one unit per GiB of weights (default 1);
 - API keys are a ``${env.NAME}`` reference, resolved at start from the service's environment.
@@ -35,6 +37,9 @@ from .inputs import RenderInputs
 from .templating import render
 
 DEFAULT_API_KEY_ENV = "HOMELAB_API_KEYS"
+PROMPT_CACHE_DIR = "prompt-cache"
+"""Saved slots live in the host's state folder, beside the generations: they outlive a deploy
+(the supervisor drops those a new build, model file or flag set no longer matches)."""
 
 
 def argv_words(flags: Sequence[tuple[str, FlagValue]], where: str) -> list[str]:
@@ -150,6 +155,7 @@ def _model_view(
         "set_params_by_id": {pid: dict(params) for pid, params in backend.profiles.items()},
         "metadata": metadata,
         "health_timeout": backend.health_timeout,
+        "prompt_cache": backend.model.prompt_cache,
     }
 
 
@@ -230,4 +236,5 @@ def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
         evict_costs=evict_costs(inputs, sets),
         preload=sorted(b.id for b in backends if b.preload),
         peers=peers_view(inputs),
+        prompt_cache_dir=str(inputs.paths.host_dir / PROMPT_CACHE_DIR),
     )

@@ -51,6 +51,8 @@ class ModelConfig:
     send_loading_state: bool = False
     vram_mib: int | None = None
     """From ``metadata.vram_mib`` (the plan writes it): used for VRAM-aware admission."""
+    prompt_cache: bool | None = None
+    """``x-promptCache``: keep the KV cache across evictions; None = on for long contexts."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,32 @@ class PeerConfig:
 @dataclass(frozen=True)
 class HooksConfig:
     preload: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptCacheSettings:
+    """Top-level ``x-promptCache``: where and how much of the saved slots to keep."""
+
+    dir: Path | None = None
+    """None: ``prompt-cache`` beside the config file (a config given as text has no cache)."""
+    max_mib: int = 16384
+    max_mib_per_model: int = 4096
+    save_timeout: float = 5.0
+    """Seconds an eviction may spend saving slots before the backend is stopped anyway."""
+    restore_timeout: float = 10.0
+    min_ctx: int = 16384
+    """Models without their own ``x-promptCache`` are cached when ``--ctx-size`` is at least this."""
+
+
+@dataclass(frozen=True)
+class PrefetchSettings:
+    """Top-level ``x-prefetch``: read an incoming model's files into the page cache."""
+
+    enabled: bool = True
+    keep_warm: tuple[str, ...] = ()
+    """Model IDs whose files are read again after each swap (likely next)."""
+    reserve_mib: int = 1024
+    """RAM left untouched on top of what resident models' files take."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +121,8 @@ class Config:
     """llama-swap's ``logToStdout``: proxy | upstream | both | none."""
     log_requests: bool = False
     """llama-swap's ``logRequests``."""
+    prompt_cache: PromptCacheSettings = field(default_factory=PromptCacheSettings)
+    prefetch: PrefetchSettings = field(default_factory=PrefetchSettings)
 
     def resolve(self, requested: str) -> str | None:
         """Model ID for a requested name or alias, or None."""

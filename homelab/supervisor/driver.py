@@ -9,6 +9,7 @@ application under :data:`SUPERVISOR_KEY`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import sys
@@ -28,7 +29,9 @@ from .connect import backend_connector
 from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
 from .peers import PeerMonitor, ProbeTimings
+from .prefetch import Prefetcher, read_mem_available, swap_plan
 from .process import Backend, StartFailed, Watchdog
+from .promptcache import PromptCache
 from .scheduler import Admit, Reject, Scheduler, Start, State, Stop
 
 log = logging.getLogger("homelab.supervisor")
@@ -63,6 +66,10 @@ class Supervisor:
         self.watchdog: Watchdog | None = None
         self.peers = PeerMonitor(config.peers, peer_timings)
         self._log_handler = BufferHandler(self.supervisor_log)
+        # Swap costs (promptcache / prefetch): slots kept across evictions, the incoming model's
+        # files read ahead while the outgoing one drains.
+        self.prompt_cache = PromptCache.for_config(config, self.metrics)
+        self.prefetcher = Prefetcher(on_done=self._prefetched)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -107,6 +114,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         backends = list(self.backends.values())
+        await asyncio.gather(*(self._save_prompt_cache(b) for b in backends), return_exceptions=True)
         await asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
         for backend in backends:
             backend.kill()
@@ -118,6 +126,7 @@ class Supervisor:
         await self.peers.close()
         if self.watchdog:
             self.watchdog.close()
+        self.prefetcher.close()
         log.removeHandler(self._log_handler)
         log.propagate = True
 
@@ -171,7 +180,10 @@ class Supervisor:
         req = next(self._ids)
         fut: asyncio.Future[Admit | Reject] = self.loop.create_future()
         self._waiters[req] = fut
+        cold = self.status_of(model_id) is State.STOPPED
         self.dispatch(self.scheduler.request(req, model_id, self.now()))
+        if cold:
+            self._prefetch(model_id)
         return req, fut
 
     def release(self, req: int) -> None:
@@ -196,6 +208,8 @@ class Supervisor:
     async def _start(self, action: Start) -> None:
         model_id = action.model
         cfg = self.config.models[model_id]
+        if self.prompt_cache is not None:
+            cfg = self.prompt_cache.launch_config(cfg)
         assert self.session is not None
         backend = Backend(cfg, self.model_log(model_id), self.session, self.watchdog, self._on_exit)
         self.backends[model_id] = backend
@@ -214,12 +228,17 @@ class Supervisor:
         except asyncio.CancelledError:
             backend.kill()
             raise
+        if self.prompt_cache is not None and self.prompt_cache.active_for(backend.model):
+            await self.prompt_cache.restore(backend.model, self.session)  # before any request is admitted
         now = self.now()
         self.metrics.swaps.inc(model=model_id, outcome="ready")
         self.metrics.time_to_ready.observe(time_to_ready, model=model_id)
         self.metrics.swap_duration.observe(max(0.0, now - action.requested_at), model=model_id)
         log.info("model %s ready in %.3fs", model_id, time_to_ready)
         self.dispatch(self.scheduler.ready(model_id, now))
+        for warm_id in self.config.prefetch.keep_warm:
+            if self.status_of(warm_id) is State.STOPPED:
+                self._prefetch(warm_id)
 
     def _on_exit(self, backend: Backend) -> None:
         model_id = backend.model.id
@@ -237,10 +256,34 @@ class Supervisor:
     async def _stop(self, model_id: str) -> None:
         backend = self.backends.get(model_id)
         if backend is not None:
+            await self._save_prompt_cache(backend)
             await backend.stop()
             if self.backends.get(model_id) is backend:
                 del self.backends[model_id]
+            if self.prompt_cache is not None:
+                self.prompt_cache.sweep(model_id)
         self.dispatch(self.scheduler.stopped(model_id, self.now()))
+
+    async def _save_prompt_cache(self, backend: Backend) -> None:
+        """Before a stop: keep the backend's slots (bounded by x-promptCache.saveTimeout)."""
+        cache = self.prompt_cache
+        if cache is not None and self.session is not None and backend.alive() and cache.active_for(backend.model):
+            await cache.save(backend.model, self.session)
+
+    def _prefetch(self, model_id: str) -> None:
+        """A swap to ``model_id`` was decided: read its files ahead (x-prefetch)."""
+        if not self.config.prefetch.enabled:
+            return
+        resident = sorted((s for s in self.scheduler.models.values()
+                           if s.state is not State.STOPPED and s.id != model_id), key=lambda s: s.last_used)
+        files, budget = swap_plan(self.config, model_id, [s.id for s in resident],
+                                  {s.id for s in resident if s.busy}, read_mem_available())
+        self.prefetcher.warm(model_id, files, budget)
+
+    def _prefetched(self, model_id: str, advised: int) -> None:
+        """From the prefetch thread (the loop may have closed meanwhile)."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(lambda: self.metrics.prefetch_bytes.inc(advised, model=model_id))
 
     async def unload(self, models: list[str] | None, wait: float = 30.0) -> list[str]:
         """Unload models (all when None) and wait (bounded) until they have stopped."""

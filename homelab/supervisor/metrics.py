@@ -79,11 +79,22 @@ class Metrics:
         self.tokens = Counter("homelab_tokens_total", "Tokens reported by backends in usage, by kind.")
         self.peer_requests = Counter("homelab_peer_requests_total", "Requests forwarded to peers, by peer and code "
                                      "(503: the peer was down or unreachable).")
+        self.prompt_cache_saves = Counter("homelab_prompt_cache_saves_total",
+                                          "Slots saved before a stop, by model and outcome (saved, failed, timeout).")
+        self.prompt_cache_restores = Counter(
+            "homelab_prompt_cache_restores_total", "Saved slots at a start, by model and outcome (restored; refused: "
+            "saved with another model file, build or KV flags; failed; timeout).")
+        self.prompt_cache_dropped = Counter("homelab_prompt_cache_dropped_total",
+                                            "Saved slots dropped to stay within the disk caps (LRU).")
+        self.prefetch_bytes = Counter("homelab_prefetch_bytes_total",
+                                      "Bytes of model files read ahead into the page cache, by model.")
 
     def render(self, loaded: dict[str, bool], peers_up: dict[str, bool] | None = None) -> str:
         lines: list[str] = []
         for metric in (self.requests, self.errors, self.latency, self.swaps, self.swap_duration,
-                       self.time_to_ready, self.crashes, self.tokens, self.peer_requests):
+                       self.time_to_ready, self.crashes, self.tokens, self.peer_requests,
+                       self.prompt_cache_saves, self.prompt_cache_restores, self.prompt_cache_dropped,
+                       self.prefetch_bytes):
             lines += metric.render()
         lines += ["# HELP homelab_model_loaded 1 when the model's backend is ready.",
                   "# TYPE homelab_model_loaded gauge"]

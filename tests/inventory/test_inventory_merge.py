@@ -117,3 +117,9 @@ def test_x_keys_hold_anchors_shared_by_entries(inventory: Inventory) -> None:
     model = load_host("xtx", inventory.root).model("qwen3.6-27b")
     assert model.server["ctx-size"] == 65536 and model.server["cache-type-v"] == "q4_0"
     assert model.server["parallel"] == 2
+
+
+def test_prompt_cache_comes_from_the_recipe_unless_the_entry_says_otherwise() -> None:
+    assert merge_model(entry(), recipe(), None).prompt_cache is None  # the supervisor's default
+    assert merge_model(entry(), recipe(prompt_cache=True), None).prompt_cache is True
+    assert merge_model(entry(prompt_cache=False), recipe(prompt_cache=True), None).prompt_cache is False

@@ -89,6 +89,22 @@ def test_rendered_configs_load_in_the_supervisor(tmp_path: Path) -> None:
     assert duo.models["think-small"].vram_mib == 11900
 
 
+def test_prompt_cache_knob_and_folder_reach_the_supervisor(tmp_path: Path) -> None:
+    host = example_host("xtx")
+    first, *rest = host.models
+    host = dataclasses.replace(host, models=(dataclasses.replace(first, prompt_cache=False), *rest))
+    files = render_host(fake_inputs(host))
+    rendered = config_of(files)
+    assert rendered["models"][first.id]["x-promptCache"] is False
+    assert all("x-promptCache" not in rendered["models"][m.id] for m in rest)  # the supervisor decides
+    path = tmp_path / "config.yaml"
+    path.write_text(files["config.yaml"])
+    config = load_config(path)
+    assert config.models[first.id].prompt_cache is False
+    assert config.prompt_cache.dir is not None and config.prompt_cache.dir.name == "prompt-cache"
+    assert config.prompt_cache.dir.parent.name == "xtx"  # the host's state folder, not a generation
+
+
 def test_health_check_timeout_grows_with_size_and_is_capped(inputs_for) -> None:  # noqa: ANN001
     files = render_host(inputs_for("xtx", model_bytes={"qwen3.5-9b": 6 * 1024**3, "glm-4.7-flash": 500 * 1024**3}))
     config = config_of(files)

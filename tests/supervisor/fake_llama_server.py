@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-delay", type=float, default=0.0)
     p.add_argument("--die-on-request", action="store_true", help="exit while answering a POST")
     p.add_argument("--x-marker", help="ignored: lets a test find its own processes")
+    p.add_argument("-m", "--model", help="ignored: a file the supervisor may read ahead")
     return p.parse_args(argv)
 
 

@@ -22,6 +22,7 @@ from .models import (
     collect_aliases,
 )
 from .peers import parse_peers
+from .swap import parse_prefetch, parse_prompt_cache
 from .values import NOT_SUPPORTED, ConfigError, Value, compose, substitute_env
 
 TOP_LEVEL_KEYS = (
@@ -161,6 +162,8 @@ def parse_config(
         source=source,
         log_to_stdout=log_to_stdout,
         log_requests=top["logRequests"].boolean() if "logRequests" in top else False,
+        prompt_cache=parse_prompt_cache(extensions.get("x-promptCache"), source),
+        prefetch=parse_prefetch(extensions.get("x-prefetch"), models, aliases),
     )
 
 

@@ -30,6 +30,7 @@ from .macros import (
     substitute_typed,
     suggest_name,
 )
+from .swap import parse_model_prompt_cache
 from .values import NOT_SUPPORTED, Value
 
 MODEL_KEYS = (
@@ -303,6 +304,7 @@ def build_model(
             f["sendLoadingState"].boolean() if "sendLoadingState" in f else defaults.send_loading_state
         ),
         vram_mib=parse_vram_mib(text),
+        prompt_cache=parse_model_prompt_cache(raw.at),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import Config
 
-RESTART_FIELDS = ("cmd", "cmd_stop", "proxy", "port", "check_endpoint", "env")
+RESTART_FIELDS = ("cmd", "cmd_stop", "proxy", "port", "check_endpoint", "env", "prompt_cache")
 """ModelConfig fields whose change means the running process is not what the config describes.
 
 Everything else (ttl, unload_timeout, aliases, filters, metadata, name, description, unlisted,

@@ -1,0 +1,167 @@
+"""Read a model's files into the page cache while a swap is still draining and stopping.
+
+When a request needs a model that is not running, the outgoing model still has to finish its
+requests, save its slots and exit before the new one starts; the new backend then reads gigabytes
+of weights through page faults. Reading them ahead in the meantime (``posix_fadvise(WILLNEED)``
+in large chunks, in a thread, so the kernel issues big sequential reads) overlaps the two and
+turns fault-driven small reads into streaming ones.
+
+RAM is only borrowed where it is free: the budget is ``MemAvailable`` less what the models that
+stay resident map (their pages count as reclaimable cache, but evicting them would make them
+fault back in) and a reserve. When the files do not fit, only the first part is read (the
+loader reads the file front to back) or, with no budget, nothing.
+
+Pure core: :func:`model_files`, :func:`prefetch_budget`, :func:`mem_available`; thin edge:
+:class:`Prefetcher` (threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from .admission import AdmissionError, evictions
+from .config import Config
+from .promptcache import flag_value
+
+log = logging.getLogger("homelab.supervisor")
+
+CHUNK = 64 << 20
+"""Bytes advised per call: large enough for sequential reads, small enough to stop promptly."""
+FILE_FLAGS = (("-m", "--model"), ("-mm", "--mmproj"), ("-md", "--model-draft"))
+SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def model_files(cmd: Sequence[str]) -> list[Path]:
+    """The files a backend reads at start: the model (every part of a split GGUF: llama.cpp is
+    given the first and finds the rest beside it), the multimodal projector, a draft model."""
+    files: list[Path] = []
+    for names in FILE_FLAGS:
+        value = flag_value(cmd, names)
+        if value is None:
+            continue
+        path = Path(value)
+        match = SPLIT.match(path.name)
+        if match:
+            count = int(match["count"])
+            files += [path.with_name(f"{match['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+        else:
+            files.append(path)
+    return [f for f in files if f.is_file()]
+
+
+def mem_available(meminfo: str) -> int | None:
+    """``MemAvailable`` in bytes from /proc/meminfo text."""
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def read_mem_available() -> int | None:
+    try:
+        return mem_available(Path("/proc/meminfo").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def prefetch_budget(available: int | None, staying_bytes: int, reserve_bytes: int) -> int:
+    """Bytes that may be read ahead without pushing out what resident models need."""
+    if available is None:
+        return 0
+    return max(0, available - staying_bytes - reserve_bytes)
+
+
+def files_size(files: Iterable[Path]) -> int:
+    total = 0
+    for path in files:
+        try:
+            total += path.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def swap_plan(config: Config, target: str, resident: Sequence[str], busy: Iterable[str],
+              available: int | None) -> tuple[list[Path], int]:
+    """(files of ``target``, bytes to read ahead) for a swap to ``target`` while ``resident``
+    (least recently used first) run: what the models that stay resident map is kept."""
+    model = config.models.get(target)
+    if model is None:
+        return [], 0
+    files = model_files(model.cmd)
+    try:
+        victims = evictions(config, target, resident, set(busy))
+    except AdmissionError:
+        return [], 0  # it will not start now anyway
+    staying = [m for m in resident if m not in victims and m != target and m in config.models]
+    staying_bytes = sum(files_size(model_files(config.models[m].cmd)) for m in staying)
+    budget = prefetch_budget(available, staying_bytes, config.prefetch.reserve_mib << 20)
+    return files, min(budget, files_size(files))
+
+
+def advise(files: Sequence[Path], budget: int, cancelled: threading.Event) -> int:
+    """WILLNEED the files in order, up to ``budget`` bytes; returns bytes advised."""
+    done = 0
+    for path in files:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            offset = 0
+            while offset < size and done < budget and not cancelled.is_set():
+                length = min(CHUNK, size - offset, budget - done)
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+                offset += length
+                done += length
+        finally:
+            os.close(fd)
+    return done
+
+
+class Prefetcher:
+    """One read-ahead thread per model at a time."""
+
+    def __init__(self, on_done: Callable[[str, int], None] | None = None) -> None:
+        self.on_done = on_done
+        self._running: dict[str, tuple[threading.Thread, threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def warm(self, model_id: str, files: Sequence[Path], budget: int) -> bool:
+        """Start reading ``files`` ahead (up to ``budget`` bytes) unless already under way."""
+        if budget <= 0 or not files:
+            return False
+        with self._lock:
+            current = self._running.get(model_id)
+            if current is not None and current[0].is_alive():
+                return False
+            cancelled = threading.Event()
+            thread = threading.Thread(target=self._run, args=(model_id, list(files), budget, cancelled),
+                                      name=f"prefetch-{model_id}", daemon=True)
+            self._running[model_id] = (thread, cancelled)
+        thread.start()
+        return True
+
+    def _run(self, model_id: str, files: list[Path], budget: int, cancelled: threading.Event) -> None:
+        try:
+            done = advise(files, budget, cancelled)
+        except OSError as exc:
+            log.warning("prefetch of %s failed: %s", model_id, exc)
+            return
+        log.debug("prefetch: advised %d MiB of %s", done >> 20, model_id)
+        if self.on_done is not None:
+            self.on_done(model_id, done)
+
+    def close(self) -> None:
+        with self._lock:
+            running = list(self._running.values())
+            self._running.clear()
+        for thread, cancelled in running:
+            cancelled.set()
+            thread.join(timeout=5)
