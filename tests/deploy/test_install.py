@@ -17,7 +17,7 @@ from homelab.deploy.generations import GenerationStore
 from homelab.deploy.hostlock import HostBusy, HostLock
 from homelab.deploy.installer import Deployer, DeployFailed, Options, Target
 from homelab.deploy.paths import HostPaths
-from homelab.deploy.service import Runner
+from homelab.deploy.systemd import Runner
 
 
 def read_events(path: Path) -> list[str]:

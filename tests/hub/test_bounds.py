@@ -14,7 +14,7 @@ from fakehub import FakeHub
 
 from homelab.hub.errors import HubError
 from homelab.hub.fetch import fetch_host
-from homelab.hub.resolve import lock_host
+from homelab.hub.resolve import resolve_lock
 from homelab.lock import LockError, read_lock
 from homelab.privilege import ALLOW_ROOT_ENV, RootStageRefused
 from homelab.settings import state_dir
@@ -26,7 +26,7 @@ def test_a_host_sending_more_than_the_pinned_size_is_cut_off(hub: FakeHub, inven
     blob = hub.file("acme/web", "w.gguf")
     inventory.recipe("web", {"url": {"url": f"{hub.cdn}/blobs/{blob.sha256}", "sha256": blob.sha256}})
     host = inventory.host(["web"])
-    lock = lock_host(host).lock
+    lock = resolve_lock(host).lock
     pinned = lock.models["web"].files[0]
     short = 1 << 20
     lock.models["web"].files[0] = pinned.model_copy(update={"size": short})  # the lock says 1 MiB
@@ -49,7 +49,7 @@ def test_a_host_sending_more_than_the_pinned_size_is_cut_off(hub: FakeHub, inven
 def test_lockfile_fields_used_as_paths_are_checked(hub: FakeHub, inventory, field: str, value: str, why: str) -> None:
     inventory.recipe("tiny", {"hf": {"repo": "acme/tiny-GGUF", "file": "tiny-Q8_0.gguf"}})
     host = inventory.host(["tiny"])
-    lock_host(host)
+    resolve_lock(host)
     data = json.loads(host.lock_file.read_text())
     data["models"]["tiny"]["files"][0][field] = value
     host.lock_file.write_text(json.dumps(data))
@@ -61,7 +61,7 @@ def test_lockfile_fields_used_as_paths_are_checked(hub: FakeHub, inventory, fiel
 def test_fetch_for_a_system_service_refuses_root(hub: FakeHub, inventory, monkeypatch: pytest.MonkeyPatch) -> None:
     inventory.recipe("tiny", {"hf": {"repo": "acme/tiny-GGUF", "file": "tiny-Q8_0.gguf"}})
     host = inventory.host(["tiny"])
-    lock = lock_host(host).lock
+    lock = resolve_lock(host).lock
     runtime = host.host.runtime.model_copy(update={"service": "system"})
     system = dataclasses.replace(host, host=host.host.model_copy(update={"runtime": runtime}))
     monkeypatch.delenv(ALLOW_ROOT_ENV, raising=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from homelab.supervisor.config_yaml import ConfigError
+from homelab.supervisor.config_load import ConfigError
 
 from homelab.render import StatePaths, render_host
 from homelab.render.assemble import write_secrets

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from homelab.supervisor.config_yaml import ConfigError
+from homelab.supervisor.config_load import ConfigError
 
 from homelab.supervisor.config import Config, ModelConfig, PromptCacheSettings
 from homelab.supervisor.config_load import models_to_restart, parse_config
