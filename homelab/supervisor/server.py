@@ -22,9 +22,11 @@ from aiohttp import web
 
 from ..errors import HomelabError
 from . import notify
+from .activity import Activity
 from .config import Config, ModelConfig, PeerConfig
 from .config_load import changed_models
 from .connect import backend_connector
+from .dashboard import add_dashboard_routes, is_public
 from .loading import error_frame, finish_loading_state, stream_loading_state, wants_loading_state
 from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
@@ -79,6 +81,7 @@ class Supervisor:
         self.watchdog: Watchdog | None = None
         self.peers = PeerMonitor(config.peers, peer_timings)
         self._log_handler = BufferHandler(self.supervisor_log)
+        self.activity = Activity(lambda: self.scheduler, self.now)  # the dashboard's records and live feed
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -136,6 +139,7 @@ class Supervisor:
             self.watchdog.close()
         log.removeHandler(self._log_handler)
         log.propagate = True
+        self.activity.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -168,6 +172,7 @@ class Supervisor:
             for model_id in [m for m in self._stopped_events if self.status_of(m) is State.STOPPED]:
                 self._stopped_events.pop(model_id).set()
         self._arm_timer()
+        self.activity.dispatched(actions)
 
     def _arm_timer(self) -> None:
         deadline = self.scheduler.next_deadline()
@@ -329,7 +334,8 @@ def _api_key(request: web.Request) -> str | None:
 @web.middleware
 async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
     sup = request.app[SUPERVISOR_KEY]
-    if sup.config.api_keys and request.path != "/health" and _api_key(request) not in sup.config.api_keys:
+    if (sup.config.api_keys and request.path != "/health" and not is_public(request)
+            and _api_key(request) not in sup.config.api_keys):
         return error_response(401, "invalid or missing API key (Authorization: Bearer KEY or x-api-key)",
                               "invalid_api_key")
     if not sup.accepting:
@@ -451,6 +457,7 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
                 value = outcome.usage.get(kind)
                 if isinstance(value, int):
                     metrics.tokens.inc(value, model=model_id, kind=kind.removesuffix("_tokens"))
+        sup.activity.request_done(req, model_id, outcome.status, time.perf_counter() - started, outcome.usage)
         return response
     finally:
         metrics.latency.observe(time.perf_counter() - started, model=model_id)
@@ -662,6 +669,7 @@ def create_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/logs/stream/{model:.+}", handle_log_stream)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_post("/x-reload", handle_reload)
+    add_dashboard_routes(app, sup)
     return app
 
 
