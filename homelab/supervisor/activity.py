@@ -38,6 +38,8 @@ class SwapRecord:
     """Wall-clock seconds (time.time) when the load began."""
     caused_by: int | None
     """The request that was waiting longest when the load began (it caused the swap)."""
+    trigger: str = "request"
+    """request (a client's request needed the model) | load (the dashboard's load button)"""
     evicted: list[str] = field(default_factory=list)
     outcome: str = "loading"
     """loading | ready | failed"""
@@ -78,6 +80,7 @@ class Activity:
         self._evicting: dict[str, list[str]] = {}
         """Target -> models stopped to make room for it, before its load began."""
         self._request_swap: dict[int, int] = {}
+        self._load_clicked: set[str] = set()
         self._last: dict[str, tuple[State, int, int]] = {}
         self.listeners: set[asyncio.Queue[bytes]] = set()
         self.status: Callable[[], list[dict[str, Any]]] | None = None
@@ -129,11 +132,13 @@ class Activity:
         self._ids += 1
         record = SwapRecord(id=self._ids, model=model_id, began=time.time(),
                             caused_by=waiting[0] if waiting else None,
+                            trigger="load" if model_id in self._load_clicked else "request",
                             evicted=self._evicting.pop(model_id, []))
         for req in waiting:
             self._request_swap[req] = record.id
         while len(self._request_swap) > 4 * HISTORY:  # loads from the load button never finish a request
             del self._request_swap[next(iter(self._request_swap))]
+        self._load_clicked.discard(model_id)
         self.swaps.append(record)
         self._loading[model_id] = (record, self._clock())
         self.publish("swap", asdict(record))
@@ -147,6 +152,10 @@ class Activity:
         record.load_seconds = round(self._clock() - began, 3)
         record.error = "" if ok else error
         self.publish("swap", asdict(record))
+
+    def load_requested(self, model_id: str) -> None:
+        """The next load of ``model_id`` comes from the load button, not from a client's request."""
+        self._load_clicked.add(model_id)
 
     def loading_since(self, model_id: str) -> float | None:
         """Monotonic time the model's current load began, if it is loading."""

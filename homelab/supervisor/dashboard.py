@@ -166,6 +166,8 @@ class Dashboard:
         model_id = self.sup.config.resolve(requested)
         if model_id is None:
             return error_response(404, f"model {requested!r} not found", "model_not_found")
+        if self.sup.status_of(model_id) is State.STOPPED:
+            self.sup.activity.load_requested(model_id)
         self.sup.preload(model_id)
         return web.json_response({"msg": "ok", "loading": model_id})
 

@@ -113,8 +113,9 @@ async def test_state_load_swap_and_request_records(serve) -> None:
     models = by_id(st)
     assert models["a"]["status"] == "unloaded" and models["b"]["status"] == "ready"
     load_a, load_b = st["swaps"]
-    assert load_a["model"] == "a" and load_a["caused_by"] is not None and load_a["outcome"] == "ready"
+    assert load_a["model"] == "a" and load_a["trigger"] == "load" and load_a["outcome"] == "ready"
     assert load_b["model"] == "b" and load_b["evicted"] == ["a"] and load_b["outcome"] == "ready"
+    assert load_b["trigger"] == "request"
     assert load_b["load_seconds"] >= 0.2
     (req,) = st["requests"]
     assert req["model"] == "b" and req["status"] == 200 and req["swap"] == load_b["id"]

@@ -10,6 +10,7 @@ function h(tag, attrs = {}, ...kids) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "style") el.style.cssText = v; // CSSOM: allowed by the page's CSP, a style attribute is not
     else if (v !== undefined && v !== null && v !== false) el.setAttribute(k, v === true ? "" : v);
   }
   for (const kid of kids.flat()) if (kid !== null && kid !== undefined) el.append(kid);
@@ -98,7 +99,8 @@ function renderVram() {
   const bars = Object.entries(v.devices).map(([dev, d]) => {
     const parts = Object.entries(v.models).filter(([id, per]) => per[dev] && resident(byId.get(id))).map(([id, per]) => [id, per[dev], evict.has(id) ? "evict" : ""]);
     if (target && !resident(target) && v.models[target.id]?.[dev]) parts.push([target.id, v.models[target.id][dev], "incoming"]);
-    const used = parts.filter((p) => p[2] !== "evict" && p[2] !== "incoming").reduce((a, p) => a + p[1].total, 0);
+    const sum = (xs) => xs.reduce((a, p) => a + p[1].total, 0);
+    const used = sum(parts.filter((p) => p[2] !== "incoming")), after = sum(parts.filter((p) => p[2] !== "evict"));
     const scale = Math.max(d.budget_mib || 0, parts.reduce((a, p) => a + p[1].total, 0), 1);
     const pct = (x) => `${(100 * x) / scale}%`;
     const segs = parts.map(([id, t, cls]) => h("div", { class: `seg ${cls}`, style: `width:${pct(t.total)}`, "data-model": id, title: `${id}: ${t.total} MiB (weights ${t.weights ?? "?"}, KV ${t.kv ?? "?"}, compute ${t.compute ?? "?"})` },
@@ -106,7 +108,7 @@ function renderVram() {
       h("em", {}, `${id} ${t.total}`)));
     const budget = d.budget_mib ? h("div", { class: "budget", style: `left:${pct(d.budget_mib)}`, title: `budget ${d.budget_mib} MiB` }) : null;
     return h("figure", { class: "device", "data-device": dev },
-      h("figcaption", {}, `${dev} · ${d.name} · ${used} MiB in use` + (d.budget_mib ? ` of ${d.budget_mib} MiB budget` : "")),
+      h("figcaption", {}, `${dev} · ${d.name} · ${used} MiB in use` + (d.budget_mib ? ` of ${d.budget_mib} MiB budget` : "") + (after !== used ? ` · ${after} MiB after the swap` : "")),
       h("div", { class: "bar", role: "img", "aria-label": `${dev}: ${parts.map((p) => `${p[0]} ${p[1].total} MiB${p[2] ? " (" + p[2] + ")" : ""}`).join(", ") || "empty"}` }, ...segs, budget));
   });
   box.replaceChildren(...bars);
@@ -120,7 +122,7 @@ function renderActivity() {
   const items = [...[...S.swaps.values()].map((s) => ({ t: s.began, s })), ...S.requests.map((r) => ({ t: r.timestamp, r }))].sort((a, b) => b.t - a.t).slice(0, 200);
   $("timeline").replaceChildren(...items.map(({ t, s, r }) => s
     ? h("li", { class: `swap ${s.outcome}`, "data-swap": s.id }, h("time", {}, clock(t)), ` swap #${s.id}: load ${s.model}`,
-        s.caused_by ? ` for request #${s.caused_by}` : " (load button or preload)", s.evicted.length ? `, evicted ${s.evicted.join(", ")}` : "",
+        s.trigger === "load" ? " (load button)" : s.caused_by ? ` for request #${s.caused_by}` : "", s.evicted.length ? `, evicted ${s.evicted.join(", ")}` : "",
         s.outcome === "loading" ? ", loading…" : s.outcome === "ready" ? `, ready in ${secs(s.load_seconds)}` : `, failed after ${secs(s.load_seconds)}: ${s.error}`)
     : h("li", { class: "request", "data-request": r.id }, h("time", {}, clock(t)), ` request #${r.id} → ${r.model}: ${r.status}, ${r.duration_ms} ms`,
         r.output_tokens != null ? `, ${r.output_tokens} tokens` : "", r.tokens_per_second != null ? `, ${r.tokens_per_second} tok/s` : "", r.swap ? ` (waited for swap #${r.swap})` : "")));
@@ -232,7 +234,7 @@ async function start() {
   for (const s of st.swaps) S.swaps.set(s.id, s);
   renderModels(); renderVram(); renderActivity(); renderDeploy();
   $("target").addEventListener("change", (e) => { S.target = e.target.value; renderVram(); });
-  for (const id of ["logsource", "logsearch", "logpause"]) $(id).addEventListener("input", renderLogs);
+  for (const id of ["logsource", "logsearch", "logpause"]) for (const ev of ["input", "change"]) $(id).addEventListener(ev, renderLogs);
   $("playform").addEventListener("submit", play);
   setInterval(() => { for (const tr of document.querySelectorAll("#model-rows tr")) { const m = S.models.find((x) => x.id === tr.dataset.model); if (m && ["loading", "ready", "backoff"].includes(m.status)) tr.querySelector(".detail").firstChild.textContent = detail(m); } }, 1000);
   follow();
