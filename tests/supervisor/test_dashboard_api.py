@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from homelab.supervisor.config import Filters
+from homelab.supervisor.config import Filters, PeerConfig
 from homelab.supervisor.scheduler import Scheduler, State
 
 from .conftest import fake_model, make_config
@@ -236,3 +236,14 @@ async def test_vram_from_the_config_budget_without_a_plan(serve) -> None:
                           "devices": {"budget": {"name": "VRAM budget (x-vramBudgetMiB)", "budget_mib": 12000}},
                           "models": {"a": {"budget": {"total": 6000}}, "b": {"budget": {"total": 9000}}}}
     assert st["deploy"]["manifest"] is None
+
+
+async def test_peer_models_listed_with_the_peers_health(serve) -> None:
+    remote = await serve(make_config(fake_model("far")))
+    local = await serve(make_config(fake_model("near"), peers={
+        "lab": PeerConfig(name="lab", proxy=remote.url, models=("far",))}))
+    async with aiohttp.ClientSession() as s:
+        st = await wait_state(s, local.url, lambda st: by_id(st)["lab/far"]["state"] == "up")
+    peer = by_id(st)["lab/far"]
+    assert peer["peerID"] == "lab" and peer["status"] == "peer up" and peer["evicts"] == []
+    assert by_id(st)["near"]["status"] == "unloaded"
