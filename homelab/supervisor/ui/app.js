@@ -101,7 +101,7 @@ function renderVram() {
     if (target && !resident(target) && v.models[target.id]?.[dev]) parts.push([target.id, v.models[target.id][dev], "incoming"]);
     const sum = (xs) => xs.reduce((a, p) => a + p[1].total, 0);
     const used = sum(parts.filter((p) => p[2] !== "incoming")), after = sum(parts.filter((p) => p[2] !== "evict"));
-    const scale = Math.max(d.budget_mib || 0, parts.reduce((a, p) => a + p[1].total, 0), 1);
+    const scale = Math.max(1.04 * (d.budget_mib || 0), parts.reduce((a, p) => a + p[1].total, 0), 1); // room to show the budget line
     const pct = (x) => `${(100 * x) / scale}%`;
     const segs = parts.map(([id, t, cls]) => h("div", { class: `seg ${cls}`, style: `width:${pct(t.total)}`, "data-model": id, title: `${id}: ${t.total} MiB (weights ${t.weights ?? "?"}, KV ${t.kv ?? "?"}, compute ${t.compute ?? "?"})` },
       ...["weights", "kv", "compute", "other"].filter((k) => t[k]).map((k) => h("span", { class: `t-${k}`, style: `width:${(100 * t[k]) / t.total}%` })),
