@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .activity import envelope
+from .activity import FLUSH_DELAY, envelope
 from .admission import AdmissionError
 from .deployed import deploy_facts, vram_picture
 from .proxy import error_response
@@ -213,12 +213,18 @@ class Dashboard:
 
 
 async def _forward_log(buffer: LogBuffer, tags: dict[str, str], out: asyncio.Queue[bytes]) -> None:
+    """Log chunks as logData messages, batched per FLUSH_DELAY: a backend under load writes a
+    few lines per request, and one message per line would cost the page's share per request."""
     source = buffer.subscribe()
     try:
         while True:
-            chunk = await source.get()
+            chunks = [await source.get()]
+            await asyncio.sleep(FLUSH_DELAY)
+            while not source.empty():
+                chunks.append(source.get_nowait())
             if not out.full():
-                out.put_nowait(envelope("logData", {**tags, "data": chunk.decode("utf-8", "replace")}))
+                data = b"".join(chunks).decode("utf-8", "replace")
+                out.put_nowait(envelope("logData", {**tags, "data": data}))
     finally:
         buffer.unsubscribe(source)
 
