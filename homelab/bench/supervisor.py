@@ -398,8 +398,15 @@ def _apply_pinning(fronts: list[Front], pinning: Pinning | None) -> None:
         _pin(front.pid, pinning.front)
 
 
+async def _follow_events(s: aiohttp.ClientSession, url: str, received: list[int]) -> None:
+    """What an open dashboard does: hold /api/events and read every message."""
+    async with s.get(url + "/api/events", timeout=aiohttp.ClientTimeout(total=None)) as resp:
+        async for chunk in resp.content.iter_any():
+            received[0] += len(chunk)
+
+
 async def bench_proxy(setup: Setup, requests: int, levels: list[int], max_tokens: int, rounds: int,
-                      pinning: Pinning | None, one_at_a_time: bool) -> dict[str, Any]:
+                      pinning: Pinning | None, one_at_a_time: bool, dashboard: bool = False) -> dict[str, Any]:
     """Both fronts resident at once and every path interleaved (default), or, with
     ``one_at_a_time`` (two copies of a big model do not fit), the supervisor's phase and then
     router mode's phase, each interleaved with its own backend."""
@@ -420,7 +427,18 @@ async def bench_proxy(setup: Setup, requests: int, levels: list[int], max_tokens
                 fronts = [await starts[name][2](s, setup, proc, urls[name])
                           for name, proc in zip(names, procs, strict=True)]
                 _apply_pinning(fronts, pinning)
-                return await _measure(s, fronts, requests, levels, max_tokens, rounds)
+                received = [0]
+                page = (asyncio.ensure_future(_follow_events(s, urls["supervisor"], received))
+                        if dashboard and "supervisor" in names else None)
+                try:
+                    result = await _measure(s, fronts, requests, levels, max_tokens, rounds)
+                finally:
+                    if page is not None:
+                        page.cancel()
+                        await asyncio.gather(page, return_exceptions=True)
+                if page is not None:
+                    result["dashboard_event_bytes"] = received[0]
+                return result
 
         if one_at_a_time:
             return _merge({name: await phase([name]) for name in starts})
@@ -434,6 +452,8 @@ def _merge(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
         merged["short_cpu_us"].update(phase["short_cpu_us"])
         for clients, paths in phase["throughput"].items():
             merged["throughput"].setdefault(clients, {}).update(paths)
+        if "dashboard_event_bytes" in phase:
+            merged["dashboard_event_bytes"] = phase["dashboard_event_bytes"]
     return merged
 
 
@@ -546,7 +566,7 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
         if pinning:
             os.sched_setaffinity(0, pinning.front)
         r = asyncio.run(bench_proxy(setup, args.requests, levels, args.tokens, args.rounds, pinning,
-                                    args.one_at_a_time))
+                                    args.one_at_a_time, args.dashboard))
     _print_proxy(r, args, levels)
     return 0
 
@@ -579,6 +599,8 @@ def _print_proxy(r: dict[str, Any], args: argparse.Namespace, levels: list[int])
     print("  (the direct paths streamed", ", ".join(
         f"{t[p]['tokens_per_stream']:.1f}" for clients in levels for t in [r["throughput"][clients]]
         for p in t if p.endswith("direct")), "tokens per stream)")
+    if "dashboard_event_bytes" in r:
+        print(f"  (an open dashboard followed /api/events throughout: {r['dashboard_event_bytes']:,} bytes of events)")
 
 
 def cmd_bench_swap(args: argparse.Namespace) -> int:
@@ -624,3 +646,6 @@ def register(cli: CLI) -> None:
     proxy.add_argument("--one-at-a-time", action="store_true",
                        help="one resident model at a time (supervisor phase, then router phase) for models "
                             "that do not fit twice; default: both fronts resident, all paths interleaved")
+    proxy.add_argument("--dashboard", action="store_true",
+                       help="keep the dashboard's event stream (/api/events) open and read during the "
+                            "measurement, as an open page would")

@@ -19,6 +19,7 @@ from aiohttp import web
 from ..errors import HomelabError
 from . import api, notify
 from .config import Config
+from .dashboard import add_dashboard_routes, is_public
 from .driver import SUPERVISOR_KEY, Loader, Supervisor
 from .http_errors import error_response
 from .inference import INFERENCE_ROUTES, handle_inference, handle_upstream
@@ -39,7 +40,8 @@ def _api_key(request: web.Request) -> str | None:
 @web.middleware
 async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
     sup = request.app[SUPERVISOR_KEY]
-    if sup.config.api_keys and request.path != "/health" and _api_key(request) not in sup.config.api_keys:
+    if (sup.config.api_keys and request.path != "/health" and not is_public(request)
+            and _api_key(request) not in sup.config.api_keys):
         return error_response(401, "invalid or missing API key (Authorization: Bearer KEY or x-api-key)",
                               "invalid_api_key")
     if not sup.accepting:
@@ -76,6 +78,7 @@ def create_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/logs/stream/{model:.+}", api.handle_log_stream)
     app.router.add_get("/metrics", api.handle_metrics)
     app.router.add_post("/x-reload", api.handle_reload)
+    add_dashboard_routes(app, sup)
     return app
 
 

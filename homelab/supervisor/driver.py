@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ..errors import HomelabError
 from . import notify
+from .activity import Activity
 from .config import Config, PeerConfig
 from .config_load import models_to_restart
 from .connect import backend_connector
@@ -70,6 +71,7 @@ class Supervisor:
         # files read ahead while the outgoing one drains.
         self.prompt_cache = PromptCache.for_config(config, self.metrics)
         self.prefetcher = Prefetcher(on_done=self._prefetched)
+        self.activity = Activity(lambda: self.scheduler, self.now)  # the dashboard's records and live feed
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -129,6 +131,7 @@ class Supervisor:
         self.prefetcher.close()
         log.removeHandler(self._log_handler)
         log.propagate = True
+        self.activity.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -161,6 +164,7 @@ class Supervisor:
             for model_id in [m for m in self._stopped_events if self.status_of(m) is State.STOPPED]:
                 self._stopped_events.pop(model_id).set()
         self._arm_timer()
+        self.activity.dispatched(actions)
 
     def _arm_timer(self) -> None:
         deadline = self.scheduler.next_deadline()

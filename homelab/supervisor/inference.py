@@ -133,6 +133,7 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
                 value = outcome.usage.get(kind)
                 if isinstance(value, int):
                     metrics.tokens.inc(value, model=model_id, kind=kind.removesuffix("_tokens"))
+        sup.activity.request_done(req, model_id, outcome.status, time.perf_counter() - started, outcome.usage)
         return response
     finally:
         metrics.latency.observe(time.perf_counter() - started, model=model_id)

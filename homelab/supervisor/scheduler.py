@@ -217,6 +217,14 @@ class Scheduler:
                 deadlines.append(state.last_used + ttl)
         return min(deadlines) if deadlines else None
 
+    def would_evict(self, model: str) -> frozenset[str]:
+        """The resident models a start of ``model`` would stop now (pure: changes nothing).
+        Raises :class:`AdmissionError` when the model can never start under this config."""
+        resident = sorted((s for s in self.models.values() if s.state is not State.STOPPED),
+                          key=lambda s: s.last_used)
+        busy = {s.id for s in resident if s.busy}
+        return self._plan_evictions(self.config, model, [s.id for s in resident], busy)
+
     # ------------------------------------------------------------- internals
     def _ttl(self, model: str) -> float:
         cfg = self.config.models.get(model)
@@ -286,11 +294,8 @@ class Scheduler:
                         state, req, 503, f"model {state.id!r} is backing off after "
                         f"{state.failures} failures: {state.last_error}", retry_after=wait))
                 continue
-            resident = sorted((s for s in self.models.values() if s.state is not State.STOPPED),
-                              key=lambda s: s.last_used)
-            busy = {s.id for s in resident if s.busy}
             try:
-                evict = self._plan_evictions(self.config, state.id, [s.id for s in resident], busy)
+                evict = self.would_evict(state.id)
             except AdmissionError as exc:
                 for req in list(state.waiters):
                     actions.append(self._reject_waiter(state, req, 503, str(exc)))

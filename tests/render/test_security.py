@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from homelab.supervisor.config_load import ConfigError
 
 from homelab.render import StatePaths, render_host
 from homelab.render.assemble import write_secrets
-from homelab.supervisor.config_load import load_config
+from homelab.supervisor.config_load import ConfigError, load_config
 
 from .conftest import example_host, fake_inputs, with_runtime
 

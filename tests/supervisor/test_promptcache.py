@@ -8,10 +8,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from homelab.supervisor.config_load import ConfigError
 
 from homelab.supervisor.config import Config, ModelConfig, PromptCacheSettings
-from homelab.supervisor.config_load import models_to_restart, parse_config
+from homelab.supervisor.config_load import ConfigError, models_to_restart, parse_config
 from homelab.supervisor.prefetch import (
     mem_available,
     model_files,

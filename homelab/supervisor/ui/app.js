@@ -1,0 +1,243 @@
+// homelab dashboard: reads /api/state once, then follows /api/events (SSE over fetch, so the
+// API key can travel in a header; EventSource cannot send one). Data is only ever put in the
+// page as text, never as HTML.
+const $ = (id) => document.getElementById(id);
+const KEY = "homelab-api-key";
+const MAX_LOG_LINES = 3000;
+const S = { models: [], vram: null, swaps: new Map(), requests: [], logs: [], target: "", at: 0, deploy: null };
+
+function h(tag, attrs = {}, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "style") el.style.cssText = v; // CSSOM: allowed by the page's CSP, a style attribute is not
+    else if (v !== undefined && v !== null && v !== false) el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const kid of kids.flat()) if (kid !== null && kid !== undefined) el.append(kid);
+  return el;
+}
+
+function headers(extra = {}) {
+  const key = sessionStorage.getItem(KEY);
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
+
+function askKey() {
+  return new Promise((resolve) => {
+    const dialog = $("keydialog");
+    $("keyform").onsubmit = () => { sessionStorage.setItem(KEY, $("keyinput").value.trim()); resolve(); };
+    if (!dialog.open) dialog.showModal();
+  });
+}
+
+async function api(path, opts = {}) {
+  for (;;) {
+    const resp = await fetch(path, { ...opts, headers: headers(opts.headers) });
+    if (resp.status !== 401) return resp;
+    sessionStorage.removeItem(KEY);
+    await askKey();
+  }
+}
+
+const secs = (x) => (x >= 100 ? `${Math.round(x)}s` : `${x.toFixed(1)}s`);
+const clock = (t) => new Date(t * 1000).toLocaleTimeString();
+const age = () => (performance.now() - S.at) / 1000;
+
+// ---------------------------------------------------------------- models
+function detail(m) {
+  const passed = age();
+  switch (m.status) {
+    case "loading": return m.elapsed == null ? "loading" : `loading for ${secs(m.elapsed + passed)}`;
+    case "busy": return `${m.inflight} in flight` + (m.queued ? `, ${m.queued} queued` : "");
+    case "ready":
+      if (m.ttl_left != null) return `unloads in ${secs(Math.max(0, m.ttl_left - passed))} (ttl ${m.ttl}s)`;
+      return m.queued ? `${m.queued} queued` : "idle";
+    case "backoff": return `retry in ${secs(Math.max(0, m.retry_in - passed))}: ${m.last_error}`;
+    case "failed": return m.last_error;
+    default: return m.peerID ? `on peer ${m.peerID}` : (m.queued ? `${m.queued} queued` : "");
+  }
+}
+
+function renderModels() {
+  const rows = S.models.map((m) => {
+    const local = !m.peerID;
+    const tail = m.log_tail ? h("details", {}, h("summary", {}, "last log lines"), h("pre", {}, m.log_tail)) : null;
+    return h("tr", { "data-model": m.id, tabindex: 0, onmouseenter: () => preview(m.id), onfocus: () => preview(m.id) },
+      h("th", { scope: "row" }, m.name !== m.id ? h("span", {}, m.id, h("small", {}, ` ${m.name}`)) : m.id),
+      h("td", {}, h("span", { class: `badge ${m.status.replace(" ", "-")}`, "data-state": m.status }, m.status)),
+      h("td", { class: "detail" }, detail(m), tail),
+      h("td", {}, [...m.aliases.map((a) => h("code", {}, a)), ...m.profiles.map((p) => h("code", { class: "profile", title: "profile (setParamsByID)" }, p))]),
+      h("td", {}, local ? [
+        h("button", { type: "button", "data-action": "load", "aria-label": `Load ${m.id}`, disabled: m.status !== "unloaded" && m.status !== "failed", onclick: () => act("load", m.id) }, "Load"),
+        h("button", { type: "button", "data-action": "unload", "aria-label": `Unload ${m.id}`, disabled: ["unloaded", "failed", "backoff", "stopping"].includes(m.status), onclick: () => act("unload", m.id) }, "Unload"),
+      ] : null));
+  });
+  $("model-rows").replaceChildren(...rows);
+  for (const id of ["target", "playmodel"]) {
+    const sel = $(id), keep = sel.value;
+    const opts = S.models.filter((m) => id === "playmodel" || !m.peerID).map((m) => h("option", { value: m.id }, m.id));
+    sel.replaceChildren(...(id === "target" ? [h("option", { value: "" }, "(pick a model, or hover one)")] : []), ...opts);
+    sel.value = keep || (id === "playmodel" && opts.length ? opts[0].value : "");
+  }
+}
+
+async function act(action, id) {
+  const resp = await api(`/api/models/${action}/${encodeURIComponent(id)}`, { method: "POST" });
+  if (!resp.ok) $("conn").textContent = `${action} ${id}: HTTP ${resp.status}`;
+}
+
+// ---------------------------------------------------------------- VRAM
+function preview(id) { if (!$("target").value) { S.target = id; renderVram(); } }
+
+function renderVram() {
+  const v = S.vram, box = $("devices");
+  if (!v || !Object.keys(v.devices).length) { box.replaceChildren(h("p", {}, "No VRAM figures: this config has no plan.json beside it and no x-vramBudgetMiB.")); return; }
+  const byId = new Map(S.models.map((m) => [m.id, m]));
+  const target = byId.get(S.target);
+  const evict = new Set(target ? target.evicts : []);
+  const resident = (m) => m && ["ready", "busy", "loading", "stopping"].includes(m.status);
+  const bars = Object.entries(v.devices).map(([dev, d]) => {
+    const parts = Object.entries(v.models).filter(([id, per]) => per[dev] && resident(byId.get(id))).map(([id, per]) => [id, per[dev], evict.has(id) ? "evict" : ""]);
+    if (target && !resident(target) && v.models[target.id]?.[dev]) parts.push([target.id, v.models[target.id][dev], "incoming"]);
+    const sum = (xs) => xs.reduce((a, p) => a + p[1].total, 0);
+    const used = sum(parts.filter((p) => p[2] !== "incoming")), after = sum(parts.filter((p) => p[2] !== "evict"));
+    const scale = Math.max(1.04 * (d.budget_mib || 0), parts.reduce((a, p) => a + p[1].total, 0), 1); // room to show the budget line
+    const pct = (x) => `${(100 * x) / scale}%`;
+    const segs = parts.map(([id, t, cls]) => h("div", { class: `seg ${cls}`, style: `width:${pct(t.total)}`, "data-model": id, title: `${id}: ${t.total} MiB (weights ${t.weights ?? "?"}, KV ${t.kv ?? "?"}, compute ${t.compute ?? "?"})` },
+      ...["weights", "kv", "compute", "other"].filter((k) => t[k]).map((k) => h("span", { class: `t-${k}`, style: `width:${(100 * t[k]) / t.total}%` })),
+      h("em", {}, `${id} ${t.total}`)));
+    const budget = d.budget_mib ? h("div", { class: "budget", style: `left:${pct(d.budget_mib)}`, title: `budget ${d.budget_mib} MiB` }) : null;
+    return h("figure", { class: "device", "data-device": dev },
+      h("figcaption", {}, `${dev} · ${d.name} · ${used} MiB in use` + (d.budget_mib ? ` of ${d.budget_mib} MiB budget` : "") + (after !== used ? ` · ${after} MiB after the swap` : "")),
+      h("div", { class: "bar", role: "img", "aria-label": `${dev}: ${parts.map((p) => `${p[0]} ${p[1].total} MiB${p[2] ? " (" + p[2] + ")" : ""}`).join(", ") || "empty"}` }, ...segs, budget));
+  });
+  box.replaceChildren(...bars);
+  let note = "";
+  if (target) note = target.unfit ? target.unfit : resident(target) ? `${target.id} is already resident.` : target.evicts.length ? `A request for ${target.id} would evict: ${target.evicts.join(", ")}.` : `A request for ${target.id} would evict nothing.`;
+  $("evict-note").textContent = note;
+}
+
+// ---------------------------------------------------------------- activity
+function renderActivity() {
+  const items = [...[...S.swaps.values()].map((s) => ({ t: s.began, s })), ...S.requests.map((r) => ({ t: r.timestamp, r }))].sort((a, b) => b.t - a.t).slice(0, 200);
+  $("timeline").replaceChildren(...items.map(({ t, s, r }) => s
+    ? h("li", { class: `swap ${s.outcome}`, "data-swap": s.id }, h("time", {}, clock(t)), ` swap #${s.id}: load ${s.model}`,
+        s.trigger === "load" ? " (load button)" : s.caused_by ? ` for request #${s.caused_by}` : "", s.evicted.length ? `, evicted ${s.evicted.join(", ")}` : "",
+        s.outcome === "loading" ? ", loading…" : s.outcome === "ready" ? `, ready in ${secs(s.load_seconds)}` : `, failed after ${secs(s.load_seconds)}: ${s.error}`)
+    : h("li", { class: "request", "data-request": r.id }, h("time", {}, clock(t)), ` request #${r.id} → ${r.model}: ${r.status}, ${r.duration_ms} ms`,
+        r.output_tokens != null ? `, ${r.output_tokens} tokens` : "", r.tokens_per_second != null ? `, ${r.tokens_per_second} tok/s` : "", r.swap ? ` (waited for swap #${r.swap})` : "")));
+  const loads = new Map();
+  for (const s of S.swaps.values()) if (s.outcome === "ready") (loads.get(s.model) || loads.set(s.model, []).get(s.model)).push(s.load_seconds);
+  $("loadtimes").replaceChildren(...[...loads].map(([m, xs]) => h("tr", {}, h("th", { scope: "row" }, m), h("td", {}, String(xs.length)),
+    h("td", {}, secs(xs[xs.length - 1])), h("td", {}, secs(xs.reduce((a, b) => a + b, 0) / xs.length)), h("td", {}, xs.slice(-8).map((x) => x.toFixed(1)).join(" ")))));
+}
+
+// ---------------------------------------------------------------- logs
+function addLog(d) {
+  const src = d.source === "proxy" ? "proxy" : d.model || "upstream";
+  for (const line of d.data.split("\n")) if (line) S.logs.push([src, line]);
+  if (S.logs.length > MAX_LOG_LINES) S.logs.splice(0, S.logs.length - MAX_LOG_LINES);
+  const sel = $("logsource");
+  if (src !== "proxy" && ![...sel.options].some((o) => o.value === src)) sel.append(h("option", { value: src }, src));
+  if (!$("logpause").checked) renderLogs();
+}
+
+function renderLogs() {
+  const src = $("logsource").value, q = $("logsearch").value.toLowerCase();
+  const lines = S.logs.filter(([s, l]) => (!src || s === src) && (!q || l.toLowerCase().includes(q))).slice(-500);
+  const view = $("logview"), atEnd = view.scrollTop + view.clientHeight >= view.scrollHeight - 4;
+  view.textContent = lines.map(([s, l]) => (src ? l : `[${s === "proxy" ? "supervisor" : s}] ${l}`)).join("\n");
+  if (atEnd) view.scrollTop = view.scrollHeight;
+}
+
+// ---------------------------------------------------------------- deploy
+function renderDeploy() {
+  const d = S.deploy || {}, m = d.manifest || {}, inputs = m.inputs || {};
+  const rows = [["config", d.config], ["generation", d.generation], ["deployed", d.deployed ? new Date(d.deployed * 1000).toLocaleString() : null],
+    ["host", m.host], ["runtime", m.runtime], ["llama.cpp build", m.build_number], ["server binary", m.server_binary], ["backend", d.backend || m.llama_cpp?.backend],
+    ["llama.cpp ref", m.llama_cpp?.ref], ["llama.cpp commit", m.llama_cpp?.commit], ["patches", inputs.patches && Object.keys(inputs.patches).length ? Object.entries(inputs.patches).map(([k, v]) => `${k} ${v.slice(0, 12)}`).join(", ") : "none"],
+    ["lock hash", inputs.lock], ["build key", inputs.build],
+    ...Object.entries(m.models || d.model_sources || {}).map(([k, v]) => [`model ${k}`, typeof v === "string" ? v : JSON.stringify(v)])];
+  $("facts").replaceChildren(...rows.filter(([, v]) => v != null && v !== "").flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
+  if (!d.manifest) $("facts").append(h("dt", {}, "generation files"), h("dd", {}, "none beside the config (not deployed by homelab)"));
+}
+
+// ---------------------------------------------------------------- playground
+async function play(ev) {
+  ev.preventDefault();
+  const model = $("playmodel").value, out = $("answer"), stats = $("playstats");
+  out.textContent = ""; stats.textContent = "waiting…"; $("send").disabled = true;
+  const t0 = performance.now(); let first = 0, chunks = 0, usage = null;
+  try {
+    const resp = await api("/v1/chat/completions", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model, stream: true, messages: [{ role: "user", content: $("prompt").value }] }) });
+    if (!resp.ok) { stats.textContent = `HTTP ${resp.status}: ${(await resp.text()).slice(0, 300)}`; return; }
+    await sse(resp, (data) => {
+      if (data === "[DONE]") return;
+      const j = JSON.parse(data);
+      if (j.error) { stats.textContent = `error: ${j.error.message || j.error}`; return; }
+      if (j.usage) usage = j.usage;
+      const text = j.choices?.[0]?.delta?.content;
+      if (text) { if (!first) first = performance.now(); chunks++; out.textContent += text; }
+    });
+    const end = performance.now(), n = usage?.completion_tokens ?? chunks;
+    const rate = first && end > first ? (n - 1) / ((end - first) / 1000) : 0;
+    stats.textContent = `time to first token ${first ? ((first - t0) / 1000).toFixed(2) : "?"}s · ${n} tokens · ${rate.toFixed(1)} tok/s`;
+  } finally { $("send").disabled = false; }
+}
+
+// ---------------------------------------------------------------- events
+async function sse(resp, onData) {
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, i); buf = buf.slice(i + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+      if (data) onData(data);
+    }
+  }
+}
+
+function onEvent(raw) {
+  const env = JSON.parse(raw), d = JSON.parse(env.data);
+  if (env.type === "modelStatus") { S.models = d; S.at = performance.now(); renderModels(); renderVram(); }
+  else if (env.type === "logData") addLog(d);
+  else if (env.type === "metrics") { const seen = new Set(S.requests.map((r) => r.id)); S.requests.push(...d.filter((r) => !seen.has(r.id))); S.requests = S.requests.slice(-200); renderActivity(); }
+  else if (env.type === "swap") { S.swaps.set(d.id, d); renderActivity(); }
+  else if (env.type === "inflight") $("conn").dataset.inflight = d.total;
+}
+
+async function follow() {
+  for (let wait = 1; ; wait = Math.min(wait * 2, 10)) {
+    try {
+      const resp = await api("/api/events");
+      if (resp.ok) {
+        $("conn").textContent = "live"; $("conn").className = "live"; wait = 1;
+        S.logs = [];
+        await sse(resp, onEvent);
+      }
+    } catch (err) { /* the server went away: retry below */ }
+    $("conn").textContent = `disconnected, retrying in ${wait}s`; $("conn").className = "down";
+    await new Promise((r) => setTimeout(r, wait * 1000));
+  }
+}
+
+async function start() {
+  const resp = await api("/api/state");
+  const st = await resp.json();
+  Object.assign(S, { models: st.models, vram: st.vram, deploy: st.deploy, requests: st.requests, at: performance.now() });
+  for (const s of st.swaps) S.swaps.set(s.id, s);
+  renderModels(); renderVram(); renderActivity(); renderDeploy();
+  $("target").addEventListener("change", (e) => { S.target = e.target.value; renderVram(); });
+  for (const id of ["logsource", "logsearch", "logpause"]) for (const ev of ["input", "change"]) $(id).addEventListener(ev, renderLogs);
+  $("playform").addEventListener("submit", play);
+  setInterval(() => { for (const tr of document.querySelectorAll("#model-rows tr")) { const m = S.models.find((x) => x.id === tr.dataset.model); if (m && ["loading", "ready", "backoff"].includes(m.status)) tr.querySelector(".detail").firstChild.textContent = detail(m); } }, 1000);
+  follow();
+}
+
+start();

@@ -1,0 +1,249 @@
+"""The dashboard's JSON API on its own: /api/state, /api/events, load, the page files, the key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from homelab.supervisor.config import Filters, PeerConfig
+from homelab.supervisor.scheduler import Scheduler, State
+
+from .conftest import fake_model, make_config
+from .helpers import chat
+
+TIMEOUT = 15.0
+
+
+async def state(s: aiohttp.ClientSession, url: str, **kw: Any) -> dict[str, Any]:
+    async with s.get(url + "/api/state", **kw) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()  # type: ignore[no-any-return]
+
+
+def by_id(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["id"]: m for m in st["models"]}
+
+
+async def wait_state(s: aiohttp.ClientSession, url: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        st = await state(s, url)
+        if check(st):
+            return st
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"state never matched; last: {json.dumps(st)[:2000]}")
+
+
+async def test_page_files_and_root_redirect(serve) -> None:
+    running = await serve(make_config(fake_model("a")))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(running.url + "/", headers={"Accept": "text/html,*/*"}, allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"] == "/ui/"
+        async with s.get(running.url + "/", headers={"Accept": "application/json"}) as resp:
+            assert resp.status == 404  # what API clients always got
+        async with s.post(running.url + "/", headers={"Accept": "text/html"}) as resp:
+            assert resp.status == 404
+        async with s.get(running.url + "/ui", allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"] == "/ui/"
+        async with s.get(running.url + "/ui/") as resp:
+            page = await resp.text()
+            assert resp.status == 200 and resp.content_type == "text/html"
+            assert 'src="app.js"' in page and "default-src 'self'" in resp.headers["Content-Security-Policy"]
+        for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+            async with s.get(running.url + "/ui/" + name) as resp:
+                assert resp.status == 200 and resp.content_type == kind
+        async with s.get(running.url + "/ui/../server.py") as resp:
+            assert resp.status == 404
+        async with s.get(running.url + "/ui/server.py") as resp:
+            assert resp.status == 404
+
+
+async def test_api_key_guards_the_api_not_the_page(serve) -> None:
+    running = await serve(make_config(fake_model("a"), api_keys=("sekrit",)))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(running.url + "/ui/app.js") as resp:
+            assert resp.status == 200
+        async with s.get(running.url + "/", headers={"Accept": "text/html"}, allow_redirects=False) as resp:
+            assert resp.status == 302
+        async with s.get(running.url + "/") as resp:
+            assert resp.status == 401  # non-browser clients: unchanged
+        for path in ("/api/state", "/api/events"):
+            async with s.get(running.url + path) as resp:
+                assert resp.status == 401
+        async with s.post(running.url + "/api/models/load/a") as resp:
+            assert resp.status == 401
+        st = await state(s, running.url, headers={"Authorization": "Bearer sekrit"})
+        assert [m["id"] for m in st["models"]] == ["a"]
+
+
+async def test_state_load_swap_and_request_records(serve) -> None:
+    filters = Filters(set_params_by_id={"b-creative": {"temperature": 1.2}})
+    config = make_config(
+        fake_model("a", "--load-time", "0.2", ttl=30),
+        fake_model("b", "--load-time", "0.2", aliases=("bee",), filters=filters),
+        aliases={"bee": "b", "b-creative": "b"},
+    )
+    running = await serve(config)
+    async with aiohttp.ClientSession() as s:
+        st = await state(s, running.url)
+        models = by_id(st)
+        assert {m["status"] for m in models.values()} == {"unloaded"}
+        assert models["b"]["aliases"] == ["bee"] and models["b"]["profiles"] == ["b-creative"]
+        assert models["a"]["evicts"] == [] and models["a"]["ttl"] == 30
+        async with s.post(running.url + "/api/models/load/nope") as resp:
+            assert resp.status == 404
+        async with s.post(running.url + "/api/models/load/a") as resp:
+            assert resp.status == 200 and (await resp.json())["loading"] == "a"
+        st = await wait_state(s, running.url, lambda st: by_id(st)["a"]["status"] in ("loading", "ready"))
+        st = await wait_state(s, running.url, lambda st: by_id(st)["a"]["status"] == "ready")
+        a = by_id(st)["a"]
+        assert 0 < a["ttl_left"] <= 30
+        # one model at a time (the default group): starting b would evict a; asking changed nothing
+        assert by_id(st)["b"]["evicts"] == ["a"]
+        assert running.sup.status_of("a") is State.READY
+        status, body = await chat(s, running.url, "bee")
+        assert status == 200 and body["x_server"] == "b"
+        st = await state(s, running.url)
+    models = by_id(st)
+    assert models["a"]["status"] == "unloaded" and models["b"]["status"] == "ready"
+    load_a, load_b = st["swaps"]
+    assert load_a["model"] == "a" and load_a["trigger"] == "load" and load_a["outcome"] == "ready"
+    assert load_b["model"] == "b" and load_b["evicted"] == ["a"] and load_b["outcome"] == "ready"
+    assert load_b["trigger"] == "request"
+    assert load_b["load_seconds"] >= 0.2
+    (req,) = st["requests"]
+    assert req["model"] == "b" and req["status"] == 200 and req["swap"] == load_b["id"]
+    assert load_b["caused_by"] == req["id"] and req["output_tokens"] == 8 and req["tokens_per_second"] > 0
+
+
+async def read_events(resp: aiohttp.ClientResponse, until: Callable[[list[tuple[str, Any]]], bool]) -> list[tuple[str, Any]]:
+    seen: list[tuple[str, Any]] = []
+    buf = b""
+    deadline = time.monotonic() + TIMEOUT
+    while not until(seen):
+        left = deadline - time.monotonic()
+        assert left > 0, f"events never matched; got {[k for k, _ in seen]}"
+        chunk = await asyncio.wait_for(resp.content.readany(), timeout=left)
+        assert chunk, "the event stream ended"
+        buf += chunk
+        while b"\n\n" in buf:
+            block, buf = buf.split(b"\n\n", 1)
+            lines = block.decode().split("\n")
+            data = [ln[len("data: "):] for ln in lines if ln.startswith("data: ")]
+            if data:
+                assert "event: message" in lines
+                env = json.loads(data[0])
+                seen.append((env["type"], json.loads(env["data"])))
+    return seen
+
+
+async def test_events_follow_llama_swap_envelope_and_go_live(serve) -> None:
+    running = await serve(make_config(fake_model("a", "--load-time", "0.2"), fake_model("b")))
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events") as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        first = await read_events(resp, lambda seen: any(k == "inflight" for k, _ in seen))
+        kinds = [k for k, _ in first]
+        assert "modelStatus" in kinds and "metrics" in kinds
+        status = dict(first)["modelStatus"]
+        assert [(m["id"], m["state"], m["status"]) for m in status] == [("a", "stopped", "unloaded"),
+                                                                        ("b", "stopped", "unloaded")]
+        async with s.post(running.url + "/api/models/load/a") as load:
+            assert load.status == 200
+
+        def loaded(seen: list[tuple[str, Any]]) -> bool:
+            return any(k == "swap" and d["outcome"] == "ready" for k, d in seen) and any(
+                k == "modelStatus" and d[0]["status"] == "ready" for k, d in seen)
+
+        live = await read_events(resp, loaded)
+        statuses = [d[0]["status"] for k, d in live if k == "modelStatus"]
+        assert "loading" in statuses and statuses[-1] == "ready"
+        logs = [d for k, d in live if k == "logData"]
+        assert any(d["source"] == "proxy" and "starting model a" in d["data"] for d in logs)
+        status_code, _ = await chat(s, running.url, "a")
+        assert status_code == 200
+        after = await read_events(resp, lambda seen: any(k == "metrics" for k, _ in seen))
+        (record,) = next(d for k, d in after if k == "metrics")
+        assert record["model"] == "a" and record["status"] == 200
+
+
+async def test_failed_then_backing_off_with_log_lines(serve) -> None:
+    running = await serve(make_config(fake_model("bad", "--crash-on-start", "--load-time", "0.1")))
+    async with aiohttp.ClientSession() as s:
+        assert (await chat(s, running.url, "bad"))[0] == 503
+        bad = by_id(await state(s, running.url))["bad"]
+        assert bad["status"] == "failed" and "exited with status 1" in bad["last_error"]
+        assert "fake failure" in bad["log_tail"]
+        assert (await chat(s, running.url, "bad"))[0] == 503
+        st = await state(s, running.url)
+    bad = by_id(st)["bad"]
+    assert bad["status"] == "backoff" and 0 < bad["retry_in"] <= 1
+    assert [s["outcome"] for s in st["swaps"]] == ["failed", "failed"]
+
+
+def test_would_evict_is_pure() -> None:
+    config = make_config(fake_model("a", port=1), fake_model("b", port=2))
+    sched = Scheduler(config)
+    sched.request(1, "a", 0.0)
+    sched.ready("a", 0.1)
+    sched.done(1, 0.2)
+    before = {m: (s.state, set(s.inflight), dict(s.waiters)) for m, s in sched.models.items()}
+    assert sched.would_evict("b") == frozenset({"a"})
+    assert sched.would_evict("a") == frozenset()
+    assert {m: (s.state, set(s.inflight), dict(s.waiters)) for m, s in sched.models.items()} == before
+    assert sched.next_deadline() is None and sched.requests == {}
+
+
+async def test_vram_and_deploy_facts_from_the_generation(serve, tmp_path: Path) -> None:
+    mib = 1 << 20
+    terms = {"weights": 4000 * mib, "kv": 1000 * mib, "compute": 500 * mib, "output": 10 * mib,
+             "overhead": 300 * mib, "total": 5810 * mib}
+    (tmp_path / "plan.json").write_text(json.dumps({
+        "version": 1, "host": "box", "backend": "vulkan",
+        "devices": {"gpu0": {"name": "Radeon RX 7900 XTX", "budget_mib": 23000}},
+        "models": {"a": {"devices": {"gpu0": terms}, "source": "hf://org/a@abc"},
+                   "b": {"devices": {"gpu0": terms, "cpu": {"weights": 100 * mib, "total": 100 * mib}}}},
+    }))
+    (tmp_path / "manifest.json").write_text(json.dumps({"host": "box", "build_number": 7000, "runtime": "supervisor",
+                                                        "inputs": {"lock": "ab" * 32, "patches": {}}}))
+    (tmp_path / ".homelab-generation.json").write_text(json.dumps({"number": 4, "created": 1700000000.0,
+                                                                   "status": "ok"}))
+    config = make_config(fake_model("a"), fake_model("b"), source=tmp_path / "config.yaml")
+    running = await serve(config)
+    async with aiohttp.ClientSession() as s:
+        st = await state(s, running.url)
+    vram = st["vram"]
+    assert vram["source"] == "plan"
+    assert vram["devices"]["gpu0"] == {"name": "Radeon RX 7900 XTX", "budget_mib": 23000}
+    assert vram["devices"]["cpu"]["budget_mib"] is None
+    assert vram["models"]["a"]["gpu0"] == {"weights": 4000, "kv": 1000, "compute": 500, "other": 310, "total": 5810}
+    deploy = st["deploy"]
+    assert deploy["generation"] == 4 and deploy["deployed"] == 1700000000.0 and deploy["backend"] == "vulkan"
+    assert deploy["manifest"]["build_number"] == 7000 and deploy["model_sources"]["a"] == "hf://org/a@abc"
+
+
+async def test_vram_from_the_config_budget_without_a_plan(serve) -> None:
+    config = make_config(fake_model("a", vram_mib=6000), fake_model("b", vram_mib=9000), vram_budget_mib=12000)
+    running = await serve(config)
+    async with aiohttp.ClientSession() as s:
+        st = await state(s, running.url)
+    assert st["vram"] == {"source": "config",
+                          "devices": {"budget": {"name": "VRAM budget (x-vramBudgetMiB)", "budget_mib": 12000}},
+                          "models": {"a": {"budget": {"total": 6000}}, "b": {"budget": {"total": 9000}}}}
+    assert st["deploy"]["manifest"] is None
+
+
+async def test_peer_models_listed_with_the_peers_health(serve) -> None:
+    remote = await serve(make_config(fake_model("far")))
+    local = await serve(make_config(fake_model("near"), peers={
+        "lab": PeerConfig(name="lab", proxy=remote.url, models=("far",))}))
+    async with aiohttp.ClientSession() as s:
+        st = await wait_state(s, local.url, lambda st: by_id(st)["lab/far"]["state"] == "up")
+    peer = by_id(st)["lab/far"]
+    assert peer["peerID"] == "lab" and peer["status"] == "peer up" and peer["evicts"] == []
+    assert by_id(st)["near"]["status"] == "unloaded"
