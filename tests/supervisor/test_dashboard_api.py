@@ -157,8 +157,10 @@ async def test_events_follow_llama_swap_envelope_and_go_live(serve) -> None:
             assert load.status == 200
 
         def loaded(seen: list[tuple[str, Any]]) -> bool:
-            return any(k == "swap" and d["outcome"] == "ready" for k, d in seen) and any(
-                k == "modelStatus" and d[0]["status"] == "ready" for k, d in seen)
+            # log chunks are batched, so the start's log line may arrive after the swap record
+            return (any(k == "swap" and d["outcome"] == "ready" for k, d in seen)
+                    and any(k == "modelStatus" and d[0]["status"] == "ready" for k, d in seen)
+                    and any(k == "logData" and "starting model a" in d["data"] for k, d in seen))
 
         live = await read_events(resp, loaded)
         statuses = [d[0]["status"] for k, d in live if k == "modelStatus"]
