@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench_parser = commands.add_parser("bench", help="benchmarks that print comparable numbers")
     bench = bench_parser.add_subparsers(dest="bench", metavar="BENCH")
-    bench_parser.set_defaults(handler=lambda _args: bench_parser.print_help() or 2)
+
+    def bench_help(_args: argparse.Namespace) -> int:
+        bench_parser.print_help()
+        return 2
+
+    bench_parser.set_defaults(handler=bench_help)
     cli = CLI(commands=commands, bench=bench)
     for module_name in COMMAND_MODULES:
         try:

@@ -12,4 +12,3 @@ class HomelabError(Exception):
     """A problem the user can fix. The message names the file/key/request and the fix."""
 
     exit_code = 2
-

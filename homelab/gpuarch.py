@@ -36,11 +36,16 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     # RX 6800/6900 (gfx1030), RX 6700 XT (gfx1031), RX 6600 (gfx1032)
     Family(
-        "RDNA2", "amd", ("gfx1030", "gfx1031", "gfx1032", "gfx1033", "gfx1034", "gfx1035", "gfx1036"),
-        runs_as={f"gfx103{n}": "gfx1030" for n in range(1, 7)}, override="10.3.0",
+        "RDNA2",
+        "amd",
+        ("gfx1030", "gfx1031", "gfx1032", "gfx1033", "gfx1034", "gfx1035", "gfx1036"),
+        runs_as={f"gfx103{n}": "gfx1030" for n in range(1, 7)},
+        override="10.3.0",
     ),
     # RX 7900 XTX (gfx1100), RX 7800 XT (gfx1101), RX 7600 (gfx1102), 780M iGPU (gfx1103)
-    Family("RDNA3", "amd", ("gfx1100", "gfx1101", "gfx1102", "gfx1103"), runs_as={"gfx1103": "gfx1100"}, override="11.0.0"),
+    Family(
+        "RDNA3", "amd", ("gfx1100", "gfx1101", "gfx1102", "gfx1103"), runs_as={"gfx1103": "gfx1100"}, override="11.0.0"
+    ),
     Family("RDNA3.5", "amd", ("gfx1150", "gfx1151")),  # Strix Point, Strix Halo
     Family("RDNA4", "amd", ("gfx1200", "gfx1201")),  # RX 9060, RX 9070
     Family("CDNA", "amd", ("gfx908", "gfx90a", "gfx942", "gfx950")),  # MI100, MI210/250, MI300, MI350

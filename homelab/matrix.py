@@ -251,7 +251,7 @@ class _AnyRef(Mapping[str, Alternatives]):
     def __contains__(self, key: object) -> bool:
         return True
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(())
 
     def __len__(self) -> int:
@@ -280,8 +280,7 @@ def expand_sets(
         for ref in sorted(expression_refs(expressions[name])):
             if ref not in expressions:
                 raise MatrixError(
-                    f"set {name!r} references +{ref}, which is not defined "
-                    f"(defined sets: {', '.join(expressions)})"
+                    f"set {name!r} references +{ref}, which is not defined (defined sets: {', '.join(expressions)})"
                 )
             visit(ref)
         visiting.pop()
@@ -293,9 +292,7 @@ def expand_sets(
     if total > MAX_ALTERNATIVES:
         raise MatrixError(f"the sets expand to {total} alternatives, over the limit {MAX_ALTERNATIVES}")
     return {
-        name: tuple(
-            unique_in_order(frozenset(resolve_name.get(n, n) for n in alt) for alt in expanded[name])
-        )
+        name: tuple(unique_in_order(frozenset(resolve_name.get(n, n) for n in alt) for alt in expanded[name]))
         for name in expressions
     }
 
@@ -368,9 +365,7 @@ def group_of(groups: Mapping[str, GroupConfig], model: str) -> GroupConfig | Non
     return None
 
 
-def group_evictions(
-    groups: Mapping[str, GroupConfig], running: frozenset[str], target: str
-) -> frozenset[str]:
+def group_evictions(groups: Mapping[str, GroupConfig], running: frozenset[str], target: str) -> frozenset[str]:
     """Running models to stop before ``target`` starts, under llama-swap's group rules.
 
     - ``swap: true``: only one member of a group runs at a time, so starting a member stops the

@@ -95,7 +95,10 @@ def _stable(value: Any) -> Any:
     unknown object falls back to its repr, which at worst makes a fingerprint differ and the
     stage run (never the other way round)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"@": type(value).__name__, **{f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        return {
+            "@": type(value).__name__,
+            **{f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)},
+        }
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if isinstance(value, Mapping):

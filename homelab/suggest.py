@@ -1,4 +1,4 @@
-""""Did you mean ...?": the near miss of a mistyped name, for error messages that name the fix.
+""" "Did you mean ...?": the near miss of a mistyped name, for error messages that name the fix.
 
 Standard library only, so every stage and the supervisor can use it.
 """

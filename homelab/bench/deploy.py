@@ -101,7 +101,9 @@ def cmd_bench_deploy(args: argparse.Namespace) -> int:
 
 
 def register(cli) -> None:  # noqa: ANN001 - homelab.cli.CLI
-    p = cli.benchmark("deploy", cmd_bench_deploy, "time a no-op `doit deploy` (median of N) and one after a recipe edit")
+    p = cli.benchmark(
+        "deploy", cmd_bench_deploy, "time a no-op `doit deploy` (median of N) and one after a recipe edit"
+    )
     p.add_argument("--host", default="local")
     p.add_argument("-n", type=int, default=5, help="no-op runs to take the median of")
     p.add_argument("--service", choices=["user", "system", "none", "auto"])

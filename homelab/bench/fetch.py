@@ -105,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
 def _serve(host: str, role: str, **attrs: Any) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer((host, 0), _Handler)
     server.daemon_threads = True
-    server.role = role  # type: ignore[attr-defined]
+    server.role = role  # type: ignore[attr-defined]  # ad-hoc attribute read by _Handler
     for k, v in attrs.items():
         setattr(server, k, v)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -196,5 +196,7 @@ def cmd_bench_fetch(args: argparse.Namespace) -> int:
 def register(cli) -> None:  # noqa: ANN001 - homelab.cli.CLI
     p = cli.benchmark("fetch", cmd_bench_fetch, "our fetch (download + sha256) vs curl -o of the same local file")
     p.add_argument("--size", default="1G", help="file size: bytes or with K/M/G suffix (default 1G)")
-    p.add_argument("--runs", type=int, default=4, help="runs of each, alternating who goes first; the best of each is compared")
+    p.add_argument(
+        "--runs", type=int, default=4, help="runs of each, alternating who goes first; the best of each is compared"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp directory")

@@ -45,14 +45,46 @@ MODELS: dict[str, TinySpec | TinyArchSpec] = {
     "wide-f16": TinySpec(n_embd=512, n_head=8, n_head_kv=4, n_ff=2048, n_layer=4, dtype="f16", name="wide"),
     "deep": TinySpec(n_embd=256, n_head=8, n_head_kv=2, n_ff=1024, n_layer=12, name="deep"),
     "mha": TinySpec(n_embd=256, n_head=8, n_head_kv=8, n_ff=768, n_layer=6, name="mha"),
-    "gemma3-swa": TinyArchSpec(arch="gemma3", n_embd=256, n_head=8, n_head_kv=4, n_ff=1024, n_layer=12, sliding_window=512),
-    "qwen3moe": TinyArchSpec(arch="qwen3moe", n_embd=256, n_head=8, n_head_kv=4, n_layer=6, n_expert=16, n_expert_used=4, n_ff_exp=256),
-    "qwen35-hybrid": TinyArchSpec(arch="qwen35", n_embd=256, n_head=8, n_head_kv=2, n_ff=768, n_layer=12,
-                                  ssm_state=64, ssm_groups=2, ssm_v_heads=8),
-    "qwen35-mtp": TinyArchSpec(arch="qwen35", n_embd=256, n_head=8, n_head_kv=2, n_ff=768, n_layer=8,
-                               ssm_state=64, ssm_groups=2, ssm_v_heads=8, mtp_layers=1),
-    "deepseek2-mla": TinyArchSpec(arch="deepseek2", n_embd=256, n_head=16, kv_lora_rank=128, n_layer=6,
-                                  n_expert=16, n_expert_used=4, n_ff_exp=128, n_ff=768),
+    "gemma3-swa": TinyArchSpec(
+        arch="gemma3", n_embd=256, n_head=8, n_head_kv=4, n_ff=1024, n_layer=12, sliding_window=512
+    ),
+    "qwen3moe": TinyArchSpec(
+        arch="qwen3moe", n_embd=256, n_head=8, n_head_kv=4, n_layer=6, n_expert=16, n_expert_used=4, n_ff_exp=256
+    ),
+    "qwen35-hybrid": TinyArchSpec(
+        arch="qwen35",
+        n_embd=256,
+        n_head=8,
+        n_head_kv=2,
+        n_ff=768,
+        n_layer=12,
+        ssm_state=64,
+        ssm_groups=2,
+        ssm_v_heads=8,
+    ),
+    "qwen35-mtp": TinyArchSpec(
+        arch="qwen35",
+        n_embd=256,
+        n_head=8,
+        n_head_kv=2,
+        n_ff=768,
+        n_layer=8,
+        ssm_state=64,
+        ssm_groups=2,
+        ssm_v_heads=8,
+        mtp_layers=1,
+    ),
+    "deepseek2-mla": TinyArchSpec(
+        arch="deepseek2",
+        n_embd=256,
+        n_head=16,
+        kv_lora_rank=128,
+        n_layer=6,
+        n_expert=16,
+        n_expert_used=4,
+        n_ff_exp=128,
+        n_ff=768,
+    ),
 }
 
 EXTRA_SETTINGS: dict[str, dict[str, dict[str, object]]] = {
@@ -60,8 +92,14 @@ EXTRA_SETTINGS: dict[str, dict[str, dict[str, object]]] = {
     # rollback snapshots, with llama-server's own draft-mtp speculative decoding
     "qwen35-mtp": {
         "ctx8k mtp n3": {"ctx-size": 8192, "spec-type": "draft-mtp", "spec-draft-n-max": 3},
-        "ctx16k q8 mtp n2": {"ctx-size": 16384, "cache-type-k": "q8_0", "cache-type-v": "q8_0",
-                             "spec-type": "draft-mtp", "spec-draft-n-max": 2, "parallel": 1},
+        "ctx16k q8 mtp n2": {
+            "ctx-size": 16384,
+            "cache-type-k": "q8_0",
+            "cache-type-v": "q8_0",
+            "spec-type": "draft-mtp",
+            "spec-draft-n-max": 2,
+            "parallel": 1,
+        },
     },
 }
 
@@ -71,10 +109,17 @@ def write_model(path: Path, spec: TinySpec | TinyArchSpec) -> Path:
         return write_tiny_arch(path, spec)
     return write_tiny_llama(path, spec)
 
+
 SETTINGS: dict[str, dict[str, object]] = {
     "ctx4k f16": {"ctx-size": 4096},
     "ctx16k q8_0": {"ctx-size": 16384, "cache-type-k": "q8_0", "cache-type-v": "q8_0", "flash-attn": "on"},
-    "ctx8k q4_0 np2": {"ctx-size": 8192, "cache-type-k": "q4_0", "cache-type-v": "q4_0", "flash-attn": "on", "parallel": 2},
+    "ctx8k q4_0 np2": {
+        "ctx-size": 8192,
+        "cache-type-k": "q4_0",
+        "cache-type-v": "q4_0",
+        "flash-attn": "on",
+        "parallel": 2,
+    },
     "ctx4k fa-off": {"ctx-size": 4096, "flash-attn": "off", "parallel": 1},
     "ctx6000 ub128": {"ctx-size": 6000, "ubatch-size": 128, "parallel": 1},
 }
@@ -127,8 +172,13 @@ def compare(server: Path, workdir: Path) -> list[Row]:
             # llama.cpp reports the draft context's KV and compute buffers with the others
             draft_kv = mtp_kv_bytes(facts, settings, est.geometry) if settings.mtp else 0
             draft_compute = draft_compute_bytes(facts, settings, est.geometry) if settings.mtp else 0
-            ours = {"weights": est.weights, "kv": est.kv + draft_kv, "state": est.recurrent,
-                    "compute": est.compute + draft_compute, "total": est.buffers}
+            ours = {
+                "weights": est.weights,
+                "kv": est.kv + draft_kv,
+                "state": est.recurrent,
+                "compute": est.compute + draft_compute,
+                "total": est.buffers,
+            }
             rows.append(Row(name, setting, ours, _theirs(obs)))
     return rows
 
@@ -136,8 +186,17 @@ def compare(server: Path, workdir: Path) -> list[Row]:
 RPC_SETTINGS: dict[str, tuple[str, dict[str, object]]] = {
     # model -> (setting name -> flags): a split over two real rpc-servers on 127.0.0.1 (CPU devices)
     "ts 10,3 ctx4k": ("deep", {"tensor-split": "10,3", "ctx-size": 4096, "parallel": 1}),
-    "ts 1,1 ctx16k q8_0": ("deep", {"tensor-split": "1,1", "ctx-size": 16384, "cache-type-k": "q8_0",
-                                     "cache-type-v": "q8_0", "flash-attn": "on", "parallel": 1}),
+    "ts 1,1 ctx16k q8_0": (
+        "deep",
+        {
+            "tensor-split": "1,1",
+            "ctx-size": 16384,
+            "cache-type-k": "q8_0",
+            "cache-type-v": "q8_0",
+            "flash-attn": "on",
+            "parallel": 1,
+        },
+    ),
     "ts 3,10 fa-off": ("deep", {"tensor-split": "3,10", "ctx-size": 4096, "flash-attn": "off", "parallel": 1}),
     "ts 2,3 ctx8k np2": ("wide-f16", {"tensor-split": "2,3", "ctx-size": 8192, "parallel": 2}),
     "ts 1,1 ctx4k": ("qwen35-hybrid", {"tensor-split": "1,1", "ctx-size": 4096, "parallel": 1}),
@@ -166,14 +225,27 @@ def compare_rpc(server: Path, workdir: Path) -> list[Row]:
             devices = [(f"RPC{j}", f"RPC0[{ep}]") for j, ep in enumerate(endpoints)] + [("CPU", "CPU")]
             for dev, buffer in devices:
                 mine = est.devices.get(dev, {})
-                ours = {"weights": mine.get("weights", 0), "kv": mine.get("kv", 0), "state": mine.get("recurrent", 0),
-                        "compute": mine.get("compute", 0)}
+                ours = {
+                    "weights": mine.get("weights", 0),
+                    "kv": mine.get("kv", 0),
+                    "state": mine.get("recurrent", 0),
+                    "compute": mine.get("compute", 0),
+                }
+
                 def get(part: dict[str, int], buffer: str = buffer) -> int:
                     # the head's host buffers: CPU, CPU_Mapped (mmap), CPU_REPACK...
-                    return sum(v for k, v in part.items() if k.startswith("CPU")) if buffer == "CPU" else part.get(buffer, 0)
+                    return (
+                        sum(v for k, v in part.items() if k.startswith("CPU"))
+                        if buffer == "CPU"
+                        else part.get(buffer, 0)
+                    )
 
-                theirs = {"weights": get(obs.model), "kv": get(obs.kv), "state": get(obs.recurrent),
-                          "compute": get(obs.compute)}
+                theirs = {
+                    "weights": get(obs.model),
+                    "kv": get(obs.kv),
+                    "state": get(obs.recurrent),
+                    "compute": get(obs.compute),
+                }
                 ours["total"], theirs["total"] = sum(ours.values()), sum(theirs.values())
                 rows.append(Row(name, f"{setting} {dev}", ours, theirs))
     return rows
@@ -187,7 +259,12 @@ def run_bench(server: str | None, *, as_json: bool = False, rpc: bool = True) ->
         split_rows = compare_rpc(binary, Path(tmp)) if rpc else []
     rows += split_rows
     if as_json:
-        print(json.dumps([{"model": r.model, "setting": r.setting, "ours": r.ours, "llama_cpp": r.theirs} for r in rows], indent=2))
+        print(
+            json.dumps(
+                [{"model": r.model, "setting": r.setting, "ours": r.ours, "llama_cpp": r.theirs} for r in rows],
+                indent=2,
+            )
+        )
         return 0
     print(f"llama-server: {binary}")
     print("MiB ours / llama.cpp (error %)")
@@ -216,5 +293,9 @@ def bench_command(args: argparse.Namespace) -> int:
 
 def register(cli) -> None:  # noqa: ANN001 - homelab.cli.CLI
     b = cli.benchmark("plan", bench_command, "our memory estimate beside llama.cpp's own numbers on tiny models")
-    b.add_argument("--server", metavar="PATH", help="llama-server to compare with (default: $HOMELAB_TEST_LLAMA_SERVER or the test build)")
+    b.add_argument(
+        "--server",
+        metavar="PATH",
+        help="llama-server to compare with (default: $HOMELAB_TEST_LLAMA_SERVER or the test build)",
+    )
     b.add_argument("--json", action="store_true")

@@ -41,7 +41,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 
@@ -114,8 +114,10 @@ def _setup(args: argparse.Namespace, workdir: Path, count: int) -> Setup:
 
         logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's chatter
         shape = SHAPES[args.shape]
-        models = [write_tiny_llama(workdir / f"{args.shape}{i}.gguf", TinySpec(seed=i, name=f"{args.shape}{i}", **shape))
-                  for i in range(count)]
+        models = [
+            write_tiny_llama(workdir / f"{args.shape}{i}.gguf", TinySpec(seed=i, name=f"{args.shape}{i}", **shape))
+            for i in range(count)
+        ]
     if len(models) < count:
         raise HomelabError(f"this benchmark needs {count} models; pass --model {count} times")
     return Setup(server.resolve(), models[:count], shlex.split(args.server_args), workdir)
@@ -129,11 +131,13 @@ def _supervisor_config(setup: Setup, path: Path) -> None:
     args = " ".join(shlex.quote(a) for a in setup.server_args)
     lines = [f"startPort: {free_port()}", "healthCheckTimeout: 300", "models:"]
     for name, model in zip(_names(setup), setup.models, strict=True):
-        lines += [f"  {name}:",
-                  f"    cmd: {shlex.quote(str(setup.server))} -m {shlex.quote(str(model))} "
-                  f"--host 127.0.0.1 --port ${{PORT}} {args}",
-                  "    proxy: http://127.0.0.1:${PORT}",
-                  "    concurrencyLimit: 1000"]
+        lines += [
+            f"  {name}:",
+            f"    cmd: {shlex.quote(str(setup.server))} -m {shlex.quote(str(model))} "
+            f"--host 127.0.0.1 --port ${{PORT}} {args}",
+            "    proxy: http://127.0.0.1:${PORT}",
+            "    concurrencyLimit: 1000",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -141,8 +145,17 @@ def _presets(setup: Setup, path: Path) -> None:
     """Router-mode presets: long flag names without dashes, one section per model."""
     defaults: list[str] = []
     flags = list(setup.server_args)
-    short = {"-c": "ctx-size", "-np": "parallel", "-t": "threads", "-ngl": "n-gpu-layers", "-fa": "flash-attn",
-             "-b": "batch-size", "-ub": "ubatch-size", "-ctk": "cache-type-k", "-ctv": "cache-type-v"}
+    short = {
+        "-c": "ctx-size",
+        "-np": "parallel",
+        "-t": "threads",
+        "-ngl": "n-gpu-layers",
+        "-fa": "flash-attn",
+        "-b": "batch-size",
+        "-ub": "ubatch-size",
+        "-ctk": "cache-type-k",
+        "-ctv": "cache-type-v",
+    }
     while flags:
         flag = flags.pop(0)
         key = short.get(flag, flag.lstrip("-"))
@@ -172,12 +185,18 @@ def _process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def _wait_healthy(s: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes], log: Path,
-                        timeout: float = 300, poll: float = 0.005) -> float:
+async def _wait_healthy(
+    s: aiohttp.ClientSession,
+    url: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 300,
+    poll: float = 0.005,
+) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         if proc.poll() is not None:
-            raise HomelabError(f"{proc.args[0]} exited with {proc.returncode}; see {log}")
+            raise HomelabError(f"{cast('list[str]', proc.args)[0]} exited with {proc.returncode}; see {log}")
         with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
             async with s.get(url + "/health", timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 if resp.status == 200:
@@ -188,8 +207,7 @@ async def _wait_healthy(s: aiohttp.ClientSession, url: str, proc: subprocess.Pop
 
 async def _short(s: aiohttp.ClientSession, url: str, model: str) -> float:
     started = time.perf_counter()
-    async with s.post(url + "/v1/chat/completions", json={
-            "model": model, "messages": PROMPT, "max_tokens": 1}) as resp:
+    async with s.post(url + "/v1/chat/completions", json={"model": model, "messages": PROMPT, "max_tokens": 1}) as resp:
         await resp.read()
         if resp.status != 200:
             raise HomelabError(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
@@ -204,9 +222,18 @@ async def _stream(s: aiohttp.ClientSession, url: str, model: str, max_tokens: in
     first = 0.0
     events = 0
     usage = b""
-    async with s.post(url + "/v1/chat/completions", json={
-            "model": model, "messages": PROMPT, "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": True}, headers=STREAM_HEADERS) as resp:
+    async with s.post(
+        url + "/v1/chat/completions",
+        json={
+            "model": model,
+            "messages": PROMPT,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+        },
+        headers=STREAM_HEADERS,
+    ) as resp:
         if resp.status != 200:
             raise HomelabError(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
         async for line in resp.content:
@@ -224,10 +251,12 @@ async def _stream(s: aiohttp.ClientSession, url: str, model: str, max_tokens: in
     return events, first
 
 
-async def _throughput(s: aiohttp.ClientSession, url: str, model: str, clients: int, per_client: int,
-                      max_tokens: int) -> tuple[float, int]:
+async def _throughput(
+    s: aiohttp.ClientSession, url: str, model: str, clients: int, per_client: int, max_tokens: int
+) -> tuple[float, int]:
     """(tokens per second, tokens) of ``clients`` concurrent clients, each streaming
     ``per_client`` answers one after the other."""
+
     async def client() -> int:
         return sum([(await _stream(s, url, model, max_tokens))[0] for _ in range(per_client)])
 
@@ -238,19 +267,39 @@ async def _throughput(s: aiohttp.ClientSession, url: str, model: str, clients: i
 
 @contextlib.asynccontextmanager
 async def _session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=600)) as s:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600)
+    ) as s:
         yield s
 
 
 def _serve_argv(config: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "homelab.cli", "serve", "--config", str(config),
-            "--listen", f"127.0.0.1:{port}", "--drain-timeout", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "homelab.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--drain-timeout",
+        "2",
+    ]
 
 
 def _router_argv(setup: Setup, presets: Path, port: int, models_max: int) -> list[str]:
-    return [str(setup.server), "--models-preset", str(presets), "--models-max", str(models_max),
-            "--host", "127.0.0.1", "--port", str(port)]
+    return [
+        str(setup.server),
+        "--models-preset",
+        str(presets),
+        "--models-max",
+        str(models_max),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 @dataclass
@@ -313,16 +362,19 @@ class Pinning:
     front: set[int]
 
     def describe(self) -> str:
-        return (f"pinned: llama-server backends on CPUs {sorted(self.backend)}, supervisor, router "
-                f"front and this load generator on CPUs {sorted(self.front)}")
+        return (
+            f"pinned: llama-server backends on CPUs {sorted(self.backend)}, supervisor, router "
+            f"front and this load generator on CPUs {sorted(self.front)}"
+        )
 
 
 def _rotated(items: list[Any], i: int) -> list[Any]:
-    return items[i % len(items):] + items[:i % len(items)]
+    return items[i % len(items) :] + items[: i % len(items)]
 
 
-async def _measure(s: aiohttp.ClientSession, fronts: list[Front], requests: int, levels: list[int],
-                   max_tokens: int, rounds: int) -> dict[str, Any]:
+async def _measure(
+    s: aiohttp.ClientSession, fronts: list[Front], requests: int, levels: list[int], max_tokens: int, rounds: int
+) -> dict[str, Any]:
     """Every path (each front and its backend called directly) with the same client code,
     interleaved: the order rotates every request and every round, so machine noise and
     position effects hit all paths alike. CPU seconds are read from /proc for the front
@@ -337,10 +389,10 @@ async def _measure(s: aiohttp.ClientSession, fronts: list[Front], requests: int,
         for name, url in _rotated(paths, i):
             lat[name].append(await _short(s, url, "m0"))
     out: dict[str, Any] = {
-        "latency_ms": {p: {"p50": 1000 * percentile(v, 50), "p99": 1000 * percentile(v, 99)}
-                       for p, v in lat.items()},
+        "latency_ms": {p: {"p50": 1000 * percentile(v, 50), "p99": 1000 * percentile(v, 99)} for p, v in lat.items()},
         "short_cpu_us": {f.name: 1e6 * (_cpu_seconds(f.pid) - cpu0[f.name]) / requests for f in fronts},
-        "throughput": {}}
+        "throughput": {},
+    }
     for clients in levels:
         per_client = max(2, 64 // clients)
         rates: dict[str, list[float]] = {p: [] for p, _ in paths}
@@ -358,20 +410,26 @@ async def _measure(s: aiohttp.ClientSession, fronts: list[Front], requests: int,
                 cpu[name] += _cpu_seconds(front.pid) - before[0]
                 backend_cpu[name] += _cpu_seconds(front.backend_pid) - before[1]
         out["throughput"][clients] = {
-            p: {"median": statistics.median(v), "min": min(v), "max": max(v),
+            p: {
+                "median": statistics.median(v),
+                "min": min(v),
+                "max": max(v),
                 "tokens_per_stream": tokens[p] / (rounds * clients * per_client),
                 "front_cpu_ms_per_1k": 1e6 * cpu[p] / max(1, tokens[p]),
                 "backend_cpu_ms_per_1k": 1e6 * backend_cpu[p] / max(1, tokens[p]),
                 # paired per round (front and its direct path ran next to each other)
-                "ratio": (statistics.median(a / b for a, b in zip(v, rates[owner[p].name + " direct"],
-                                                                  strict=True))
-                          if p == owner[p].name else 1.0)}
-            for p, v in rates.items()}
+                "ratio": (
+                    statistics.median(a / b for a, b in zip(v, rates[owner[p].name + " direct"], strict=True))
+                    if p == owner[p].name
+                    else 1.0
+                ),
+            }
+            for p, v in rates.items()
+        }
     return out
 
 
-async def _supervisor_front(s: aiohttp.ClientSession, setup: Setup, sup: subprocess.Popen[bytes],
-                            url: str) -> Front:
+async def _supervisor_front(s: aiohttp.ClientSession, setup: Setup, sup: subprocess.Popen[bytes], url: str) -> Front:
     await _wait_healthy(s, url, sup, setup.workdir / "serve.log", poll=0.05)
     await _short(s, url, "m0")  # loads the model
     async with s.get(url + "/running") as resp:
@@ -379,8 +437,7 @@ async def _supervisor_front(s: aiohttp.ClientSession, setup: Setup, sup: subproc
     return Front("supervisor", url, direct, sup.pid, _child_running(sup.pid, setup.server))
 
 
-async def _router_front(s: aiohttp.ClientSession, setup: Setup, router: subprocess.Popen[bytes],
-                        url: str) -> Front:
+async def _router_front(s: aiohttp.ClientSession, setup: Setup, router: subprocess.Popen[bytes], url: str) -> Front:
     await _wait_healthy(s, url, router, setup.workdir / "router.log", poll=0.05)
     await _short(s, url, "m0")
     async with s.get(url + "/models") as resp:
@@ -405,8 +462,16 @@ async def _follow_events(s: aiohttp.ClientSession, url: str, received: list[int]
             received[0] += len(chunk)
 
 
-async def bench_proxy(setup: Setup, requests: int, levels: list[int], max_tokens: int, rounds: int,
-                      pinning: Pinning | None, one_at_a_time: bool, dashboard: bool = False) -> dict[str, Any]:
+async def bench_proxy(
+    setup: Setup,
+    requests: int,
+    levels: list[int],
+    max_tokens: int,
+    rounds: int,
+    pinning: Pinning | None,
+    one_at_a_time: bool,
+    dashboard: bool = False,
+) -> dict[str, Any]:
     """Both fronts resident at once and every path interleaved (default), or, with
     ``one_at_a_time`` (two copies of a big model do not fit), the supervisor's phase and then
     router mode's phase, each interleaved with its own backend."""
@@ -416,20 +481,26 @@ async def bench_proxy(setup: Setup, requests: int, levels: list[int], max_tokens
     _presets(setup, presets)
     ports = {"supervisor": free_port(), "router": free_port()}
     urls = {m: f"http://127.0.0.1:{p}" for m, p in ports.items()}
-    starts = {"supervisor": (_serve_argv(config, ports["supervisor"]), w / "serve.log", _supervisor_front),
-              "router": (_router_argv(setup, presets, ports["router"], 1), w / "router.log", _router_front)}
+    starts = {
+        "supervisor": (_serve_argv(config, ports["supervisor"]), w / "serve.log", _supervisor_front),
+        "router": (_router_argv(setup, presets, ports["router"], 1), w / "router.log", _router_front),
+    }
     async with _session() as s:
 
         async def phase(names: list[str]) -> dict[str, Any]:
             """Start these fronts (all processes first), then measure them interleaved."""
             with contextlib.ExitStack() as stack:
                 procs = [stack.enter_context(_process(*starts[name][:2])) for name in names]
-                fronts = [await starts[name][2](s, setup, proc, urls[name])
-                          for name, proc in zip(names, procs, strict=True)]
+                fronts = [
+                    await starts[name][2](s, setup, proc, urls[name]) for name, proc in zip(names, procs, strict=True)
+                ]
                 _apply_pinning(fronts, pinning)
                 received = [0]
-                page = (asyncio.ensure_future(_follow_events(s, urls["supervisor"], received))
-                        if dashboard and "supervisor" in names else None)
+                page = (
+                    asyncio.ensure_future(_follow_events(s, urls["supervisor"], received))
+                    if dashboard and "supervisor" in names
+                    else None
+                )
                 try:
                     result = await _measure(s, fronts, requests, levels, max_tokens, rounds)
                 finally:
@@ -460,8 +531,16 @@ def _merge(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
 async def _direct_cold(s: aiohttp.ClientSession, setup: Setup, index: int) -> tuple[float, float]:
     """(spawn -> healthy, spawn -> first token) of a fresh llama-server, measured directly."""
     port = free_port()
-    argv = [str(setup.server), "-m", str(setup.models[index]), "--host", "127.0.0.1", "--port", str(port),
-            *setup.server_args]
+    argv = [
+        str(setup.server),
+        "-m",
+        str(setup.models[index]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *setup.server_args,
+    ]
     log = setup.workdir / f"direct{index}.log"
     started = time.perf_counter()
     with _process(argv, log) as proc:
@@ -502,8 +581,10 @@ async def bench_swap(setup: Setup, rounds: int) -> dict[str, Any]:
     share: dict[str, list[float]] = {"supervisor": [], "router": []}
     ports = {"supervisor": free_port(), "router": free_port()}
     urls = {m: f"http://127.0.0.1:{p}" for m, p in ports.items()}
-    with _process(_serve_argv(config, ports["supervisor"]), w / "serve.log") as sup, \
-            _process(_router_argv(setup, presets, ports["router"], 1), w / "router.log") as router:
+    with (
+        _process(_serve_argv(config, ports["supervisor"]), w / "serve.log") as sup,
+        _process(_router_argv(setup, presets, ports["router"], 1), w / "router.log") as router,
+    ):
         async with _session() as s:
             await _wait_healthy(s, urls["supervisor"], sup, w / "serve.log", poll=0.05)
             await _wait_healthy(s, urls["router"], router, w / "router.log", poll=0.05)
@@ -518,11 +599,15 @@ async def bench_swap(setup: Setup, rounds: int) -> dict[str, Any]:
                     await _unload_all(s, mode, url, names)
                     swap[mode].append(first)
                     share[mode].append(first - c)
-    results: dict[str, Any] = {"direct_healthy_ms": 1000 * statistics.median(healthy),
-                               "direct_cold_first_token_ms": 1000 * statistics.median(cold)}
+    results: dict[str, Any] = {
+        "direct_healthy_ms": 1000 * statistics.median(healthy),
+        "direct_cold_first_token_ms": 1000 * statistics.median(cold),
+    }
     for mode in swap:
-        results[mode] = {"first_token_ms": 1000 * statistics.median(swap[mode]),
-                         "share_ms": 1000 * statistics.median(share[mode])}
+        results[mode] = {
+            "first_token_ms": 1000 * statistics.median(swap[mode]),
+            "share_ms": 1000 * statistics.median(share[mode]),
+        }
     return results
 
 
@@ -558,15 +643,22 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
     with _workdir(args) as tmp:
         setup = _setup(args, Path(tmp), 1)
         levels = [int(c) for c in args.clients.split(",")]
-        print(f"bench proxy: {setup.server} on {setup.models[0].name} ({' '.join(setup.server_args)}); "
-              f"{args.rounds} interleaved rounds; "
-              + ("one front resident at a time" if args.one_at_a_time else "both fronts resident"))
-        print(f"  {pinning.describe() if pinning else 'unpinned (every process may use every CPU)'}; "
-              f"load average {Path('/proc/loadavg').read_text().split(' ', 3)[:3]}")
+        print(
+            f"bench proxy: {setup.server} on {setup.models[0].name} ({' '.join(setup.server_args)}); "
+            f"{args.rounds} interleaved rounds; "
+            + ("one front resident at a time" if args.one_at_a_time else "both fronts resident")
+        )
+        print(
+            f"  {pinning.describe() if pinning else 'unpinned (every process may use every CPU)'}; "
+            f"load average {Path('/proc/loadavg').read_text().split(' ', 3)[:3]}"
+        )
         if pinning:
             os.sched_setaffinity(0, pinning.front)
-        r = asyncio.run(bench_proxy(setup, args.requests, levels, args.tokens, args.rounds, pinning,
-                                    args.one_at_a_time, args.dashboard))
+        r = asyncio.run(
+            bench_proxy(
+                setup, args.requests, levels, args.tokens, args.rounds, pinning, args.one_at_a_time, args.dashboard
+            )
+        )
     _print_proxy(r, args, levels)
     return 0
 
@@ -574,31 +666,51 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
 def _print_proxy(r: dict[str, Any], args: argparse.Namespace, levels: list[int]) -> None:
     fronts = [f for f in ("supervisor", "router") if f in r["short_cpu_us"]]
     lat = r["latency_ms"]
-    print(f"\nshort non-streaming requests ({args.requests} per path, max_tokens 1), ms; "
-          "added = through the front - its backend called directly:")
-    print(f"  {'front':<11} {'direct p50':>10} {'front p50':>10} {'added p50':>10} {'direct p99':>10} "
-          f"{'front p99':>10} {'added p99':>10} {'front CPU/request':>18}")
+    print(
+        f"\nshort non-streaming requests ({args.requests} per path, max_tokens 1), ms; "
+        "added = through the front - its backend called directly:"
+    )
+    print(
+        f"  {'front':<11} {'direct p50':>10} {'front p50':>10} {'added p50':>10} {'direct p99':>10} "
+        f"{'front p99':>10} {'added p99':>10} {'front CPU/request':>18}"
+    )
     for front in fronts:
         d, f = lat[front + " direct"], lat[front]
-        print(f"  {front:<11} {d['p50']:10.2f} {f['p50']:10.2f} {f['p50'] - d['p50']:+10.2f} "
-              f"{d['p99']:10.2f} {f['p99']:10.2f} {f['p99'] - d['p99']:+10.2f} "
-              f"{r['short_cpu_us'][front]:15.0f} us")
-    print(f"\nstreaming, tokens/s (max_tokens {args.tokens}; median of {args.rounds} rounds, min-max); "
-          "ratio = median of per-round front / its direct; CPU = ms of CPU time per 1000 tokens "
-          "(front process; backend llama-server for scale):")
-    print(f"  {'clients':>7} {'front':<11} {'direct':>17} {'front':>17} {'ratio':>6} "
-          f"{'front CPU':>9} {'backend CPU':>11} {'tok/stream':>10}")
+        print(
+            f"  {front:<11} {d['p50']:10.2f} {f['p50']:10.2f} {f['p50'] - d['p50']:+10.2f} "
+            f"{d['p99']:10.2f} {f['p99']:10.2f} {f['p99'] - d['p99']:+10.2f} "
+            f"{r['short_cpu_us'][front]:15.0f} us"
+        )
+    print(
+        f"\nstreaming, tokens/s (max_tokens {args.tokens}; median of {args.rounds} rounds, min-max); "
+        "ratio = median of per-round front / its direct; CPU = ms of CPU time per 1000 tokens "
+        "(front process; backend llama-server for scale):"
+    )
+    print(
+        f"  {'clients':>7} {'front':<11} {'direct':>17} {'front':>17} {'ratio':>6} "
+        f"{'front CPU':>9} {'backend CPU':>11} {'tok/stream':>10}"
+    )
     for clients in levels:
         t = r["throughput"][clients]
         for front in fronts:
             d, f = t[front + " direct"], t[front]
-            print(f"  {clients:>7} {front:<11} {d['median']:6.0f} ({d['min']:4.0f}-{d['max']:4.0f}) "
-                  f"{f['median']:6.0f} ({f['min']:4.0f}-{f['max']:4.0f}) {f['ratio']:6.3f} "
-                  f"{f['front_cpu_ms_per_1k']:9.1f} {f['backend_cpu_ms_per_1k']:11.0f} "
-                  f"{f['tokens_per_stream']:10.1f}")
-    print("  (the direct paths streamed", ", ".join(
-        f"{t[p]['tokens_per_stream']:.1f}" for clients in levels for t in [r["throughput"][clients]]
-        for p in t if p.endswith("direct")), "tokens per stream)")
+            print(
+                f"  {clients:>7} {front:<11} {d['median']:6.0f} ({d['min']:4.0f}-{d['max']:4.0f}) "
+                f"{f['median']:6.0f} ({f['min']:4.0f}-{f['max']:4.0f}) {f['ratio']:6.3f} "
+                f"{f['front_cpu_ms_per_1k']:9.1f} {f['backend_cpu_ms_per_1k']:11.0f} "
+                f"{f['tokens_per_stream']:10.1f}"
+            )
+    print(
+        "  (the direct paths streamed",
+        ", ".join(
+            f"{t[p]['tokens_per_stream']:.1f}"
+            for clients in levels
+            for t in [r["throughput"][clients]]
+            for p in t
+            if p.endswith("direct")
+        ),
+        "tokens per stream)",
+    )
     if "dashboard_event_bytes" in r:
         print(f"  (an open dashboard followed /api/events throughout: {r['dashboard_event_bytes']:,} bytes of events)")
 
@@ -606,46 +718,77 @@ def _print_proxy(r: dict[str, Any], args: argparse.Namespace, levels: list[int])
 def cmd_bench_swap(args: argparse.Namespace) -> int:
     with _workdir(args) as tmp:
         setup = _setup(args, Path(tmp), 2)
-        print(f"bench swap: {setup.server}, models {setup.models[0].name} and {setup.models[1].name}, "
-              f"{args.rounds} rounds")
+        print(
+            f"bench swap: {setup.server}, models {setup.models[0].name} and {setup.models[1].name}, "
+            f"{args.rounds} rounds"
+        )
         r = asyncio.run(bench_swap(setup, args.rounds))
-    print(f"\nbackend alone (median): spawn -> healthy {r['direct_healthy_ms']:.1f} ms, "
-          f"spawn -> first token {r['direct_cold_first_token_ms']:.1f} ms")
+    print(
+        f"\nbackend alone (median): spawn -> healthy {r['direct_healthy_ms']:.1f} ms, "
+        f"spawn -> first token {r['direct_cold_first_token_ms']:.1f} ms"
+    )
     for mode in ("supervisor", "router"):
         v = r[mode]
-        print(f"{mode:<10}: request -> first token on a swap {v['first_token_ms']:.1f} ms; "
-              f"its share (median of per-round differences) {v['share_ms']:+.1f} ms")
+        print(
+            f"{mode:<10}: request -> first token on a swap {v['first_token_ms']:.1f} ms; "
+            f"its share (median of per-round differences) {v['share_ms']:+.1f} ms"
+        )
     return 0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, help="llama-server binary")
-    parser.add_argument("--model", action="append", metavar="GGUF",
-                        help="a GGUF model (repeat); default: tiny models written on the fly")
-    parser.add_argument("--server-args", default=DEFAULT_SERVER_ARGS,
-                        help=f"extra llama-server arguments for every path (default {DEFAULT_SERVER_ARGS!r})")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="GGUF",
+        help="a GGUF model (repeat); default: tiny models written on the fly",
+    )
+    parser.add_argument(
+        "--server-args",
+        default=DEFAULT_SERVER_ARGS,
+        help=f"extra llama-server arguments for every path (default {DEFAULT_SERVER_ARGS!r})",
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep configs and logs in DIR")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
-                        help="shape of the models written on the fly without --model (default tiny; "
-                             "small: ~20 MB f16, slower generation, closer to a real model's ratio)")
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="tiny",
+        help="shape of the models written on the fly without --model (default tiny; "
+        "small: ~20 MB f16, slower generation, closer to a real model's ratio)",
+    )
 
 
 def register(cli: CLI) -> None:
-    proxy = cli.benchmark("proxy", cmd_bench_proxy,
-                          "added latency and streaming throughput of the supervisor vs direct and router mode")
+    proxy = cli.benchmark(
+        "proxy", cmd_bench_proxy, "added latency and streaming throughput of the supervisor vs direct and router mode"
+    )
     _common(proxy)
     proxy.add_argument("--requests", type=int, default=200, help="short requests per path (default 200)")
     proxy.add_argument("--clients", default="1,8,64", help="concurrent streaming clients (default 1,8,64)")
     proxy.add_argument("--tokens", type=int, default=64, help="tokens per streamed answer (default 64)")
-    proxy.add_argument("--rounds", type=int, default=5,
-                       help="interleaved streaming rounds per client count; medians are reported (default 5)")
-    proxy.add_argument("--pin", metavar="auto|BACKEND_CPUS:FRONT_CPUS",
-                       help="pin the llama-server backends to some CPUs and the fronts (supervisor, router) "
-                            "plus this load generator to the others, like a GPU box where generation does "
-                            "not take every core (auto: first half / second half); default: unpinned")
-    proxy.add_argument("--one-at-a-time", action="store_true",
-                       help="one resident model at a time (supervisor phase, then router phase) for models "
-                            "that do not fit twice; default: both fronts resident, all paths interleaved")
-    proxy.add_argument("--dashboard", action="store_true",
-                       help="keep the dashboard's event stream (/api/events) open and read during the "
-                            "measurement, as an open page would")
+    proxy.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved streaming rounds per client count; medians are reported (default 5)",
+    )
+    proxy.add_argument(
+        "--pin",
+        metavar="auto|BACKEND_CPUS:FRONT_CPUS",
+        help="pin the llama-server backends to some CPUs and the fronts (supervisor, router) "
+        "plus this load generator to the others, like a GPU box where generation does "
+        "not take every core (auto: first half / second half); default: unpinned",
+    )
+    proxy.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="one resident model at a time (supervisor phase, then router phase) for models "
+        "that do not fit twice; default: both fronts resident, all paths interleaved",
+    )
+    proxy.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="keep the dashboard's event stream (/api/events) open and read during the "
+        "measurement, as an open page would",
+    )

@@ -56,8 +56,7 @@ from .supervisor import (
 
 AGENT_ARGS = "-c 16384 -np 1"
 SCENARIO_ARGS = "-c 4096 -np 1"
-LARGE_SHAPE: dict[str, Any] = {"n_layer": 8, "n_embd": 2048, "n_head": 16, "n_head_kv": 4, "n_ff": 5632,
-                               "dtype": "f16"}
+LARGE_SHAPE: dict[str, Any] = {"n_layer": 8, "n_embd": 2048, "n_head": 16, "n_head_kv": 4, "n_ff": 5632, "dtype": "f16"}
 """~820 MB: long enough to read from disk that a prefetch shows."""
 TURN = "\nuser: and now the next step, please.\n"
 
@@ -98,10 +97,13 @@ def _config(setup: Setup, path: Path, entries: dict[str, tuple[Path, str, str]],
     """A supervisor config: name -> (model, extra llama-server args, extra YAML for the model)."""
     lines = [f"startPort: {free_port()}", "healthCheckTimeout: 300", *([top] if top else []), "models:"]
     for name, (model, extra, yaml_extra) in entries.items():
-        lines += [f"  {name}:",
-                  f"    cmd: {shlex.quote(str(setup.server))} -m {shlex.quote(str(model))} "
-                  f"--host 127.0.0.1 --port ${{PORT}} {extra}",
-                  "    proxy: http://127.0.0.1:${PORT}", "    concurrencyLimit: 1000"]
+        lines += [
+            f"  {name}:",
+            f"    cmd: {shlex.quote(str(setup.server))} -m {shlex.quote(str(model))} "
+            f"--host 127.0.0.1 --port ${{PORT}} {extra}",
+            "    proxy: http://127.0.0.1:${PORT}",
+            "    concurrencyLimit: 1000",
+        ]
         lines += [f"    {line}" for line in yaml_extra.splitlines() if line]
     path.write_text("\n".join(lines) + "\n")
 
@@ -109,8 +111,10 @@ def _config(setup: Setup, path: Path, entries: dict[str, tuple[Path, str, str]],
 async def _ask(s: aiohttp.ClientSession, url: str, model: str, prompt: str) -> tuple[float, dict[str, Any]]:
     """(seconds to the answer's only token, llama-server's timings)."""
     started = time.perf_counter()
-    async with s.post(url + "/v1/chat/completions", json={
-            "model": model, "max_tokens": 1, "messages": [{"role": "user", "content": prompt}]}) as resp:
+    async with s.post(
+        url + "/v1/chat/completions",
+        json={"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": prompt}]},
+    ) as resp:
         body = await resp.json(content_type=None)
         if resp.status != 200:
             raise HomelabError(f"{url} {model}: HTTP {resp.status}: {str(body)[:300]}")
@@ -134,7 +138,7 @@ async def _load_seconds(s: aiohttp.ClientSession, url: str, model: str) -> float
     async with s.get(url + "/metrics") as resp:
         text = await resp.text()
     prefix = f'homelab_time_to_ready_seconds_sum{{model="{model}"}} '
-    return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+    return next((float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
 
 
 # --------------------------------------------------------------------------- (a) agent
@@ -145,28 +149,38 @@ async def bench_agent(setup: Setup, rounds: int, chars: int, agent_args: str) ->
     w = setup.workdir
     extra = " ".join(shlex.quote(a) for a in setup.server_args)
     config = w / "agent-config.yaml"
-    _config(setup, config, {
-        "agent-cached": (big, agent_args, "x-promptCache: true"),
-        "agent-plain": (big, agent_args, "x-promptCache: false"),
-        "small": (small, extra, "x-promptCache: false"),
-    }, top="x-prefetch: false")
+    _config(
+        setup,
+        config,
+        {
+            "agent-cached": (big, agent_args, "x-promptCache: true"),
+            "agent-plain": (big, agent_args, "x-promptCache: false"),
+            "small": (small, extra, "x-promptCache: false"),
+        },
+        top="x-prefetch: false",
+    )
     presets = w / "agent-presets.ini"
     # router mode has one set of defaults: the agent's (the small model does not mind a larger context)
     _presets(replace(setup, server_args=shlex.split(agent_args)), presets)
     context = _conversation(chars)
     urls = {"supervisor": f"http://127.0.0.1:{free_port()}", "router": f"http://127.0.0.1:{free_port()}"}
-    paths = {"cached": ("supervisor", "agent-cached", "small"), "plain": ("supervisor", "agent-plain", "small"),
-             "router": ("router", "m0", "m1")}
+    paths = {
+        "cached": ("supervisor", "agent-cached", "small"),
+        "plain": ("supervisor", "agent-plain", "small"),
+        "router": ("router", "m0", "m1"),
+    }
     ttft: dict[str, list[float]] = {p: [] for p in paths}
     timings: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
     sup_port, router_port = (int(u.rsplit(":", 1)[1]) for u in urls.values())
-    with _process(_serve_argv(config, sup_port), w / "agent-serve.log") as sup, \
-            _process(_router_argv(setup, presets, router_port, 1), w / "agent-router.log") as router:
+    with (
+        _process(_serve_argv(config, sup_port), w / "agent-serve.log") as sup,
+        _process(_router_argv(setup, presets, router_port, 1), w / "agent-router.log") as router,
+    ):
         async with _session() as s:
             await _wait_healthy(s, urls["supervisor"], sup, w / "agent-serve.log", poll=0.05)
             await _wait_healthy(s, urls["router"], router, w / "agent-router.log", poll=0.05)
             for i in range(rounds):
-                order = list(paths)[i % 3:] + list(paths)[:i % 3]
+                order = list(paths)[i % 3 :] + list(paths)[: i % 3]
                 for path in order:
                     front, agent, other = paths[path]
                     url = urls[front]
@@ -177,10 +191,16 @@ async def bench_agent(setup: Setup, rounds: int, chars: int, agent_args: str) ->
                     ttft[path].append(seconds)
                     timings[path].append(t)
                     await _unload_all(s, front, url, ["m0", "m1"] if front == "router" else [])
-    return {path: {"ttft_ms": 1000 * statistics.median(v), "min_ms": 1000 * min(v), "max_ms": 1000 * max(v),
-                   "prompt_n": statistics.median(t.get("prompt_n", 0) for t in timings[path]),
-                   "cache_n": statistics.median(t.get("cache_n", 0) for t in timings[path])}
-            for path, v in ttft.items()}
+    return {
+        path: {
+            "ttft_ms": 1000 * statistics.median(v),
+            "min_ms": 1000 * min(v),
+            "max_ms": 1000 * max(v),
+            "prompt_n": statistics.median(t.get("prompt_n", 0) for t in timings[path]),
+            "cache_n": statistics.median(t.get("cache_n", 0) for t in timings[path]),
+        }
+        for path, v in ttft.items()
+    }
 
 
 # --------------------------------------------------------------------------- (b) prefetch
@@ -216,7 +236,9 @@ def disk_read_speed(path: Path) -> float:
 
 
 @contextlib.contextmanager
-def _two_supervisors(setup: Setup, big: Path, small: Path) -> Iterator[tuple[dict[str, str], list[subprocess.Popen[bytes]]]]:
+def _two_supervisors(
+    setup: Setup, big: Path, small: Path
+) -> Iterator[tuple[dict[str, str], list[subprocess.Popen[bytes]]]]:
     w = setup.workdir
     extra = " ".join(shlex.quote(a) for a in setup.server_args)
     urls, procs = {}, []
@@ -224,8 +246,15 @@ def _two_supervisors(setup: Setup, big: Path, small: Path) -> Iterator[tuple[dic
         for mode, setting in (("prefetch", "x-prefetch: {reserveMiB: 512}"), ("no-prefetch", "x-prefetch: false")):
             config = w / f"{mode}-config.yaml"
             # no warmup pass: the first request's pages are the load's reads, with little compute on top
-            _config(setup, config, {"big": (big, f"{extra} --no-warmup", "x-promptCache: false"),
-                                    "small": (small, extra, "x-promptCache: false")}, top=setting)
+            _config(
+                setup,
+                config,
+                {
+                    "big": (big, f"{extra} --no-warmup", "x-promptCache: false"),
+                    "small": (small, extra, "x-promptCache: false"),
+                },
+                top=setting,
+            )
             port = free_port()
             urls[mode] = f"http://127.0.0.1:{port}"
             procs.append(stack.enter_context(_process(_serve_argv(config, port), w / f"{mode}-serve.log")))
@@ -233,9 +262,17 @@ def _two_supervisors(setup: Setup, big: Path, small: Path) -> Iterator[tuple[dic
 
 
 async def _drain_stream(s: aiohttp.ClientSession, url: str, model: str, tokens: int) -> None:
-    async with s.post(url + "/v1/chat/completions", json={
-            "model": model, "max_tokens": tokens, "ignore_eos": True, "stream": True,
-            "messages": [{"role": "user", "content": "go on"}]}, headers={"Connection": "close"}) as resp:
+    async with s.post(
+        url + "/v1/chat/completions",
+        json={
+            "model": model,
+            "max_tokens": tokens,
+            "ignore_eos": True,
+            "stream": True,
+            "messages": [{"role": "user", "content": "go on"}],
+        },
+        headers={"Connection": "close"},
+    ) as resp:
         await resp.read()
 
 
@@ -254,7 +291,7 @@ async def bench_prefetch(setup: Setup, rounds: int, drain_tokens: int) -> dict[s
             for (mode, url), proc in zip(urls.items(), procs, strict=True):
                 await _wait_healthy(s, url, proc, w / f"{mode}-serve.log", poll=0.05)
             for i in range(rounds):
-                for mode in modes[i % 3:] + modes[:i % 3]:
+                for mode in modes[i % 3 :] + modes[: i % 3]:
                     url = urls["no-prefetch" if mode == "warm" else mode]
                     await _ask(s, url, "small", "hello")  # the outgoing model
                     if mode == "warm":
@@ -270,11 +307,22 @@ async def bench_prefetch(setup: Setup, rounds: int, drain_tokens: int) -> dict[s
                     ready[mode].append(await _load_seconds(s, url, "big") - before)
                     await _unload_all(s, "supervisor", url, [])
     size = big.stat().st_size
-    return {"file_mib": size / (1 << 20), "disk_mb_s": speed / 1e6, "read_s": size / speed,
-            **{mode: {"first_token_ms": 1000 * statistics.median(v), "min_ms": 1000 * min(v),
-                      "max_ms": 1000 * max(v), "ready_ms": 1000 * statistics.median(ready[mode]),
-                      "ready_min_ms": 1000 * min(ready[mode]), "ready_max_ms": 1000 * max(ready[mode])}
-               for mode, v in swap.items()}}
+    return {
+        "file_mib": size / (1 << 20),
+        "disk_mb_s": speed / 1e6,
+        "read_s": size / speed,
+        **{
+            mode: {
+                "first_token_ms": 1000 * statistics.median(v),
+                "min_ms": 1000 * min(v),
+                "max_ms": 1000 * max(v),
+                "ready_ms": 1000 * statistics.median(ready[mode]),
+                "ready_min_ms": 1000 * min(ready[mode]),
+                "ready_max_ms": 1000 * max(ready[mode]),
+            }
+            for mode, v in swap.items()
+        },
+    }
 
 
 # --------------------------------------------------------------------------- CLI
@@ -290,53 +338,89 @@ def run_scenarios(args: argparse.Namespace, workdir: Path) -> None:
     if args.scenario in ("agent", "all"):
         models = _models(args, workdir, {"context_length": 32768})
         setup = Setup(server, list(models), server_args, workdir)
-        print(f"bench swap, agent: {models[0].name} (agent, {args.agent_chars} characters of context, "
-              f"{args.agent_args}) evicted by {models[1].name}, {args.rounds} rounds")
+        print(
+            f"bench swap, agent: {models[0].name} (agent, {args.agent_chars} characters of context, "
+            f"{args.agent_args}) evicted by {models[1].name}, {args.rounds} rounds"
+        )
         r = asyncio.run(bench_agent(setup, args.rounds, args.agent_chars, args.agent_args))
-        print("  time to first token of the agent's next turn after a swap (median, min-max); "
-              "llama-server timings: prompt_n evaluated, cache_n reused")
-        for path, label in (("cached", "supervisor, prompt cache"), ("plain", "supervisor, no cache"),
-                            ("router", "router mode")):
+        print(
+            "  time to first token of the agent's next turn after a swap (median, min-max); "
+            "llama-server timings: prompt_n evaluated, cache_n reused"
+        )
+        for path, label in (
+            ("cached", "supervisor, prompt cache"),
+            ("plain", "supervisor, no cache"),
+            ("router", "router mode"),
+        ):
             v = r[path]
-            print(f"  {label:<26} {v['ttft_ms']:9.1f} ms ({v['min_ms']:.0f}-{v['max_ms']:.0f})  "
-                  f"prompt_n {v['prompt_n']:.0f}  cache_n {v['cache_n']:.0f}")
-        print(f"  prompt cache / no cache: {r['cached']['ttft_ms'] / r['plain']['ttft_ms']:.3f}x; "
-              f"/ router mode: {r['cached']['ttft_ms'] / r['router']['ttft_ms']:.3f}x")
+            print(
+                f"  {label:<26} {v['ttft_ms']:9.1f} ms ({v['min_ms']:.0f}-{v['max_ms']:.0f})  "
+                f"prompt_n {v['prompt_n']:.0f}  cache_n {v['cache_n']:.0f}"
+            )
+        print(
+            f"  prompt cache / no cache: {r['cached']['ttft_ms'] / r['plain']['ttft_ms']:.3f}x; "
+            f"/ router mode: {r['cached']['ttft_ms'] / r['router']['ttft_ms']:.3f}x"
+        )
     if args.scenario in ("prefetch", "all"):
         models = _models(args, workdir, LARGE_SHAPE)
         setup = Setup(server, list(models), server_args, workdir)
-        print(f"bench swap, prefetch: cold {models[0].name} (dropped from the page cache) replaces "
-              f"{models[1].name} while it streams {args.drain_tokens} tokens, {args.rounds} rounds")
+        print(
+            f"bench swap, prefetch: cold {models[0].name} (dropped from the page cache) replaces "
+            f"{models[1].name} while it streams {args.drain_tokens} tokens, {args.rounds} rounds"
+        )
         r = asyncio.run(bench_prefetch(setup, args.rounds, args.drain_tokens))
-        print(f"  file {r['file_mib']:.0f} MiB; disk {r['disk_mb_s']:.0f} MB/s cold sequential "
-              f"(the file in {r['read_s'] * 1000:.0f} ms)")
-        print("  median (min-max) of: spawn -> ready (the load, from /metrics), request -> first token "
-              "(drain, stop, load, one token); warm = the file already in the page cache")
+        print(
+            f"  file {r['file_mib']:.0f} MiB; disk {r['disk_mb_s']:.0f} MB/s cold sequential "
+            f"(the file in {r['read_s'] * 1000:.0f} ms)"
+        )
+        print(
+            "  median (min-max) of: spawn -> ready (the load, from /metrics), request -> first token "
+            "(drain, stop, load, one token); warm = the file already in the page cache"
+        )
         for mode in ("prefetch", "no-prefetch", "warm"):
             v = r[mode]
-            print(f"  {mode:<12} {v['ready_ms']:8.1f} ms ({v['ready_min_ms']:.0f}-{v['ready_max_ms']:.0f})  "
-                  f"{v['first_token_ms']:8.1f} ms ({v['min_ms']:.0f}-{v['max_ms']:.0f})")
+            print(
+                f"  {mode:<12} {v['ready_ms']:8.1f} ms ({v['ready_min_ms']:.0f}-{v['ready_max_ms']:.0f})  "
+                f"{v['first_token_ms']:8.1f} ms ({v['min_ms']:.0f}-{v['max_ms']:.0f})"
+            )
         for what, key in (("the load", "ready_ms"), ("first token", "first_token_ms")):
             gain = r["no-prefetch"][key] - r["prefetch"][key]
-            print(f"  prefetch saves {gain:.0f} ms to {what} "
-                  f"({100 * gain / (r['read_s'] * 1000):.0f}% of the file's read time at disk speed)")
+            print(
+                f"  prefetch saves {gain:.0f} ms to {what} "
+                f"({100 * gain / (r['read_s'] * 1000):.0f}% of the file's read time at disk speed)"
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenario", choices=("cold", "agent", "prefetch", "all"), default="cold",
-                        help="cold: the supervisor's share of a cold swap (default); agent: a long-context model "
-                             "evicted and back, with/without the prompt cache and router mode; prefetch: a cold "
-                             "swap from disk with/without prefetch; all: agent and prefetch. With --model, agent "
-                             "and prefetch take --model BIG --model SMALL")
-    parser.add_argument("--agent-chars", type=int, default=6000,
-                        help="characters of agent context (a token each with the generated models; default 6000)")
-    parser.add_argument("--agent-args", default=AGENT_ARGS,
-                        help=f"llama-server arguments of the agent model (default {AGENT_ARGS!r})")
-    parser.add_argument("--drain-tokens", type=int, default=1024,
-                        help="tokens the outgoing model streams while the swap waits (default 1024)")
-    parser.add_argument("--scenario-args", default=SCENARIO_ARGS,
-                        help="llama-server arguments of the models in agent (the small one) and prefetch "
-                             f"(default {SCENARIO_ARGS!r})")
+    parser.add_argument(
+        "--scenario",
+        choices=("cold", "agent", "prefetch", "all"),
+        default="cold",
+        help="cold: the supervisor's share of a cold swap (default); agent: a long-context model "
+        "evicted and back, with/without the prompt cache and router mode; prefetch: a cold "
+        "swap from disk with/without prefetch; all: agent and prefetch. With --model, agent "
+        "and prefetch take --model BIG --model SMALL",
+    )
+    parser.add_argument(
+        "--agent-chars",
+        type=int,
+        default=6000,
+        help="characters of agent context (a token each with the generated models; default 6000)",
+    )
+    parser.add_argument(
+        "--agent-args", default=AGENT_ARGS, help=f"llama-server arguments of the agent model (default {AGENT_ARGS!r})"
+    )
+    parser.add_argument(
+        "--drain-tokens",
+        type=int,
+        default=1024,
+        help="tokens the outgoing model streams while the swap waits (default 1024)",
+    )
+    parser.add_argument(
+        "--scenario-args",
+        default=SCENARIO_ARGS,
+        help=f"llama-server arguments of the models in agent (the small one) and prefetch (default {SCENARIO_ARGS!r})",
+    )
 
 
 def cmd_swap(args: argparse.Namespace) -> int:

@@ -142,7 +142,5 @@ def load(name: str) -> ResolvedHost:
     inventory = inventory_dir()
     known = list_hosts(inventory)
     if name not in known:
-        raise HomelabError(
-            f"unknown host {name!r} in {inventory}/hosts; known hosts: {', '.join(known) or '(none)'}"
-        )
+        raise HomelabError(f"unknown host {name!r} in {inventory}/hosts; known hosts: {', '.join(known) or '(none)'}")
     return load_host(name, inventory)

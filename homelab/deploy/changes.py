@@ -46,9 +46,7 @@ class Changes:
         lines += [f"- {name}" for name in self.removed]
         lines += [f"~ {name}" for name in self.modified if name != MANIFEST]
         # outputs.* in the manifest mirror the files listed above; inputs.* name what changed
-        lines += [
-            f"input {name.removeprefix('inputs.')}" for name in self.inputs if not name.startswith("outputs.")
-        ]
+        lines += [f"input {name.removeprefix('inputs.')}" for name in self.inputs if not name.startswith("outputs.")]
         return lines
 
 
@@ -98,9 +96,7 @@ def action_for(
         return "start"
     process_files = [f for f in changes.files if f != MANIFEST and f not in side_files]
     if not process_files:
-        restart_inputs = [
-            i for i in changes.inputs if _strip_input_prefix(i).split(".")[0] in RESTART_INPUTS
-        ]
+        restart_inputs = [i for i in changes.inputs if _strip_input_prefix(i).split(".")[0] in RESTART_INPUTS]
         return "restart" if restart_inputs else "none"
     if runtime_kind != "supervisor":
         return "restart"

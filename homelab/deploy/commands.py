@@ -81,7 +81,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     )
 
 
-def register(cli) -> None:  # type: ignore[no-untyped-def]
+def register(cli) -> None:  # cli: homelab.cli.CLI (the CLI imports this module lazily)
     p = cli.command("generations", cmd_generations, "list a host's deployed generations (* = current)")
     _add_host_options(p)
 

@@ -64,8 +64,9 @@ def command_from_unit(unit: Unit) -> tuple[list[str], dict[str, str]]:
     # systemd's variable syntax: ${NAME} from the unit's environment, $$ for a literal $
     lookup = {**os.environ, **env}
     argv = [
-        re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: lookup.get(m.group(1), ""), w.replace("$$", "\0"))
-        .replace("\0", "$")
+        re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: lookup.get(m.group(1), ""), w.replace("$$", "\0")).replace(
+            "\0", "$"
+        )
         for w in words
     ]
     return argv, env
@@ -148,8 +149,7 @@ class DetachedService(Service):
         if self.fallback_argv:
             return list(self.fallback_argv), {}
         raise ServiceError(
-            f"generation {generation.number} of {self.paths.host} has no .service unit to take the "
-            "command from"
+            f"generation {generation.number} of {self.paths.host} has no .service unit to take the command from"
         )
 
     def start(self, generation: Generation, unit: Unit | None = None) -> int:
@@ -161,8 +161,10 @@ class DetachedService(Service):
         pid_file, log_file = self.pid_file(name), self.log_file(name)
         self.paths.base.mkdir(parents=True, exist_ok=True)
         log = open(log_file, "ab")
-        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start generation {generation.number}: "
-                  f"{shlex.join(argv)}\n".encode())
+        log.write(
+            f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start generation {generation.number}: "
+            f"{shlex.join(argv)}\n".encode()
+        )
         log.flush()
         try:
             proc = subprocess.Popen(

@@ -140,7 +140,9 @@ def preview(host: ResolvedHost, service: str | None = None) -> str:
     out.append(f"service: {verbs[action]}")
     for name in restarted_sides:
         known = old is not None and any(n.rsplit("/", 1)[-1] == name for n in old)
-        out.append(f"side unit: {'restart' if known else 'start'} {name} ({'its unit or environment changed' if known else 'new'})")
+        out.append(
+            f"side unit: {'restart' if known else 'start'} {name} ({'its unit or environment changed' if known else 'new'})"
+        )
     generation = f"a new generation {(store.numbers() or [0])[-1] + 1}" if changed else "no new generation"
     out.append(f"would create: {generation}")
     return "\n".join(out)

@@ -85,7 +85,7 @@ class Generation:
         atomic_write_text(self.meta_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "Generation":
+    def load(cls, path: Path) -> Generation:
         try:
             data = json.loads((path / META_NAME).read_text())
         except (OSError, ValueError):
@@ -106,7 +106,6 @@ class Generation:
             action=data.get("action", ""),
             changes=list(data.get("changes", [])),
         )
-
 
 
 class GenerationStore:
@@ -163,11 +162,7 @@ class GenerationStore:
     def rollback_target(self) -> int | None:
         """The newest good generation older than the current one (what ``rollback`` picks)."""
         current = self.current_number()
-        older = [
-            n
-            for n in self.numbers()
-            if (current is None or n < current) and self.get(n).status != "failed"
-        ]
+        older = [n for n in self.numbers() if (current is None or n < current) and self.get(n).status != "failed"]
         return older[-1] if older else None
 
     # ---- writing

@@ -66,7 +66,7 @@ class HostLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "HostLock":
+    def __enter__(self) -> HostLock:
         self.acquire()
         return self
 

@@ -59,7 +59,7 @@ class Target:
     """``rpc_server.listen``: verification checks that the rpc-server unit accepts connections."""
 
     @classmethod
-    def from_host(cls, resolved: ResolvedHost, service: str | None = None) -> "Target":
+    def from_host(cls, resolved: ResolvedHost, service: str | None = None) -> Target:
         host = resolved.host
         rt = host.runtime
         preload = tuple(rt.preload) + tuple(m.id for m in resolved.models if m.preload)
@@ -163,7 +163,9 @@ class Deployer:
     def _verify(self, generation: Generation, old: Files | None, level: str) -> VerifyResult:
         if self.install_only and self.mode in ("user", "system"):
             log = root_prefix(self.options.root) / "systemctl.log"
-            return VerifyResult(ok=True, steps=[f"installed under a root prefix: systemctl calls in {log}, not verified"])
+            return VerifyResult(
+                ok=True, steps=[f"installed under a root prefix: systemctl calls in {log}, not verified"]
+            )
         files = generation.files()
         units = units_of(files)
         steps: list[str] = []

@@ -20,7 +20,7 @@ class HostPaths:
     base: Path
 
     @classmethod
-    def for_host(cls, host: str, state: Path | None = None) -> "HostPaths":
+    def for_host(cls, host: str, state: Path | None = None) -> HostPaths:
         return cls(host=host, base=(state or state_dir()) / "hosts" / host)
 
     @property

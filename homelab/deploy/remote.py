@@ -56,7 +56,7 @@ class SSHAddress:
     port: int | None
 
     @classmethod
-    def parse(cls, address: str) -> "SSHAddress":
+    def parse(cls, address: str) -> SSHAddress:
         match = re.fullmatch(r"ssh://(?:([^@/\s]+)@)?([^:/\s]+)(?::(\d+))?", address)
         if not match:
             raise RemoteError(f"{address!r} is not ssh://user@host[:port]")
@@ -90,7 +90,7 @@ def remote_path(sub: str = "") -> str:
     """A shell word for ``~/<HOMELAB_REMOTE_DIR>/<sub>`` on the remote (absolute dirs as given)."""
     base = remote_dir().rstrip("/")
     path = f"{base}/{sub}" if sub else base
-    return shlex.quote(path) if base.startswith("/") else f"\"$HOME\"/{shlex.quote(path)}"
+    return shlex.quote(path) if base.startswith("/") else f'"$HOME"/{shlex.quote(path)}'
 
 
 def _ssh(address: SSHAddress, command: str, **kwargs) -> subprocess.CompletedProcess:
@@ -145,9 +145,18 @@ def sync_tree(address: SSHAddress, base: Path, names: list[str], sub: str) -> st
         # without "--": rsync adds its own options (-l user) after this command
         ssh_e = shlex.join(ssh_base(address)[:-2])
         result = subprocess.run(
-            ["rsync", "-rltR", "--delete", "--exclude=__pycache__", "--exclude=*.pyc",
-             "--exclude=.pytest_cache", "-e", ssh_e,
-             *[f"{base}/./{n}" for n in present], f"{address.destination}:{remote_dir().rstrip('/')}/{sub}/"],
+            [
+                "rsync",
+                "-rltR",
+                "--delete",
+                "--exclude=__pycache__",
+                "--exclude=*.pyc",
+                "--exclude=.pytest_cache",
+                "-e",
+                ssh_e,
+                *[f"{base}/./{n}" for n in present],
+                f"{address.destination}:{remote_dir().rstrip('/')}/{sub}/",
+            ],
             capture_output=True,
         )
         _check(result, "rsync", address)
@@ -206,14 +215,9 @@ def remote_python() -> str:
     return remote_path("venv/bin/python")
 
 
-def run_homelab(
-    address: SSHAddress, args: list[str], say: Callable[[str], None] = print
-) -> int:
+def run_homelab(address: SSHAddress, args: list[str], say: Callable[[str], None] = print) -> int:
     """Run ``homelab ARGS`` on the remote, streaming its output through ``say``."""
-    command = (
-        f"cd {remote_path()} && "
-        f"env {' '.join(remote_env())} {remote_python()} -m homelab.cli {shlex.join(args)}"
-    )
+    command = f"cd {remote_path()} && env {' '.join(remote_env())} {remote_python()} -m homelab.cli {shlex.join(args)}"
     try:
         proc = subprocess.Popen(
             [*ssh_base(address), command],
@@ -239,9 +243,9 @@ def bootstrap_script(backend: str, pip_args: str, deps: bool = True) -> str:
     pyproject.toml through pip (``HOMELAB_BOOTSTRAP_PIP_ARGS`` adds e.g. ``--find-links``)."""
     tools = BUILD_TOOLS["common"] + BUILD_TOOLS.get(backend, [])
     install_deps = (
-        "venv/bin/python -c 'import tomllib; print(\"\\n\".join(tomllib.load(open(\"src/pyproject.toml\", \"rb\"))[\"project\"][\"dependencies\"]))' > requirements.txt\n"
+        'venv/bin/python -c \'import tomllib; print("\\n".join(tomllib.load(open("src/pyproject.toml", "rb"))["project"]["dependencies"]))\' > requirements.txt\n'
         f"venv/bin/python -m pip install --quiet --disable-pip-version-check {pip_args} -r requirements.txt\n"
-        "echo \"dependencies installed: $(wc -l < requirements.txt) packages from pyproject.toml\"\n"
+        'echo "dependencies installed: $(wc -l < requirements.txt) packages from pyproject.toml"\n'
         if deps
         else "echo 'dependencies: skipped (--no-deps)'\n"
     )
@@ -254,9 +258,9 @@ if [ ! -x venv/bin/python ]; then "$PY" -m venv venv; echo "created venv {remote
 echo "$PWD/src" > "$SITE/homelab-src.pth"
 PYTHONPATH= venv/bin/python -c 'import homelab, sys; print("homelab", homelab.__version__, "installed in", sys.prefix)'
 missing=""
-for tool in {' '.join(tools)}; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+for tool in {" ".join(tools)}; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
 if [ -n "$missing" ]; then echo "missing build tools:$missing"; exit 3; fi
-echo "build tools present: {' '.join(tools)}"
+echo "build tools present: {" ".join(tools)}"
 """
 
 

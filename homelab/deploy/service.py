@@ -53,9 +53,9 @@ class Service:
             return self.main_name, []
         if self._units_cache[0] != target:  # read once per generation: alive() is polled
             units = [Unit(p.name, p.read_text()) for p in sorted(target.rglob("*")) if p.name.endswith(UNIT_SUFFIXES)]
-            main = main_unit(units, self.paths.host)
+            main_u = main_unit(units, self.paths.host)
             sides = [u.name for u in side_units(units, self.paths.host)]
-            self._units_cache = (target, (main.name if main else None, sides))
+            self._units_cache = (target, (main_u.name if main_u else None, sides))
         main, sides = self._units_cache[1]
         if main is None and not sides:
             return self.main_name, []

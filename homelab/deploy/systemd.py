@@ -42,8 +42,7 @@ class Runner:
         if check and result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise ServiceError(
-                f"`{shlex.join(argv)}` failed (exit {result.returncode})"
-                + (f": {detail[-1]}" if detail else "")
+                f"`{shlex.join(argv)}` failed (exit {result.returncode})" + (f": {detail[-1]}" if detail else "")
             )
         return result
 
@@ -204,9 +203,7 @@ class SystemdService(Service):
     def logs(self, lines: int = 30) -> str:
         selectors = [word for name in self.unit_names() for word in ("-u", name)]
         try:
-            out = self.runner.run(
-                "journalctl", [*self.scope, *selectors, "-n", str(lines), "--no-pager"], check=False
-            )
+            out = self.runner.run("journalctl", [*self.scope, *selectors, "-n", str(lines), "--no-pager"], check=False)
         except ServiceError as exc:
             return str(exc)
         return (out.stdout or out.stderr).rstrip()

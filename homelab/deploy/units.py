@@ -33,9 +33,7 @@ class Unit:
 def units_of(files: dict[str, bytes]) -> list[Unit]:
     """Unit files of a generation (anywhere in it; installed flat by file name)."""
     return [
-        Unit(Path(name).name, data.decode())
-        for name, data in sorted(files.items())
-        if name.endswith(UNIT_SUFFIXES)
+        Unit(Path(name).name, data.decode()) for name, data in sorted(files.items()) if name.endswith(UNIT_SUFFIXES)
     ]
 
 
@@ -85,6 +83,4 @@ def unit_changed(unit: Unit, old: Mapping[str, bytes] | None, new: Mapping[str, 
 
 def expand_specifiers(value: str) -> str:
     home = str(Path.home())
-    return value.replace("%%", "\0").replace("%h", home).replace("%u", getpass.getuser()).replace(
-        "\0", "%"
-    )
+    return value.replace("%%", "\0").replace("%h", home).replace("%u", getpass.getuser()).replace("\0", "%")

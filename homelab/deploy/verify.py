@@ -45,9 +45,7 @@ def config_models(config_yaml: bytes | None) -> list[str]:
     return [str(k) for k, v in models.items() if not (isinstance(v, dict) and v.get("unlisted"))]
 
 
-def _request(
-    url: str, api_key: str | None, body: dict | None = None, timeout: float = 5.0
-) -> tuple[int, bytes]:
+def _request(url: str, api_key: str | None, body: dict | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"

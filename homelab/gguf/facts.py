@@ -204,9 +204,7 @@ def _per_layer(value: Any, n: int, what: str) -> tuple[int, ...]:
     return (int(value),) * n
 
 
-def facts_from_metadata(
-    fields: Mapping[str, Any], tensors: Sequence[Any] = (), *, source: str = "GGUF"
-) -> ModelFacts:
+def facts_from_metadata(fields: Mapping[str, Any], tensors: Sequence[Any] = (), *, source: str = "GGUF") -> ModelFacts:
     """Facts from GGUF key/values and tensor infos (objects with name, shape, ggml_type, n_bytes)."""
     arch = fields.get("general.architecture")
     if not isinstance(arch, str):
@@ -257,8 +255,7 @@ def facts_from_metadata(
             if isinstance(pattern, int) and not isinstance(pattern, bool):
                 period = pattern
             swa_layers = tuple(
-                il < n_layer
-                and (period == 0 or (il % period != 0 if dense_first else il % period < period - 1))
+                il < n_layer and (period == 0 or (il % period != 0 if dense_first else il % period < period - 1))
                 for il in range(block_count)
             )
         else:
@@ -281,7 +278,9 @@ def facts_from_metadata(
     kv_lora_rank = int(key("attention.kv_lora_rank", 0) or 0)
     rope_dim = int(key("rope.dimension_count", 0) or 0)
     tensor_facts = tuple(
-        TensorFacts(name=t.name, shape=tuple(int(d) for d in t.shape), ggml_type=str(t.ggml_type), n_bytes=int(t.n_bytes))
+        TensorFacts(
+            name=t.name, shape=tuple(int(d) for d in t.shape), ggml_type=str(t.ggml_type), n_bytes=int(t.n_bytes)
+        )
         for t in tensors
     )
     file_type = fields.get("general.file_type")

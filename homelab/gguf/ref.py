@@ -30,9 +30,7 @@ def parse_ref(text: str) -> HFRef | Path:
     if text.startswith("hf://"):
         m = _HF.match(text)
         if not m:
-            raise RefError(
-                f"{text!r} is not a Hub reference like hf://owner/repo/path/file.gguf[@revision]"
-            )
+            raise RefError(f"{text!r} is not a Hub reference like hf://owner/repo/path/file.gguf[@revision]")
         return HFRef(m["repo"], m["path"], m["rev"] or "main")
     path = Path(text).expanduser()
     if not path.is_file():

@@ -122,9 +122,12 @@ def stat_matches(v: dict[str, Any], path: Path, sha256: str) -> bool:
         st = path.stat()
     except OSError:
         return False
-    return v.get("local") == str(path) and v.get("sha256") == sha256 and v.get("size") == st.st_size and v.get(
-        "mtime_ns"
-    ) == st.st_mtime_ns
+    return (
+        v.get("local") == str(path)
+        and v.get("sha256") == sha256
+        and v.get("size") == st.st_size
+        and v.get("mtime_ns") == st.st_mtime_ns
+    )
 
 
 def is_fetched(host: ResolvedHost, model_id: str, pinned: PinnedModel) -> bool:

@@ -48,10 +48,16 @@ def register(cli) -> None:  # noqa: ANN001 - homelab.cli.CLI
     p = cli.command("lock", cmd_lock, "pin every model file of a host (commit, size, sha256) in hosts/HOST.lock.json")
     p.add_argument("host")
     p.add_argument(
-        "--update", nargs="*", metavar="MODEL",
+        "--update",
+        nargs="*",
+        metavar="MODEL",
         help="move pins on purpose: the named models (or 'llama.cpp'), every pin when none is named",
     )
-    p.add_argument("--frozen", action="store_true", help="fail on a missing or stale pin instead of resolving (default with CI=true)")
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        help="fail on a missing or stale pin instead of resolving (default with CI=true)",
+    )
     p.add_argument("--inventory", help="inventory directory (default: $HOMELAB_INVENTORY or the checkout)")
 
     p = cli.command("fetch", cmd_fetch, "download and verify a host's pinned model files into the HF cache")

@@ -89,7 +89,13 @@ def stream_to(
 
 
 def _fill(
-    url: str, partial: Path, size: int, headers: dict[str, str], overall: tqdm, progress: bool, what: str,
+    url: str,
+    partial: Path,
+    size: int,
+    headers: dict[str, str],
+    overall: tqdm,
+    progress: bool,
+    what: str,
     hasher: Hasher,
 ) -> str:
     have = partial.stat().st_size if partial.exists() else 0
@@ -103,8 +109,14 @@ def _fill(
     last: Exception | None = None
     attempts = 0
     with tqdm(
-        total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=Path(what).name, disable=not progress, leave=False,
+        total=size,
+        initial=have,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=Path(what).name,
+        disable=not progress,
+        leave=False,
     ) as bar:
         while have < size:
             attempts += 1
@@ -188,7 +200,12 @@ def _open(url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
 
 
 def _stream_once(
-    url: str, partial: Path, have: int, headers: dict[str, str], hasher: Hasher, bars: tuple[tqdm, tqdm],
+    url: str,
+    partial: Path,
+    have: int,
+    headers: dict[str, str],
+    hasher: Hasher,
+    bars: tuple[tqdm, tqdm],
     size: int,
 ) -> bool:
     """One GET from ``have`` on; True when the server ignored Range (the file was rewritten).

@@ -32,7 +32,9 @@ def explain_hub_error(exc: Exception, repo: str, file: str | None, revision: str
             "(a branch, tag or 40-hex commit of that repository)."
         )
     if isinstance(exc, hf.RemoteEntryNotFoundError):
-        return HubError(f"{where}: no such file in {repo}. Check `file:` in the recipe against {_page(repo)}/tree/main.")
+        return HubError(
+            f"{where}: no such file in {repo}. Check `file:` in the recipe against {_page(repo)}/tree/main."
+        )
     if isinstance(exc, hf.RepositoryNotFoundError):
         return HubError(
             f"{where}: repository {repo!r} not found (HTTP {status or 404}). Check `repo:` in the recipe; "

@@ -93,7 +93,11 @@ def fetch_model(host: ResolvedHost, model_id: str, pinned: PinnedModel, *, progr
     todo = sum(_bytes_to_download(pf, host.inventory) for pf in pinned.files)
     verified: list[Verified] = []
     with tqdm(
-        total=todo, unit="B", unit_scale=True, unit_divisor=1024, desc=f"fetch {model_id}",
+        total=todo,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"fetch {model_id}",
         disable=not progress or todo == 0,
     ) as overall:
         for pf in pinned.files:
@@ -252,7 +256,7 @@ def _hf_hub_download(pf: PinnedFile, bar_class: type[tqdm]) -> Path:
         _hf_call(
             pf,
             lambda: hf_hub_download(
-                pf.repo,  # type: ignore[arg-type]
+                pf.repo,  # type: ignore[arg-type]  # repo is set for hf-source pins
                 pf.path,
                 revision=pf.revision,
                 endpoint=hf_endpoint(),
@@ -269,7 +273,7 @@ def _lfs_location(pf: PinnedFile) -> str | None:
     # lazily: slow to import
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    url = hf_hub_url(pf.repo, pf.path, revision=pf.revision, endpoint=hf_endpoint())  # type: ignore[arg-type]
+    url = hf_hub_url(pf.repo, pf.path, revision=pf.revision, endpoint=hf_endpoint())  # type: ignore[arg-type]  # repo set for hf pins
     meta = _hf_call(pf, lambda: get_hf_file_metadata(url, token=hf_token()))
     if meta.xet_file_data is not None or not meta.location or meta.location == url or meta.etag != pf.sha256:
         return None
@@ -310,7 +314,7 @@ def _transport_errors() -> tuple[type[Exception], ...]:
 
 
 def _file_bar_class(overall: tqdm, progress: bool) -> type[tqdm]:
-    class FileBar(tqdm):  # type: ignore[misc]
+    class FileBar(tqdm):
         """huggingface_hub's per-file bar that also moves the overall bar."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -334,5 +338,3 @@ def _fetch_url(pf: PinnedFile, overall: tqdm, progress: bool) -> tuple[Path, str
         return target, None
     path, sha, _ = download_url(pf.path, pf.sha256, overall=overall, progress=progress, size=pf.size)
     return path, sha
-
-

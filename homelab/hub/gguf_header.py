@@ -119,7 +119,7 @@ _SCALARS: dict[int, str] = {
 
 
 class _Cursor:
-    def __init__(self, buf: bytes | memoryview) -> None:
+    def __init__(self, buf: bytes | bytearray | memoryview) -> None:
         self.buf = memoryview(buf)
         self.pos = 0
 
@@ -170,7 +170,7 @@ def _type_name(vtype: int) -> str:
         raise GGUFHeaderError(f"unknown GGUF value type {vtype}") from None
 
 
-def parse_header(buf: bytes | memoryview, file_size: int | None = None) -> GGUFHeader:
+def parse_header(buf: bytes | bytearray | memoryview, file_size: int | None = None) -> GGUFHeader:
     """Parse the header at the start of ``buf``; raises :class:`NeedMore` when it is cut short."""
     cur = _Cursor(buf)
     if bytes(cur.take(4)) != GGUF_MAGIC:

@@ -12,7 +12,12 @@ from ..files import sha256_file
 def sha256_with_progress(path: Path, *, desc: str, progress: bool) -> str:
     """:func:`sha256_file` under a tqdm bar named ``desc`` (hidden unless ``progress``)."""
     with tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-        disable=not progress, leave=False,
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=not progress,
+        leave=False,
     ) as bar:
         return sha256_file(path, bar.update)

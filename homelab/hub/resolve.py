@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ..errors import HomelabError
 from ..http_client import http_session
@@ -64,7 +65,9 @@ def split_parts(file: str) -> list[str]:
         return [file]
     prefix = file[: -len("-00001-of-00000.gguf")]
     if int(m["index"]) != 1:
-        raise HubError(f"{file}: a split GGUF is named by its first part; use file: {prefix}-00001-of-{m['count']}.gguf")
+        raise HubError(
+            f"{file}: a split GGUF is named by its first part; use file: {prefix}-00001-of-{m['count']}.gguf"
+        )
     count = int(m["count"])
     return [f"{prefix}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
@@ -98,7 +101,9 @@ class HubClient:
         except Exception as exc:
             err = explain_hub_error(exc, repo, None, revision)
             if err is None:
-                raise HubError(f"{repo} at revision {revision}: cannot reach the Hub at {self.endpoint} ({exc})") from exc
+                raise HubError(
+                    f"{repo} at revision {revision}: cannot reach the Hub at {self.endpoint} ({exc})"
+                ) from exc
             raise err from None
         files = {
             s.rfilename: RemoteFile(size=s.lfs.size if s.lfs else (s.size or 0), sha256=s.lfs.sha256 if s.lfs else None)
@@ -123,7 +128,9 @@ class HubClient:
 def resolve_hf(hf: HFFile, client: HubClient) -> list[PinnedFile]:
     revision = hf.revision or "main"
     commit, files = client.repo_files(hf.repo, revision)
-    wanted = [(name, "model" if i == 0 else "split") for i, name in enumerate(split_parts(hf.file))]
+    wanted: list[tuple[str, Literal["model", "split", "mmproj"]]] = [
+        (name, "model" if i == 0 else "split") for i, name in enumerate(split_parts(hf.file))
+    ]
     if hf.mmproj:
         wanted.append((hf.mmproj, "mmproj"))
     missing = [name for name, _ in wanted if name not in files]
@@ -334,10 +341,10 @@ def describe_changes(old: Lock | None, new: Lock) -> list[str]:
         if len(lines) == count:
             lines.append(f"~ {model_id}: the recipe's source changed, same files")
     if (old.llama_cpp if old else None) != new.llama_cpp:
-        a = old.llama_cpp if old else None
-        b = new.llama_cpp
+        was = old.llama_cpp if old else None
+        now = new.llama_cpp
         lines.append(
-            f"~ llama.cpp: {(a.commit or a.ref) if a else '(none)'} -> {(b.commit or b.ref) if b else '(none)'}"
+            f"~ llama.cpp: {(was.commit or was.ref) if was else '(none)'} -> {(now.commit or now.ref) if now else '(none)'}"
         )
     return lines
 
@@ -352,5 +359,7 @@ def load_lock(host: ResolvedHost) -> Lock:
     """The host's lock, or an error that says to run ``homelab lock``."""
     lock = read_lock(host.lock_file)
     if lock is None:
-        raise LockError(f"{host.lock_file}: no lockfile yet; run `homelab lock {host.name}` (or `doit lock host={host.name}`)")
+        raise LockError(
+            f"{host.lock_file}: no lockfile yet; run `homelab lock {host.name}` (or `doit lock host={host.name}`)"
+        )
     return lock

@@ -22,9 +22,7 @@ class ValidationReport:
     """Likely mistakes that do not stop a deploy (printed, exit status 0)."""
 
 
-def validate_inventory(
-    inventory: str | Path, paths: Sequence[str | Path] = ()
-) -> ValidationReport:
+def validate_inventory(inventory: str | Path, paths: Sequence[str | Path] = ()) -> ValidationReport:
     """Validate ``paths`` (host or recipe files), or every host and recipe of the inventory.
 
     All problems of all files are raised together.
@@ -63,7 +61,6 @@ def validate_inventory(
     if problems:
         raise InventoryError(problems)
     return ValidationReport(tuple(hosts), tuple(recipes), tuple(dict.fromkeys(warnings)))
-
 
 
 def file_kind(path: Path) -> Literal["host", "recipe"]:

@@ -24,9 +24,7 @@ def register(cli: CLI) -> None:
     parser = cli.command("hosts", hosts_command, "list the hosts of the inventory")
     _inventory_option(parser)
 
-    parser = cli.command(
-        "show", show_command, "print a host fully resolved (every recipe merged in) as YAML"
-    )
+    parser = cli.command("show", show_command, "print a host fully resolved (every recipe merged in) as YAML")
     parser.add_argument("host", help="host name (hosts/<host>.yaml)")
     _inventory_option(parser)
 
@@ -46,8 +44,7 @@ def _inventory_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inventory",
         metavar="DIR",
-        help="folder with hosts/ and recipes/ (default: $HOMELAB_INVENTORY, ./ if it has hosts/, "
-        "else the checkout)",
+        help="folder with hosts/ and recipes/ (default: $HOMELAB_INVENTORY, ./ if it has hosts/, else the checkout)",
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -322,7 +323,7 @@ class _Session:
 
     # -- checks -------------------------------------------------------------------------------
 
-    def check_server(self, doc: YamlDoc, base: KeyPath, server: dict[str, object], ref: str) -> None:
+    def check_server(self, doc: YamlDoc, base: KeyPath, server: Mapping[str, object], ref: str) -> None:
         """Flag names (reserved ones, and typos against the ref's snapshot), values of enumerated
         flags against the ref's help text, and ctx-size values."""
         known = known_flags(ref)
@@ -331,9 +332,7 @@ class _Session:
             if name in RESERVED:
                 self.add(doc.problem(path, f"flag {name!r} is set by homelab: {RESERVED[name]}"))
             elif name.startswith("-"):
-                self.add(
-                    doc.problem(path, f"write flag names without dashes: {name.lstrip('-')!r}, not {name!r}")
-                )
+                self.add(doc.problem(path, f"write flag names without dashes: {name.lstrip('-')!r}, not {name!r}"))
             elif known is not None and name not in known:
                 self.add(
                     doc.problem(
@@ -343,8 +342,7 @@ class _Session:
                             name,
                             known,
                             listing="flags",
-                            fallback="; flags are llama-server's long names without dashes "
-                            "(see `llama-server --help`)",
+                            fallback="; flags are llama-server's long names without dashes (see `llama-server --help`)",
                         ),
                     )
                 )
@@ -352,9 +350,7 @@ class _Session:
                 self.add(doc.problem(path, message))
             if name == "ctx-size" and not _ctx_size_ok(value):
                 self.add(
-                    doc.problem(
-                        path, f"ctx-size must be a number of tokens or 'auto' (the plan picks), got {value!r}"
-                    )
+                    doc.problem(path, f"ctx-size must be a number of tokens or 'auto' (the plan picks), got {value!r}")
                 )
         if known is None and server:
             LOG.debug("no llama-server flag snapshot for %s; flag names not checked", ref)
@@ -452,9 +448,7 @@ class _Session:
         self, doc: YamlDoc, host_file: Path, host: Host, index: int, entry: HostModel
     ) -> ResolvedModel | None:
         at = ("models", index)
-        loaded = self.recipe(
-            entry.recipe, entry.sha256, base=host_file.parent, where=doc, path=(*at, "recipe")
-        )
+        loaded = self.recipe(entry.recipe, entry.sha256, base=host_file.parent, where=doc, path=(*at, "recipe"))
         if entry.gpus is not None:
             seen: set[int] = set()
             for k, gpu in enumerate(entry.gpus):
@@ -530,7 +524,7 @@ class _Session:
             where.problem(
                 path,
                 f"tensor-split {split!r} must be comma-separated numbers, one share per GPU the model "
-                f"uses ({usable} here), e.g. \"1,1.5\"",
+                f'uses ({usable} here), e.g. "1,1.5"',
             )
         )
 
@@ -545,8 +539,7 @@ class _Session:
                 self.add(
                     doc.problem(
                         entry_path,
-                        f"model ID {model.id!r} is already {owners[model.id]}; give one of them a "
-                        "distinct `id:`",
+                        f"model ID {model.id!r} is already {owners[model.id]}; give one of them a distinct `id:`",
                     )
                 )
             else:
@@ -556,13 +549,13 @@ class _Session:
                 continue  # its profile IDs and aliases would only repeat the same problem
             entry = host.models[index]
             for profile_id in model.profile_ids():
-                path = ("models", index, "profiles") if entry.profiles else ("models", index, "recipe")
+                path: KeyPath = ("models", index, "profiles") if entry.profiles else ("models", index, "recipe")
                 if profile_id in owners and not owners[profile_id].startswith("the ID of"):
                     self.add(doc.problem(path, f"profile ID {profile_id!r} is already {owners[profile_id]}"))
                 owners.setdefault(profile_id, f"the profile ID of models[{index}] (line {doc.line(path)})")
             for alias in model.aliases:
                 if alias in entry.aliases:
-                    path: KeyPath = ("models", index, "aliases", entry.aliases.index(alias))
+                    path = ("models", index, "aliases", entry.aliases.index(alias))
                     source = ""
                 else:
                     path = ("models", index, "recipe")
@@ -654,7 +647,9 @@ class _Session:
         if not 1 <= port <= 65535:
             self.add(doc.problem(path, f"port {port} is not a TCP port (1-65535); rpc-server's default is 50052"))
         elif port == listen_port:
-            self.add(doc.problem(path, f"port {port} is runtime.listen's port; use another (rpc-server's default is 50052)"))
+            self.add(
+                doc.problem(path, f"port {port} is runtime.listen's port; use another (rpc-server's default is 50052)")
+            )
         elif start <= port < start + 1000 or port in pinned:
             self.add(
                 doc.problem(
@@ -689,9 +684,7 @@ def merge_flags(base: dict[str, object], override: dict[str, object]) -> dict[st
     return {k: v for k, v in merged.items() if v is not None and v is not False}
 
 
-def merge_model(
-    entry: HostModel, recipe: Recipe, recipe_file: Path | None, recipe_ref: str = ""
-) -> ResolvedModel:
+def merge_model(entry: HostModel, recipe: Recipe, recipe_file: Path | None, recipe_ref: str = "") -> ResolvedModel:
     """One host model: the recipe with the entry's overrides applied."""
     if entry.profiles is None:
         profiles = dict(recipe.profiles)
@@ -707,7 +700,7 @@ def merge_model(
         recipe=recipe,
         recipe_file=recipe_file,
         source=recipe.source,
-        server=merge_flags(recipe.server, entry.server),  # type: ignore[arg-type]
+        server=merge_flags(recipe.server, entry.server),  # type: ignore[arg-type]  # dict is invariant in its values
         profiles=profiles,
         aliases=tuple(dict.fromkeys([*recipe.aliases, *entry.aliases])),
         mtp=mtp,
@@ -720,4 +713,3 @@ def merge_model(
         recipe_ref=recipe_ref or recipe.name,
         rpc_workers=tuple(dict.fromkeys(entry.rpc)),
     )
-

@@ -304,7 +304,7 @@ def _check_peers(check: _Check) -> tuple[PeerLink, ...]:
         links.append(
             PeerLink(
                 name=peer.host,
-                url=f"http://{_url_host(address)}:{split_host_port(listen)[1]}",  # type: ignore[arg-type]
+                url=f"http://{_url_host(address)}:{split_host_port(listen)[1]}",  # type: ignore[arg-type]  # address is set when reason is None
                 models=tuple(models),
                 api_key_env=key_env,
             )
@@ -339,7 +339,7 @@ def _check_workers(check: _Check) -> dict[str, str]:
             if reason is not None:
                 check.add(at, reason)
                 continue
-            workers[name] = f"{_url_host(address)}:{split_host_port(server.listen)[1]}"  # type: ignore[arg-type]
+            workers[name] = f"{_url_host(address)}:{split_host_port(server.listen)[1]}"  # type: ignore[arg-type]  # address is set when reason is None
             mine, theirs = host.host.llama_cpp, other.host.llama_cpp
             if (mine.repo, mine.ref, mine.path, mine.tarball) != (theirs.repo, theirs.ref, theirs.path, theirs.tarball):
                 check.warn(

@@ -93,12 +93,11 @@ class Source(Strict):
     path: LocalFile | None = Field(default=None, description="a file on the host's disk")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Source":
+    def _exactly_one(self) -> Source:
         given = [k for k in ("hf", "url", "path") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "source needs exactly one of 'hf', 'url' or 'path'"
-                + (f" (got {', '.join(given)})" if given else "")
+                "source needs exactly one of 'hf', 'url' or 'path'" + (f" (got {', '.join(given)})" if given else "")
             )
         return self
 
@@ -165,7 +164,9 @@ class GPU(Strict):
 HIP_ARCH = re.compile(r"gfx[0-9a-z]+(?::[a-z+-]+)*")
 """A ROCm offload target: ``gfx1100``, ``gfx90a``, ``gfx942``, optionally with features (``:xnack-``)."""
 
-_CUDA_ARCH = re.compile(r"(?:sm_|compute_)?(?P<major>\d{1,2}?)(?P<minor>\d)(?P<suffix>[af]?)|(?P<dmajor>\d{1,2})\.(?P<dminor>\d)")
+_CUDA_ARCH = re.compile(
+    r"(?:sm_|compute_)?(?P<major>\d{1,2}?)(?P<minor>\d)(?P<suffix>[af]?)|(?P<dmajor>\d{1,2})\.(?P<dminor>\d)"
+)
 
 
 def cuda_architecture(arch: str) -> str | None:
@@ -192,7 +193,7 @@ def cuda_floor_problem(arch: str) -> str | None:
     if spelled is None:
         return None
     # the toolkit of this llama.cpp's era; the build stage checks the host's own nvcc again
-    number, lowest = int(re.match(r"\d+", spelled)[0]), cuda_min_for(CUDA_ERA_MAJOR)  # type: ignore[index]
+    number, lowest = int(re.match(r"\d+", spelled)[0]), cuda_min_for(CUDA_ERA_MAJOR)  # type: ignore[index]  # spelled starts with digits
     if number >= lowest:
         return None
     return (
@@ -228,9 +229,7 @@ class LlamaCpp(Strict):
         "or {pr: N} for an upstream pull request",
     )
     cmake: dict[str, Union[str, int, bool]] = Field(default_factory=dict, description="extra -D options")
-    targets: list[str] = Field(
-        default_factory=list, description="extra build targets (llama-fit-params, rpc-server)"
-    )
+    targets: list[str] = Field(default_factory=list, description="extra build targets (llama-fit-params, rpc-server)")
     jobs: int | None = Field(default=None, ge=1, description="parallel compile jobs (default: CPU count)")
 
 
@@ -252,9 +251,7 @@ class Runtime(Strict):
     health_check_timeout: int | None = Field(
         default=None, ge=15, description="seconds a backend may take to become healthy (default 120)"
     )
-    api_key_env: str | None = Field(
-        default=None, description="environment variable holding API keys (comma separated)"
-    )
+    api_key_env: str | None = Field(default=None, description="environment variable holding API keys (comma separated)")
     allow_no_key: bool = Field(
         default=False,
         description="permit a listen address beyond loopback without api_key_env: anyone who reaches the "
@@ -309,7 +306,7 @@ class RpcServer(Strict):
     )
 
     @model_validator(mode="after")
-    def _lan_only(self) -> "RpcServer":
+    def _lan_only(self) -> RpcServer:
         address, _port = split_host_port(self.listen)
         if is_any_address(address) and not self.allow_any_address:
             raise ValueError(
@@ -326,9 +323,7 @@ class HostModel(Strict):
     recipe: str = Field(description="recipe name in recipes/, a path, or an http(s) URL")
     sha256: SHA256 | None = Field(default=None, description="required when recipe is a URL")
     id: NAME | None = Field(default=None, description="model ID (default: the recipe's name)")
-    profiles: list[NAME] | None = Field(
-        default=None, description="which recipe profiles to expose (default: all)"
-    )
+    profiles: list[NAME] | None = Field(default=None, description="which recipe profiles to expose (default: all)")
     server: dict[str, FlagValue] = Field(default_factory=dict, description="overrides recipe flags")
     mtp: MTP | Literal[False] | None = Field(
         default=None, description="MTP settings replacing the recipe's; `false` turns the recipe's MTP off"

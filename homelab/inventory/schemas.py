@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -70,7 +70,7 @@ def _add_flag_names(root: dict[str, Any], node: Any, flags: list[str]) -> None:
             if key != "$defs" or child is not root.get("$defs"):
                 _add_flag_names(root, child, flags)
             else:
-                for name, definition in list(child.items()):
+                for name, definition in list(cast(dict[str, Any], child).items()):  # root["$defs"]
                     if name != "FlagValue":
                         _add_flag_names(root, definition, flags)
     elif isinstance(node, list):

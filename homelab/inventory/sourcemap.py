@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -72,9 +72,7 @@ def parse_yaml(text: str, display: str) -> YamlDoc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1
             what = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-            raise YamlSyntaxError(
-                Problem(display, line, (), f"YAML syntax error: {what or exc}")
-            ) from None
+            raise YamlSyntaxError(Problem(display, line, (), f"YAML syntax error: {what or exc}")) from None
         except yaml.YAMLError as exc:
             raise YamlSyntaxError(Problem(display, 1, (), f"YAML error: {exc}")) from None
         doc = YamlDoc(display=display, data=None)
@@ -135,8 +133,10 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: YamlDoc
                     Problem(doc.display, key_node.start_mark.line + 1, path, "a key must be plain text")
                 )
                 continue
-            doc.lines[(*path, key)] = key_node.start_mark.line + 1
-            result[key] = _build(loader, value_node, (*path, key), doc, budget)
+            # a float, bool or null key is kept as YAML gives it (the schema then rejects it)
+            key_path = cast(KeyPath, (*path, key))
+            doc.lines[key_path] = key_node.start_mark.line + 1
+            result[key] = _build(loader, value_node, key_path, doc, budget)
         return result
     if isinstance(node, yaml.SequenceNode):
         items = []
@@ -147,9 +147,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: YamlDoc
     return loader.construct_object(node, deep=True)
 
 
-def _check_duplicate_keys(
-    loader: yaml.SafeLoader, node: yaml.MappingNode, path: KeyPath, doc: YamlDoc
-) -> None:
+def _check_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, path: KeyPath, doc: YamlDoc) -> None:
     """YAML says keys are unique; PyYAML silently keeps the last. A duplicate is usually a
     mistake (two ``server:`` blocks), so it is reported. Keys merged in with ``<<`` may be
     overridden on purpose and are not checked."""

@@ -14,9 +14,11 @@ import re
 import types
 import typing
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from ..suggest import did_you_mean
 from .problems import Problem
@@ -51,10 +53,8 @@ PATTERNS = {
 
 def validation_problems(exc: ValidationError, doc: YamlDoc, model: type[BaseModel]) -> list[Problem]:
     """Every error of ``exc`` (raised validating ``doc.data`` as ``model``) as a Problem."""
-    plain: list[tuple[KeyPath, dict[str, Any]]] = []
-    unions: dict[KeyPath, dict[str, list[tuple[KeyPath, dict[str, Any]]]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
+    plain: list[tuple[KeyPath, ErrorDetails]] = []
+    unions: dict[KeyPath, dict[str, list[tuple[KeyPath, ErrorDetails]]]] = defaultdict(lambda: defaultdict(list))
     for error in exc.errors(include_url=False):
         path, tag_at, tag = _clean_loc(doc.data, tuple(error["loc"]))
         if tag is None:
@@ -81,9 +81,7 @@ def validation_problems(exc: ValidationError, doc: YamlDoc, model: type[BaseMode
                         value = error["input"]
                         wanted.append(_expected(error))
             wanted = list(dict.fromkeys(w for w in wanted if w))
-            problems.append(
-                doc.problem(point, f"expected {_or(wanted)}, got {_show(value)}")
-            )
+            problems.append(doc.problem(point, f"expected {_or(wanted)}, got {_show(value)}"))
     return problems
 
 
@@ -126,13 +124,15 @@ def _looks_like_tag(part: str | int) -> bool:
     )
 
 
-def _problem(doc: YamlDoc, model: type[BaseModel], path: KeyPath, error: dict[str, Any]) -> Problem:
+def _problem(doc: YamlDoc, model: type[BaseModel], path: KeyPath, error: Mapping[str, Any]) -> Problem:
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
         key = path[-1] if path else "?"
         valid = valid_keys(model, path[:-1])
-        return doc.problem(path[:-1], f"unknown key {key!r}" + did_you_mean(str(key), valid, listing="valid keys"), line=doc.line(path))
+        return doc.problem(
+            path[:-1], f"unknown key {key!r}" + did_you_mean(str(key), valid, listing="valid keys"), line=doc.line(path)
+        )
     if kind == "missing":
         key = path[-1] if path else "?"
         return doc.problem(path[:-1], f"missing required key {key!r}")
@@ -155,7 +155,7 @@ def _problem(doc: YamlDoc, model: type[BaseModel], path: KeyPath, error: dict[st
     return doc.problem(path, f"{message}, got {_show(value)}")
 
 
-def _expected(error: dict[str, Any]) -> str:
+def _expected(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     if kind in EXPECTED:
         return EXPECTED[kind]

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ..errors import HomelabError
 from .configure import (
@@ -396,7 +397,7 @@ def _declared_at(git_dir: Path, commit: str) -> frozenset[str] | None:
     cache = git_dir / "homelab-options" / f"{commit}.json"
     cached = _read_cache(cache)
     if cached is not None:
-        return frozenset(cached)  # type: ignore[arg-type]
+        return frozenset(cast("list[str]", cached))  # the cache holds a JSON list of names
     texts = []
     for rel in CMAKE_FILES:
         result = git(["--git-dir", str(git_dir), "show", f"{commit}:{rel}"], check=False, safe=[git_dir])
@@ -478,7 +479,9 @@ def _run_logged(
 ) -> None:
     log_file.write(f"$ {' '.join(cmd)}\n")
     log_file.flush()
-    proc = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    proc = subprocess.Popen(
+        cmd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         log_file.write(line)
@@ -487,7 +490,9 @@ def _run_logged(
     code = proc.wait()
     log_file.flush()
     if code != 0:
-        raise BuildError(f"llama.cpp {step} failed (exit {code}); last lines of {log_path}:\n{tail(log_path)}\nfull log: {log_path}")
+        raise BuildError(
+            f"llama.cpp {step} failed (exit {code}); last lines of {log_path}:\n{tail(log_path)}\nfull log: {log_path}"
+        )
 
 
 def tail(path: Path, lines: int = LOG_TAIL) -> str:
@@ -507,4 +512,3 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-

@@ -216,7 +216,9 @@ def _python_roots() -> list[Path]:
     return [Path(p) for p in sys.path if p and Path(p, "nvidia").is_dir()]
 
 
-def probe_cuda(nvcc: str, extra_roots: Iterable[Path] | None = None, system_dirs: Iterable[str] = DRIVER_DIRS) -> dict[str, object]:
+def probe_cuda(
+    nvcc: str, extra_roots: Iterable[Path] | None = None, system_dirs: Iterable[str] = DRIVER_DIRS
+) -> dict[str, object]:
     """The toolkit behind ``nvcc``: its root (nvcc's own ``TOP``, wrappers included), version,
     the archs it compiles, cuBLAS and the driver library."""
     top = None
@@ -272,7 +274,7 @@ def probe_toolchain(backend: Backend) -> Toolchain:
         if hipconfig:
             found["hip_clang_dir"] = _output([hipconfig, "-l"])
             found["hip_path"] = _output([hipconfig, "-R"])
-            found["hip_blas"] = hip_blas_present(found["hip_path"])  # type: ignore[arg-type]
+            found["hip_blas"] = hip_blas_present(found["hip_path"])  # type: ignore[arg-type]  # found holds mixed values
     elif backend == "cuda":
         nvcc = _which("nvcc", "/usr/local/cuda/bin", "/opt/cuda/bin")
         found["nvcc"] = nvcc
@@ -284,7 +286,7 @@ def probe_toolchain(backend: Backend) -> Toolchain:
             Path(d, "vulkan", "vulkan.h").is_file()
             for d in ("/usr/include", "/usr/local/include", os.environ.get("VULKAN_SDK", "/nonexistent") + "/include")
         )
-    return Toolchain(**found)  # type: ignore[arg-type]
+    return Toolchain(**found)  # type: ignore[arg-type]  # found: dict[str, object] of its fields
 
 
 def missing_tools(backend: Backend, tools: Toolchain, cmake_extra: Mapping[str, object] | None = None) -> list[str]:
@@ -306,7 +308,9 @@ def missing_tools(backend: Backend, tools: Toolchain, cmake_extra: Mapping[str, 
             "or AMD's hipblas-dev rocblas-dev)"
         )
     if backend == "cuda" and not tools.nvcc:
-        missing.append("the CUDA toolkit with nvcc (apt install nvidia-cuda-toolkit, or NVIDIA's cuda-toolkit; /usr/local/cuda/bin is searched too)")
+        missing.append(
+            "the CUDA toolkit with nvcc (apt install nvidia-cuda-toolkit, or NVIDIA's cuda-toolkit; /usr/local/cuda/bin is searched too)"
+        )
     if backend == "cuda" and tools.nvcc:
         extra = cmake_extra or {}
         major = tools.cuda_major or 13
@@ -337,9 +341,7 @@ def require_toolchain(
     missing = missing_tools(backend, tools, cmake_extra)
     if missing:
         who = f"host {host!r} " if host else ""
-        raise ToolchainError(
-            f"cannot build llama.cpp for {who}backend {backend}: missing " + "; ".join(missing)
-        )
+        raise ToolchainError(f"cannot build llama.cpp for {who}backend {backend}: missing " + "; ".join(missing))
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,8 +374,15 @@ class CMakePlan:
 
     def build_command(self, build: Path) -> list[str]:
         return [
-            "cmake", "--build", str(build), "--config", "Release", "-j", str(self.jobs),
-            "--target", *(self.cmake_target(t) for t in self.targets),
+            "cmake",
+            "--build",
+            str(build),
+            "--config",
+            "Release",
+            "-j",
+            str(self.jobs),
+            "--target",
+            *(self.cmake_target(t) for t in self.targets),
         ]
 
     def dry_run(self, source: Path, build: Path) -> str:
@@ -529,7 +538,11 @@ def _check_cuda_archs(archs: list[str], tools: Toolchain) -> None:
                     f"gpus[].arch {arch!r}: this CUDA {tools.cuda_major or ''} toolkit ({tools.nvcc}) cannot "
                     f"compile compute capability {number / 10:.1f} (nvcc --list-gpu-arch: "
                     f"{', '.join(str(a) for a in sorted(tools.cuda_archs))}); "
-                    + ("use backend: vulkan for this card or a CUDA 12 toolkit" if number < lowest else "use a newer toolkit")
+                    + (
+                        "use backend: vulkan for this card or a CUDA 12 toolkit"
+                        if number < lowest
+                        else "use a newer toolkit"
+                    )
                 )
         elif tools.cuda_major and number < cuda_min_for(tools.cuda_major):
             raise ToolchainError(

@@ -85,7 +85,7 @@ class AcceptedFlags:
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "AcceptedFlags":
+    def from_json(cls, text: str) -> AcceptedFlags:
         data = json.loads(text)
         infos = [
             FlagInfo(
@@ -106,7 +106,7 @@ class AcceptedFlags:
         os.replace(tmp, path)
 
     @classmethod
-    def read(cls, path: Path) -> "AcceptedFlags":
+    def read(cls, path: Path) -> AcceptedFlags:
         return cls.from_json(path.read_text())
 
 
@@ -277,7 +277,9 @@ def check_flags(
                 near = difflib.get_close_matches(name, accepted.long_names(), n=1, cutoff=0.75)
                 hint = f"; did you mean '{near[0]}'?" if near else ""
             problems.append(
-                FlagProblem(model, name, f"{where}model '{model}': server flag '{name}' is not accepted by {build}{hint}")
+                FlagProblem(
+                    model, name, f"{where}model '{model}': server flag '{name}' is not accepted by {build}{hint}"
+                )
             )
             continue
         if info.removed:
@@ -289,7 +291,9 @@ def check_flags(
             continue
         if value is True and info.value == "required":
             problems.append(
-                FlagProblem(model, name, f"{where}model '{model}': server flag '{name}' needs a value ({info.placeholder})")
+                FlagProblem(
+                    model, name, f"{where}model '{model}': server flag '{name}' needs a value ({info.placeholder})"
+                )
             )
         elif value is not True and value is not None and value is not False and info.value == "none":
             problems.append(
@@ -360,7 +364,9 @@ _FACTORY = re.compile(r"((?:case\s+LLM_ARCH_\w+\s*:\s*)+)return\s+new\s+llama_mo
 _ARCH_NAME = re.compile(r"\{\s*(LLM_ARCH_\w+)\s*,\s*\"([^\"]+)\"\s*\}")
 
 
-def mtp_architectures(model_sources: Iterable[str], models_h: str, llama_model_cpp: str, llama_arch_cpp: str) -> frozenset[str]:
+def mtp_architectures(
+    model_sources: Iterable[str], models_h: str, llama_model_cpp: str, llama_arch_cpp: str
+) -> frozenset[str]:
     """GGUF architecture names (``general.architecture``) that llama.cpp builds an MTP graph for."""
     own: dict[str, bool] = {}
     for text in model_sources:
@@ -408,4 +414,3 @@ def mtp_unusable(arch: str, nextn_layers: int, mtp_archs: frozenset[str] | None)
 def snapshot_lines(accepted: AcceptedFlags) -> list[str]:
     """The static snapshot format: one accepted long flag name per line, no dashes, sorted."""
     return accepted.long_names()
-

@@ -32,13 +32,20 @@ IDENTITY = {
 }
 
 _CONFIG = (
-    "-c", "commit.gpgsign=false",
-    "-c", "tag.gpgsign=false",
-    "-c", "core.autocrlf=false",
-    "-c", "core.hooksPath=/dev/null",
-    "-c", "advice.detachedHead=false",
-    "-c", "init.defaultBranch=main",
-    "-c", "gc.auto=0",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "tag.gpgsign=false",
+    "-c",
+    "core.autocrlf=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "advice.detachedHead=false",
+    "-c",
+    "init.defaultBranch=main",
+    "-c",
+    "gc.auto=0",
 )
 
 
@@ -84,18 +91,16 @@ def git(
     )
     result = GitResult(int(status or 0), stdout or "", stderr or "")
     if check and not result.ok:
-        lines = [l.strip() for l in (result.stderr.strip() or result.stdout.strip()).splitlines() if l.strip()]
+        lines = [line.strip() for line in (result.stderr.strip() or result.stdout.strip()).splitlines() if line.strip()]
         # git's own verdict ("fatal: detected dubious ownership ...") beats its generic epilogue
-        verdict = [l for l in lines if l.startswith(("fatal:", "error:"))][:2] or lines[-3:]
+        verdict = [line for line in lines if line.startswith(("fatal:", "error:"))][:2] or lines[-3:]
         raise GitError(f"{what or 'git ' + ' '.join(args[:2])} failed: {' | '.join(verdict)}")
     return result
 
 
 def has_commit(git_dir: Path, commit: str) -> bool:
     """Whether ``commit`` (a full id, or any rev) is present as a commit object."""
-    return git(
-        ["--git-dir", str(git_dir), "cat-file", "-e", f"{commit}^{{commit}}"], check=False, safe=[git_dir]
-    ).ok
+    return git(["--git-dir", str(git_dir), "cat-file", "-e", f"{commit}^{{commit}}"], check=False, safe=[git_dir]).ok
 
 
 def rev_parse(git_dir: Path, rev: str) -> str | None:

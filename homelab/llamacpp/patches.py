@@ -172,10 +172,13 @@ class PatchConflict(PatchError):
     def __init__(self, patch: Patch, failures: list[Failure], base: str, last_good: str | None) -> None:
         self.patch = patch
         self.failures = failures
-        where = "; ".join(
-            f"{f.file}" + (f" {f.hunk}" if f.hunk else f":{f.line}" if f.line else "") + f" ({f.reason})"
-            for f in failures[:3]
-        ) or "git gave no details"
+        where = (
+            "; ".join(
+                f"{f.file}" + (f" {f.hunk}" if f.hunk else f":{f.line}" if f.line else "") + f" ({f.reason})"
+                for f in failures[:3]
+            )
+            or "git gave no details"
+        )
         hint = (
             f" It last applied to {last_good}: pin that (llama_cpp.ref) or rebase the patch."
             if last_good
@@ -185,7 +188,10 @@ class PatchConflict(PatchError):
 
 
 _FAILED = re.compile(r"^error: patch failed: (?P<file>.+):(?P<line>\d+)$", re.M)
-_MISSING = re.compile(r"^error: (?P<file>[^:\n]+): (?P<reason>does not exist in index|No such file or directory|already exists in (?:index|working directory))$", re.M)
+_MISSING = re.compile(
+    r"^error: (?P<file>[^:\n]+): (?P<reason>does not exist in index|No such file or directory|already exists in (?:index|working directory))$",
+    re.M,
+)
 _CONFLICT = re.compile(r"^U (?P<file>.+)$", re.M)
 
 
@@ -250,7 +256,7 @@ class ApplyHistory:
                 "sha256": patch.sha256,
                 "commit": commit,
                 "label": label,
-                "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
         )
         data[patch.ref] = entries[-self.KEEP :]
@@ -261,7 +267,7 @@ class ApplyHistory:
         """The most recent other pin this patch (same content preferred) applied to."""
         entries = [e for e in self._read().get(patch.ref, []) if e["commit"] != not_commit]
         same = [e for e in entries if e["sha256"] == patch.sha256]
-        pick = (same or entries)[-1:] 
+        pick = (same or entries)[-1:]
         if not pick:
             return None
         e = pick[0]
@@ -345,8 +351,6 @@ def apply_series(
     return run(["rev-parse", "HEAD"], check=True).stdout.strip()
 
 
-def _fail(
-    patch: Patch, failures: list[Failure], label: str, commit: str, history: ApplyHistory | None
-) -> None:
+def _fail(patch: Patch, failures: list[Failure], label: str, commit: str, history: ApplyHistory | None) -> None:
     last = history.last_good(patch, commit) if history else None
     raise PatchConflict(patch, failures, f"{label} ({commit[:12]})", last)

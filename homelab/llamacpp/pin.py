@@ -61,7 +61,9 @@ def resolve_llama_cpp(host: ResolvedHost, previous: LlamaCppPin | None, update: 
             f"{host.host_file}: cannot tell the llama.cpp build number of {spec.describe()}; "
             "set llama_cpp.build_number (the bNNNN of the release it is based on)"
         )
-    pinned_prs = {} if update or previous is None else {p.ref: p.sha256 for p in previous.patches if p.ref.startswith("pr:")}
+    pinned_prs = (
+        {} if update or previous is None else {p.ref: p.sha256 for p in previous.patches if p.ref.startswith("pr:")}
+    )
     patches = collect(llama.patches, host.patches_dir, llama.repo, state / "patches", pinned_prs)
     return LlamaCppPin(
         source=spec.kind,

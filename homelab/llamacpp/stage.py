@@ -51,11 +51,18 @@ def host_pin(host: ResolvedHost) -> tuple[LlamaCppPin, bool]:
             return pin, True
         log.warning(
             "%s: llama_cpp changed since %s was written; using it unlocked (run `homelab lock %s`)",
-            host.host_file, host.lock_file.name, host.name,
+            host.host_file,
+            host.lock_file.name,
+            host.name,
         )
     else:
-        log.warning("%s: no llama.cpp pin in %s yet; resolving %s now (run `homelab lock %s` to pin it)",
-                    host.name, host.lock_file.name, host.host.llama_cpp.ref, host.name)
+        log.warning(
+            "%s: no llama.cpp pin in %s yet; resolving %s now (run `homelab lock %s` to pin it)",
+            host.name,
+            host.lock_file.name,
+            host.host.llama_cpp.ref,
+            host.name,
+        )
     return resolve_llama_cpp(host, None, update=False), False
 
 
@@ -75,8 +82,12 @@ def build_request(host: ResolvedHost, pin: LlamaCppPin, extra_targets: Iterable[
     now = {p.ref: p.sha256 for p in patches}
     stale = sorted(ref for ref in locked.keys() | now.keys() if locked.get(ref) != now.get(ref))
     if stale:
-        log.info("%s: patches changed since the lock (%s); run `homelab lock %s` to record them",
-                 host.name, ", ".join(stale), host.name)
+        log.info(
+            "%s: patches changed since the lock (%s); run `homelab lock %s` to record them",
+            host.name,
+            ", ".join(stale),
+            host.name,
+        )
     label = f"b{pin.build_number}" if spec.kind != "git" or pin.ref == f"b{pin.build_number}" else pin.ref
     return BuildRequest(
         host=host.name,

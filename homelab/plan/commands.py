@@ -12,7 +12,7 @@ from .report import render_plan
 from .stage import find_fit_params, make_plan, ours_mib, run_oracle, write_plan
 
 
-def register(cli) -> None:  # type: ignore[no-untyped-def]
+def register(cli) -> None:  # cli: homelab.cli.CLI (the CLI imports this module lazily)
     p = cli.command(
         "plan",
         plan_command,
@@ -20,10 +20,19 @@ def register(cli) -> None:  # type: ignore[no-untyped-def]
     )
     p.add_argument("host", metavar="HOST")
     p.add_argument("--json", action="store_true", help="print the plan JSON (the contract file's content)")
-    p.add_argument("--oracle", action="store_true",
-                   help="also run llama.cpp's llama-fit-params with each fetched model's flags and show its numbers")
-    p.add_argument("--fit-params", metavar="PATH", help="the llama-fit-params binary (default: next to the host's built llama-server)")
-    p.add_argument("--inventory", metavar="DIR", help="inventory directory (default: $HOMELAB_INVENTORY or the checkout)")
+    p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="also run llama.cpp's llama-fit-params with each fetched model's flags and show its numbers",
+    )
+    p.add_argument(
+        "--fit-params",
+        metavar="PATH",
+        help="the llama-fit-params binary (default: next to the host's built llama-server)",
+    )
+    p.add_argument(
+        "--inventory", metavar="DIR", help="inventory directory (default: $HOMELAB_INVENTORY or the checkout)"
+    )
 
 
 def plan_command(args: argparse.Namespace) -> int:

@@ -267,7 +267,14 @@ class Terms:
     @property
     def total(self) -> int:
         return (
-            self.weights + self.kv + self.recurrent + self.output + self.compute + self.mtp + self.mmproj + self.overhead
+            self.weights
+            + self.kv
+            + self.recurrent
+            + self.output
+            + self.compute
+            + self.mtp
+            + self.mmproj
+            + self.overhead
         )
 
     def add(self, other: Terms) -> None:
@@ -347,8 +354,7 @@ def row_bytes(cache_type: str, n: int) -> int:
         block, size = KV_TYPES[cache_type]
     except KeyError:
         raise EstimateError(
-            f"cache type {cache_type!r} is not one llama.cpp offers for the KV cache "
-            f"(known: {', '.join(KV_TYPES)})"
+            f"cache type {cache_type!r} is not one llama.cpp offers for the KV cache (known: {', '.join(KV_TYPES)})"
         ) from None
     if n % block:
         raise EstimateError(
@@ -415,9 +421,7 @@ def _f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-def layer_devices(
-    facts: ModelFacts, s: Settings, gpus: Sequence[float], rpc: Sequence[RpcDevice] = ()
-) -> list[str]:
+def layer_devices(facts: ModelFacts, s: Settings, gpus: Sequence[float], rpc: Sequence[RpcDevice] = ()) -> list[str]:
     """Device of each layer 0..n_layer_all (the last entry is the output layer).
 
     ``gpus`` are the relative sizes of the GPUs the process may use (their VRAM, for llama.cpp's
@@ -680,18 +684,17 @@ def estimate(
         if dev != CPU:
             # an RPC device's runtime context lives in the worker's rpc-server process
             at(dev).overhead += overhead_bytes(rpc_backend.get(dev, backend))
-    total = Terms()
-    for t in devs.values():
-        total.add(t)
+    sums = Terms()
+    for terms in devs.values():
+        sums.add(terms)
     rank = {name: i for i, (name, _) in enumerate(model_devices(gpus, rpc))}
     order = sorted(devs, key=lambda d: -1 if d == CPU else rank.get(d, len(rank)))
     return Estimate(
-        **{name: getattr(total, name) for name in TERM_NAMES},
-        total=total.total,
+        **{name: getattr(sums, name) for name in TERM_NAMES},
+        total=sums.total,
         devices={d: devs[d].as_dict() for d in order},
         geometry=g,
         settings=s,
         notes=tuple(notes),
         layer_devices=tuple(layer_dev),
     )
-

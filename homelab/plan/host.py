@@ -381,7 +381,9 @@ def choose_split(
         except EstimateError:
             return [0.0] * len(counts)  # reported by the caller's own estimate
         used = {d: t["total"] for d, t in est.devices.items()}
-        return [float(used.get(d, 0) - budget.get(k, 0)) if k in budget else 0.0 for d, k in zip(order, keys)]
+        return [
+            float(used.get(d, 0) - budget.get(k, 0)) if k in budget else 0.0 for d, k in zip(order, keys, strict=False)
+        ]
 
     counts = balance_layers(start, overuse)
     return tuple(float(c) for c in counts)
@@ -403,9 +405,7 @@ def ctx_cap(facts: ModelFacts, settings: Settings) -> int:
     return max(MIN_CTX, cap // 256 * 256)
 
 
-def largest_fitting(
-    fits: Callable[[int], bool], low: int, high: int, step: int = 1
-) -> int | None:
+def largest_fitting(fits: Callable[[int], bool], low: int, high: int, step: int = 1) -> int | None:
     """The largest value in [low, high] (multiples of ``step``) for which ``fits`` holds; monotone."""
     lo, hi = low // step, high // step
     if lo > hi or not fits(lo * step):
@@ -419,7 +419,9 @@ def largest_fitting(
     return lo * step
 
 
-def largest_ctx(host: ResolvedHost, inp: ModelInput, limits: Mapping[str, int], base: Settings | None = None) -> int | None:
+def largest_ctx(
+    host: ResolvedHost, inp: ModelInput, limits: Mapping[str, int], base: Settings | None = None
+) -> int | None:
     """The largest ctx-size (a multiple of 256) whose estimate stays within ``limits``."""
     settings = base or model_settings(inp)
 
@@ -478,11 +480,11 @@ def plan_host(
                 inputs[m.id] = replace(inputs[m.id], rpc=model_rpc_devices(host, m, workers))
             except RpcPlanError as exc:
                 raise PlanError(str(exc)) from None
-        for d in inputs[m.id].rpc:
-            budget[d.key] = d.budget
-            names[d.key] = f"{d.name} on {d.host} (rpc {d.endpoint})"
-            if d.kept is not None:
-                kept[d.key] = d.kept
+        for rd in inputs[m.id].rpc:
+            budget[rd.key] = rd.budget
+            names[rd.key] = f"{rd.name} on {rd.host} (rpc {rd.endpoint})"
+            if rd.kept is not None:
+                kept[rd.key] = rd.kept
     alternatives = _alternatives(host)
     in_sets = {mid for _, ids in alternatives for mid in ids}
     plan = HostPlan(
@@ -602,9 +604,7 @@ def _excess_text(
     limit (RPC load or a worker's own models taken off): ``... of 11,859 MiB left (why), ...``."""
     parts = []
     for d, v in excess.items():
-        of = (
-            f"{budget[d] // MIB:,} MiB left ({why[d]})" if why and d in why else f"{budget[d] // MIB:,} MiB budget"
-        )
+        of = f"{budget[d] // MIB:,} MiB left ({why[d]})" if why and d in why else f"{budget[d] // MIB:,} MiB budget"
         parts.append(f"{d}: {_mib(used.get(d, 0)):,} MiB of {of}, {_mib(v):,} MiB over")
     return "; ".join(parts)
 
@@ -668,7 +668,9 @@ def ways_out(host: ResolvedHost, inp: ModelInput, limits: Mapping[str, int], cur
         quant = replace(s, cache_type_k=kv_type, cache_type_v=kv_type, flash_attn=True)
         try:
             if fits_with(quant):
-                out.append(f"cache-type-k: {kv_type} and cache-type-v: {kv_type} (flash-attn: on) at ctx-size {current.geometry.n_ctx}")
+                out.append(
+                    f"cache-type-k: {kv_type} and cache-type-v: {kv_type} (flash-attn: on) at ctx-size {current.geometry.n_ctx}"
+                )
                 break
             qctx = largest_ctx(host, inp, limits, quant)
         except (PlanError, EstimateError):
@@ -723,7 +725,9 @@ def _model_problem(
     hint = _rpc_hint(plan, excess)
     if fixes:
         return text + ". Ways out: " + "; or ".join(fixes) + hint
-    return text + (". Ways out: " + hint[len("; or ") :] if hint else ". No single setting makes it fit: use a smaller model")
+    return text + (
+        ". Ways out: " + hint[len("; or ") :] if hint else ". No single setting makes it fit: use a smaller model"
+    )
 
 
 def _set_problem(
@@ -736,7 +740,9 @@ def _set_problem(
     budget: Mapping[str, int],
     excess: Mapping[str, int],
 ) -> str:
-    text = f"set {set_name!r} ({' & '.join(ids)}) does not fit: {_excess_text(excess, used, budget, plan.limit_notes())}"
+    text = (
+        f"set {set_name!r} ({' & '.join(ids)}) does not fit: {_excess_text(excess, used, budget, plan.limit_notes())}"
+    )
     # the biggest user of the worst device gives way first, with the others as they are
     worst = max(excess, key=lambda d: excess[d])
     biggest = max(ids, key=lambda i: usage(plan.models[i].estimate, plan.models[i].gpu_index).get(worst, 0))
@@ -744,4 +750,6 @@ def _set_problem(
     limits = {d: b - others.get(d, 0) for d, b in budget.items()}
     fixes = ways_out(host, inputs[biggest], limits, plan.models[biggest].estimate)
     hint = f". Ways out for {biggest}: " + "; or ".join(fixes) if fixes else ""
-    return text + hint + f"; or drop a model from the set (or set ctx-size: auto on {biggest})" + _rpc_hint(plan, excess)
+    return (
+        text + hint + f"; or drop a model from the set (or set ctx-size: auto on {biggest})" + _rpc_hint(plan, excess)
+    )

@@ -101,13 +101,24 @@ def flag_args(flags: dict[str, object]) -> list[str]:
     return args
 
 
-def observe_server(
-    server_bin: Path, model: Path, flags: dict[str, object], *, timeout: float = 60.0
-) -> Observed:
+def observe_server(server_bin: Path, model: Path, flags: dict[str, object], *, timeout: float = 60.0) -> Observed:
     """Start ``llama-server`` with ``flags`` until it has allocated everything, then stop it."""
     cmd = [
-        str(server_bin), "-m", str(model), "--host", "127.0.0.1", "--port", "0",
-        "-lv", "4", "--fit", "off", "--no-warmup", "--log-colors", "off", *flag_args(flags),
+        str(server_bin),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "-lv",
+        "4",
+        "--fit",
+        "off",
+        "--no-warmup",
+        "--log-colors",
+        "off",
+        *flag_args(flags),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
@@ -170,9 +181,7 @@ class FitReport:
     """The binary's complaint when it refused the flags (unknown or invalid argument)."""
 
 
-def run_fit_params(
-    fit_bin: Path, model: Path, flags: dict[str, object], *, timeout: float = 120.0
-) -> FitReport:
+def run_fit_params(fit_bin: Path, model: Path, flags: dict[str, object], *, timeout: float = 120.0) -> FitReport:
     """Run llama.cpp's own dry run with the model's flags; a rejected flag comes back as text."""
     cmd = [str(fit_bin), "-m", str(model), "--fit-print", "on", "--log-jsonl", *flag_args(flags)]
     try:
@@ -202,7 +211,9 @@ def run_fit_params(
         out = (proc.stderr + proc.stdout).strip().splitlines()
         # "error: invalid argument: --x" / "error while handling argument ...": the first error line;
         # the usage text printed after it is noise
-        errors = [ln for ln in out if _plain(ln).lower().startswith("error")] or [ln for ln in out if "error" in ln.lower()]
+        errors = [ln for ln in out if _plain(ln).lower().startswith("error")] or [
+            ln for ln in out if "error" in ln.lower()
+        ]
         reason = _plain(errors[0] if errors else (out[-1] if out else f"exit status {proc.returncode}"))
         return FitReport(rows=tuple(rows), rejected=reason)
     return FitReport(rows=tuple(rows))
@@ -255,11 +266,17 @@ def local_rpc_servers(binary: Path, count: int, *, timeout: float = 30.0) -> Ite
             port = free_loopback_port()
             proc = subprocess.Popen(
                 [str(binary), "-H", "127.0.0.1", "-p", str(port), "-t", "1"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             procs.append(proc)
             endpoint = f"127.0.0.1:{port}"
-            error = wait_until_accepting(endpoint, timeout, lambda proc=proc: proc.poll() is None, str(binary))
+
+            def alive(proc: subprocess.Popen[bytes] = proc) -> bool:
+                return proc.poll() is None
+
+            error = wait_until_accepting(endpoint, timeout, alive, str(binary))
             if error:
                 raise OracleError(error)
             endpoints.append(endpoint)

@@ -62,7 +62,10 @@ def render_plan(plan: HostPlan, oracle: dict[str, dict[str, int]] | None = None)
         else:
             lines.append("  (no model uses it)")
     if plan.reserved:
-        lines += ["", "RPC load reserved for heads (this host is their RPC worker; each head's largest resident group, added up)"]
+        lines += [
+            "",
+            "RPC load reserved for heads (this host is their RPC worker; each head's largest resident group, added up)",
+        ]
         rows = [["device", "head", "group", "models", "MiB"]]
         for dev, r in plan.reserved.items():
             for i, load in enumerate(r.loads):
@@ -78,16 +81,18 @@ def render_plan(plan: HostPlan, oracle: dict[str, dict[str, int]] | None = None)
                 used = -(-c.used.get(dev, 0) // MIB)
                 held = -(-c.reserved.get(dev, 0) // MIB)
                 budget = c.budget[dev] // MIB
-                rows.append([
-                    c.set_name if i == 0 else "",
-                    " & ".join(c.models) if i == 0 else "",
-                    dev,
-                    f"{used:,}",
-                    *([f"{held:,}"] if rpc else []),
-                    f"{budget:,}",
-                    f"{budget - used - held:,}",
-                    "ok" if c.used.get(dev, 0) + c.reserved.get(dev, 0) <= c.budget[dev] else "OVER",
-                ])
+                rows.append(
+                    [
+                        c.set_name if i == 0 else "",
+                        " & ".join(c.models) if i == 0 else "",
+                        dev,
+                        f"{used:,}",
+                        *([f"{held:,}"] if rpc else []),
+                        f"{budget:,}",
+                        f"{budget - used - held:,}",
+                        "ok" if c.used.get(dev, 0) + c.reserved.get(dev, 0) <= c.budget[dev] else "OVER",
+                    ]
+                )
         lines += ["  " + ln for ln in _table(rows, right_from=3)]
     if any(mp.ctx_auto for mp in plan.models.values()):
         lines += ["", "* ctx-size chosen by the plan (auto)"]
@@ -120,7 +125,8 @@ def render_estimate(est: Estimate) -> str:
     s = est.settings
     lines = [
         f"context: ctx-size {g.n_ctx} ({g.n_seq} sequence(s), {'unified' if s.kv_unified else 'split'} KV, "
-        f"{g.kv_cells} cells per stream" + (f", {g.swa_cells} in sliding-window layers" if g.swa_cells else "")
+        f"{g.kv_cells} cells per stream"
+        + (f", {g.swa_cells} in sliding-window layers" if g.swa_cells else "")
         + f"), ubatch {g.n_ubatch}, K {s.cache_type_k} V {s.cache_type_v}, flash-attn {'on' if s.flash_attn else 'off'}",
     ]
     rows = [["device", *HEADERS]]

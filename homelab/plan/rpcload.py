@@ -72,7 +72,7 @@ def own_use(host: ResolvedHost, inputs: Mapping[str, ModelInput]) -> dict[str, K
             inp = replace(inp, rpc=model_rpc_devices(host, m, workers))
         est, idx = estimate_for(host, inp, model_settings(inp, MIN_CTX if is_auto_ctx(m) else None))
         use[m.id] = {d: v for d, v in usage(est, idx).items() if ":" not in d}  # local devices only
-    groups = [(f"model {mid}", (mid,)) for mid in use]
+    groups: list[tuple[str, tuple[str, ...]]] = [(f"model {mid}", (mid,)) for mid in use]
     groups += [(_group_label(name, ids), ids) for name, ids in _alternatives(host)]
     best: dict[str, Kept] = {}
     for label, ids in groups:
@@ -148,7 +148,9 @@ def head_loads(plan: HostPlan, worker: str) -> dict[str, HeadLoad]:
     alternatives and each model alone) and what it puts there."""
     prefix = f"{worker}:"
     per_model = {mid: usage(mp.estimate, mp.gpu_index) for mid, mp in plan.models.items()}
-    groups = [(f"model {mid}", (mid,), used) for mid, used in per_model.items()]
+    groups: list[tuple[str, tuple[str, ...], dict[str, int]]] = [
+        (f"model {mid}", (mid,), used) for mid, used in per_model.items()
+    ]
     groups += [(_group_label(c.set_name, c.models), c.models, c.used) for c in plan.sets]
     out: dict[str, HeadLoad] = {}
     for label, ids, used in groups:
@@ -193,7 +195,9 @@ def rpc_reservations(
             )
             if worker.models:
                 raise PlanError(why) from None
-            notes.append(f"RPC load of {head.name} not reserved (this host serves no models, so nothing else is at stake): {why}")
+            notes.append(
+                f"RPC load of {head.name} not reserved (this host serves no models, so nothing else is at stake): {why}"
+            )
             continue
         for dev, load in head_loads(plan, worker.name).items():
             loads.setdefault(dev, []).append(load)

@@ -127,15 +127,13 @@ class OracleResult:
     def as_json(self) -> dict:
         return {
             "per_model_mib": self.per_model,
-            "rows": {
-                m: [r.__dict__ for r in rep.rows] for m, rep in self.reports.items()
-            },
+            "rows": {m: [r.__dict__ for r in rep.rows] for m, rep in self.reports.items()},
             "problems": self.problems,
         }
 
 
 def oracle_flags(plan: HostPlan, inputs: dict[str, ModelInput], model_id: str) -> dict[str, object]:
-    flags = dict(inputs[model_id].model.server)
+    flags: dict[str, object] = dict(inputs[model_id].model.server)
     flags["ctx-size"] = plan.models[model_id].ctx_size
     flags["fit"] = "off"  # report the flags as given; do not let it adjust them
     return flags
@@ -157,12 +155,12 @@ def run_oracle(fit_bin: Path, plan: HostPlan, inputs: dict[str, ModelInput]) -> 
         if server_known is not None:
             unknown = [k for k in inp.model.server if k not in server_known]
             if unknown:
-                result.problems.append(
-                    f"{mid}: {server_bin} does not accept " + ", ".join(f"--{k}" for k in unknown)
-                )
+                result.problems.append(f"{mid}: {server_bin} does not accept " + ", ".join(f"--{k}" for k in unknown))
         source = Path(inp.source)
         if not source.is_file():
-            result.problems.append(f"{mid}: not fetched yet ({inp.source}); run `doit fetch` for llama.cpp's own numbers")
+            result.problems.append(
+                f"{mid}: not fetched yet ({inp.source}); run `doit fetch` for llama.cpp's own numbers"
+            )
             continue
         fit_flags = {k: v for k, v in flags.items() if k in fit_known}
         try:

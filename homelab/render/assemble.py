@@ -136,8 +136,8 @@ def _build(
         if not server.is_file():
             raise RenderError(f"--server {server}: no such file")
         flags_file = server.parent.parent / "flags.json"
-        flags = AcceptedFlags.read(flags_file) if flags_file.is_file() else read_flags(server, str(server))
-        return server, flags, None, flags.build or str(server), sha256_file(server), None
+        accepted = AcceptedFlags.read(flags_file) if flags_file.is_file() else read_flags(server, str(server))
+        return server, accepted, None, accepted.build or str(server), sha256_file(server), None
     build = current_build(host.name)
     if build is None:
         raise RenderError(f"host {host.name} has no llama-server build yet: run `doit build host={host.name}` first")

@@ -125,7 +125,11 @@ def _check_managed(host: ResolvedHost, model: ResolvedModel) -> None:
 
 
 def check_accepted(
-    inputs: RenderInputs, model: ResolvedModel, flags: Mapping[str, FlagValue], *, extra_ok: frozenset[str] = frozenset()
+    inputs: RenderInputs,
+    model: ResolvedModel,
+    flags: Mapping[str, FlagValue],
+    *,
+    extra_ok: frozenset[str] = frozenset(),
 ) -> None:
     """Every flag name (and, with a full flag table, value) the pinned binary accepts."""
     accepted = inputs.accepted_flags
@@ -290,6 +294,4 @@ def _check_names(host: ResolvedHost) -> None:
                 )
     for preload in host.host.runtime.preload:
         if preload not in {m.id for m in host.models}:
-            raise RenderError(
-                f"{host.host_file}: runtime.preload names {preload!r}, which is not a model on this host"
-            )
+            raise RenderError(f"{host.host_file}: runtime.preload names {preload!r}, which is not a model on this host")

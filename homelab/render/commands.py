@@ -38,9 +38,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def register(cli) -> None:  # noqa: ANN001 (homelab.cli.CLI; imported lazily by the CLI)
-    parser = cli.command(
-        "render", cmd_render, "render a host's llama-swap config, router presets and systemd unit"
-    )
+    parser = cli.command("render", cmd_render, "render a host's llama-swap config, router presets and systemd unit")
     parser.add_argument("host", help="host name (hosts/<host>.yaml)")
     parser.add_argument("--diff", action="store_true", help="show a unified diff against the installed generation")
     parser.add_argument("--out", help="write here instead of HOMELAB_STATE/hosts/<host>/staging")

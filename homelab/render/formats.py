@@ -138,9 +138,7 @@ def env_file_value(name: str, value: Any) -> str:
     if _BARE.fullmatch(text) and "$" not in text:
         return f"{name}={text}"
     if "'" in text:
-        raise RenderError(
-            f"environment value for {name} contains a single quote; env files cannot hold it safely"
-        )
+        raise RenderError(f"environment value for {name} contains a single quote; env files cannot hold it safely")
     return f"{name}='{text}'"
 
 

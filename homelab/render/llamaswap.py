@@ -88,8 +88,7 @@ def check_sets(host: ResolvedHost) -> dict[str, tuple[frozenset[str], ...]]:
         for unknown in sorted(names - ids):
             raise RenderError(
                 f"{host.host_file}: sets.{name} names {unknown!r}, which is not a model on host "
-                f"{host.name} (models: {', '.join(sorted(ids))})"
-                + did_you_mean(unknown, ids)
+                f"{host.name} (models: {', '.join(sorted(ids))})" + did_you_mean(unknown, ids)
             )
     try:
         return expand_sets(host.sets)

@@ -85,7 +85,14 @@ def _command(inputs: RenderInputs) -> tuple[list[str], bool, bool]:
     runtime = inputs.host.host.runtime
     current = inputs.paths.current
     if runtime.kind == "supervisor":
-        argv = [str(inputs.homelab_executable), "serve", "--config", str(current / CONFIG_NAME), "--listen", runtime.listen]
+        argv = [
+            str(inputs.homelab_executable),
+            "serve",
+            "--config",
+            str(current / CONFIG_NAME),
+            "--listen",
+            runtime.listen,
+        ]
         return argv, True, True
     if runtime.kind == "llama-swap":
         if inputs.llama_swap_binary is None:
@@ -226,5 +233,9 @@ def render_rpc_unit(inputs: RenderInputs) -> str:
 
 
 def render_host_env(inputs: RenderInputs) -> str:
-    return render("homelab.env.j2", host=inputs.host.name, host_file=inputs.host.host_file.name,
-                  env=sorted(inputs.host.host.env.items()))
+    return render(
+        "homelab.env.j2",
+        host=inputs.host.name,
+        host_file=inputs.host.host_file.name,
+        env=sorted(inputs.host.host.env.items()),
+    )

@@ -118,9 +118,15 @@ class Activity:
         load = next((s.load_seconds or 0.0 for s in self.swaps if s.id == swap), 0.0) if swap else 0.0
         busy = duration - load
         record = RequestRecord(
-            id=req, model=model, timestamp=time.time(), status=status, duration_ms=round(duration * 1000),
-            input_tokens=prompt if isinstance(prompt, int) else None, output_tokens=output,
-            tokens_per_second=round(output / busy, 2) if output and busy > 0 else None, swap=swap,
+            id=req,
+            model=model,
+            timestamp=time.time(),
+            status=status,
+            duration_ms=round(duration * 1000),
+            input_tokens=prompt if isinstance(prompt, int) else None,
+            output_tokens=output,
+            tokens_per_second=round(output / busy, 2) if output and busy > 0 else None,
+            swap=swap,
         )
         self.requests.append(record)
         self.publish("metrics", [asdict(record)])
@@ -130,10 +136,14 @@ class Activity:
         state = scheduler.models.get(model_id)
         waiting = list(state.waiters) if state else []
         self._ids += 1
-        record = SwapRecord(id=self._ids, model=model_id, began=time.time(),
-                            caused_by=waiting[0] if waiting else None,
-                            trigger="load" if model_id in self._load_clicked else "request",
-                            evicted=self._evicting.pop(model_id, []))
+        record = SwapRecord(
+            id=self._ids,
+            model=model_id,
+            began=time.time(),
+            caused_by=waiting[0] if waiting else None,
+            trigger="load" if model_id in self._load_clicked else "request",
+            evicted=self._evicting.pop(model_id, []),
+        )
         for req in waiting:
             self._request_swap[req] = record.id
         while len(self._request_swap) > 4 * HISTORY:  # loads from the load button never finish a request

@@ -35,9 +35,7 @@ def vram_only(config: Config) -> bool:
     )
 
 
-def evictions(
-    config: Config, target: str, resident: Sequence[str], busy: Collection[str] = ()
-) -> frozenset[str]:
+def evictions(config: Config, target: str, resident: Sequence[str], busy: Collection[str] = ()) -> frozenset[str]:
     """Models to stop before ``target`` starts. ``resident`` is least recently used first."""
     running = frozenset(resident)
     if config.matrix is not None:

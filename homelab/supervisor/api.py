@@ -21,8 +21,13 @@ from .scheduler import State
 def _model_entry(sup: Supervisor, model_id: str, cfg: ModelConfig, listed_id: str) -> dict[str, Any]:
     state = sup.status_of(model_id)
     value = {State.READY: "loaded", State.STARTING: "loading", State.STOPPING: "unloading"}.get(state, "unloaded")
-    entry: dict[str, Any] = {"id": listed_id, "object": "model", "created": sup.started,
-                             "owned_by": "homelab", "status": {"value": value}}
+    entry: dict[str, Any] = {
+        "id": listed_id,
+        "object": "model",
+        "created": sup.started,
+        "owned_by": "homelab",
+        "status": {"value": value},
+    }
     if cfg.name:
         entry["name"] = cfg.name
     if cfg.description:
@@ -49,10 +54,17 @@ async def handle_models(request: web.Request) -> web.Response:
         for model in peer.models:
             # Listed qualified (always routable and unique); a bare name also works when exactly
             # one peer lists it. status.value is the peer's health: up / down / unknown.
-            data.append({"id": f"{peer.name}/{model}", "object": "model", "created": sup.started,
-                         "owned_by": peer.name, "name": f"{peer.name}: {model}",
-                         "status": {"value": described["state"]},
-                         "meta": {"llamaswap": {"peerID": peer.name}, "peer": {"name": peer.name, **described}}})
+            data.append(
+                {
+                    "id": f"{peer.name}/{model}",
+                    "object": "model",
+                    "created": sup.started,
+                    "owned_by": peer.name,
+                    "name": f"{peer.name}: {model}",
+                    "status": {"value": described["state"]},
+                    "meta": {"llamaswap": {"peerID": peer.name}, "peer": {"name": peer.name, **described}},
+                }
+            )
     return web.json_response({"object": "list", "data": data})
 
 
@@ -76,8 +88,9 @@ async def handle_running(request: web.Request) -> web.Response:
         if cfg is None:
             continue
         ttl = cfg.ttl if cfg.ttl > 0 else sup.config.global_ttl
-        running.append({"model": model_id, "state": state.state.value, "cmd": " ".join(cfg.cmd),
-                        "proxy": cfg.proxy, "ttl": ttl})
+        running.append(
+            {"model": model_id, "state": state.state.value, "cmd": " ".join(cfg.cmd), "proxy": cfg.proxy, "ttl": ttl}
+        )
     return web.json_response({"running": running, "peers": _peer_entries(sup)})
 
 
@@ -119,8 +132,9 @@ async def handle_log_stream(request: web.Request) -> web.StreamResponse:
     buffer = _log_buffer(sup, request.match_info.get("model"))
     if buffer is None:
         return unknown_model(sup, request.match_info.get("model", ""))
-    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
-                                           "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/plain; charset=utf-8", "X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
     queue = buffer.subscribe()
     sup.active -= 1  # a log stream never blocks shutdown
@@ -150,6 +164,4 @@ async def handle_reload(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR_KEY]
     ok, error, restarting = await sup.reload()
     # "changed" is the answer's field `homelab reload` and the deployer read: the models restarted
-    return web.json_response({"reloaded": ok, "error": error or None, "changed": restarting},
-                             status=200 if ok else 400)
-
+    return web.json_response({"reloaded": ok, "error": error or None, "changed": restarting}, status=200 if ok else 400)

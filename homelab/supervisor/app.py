@@ -40,10 +40,15 @@ def _api_key(request: web.Request) -> str | None:
 @web.middleware
 async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
     sup = request.app[SUPERVISOR_KEY]
-    if (sup.config.api_keys and request.path != "/health" and not is_public(request)
-            and _api_key(request) not in sup.config.api_keys):
-        return error_response(401, "invalid or missing API key (Authorization: Bearer KEY or x-api-key)",
-                              "invalid_api_key")
+    if (
+        sup.config.api_keys
+        and request.path != "/health"
+        and not is_public(request)
+        and _api_key(request) not in sup.config.api_keys
+    ):
+        return error_response(
+            401, "invalid or missing API key (Authorization: Bearer KEY or x-api-key)", "invalid_api_key"
+        )
     if not sup.accepting:
         return error_response(503, "the supervisor is shutting down", "shutting_down", retry_after=5)
     sup.active += 1
@@ -52,13 +57,18 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) ->
     try:
         response = await handler(request)
         status = response.status
-        return response  # type: ignore[no-any-return]
+        return response
     finally:
         sup.active -= 1
         if sup.config.log_requests:
-            log.info("%s %s %s %d %.1fms", request.remote, request.method, request.path_qs, status,
-                     1000 * (time.perf_counter() - started))
-
+            log.info(
+                "%s %s %s %d %.1fms",
+                request.remote,
+                request.method,
+                request.path_qs,
+                status,
+                1000 * (time.perf_counter() - started),
+            )
 
 
 def create_app(sup: Supervisor) -> web.Application:
@@ -101,13 +111,18 @@ class Running:
         await self.runner.cleanup()
 
 
-async def start_server(config: Config, host: str = "127.0.0.1", port: int = 0, *,
-                       loader: Loader | None = None, drain_timeout: float = 30.0,
-                       peer_timings: ProbeTimings | None = None) -> Running:
+async def start_server(
+    config: Config,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    loader: Loader | None = None,
+    drain_timeout: float = 30.0,
+    peer_timings: ProbeTimings | None = None,
+) -> Running:
     sup = Supervisor(config, loader=loader, drain_timeout=drain_timeout, peer_timings=peer_timings)
     await sup.start()
-    runner = web.AppRunner(create_app(sup), handler_cancellation=True, access_log=None,
-                           shutdown_timeout=2.0)
+    runner = web.AppRunner(create_app(sup), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
@@ -115,15 +130,17 @@ async def start_server(config: Config, host: str = "127.0.0.1", port: int = 0, *
     except OSError as exc:
         await sup.close()
         await runner.cleanup()
-        raise HomelabError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                           "(another server there? pick another --listen)") from None
+        raise HomelabError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server there? pick another --listen)"
+        ) from None
     server = site._server
-    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr]
+    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[attr-defined]  # site._server is an asyncio.Server; AbstractServer lacks .sockets
     return Running(sup, runner, bound)
 
 
-async def serve(config: Config, host: str, port: int, *, loader: Loader | None = None,
-                drain_timeout: float = 30.0) -> None:
+async def serve(
+    config: Config, host: str, port: int, *, loader: Loader | None = None, drain_timeout: float = 30.0
+) -> None:
     running = await start_server(config, host, port, loader=loader, drain_timeout=drain_timeout)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

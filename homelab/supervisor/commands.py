@@ -49,9 +49,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(Path(args.config))
     if args.check:
-        print(f"{args.config}: ok, {len(config.models)} models"
-              + (f", matrix with {len(config.matrix.sets)} sets" if config.matrix else "")
-              + (f", {len(config.groups)} groups" if config.groups else ""))
+        print(
+            f"{args.config}: ok, {len(config.models)} models"
+            + (f", matrix with {len(config.matrix.sets)} sets" if config.matrix else "")
+            + (f", {len(config.groups)} groups" if config.groups else "")
+        )
         return 0
     host, port = parse_listen(args.listen)
     if args.pid_file:
@@ -97,8 +99,12 @@ def register(cli: CLI) -> None:
     serve.add_argument("--listen", default="127.0.0.1:12434", help="HOST:PORT (default 127.0.0.1:12434)")
     serve.add_argument("--check", action="store_true", help="validate the config and exit")
     serve.add_argument("--pid-file", help="write the supervisor's PID here (for homelab reload)")
-    serve.add_argument("--drain-timeout", type=float, default=30.0,
-                       help="seconds to let in-flight requests finish on SIGTERM (default 30)")
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let in-flight requests finish on SIGTERM (default 30)",
+    )
     reload = cli.command("reload", cmd_reload, "make a running supervisor re-read its config")
     where = reload.add_mutually_exclusive_group()
     where.add_argument("--pid-file", help="signal the supervisor whose PID is in this file")

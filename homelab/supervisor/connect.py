@@ -23,7 +23,7 @@ import functools
 import inspect
 import ipaddress
 import logging
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -40,17 +40,26 @@ def _is_ip(host: str) -> bool:
 
 
 class DirectConnector(aiohttp.TCPConnector):
-    async def _create_connection(self, req: ClientRequest, traces: list[Any],
-                                 timeout: aiohttp.ClientTimeout) -> ResponseHandler:
+    async def _create_connection(
+        self, req: ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
         host = req.url.raw_host
         # The general route for whatever the short one does not do: TLS, proxies, host names,
         # a local_addr to bind, and trace hooks (they expect its DNS events).
-        if (req.proxy is not None or req.is_ssl() or host is None or not _is_ip(host) or traces
-                or getattr(self, "_local_addr_infos", None)):
+        if (
+            req.proxy is not None
+            or req.is_ssl()
+            or host is None
+            or not _is_ip(host)
+            or traces
+            or getattr(self, "_local_addr_infos", None)
+        ):
             return await super()._create_connection(req, traces, timeout)
         try:
             async with asyncio.timeout(timeout.sock_connect):
-                _, proto = await self._loop.create_connection(self._factory, host, req.port)
+                _, proto = await self._loop.create_connection(
+                    self._factory, host, cast(int, req.port)
+                )  # set for http(s) URLs
         except TimeoutError:
             raise  # aiohttp turns it into ConnectionTimeoutError, as for its own connects
         except OSError as exc:
@@ -72,4 +81,3 @@ def backend_connector(**options: Any) -> aiohttp.TCPConnector:
         "aiohttp %s changed TCPConnector._create_connection; using its own connect route", aiohttp.__version__
     )
     return aiohttp.TCPConnector(**options)
-

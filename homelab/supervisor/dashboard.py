@@ -78,14 +78,19 @@ class Dashboard:
             st = sup.scheduler.models.get(model_id)
             state = st.state if st else State.STOPPED
             entry: dict[str, Any] = {
-                "id": model_id, "name": cfg.name or model_id, "description": cfg.description or "",
-                "state": state.value, "unlisted": cfg.unlisted,
+                "id": model_id,
+                "name": cfg.name or model_id,
+                "description": cfg.description or "",
+                "state": state.value,
+                "unlisted": cfg.unlisted,
                 "profiles": sorted(k for k in cfg.filters.set_params_by_id if k != model_id),
-                "inflight": len(st.inflight) if st else 0, "queued": len(st.waiters) if st else 0,
+                "inflight": len(st.inflight) if st else 0,
+                "queued": len(st.waiters) if st else 0,
                 "vram_mib": cfg.vram_mib,
             }
-            entry["aliases"] = sorted(a for a, t in config.aliases.items()
-                                      if t == model_id and a not in entry["profiles"])
+            entry["aliases"] = sorted(
+                a for a, t in config.aliases.items() if t == model_id and a not in entry["profiles"]
+            )
             ttl = cfg.ttl if cfg.ttl > 0 else config.global_ttl
             entry["ttl"] = ttl
             status = "unloaded"
@@ -119,10 +124,23 @@ class Dashboard:
             health = sup.peers.health.get(peer.name)
             described = health.describe() if health is not None else {"state": "unknown"}
             for model in peer.models:
-                out.append({"id": f"{peer.name}/{model}", "name": model, "description": "", "peerID": peer.name,
-                            "state": described["state"], "status": f"peer {described['state']}",
-                            "unlisted": False, "aliases": [], "profiles": [], "inflight": 0, "queued": 0,
-                            "evicts": [], "last_error": described.get("lastError") or ""})
+                out.append(
+                    {
+                        "id": f"{peer.name}/{model}",
+                        "name": model,
+                        "description": "",
+                        "peerID": peer.name,
+                        "state": described["state"],
+                        "status": f"peer {described['state']}",
+                        "unlisted": False,
+                        "aliases": [],
+                        "profiles": [],
+                        "inflight": 0,
+                        "queued": 0,
+                        "evicts": [],
+                        "last_error": described.get("lastError") or "",
+                    }
+                )
         return out
 
     def state(self) -> dict[str, Any]:
@@ -130,8 +148,9 @@ class Dashboard:
         source = sup.config.source
         return {
             "models": self.model_status(),
-            "vram": vram_picture(source, sup.config.vram_budget_mib,
-                                 {m: c.vram_mib for m, c in sup.config.models.items()}),
+            "vram": vram_picture(
+                source, sup.config.vram_budget_mib, {m: c.vram_mib for m, c in sup.config.models.items()}
+            ),
             "deploy": deploy_facts(source),
             "swaps": [asdict(s) for s in sup.activity.swaps],
             "requests": [asdict(r) for r in sup.activity.requests],
@@ -152,11 +171,17 @@ class Dashboard:
         content_type = UI_FILES.get(name)
         if content_type is None:
             raise web.HTTPNotFound()
-        return web.Response(body=ui_file(name), content_type=content_type, charset="utf-8", headers={
-            "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-            # the page talks only to this server and loads nothing from elsewhere
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-        })
+        return web.Response(
+            body=ui_file(name),
+            content_type=content_type,
+            charset="utf-8",
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Content-Type-Options": "nosniff",
+                # the page talks only to this server and loads nothing from elsewhere
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            },
+        )
 
     async def handle_state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state())
@@ -173,8 +198,14 @@ class Dashboard:
 
     async def handle_events(self, request: web.Request) -> web.StreamResponse:
         sup = self.sup
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                "X-Content-Type-Options": "nosniff",
+            }
+        )
         await response.prepare(request)
         queue = sup.activity.subscribe()
         buffers: list[tuple[LogBuffer, dict[str, str]]] = [(sup.supervisor_log, {"source": "proxy"})]

@@ -52,16 +52,18 @@ def deploy_facts(config_file: Path | None) -> dict[str, Any]:
     }
 
 
-def vram_picture(config_file: Path | None, budget_mib: int | None,
-                 model_mib: dict[str, int | None]) -> dict[str, Any]:
+def vram_picture(config_file: Path | None, budget_mib: int | None, model_mib: dict[str, int | None]) -> dict[str, Any]:
     """Devices with their budgets and each model's planned share per device and term (MiB).
 
     From ``plan.json`` when the generation has one; otherwise one ``budget`` device from
     ``x-vramBudgetMiB`` with each model's ``vram_mib`` (the config's own figures)."""
     plan = read_json(config_file.resolve().parent / PLAN) if config_file is not None else None
     if plan and isinstance(plan.get("devices"), dict) and isinstance(plan.get("models"), dict):
-        devices = {d: {"name": v.get("name", d), "budget_mib": v.get("budget_mib")}
-                   for d, v in plan["devices"].items() if isinstance(v, dict)}
+        devices = {
+            d: {"name": v.get("name", d), "budget_mib": v.get("budget_mib")}
+            for d, v in plan["devices"].items()
+            if isinstance(v, dict)
+        }
         models: dict[str, dict[str, dict[str, int]]] = {}
         for mid, entry in plan["models"].items():
             per_device = entry.get("devices") if isinstance(entry, dict) else None
@@ -83,6 +85,7 @@ def vram_picture(config_file: Path | None, budget_mib: int | None,
 
 def _shares(terms: dict[str, Any]) -> dict[str, int]:
     """Bytes per term -> MiB (rounded up), keeping weights, kv and compute apart; the rest as other."""
+
     def mib(n: Any) -> int:
         return -(-int(n) // MIB) if isinstance(n, (int, float)) and n > 0 else 0
 

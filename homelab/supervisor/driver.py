@@ -43,8 +43,13 @@ Loader = Callable[[Path], Config]
 class Supervisor:
     """Carries out the scheduler's decisions: backends, answers to waiting requests, timers."""
 
-    def __init__(self, config: Config, loader: Loader | None = None, drain_timeout: float = 30.0,
-                 peer_timings: ProbeTimings | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loader: Loader | None = None,
+        drain_timeout: float = 30.0,
+        peer_timings: ProbeTimings | None = None,
+    ) -> None:
         self.config = config
         self.loader = loader
         self.drain_timeout = drain_timeout
@@ -278,10 +283,13 @@ class Supervisor:
         """A swap to ``model_id`` was decided: read its files ahead (x-prefetch)."""
         if not self.config.prefetch.enabled:
             return
-        resident = sorted((s for s in self.scheduler.models.values()
-                           if s.state is not State.STOPPED and s.id != model_id), key=lambda s: s.last_used)
-        files, budget = swap_plan(self.config, model_id, [s.id for s in resident],
-                                  {s.id for s in resident if s.busy}, read_mem_available())
+        resident = sorted(
+            (s for s in self.scheduler.models.values() if s.state is not State.STOPPED and s.id != model_id),
+            key=lambda s: s.last_used,
+        )
+        files, budget = swap_plan(
+            self.config, model_id, [s.id for s in resident], {s.id for s in resident if s.busy}, read_mem_available()
+        )
         self.prefetcher.warm(model_id, files, budget)
 
     def _prefetched(self, model_id: str, advised: int) -> None:
@@ -291,8 +299,11 @@ class Supervisor:
 
     async def unload(self, models: list[str] | None, wait: float = 30.0) -> list[str]:
         """Unload models (all when None) and wait (bounded) until they have stopped."""
-        targets = [m for m, s in self.scheduler.models.items()
-                   if s.state is not State.STOPPED and (models is None or m in models)]
+        targets = [
+            m
+            for m, s in self.scheduler.models.items()
+            if s.state is not State.STOPPED and (models is None or m in models)
+        ]
         events = [self._stopped_events.setdefault(m, asyncio.Event()) for m in targets]
         self.dispatch(self.scheduler.unload(targets, self.now()))
         if events:
@@ -345,7 +356,6 @@ class Supervisor:
 def _write_stdout(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
-
 
 
 SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)

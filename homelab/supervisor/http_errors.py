@@ -20,23 +20,35 @@ from typing import Any
 
 from aiohttp import web
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               429: "rate_limit_error", 502: "server_error", 503: "server_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    502: "server_error",
+    503: "server_error",
+}
 
 
-def _error_body(status: int, message: str, code: str, *, source: str = "supervisor",
-               **extra: Any) -> dict[str, Any]:
+def _error_body(status: int, message: str, code: str, *, source: str = "supervisor", **extra: Any) -> dict[str, Any]:
     """``{"error": {"message", "type", "code", "source"}}`` like OpenAI, plus where it came from."""
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"),
-                      "code": code, "source": source, **extra}}
+    return {
+        "error": {
+            "message": message,
+            "type": ERROR_TYPES.get(status, "server_error"),
+            "code": code,
+            "source": source,
+            **extra,
+        }
+    }
 
 
-def error_response(status: int, message: str, code: str, *, source: str = "supervisor",
-                   retry_after: int | None = None, **extra: Any) -> web.Response:
+def error_response(
+    status: int, message: str, code: str, *, source: str = "supervisor", retry_after: int | None = None, **extra: Any
+) -> web.Response:
     """The error as a JSON answer (``Retry-After`` when a retry can succeed)."""
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response(_error_body(status, message, code, source=source, **extra), status=status,
-                             headers=headers)
+    return web.json_response(_error_body(status, message, code, source=source, **extra), status=status, headers=headers)
 
 
 def error_event(message: str, code: str) -> bytes:

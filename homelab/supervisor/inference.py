@@ -29,8 +29,14 @@ from .proxy import (
 from .scheduler import Reject
 
 INFERENCE_ROUTES = (
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/rerank",
-    "/v1/messages", "/completion", "/infill",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/rerank",
+    "/v1/messages",
+    "/completion",
+    "/infill",
 )
 
 
@@ -39,8 +45,9 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
     payload, requested = parse_body(request.headers.get("Content-Type", ""), body)
     requested = requested or request.query.get("model")
     if not requested:
-        return error_response(400, "no model in the request (JSON 'model', multipart 'model' field "
-                              "or ?model=)", "model_missing")
+        return error_response(
+            400, "no model in the request (JSON 'model', multipart 'model' field or ?model=)", "model_missing"
+        )
     return await proxy_request(request, requested, request.path_qs, body, payload)
 
 
@@ -64,16 +71,22 @@ def unknown_model(sup: Supervisor, requested: str) -> web.Response:
     serving = sup.peers_serving(requested)
     if len(serving) > 1:
         choices = [f"{peer.name}/{requested}" for peer in serving]
-        return error_response(400, f"model {requested!r} is served by several peers; ask for one of: "
-                              f"{', '.join(choices)}", "model_ambiguous", choices=choices)
+        return error_response(
+            400,
+            f"model {requested!r} is served by several peers; ask for one of: {', '.join(choices)}",
+            "model_ambiguous",
+            choices=choices,
+        )
     known = sorted(m for m, c in sup.config.models.items() if not c.unlisted)
     known += [f"{peer.name}/{model}" for peer in sup.config.peers.values() for model in peer.models]
-    return error_response(404, f"model {requested!r} not found; known models: {', '.join(known)}",
-                          "model_not_found", known=known)
+    return error_response(
+        404, f"model {requested!r} not found; known models: {', '.join(known)}", "model_not_found", known=known
+    )
 
 
-async def proxy_request(request: web.Request, requested: str, path: str, body: bytes,
-                        payload: dict[str, Any] | None) -> web.StreamResponse:
+async def proxy_request(
+    request: web.Request, requested: str, path: str, body: bytes, payload: dict[str, Any] | None
+) -> web.StreamResponse:
     sup = request.app[SUPERVISOR_KEY]
     model_id = sup.config.resolve(requested)
     if model_id is None:
@@ -123,8 +136,9 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
             # llama-server closes the connection after a stream (while announcing keep-alive);
             # aiohttp would pool it the moment the body ends and a later request could pick it.
             headers["Connection"] = "close"
-        response = await forward(request, sup.session, base + path, body, headers, outcome, prepared=prepared,
-                                 same_backend=backend.alive)
+        response = await forward(
+            request, sup.session, base + path, body, headers, outcome, prepared=prepared, same_backend=backend.alive
+        )
         metrics.requests.inc(model=model_id, code=str(outcome.status))
         if outcome.upstream_error or outcome.status >= 500:
             metrics.errors.inc(model=model_id, reason="backend")
@@ -141,13 +155,25 @@ async def proxy_request(request: web.Request, requested: str, path: str, body: b
 
 
 def _peer_down(peer: PeerConfig, reason: str | None) -> web.Response:
-    return error_response(503, f"peer {peer.name!r} ({peer.proxy}) is down: {reason or 'not reachable'}; "
-                          "its models are unavailable until it answers again", "peer_unavailable",
-                          retry_after=1, peer=peer.name)
+    return error_response(
+        503,
+        f"peer {peer.name!r} ({peer.proxy}) is down: {reason or 'not reachable'}; "
+        "its models are unavailable until it answers again",
+        "peer_unavailable",
+        retry_after=1,
+        peer=peer.name,
+    )
 
 
-async def proxy_peer(request: web.Request, sup: Supervisor, peer: PeerConfig, model: str, path: str,
-                     body: bytes, payload: dict[str, Any] | None) -> web.StreamResponse:
+async def proxy_peer(
+    request: web.Request,
+    sup: Supervisor,
+    peer: PeerConfig,
+    model: str,
+    path: str,
+    body: bytes,
+    payload: dict[str, Any] | None,
+) -> web.StreamResponse:
     """Forward (streaming) to a peer. A peer the monitor knows to be down answers 503 at once; a
     request that cannot reach it answers 503 too (and counts as a failed probe); one that waits
     on a peer that stops answering is ended when the monitor marks the peer down."""
@@ -171,8 +197,9 @@ async def proxy_peer(request: web.Request, sup: Supervisor, peer: PeerConfig, mo
         session = monitor.session(peer.name)
         # A pooled connection the peer closed under us is retried, unless the session was closed
         # because the peer went down.
-        response = await forward(request, session, peer.proxy + path, body, headers, outcome,
-                                 same_backend=lambda: not session.closed)
+        response = await forward(
+            request, session, peer.proxy + path, body, headers, outcome, same_backend=lambda: not session.closed
+        )
         code = str(outcome.status)
         if outcome.upstream_error and isinstance(response, web.Response) and not response.prepared:
             # Nothing reached the client yet: the peer could not be reached, or it was marked down
@@ -191,4 +218,3 @@ async def proxy_peer(request: web.Request, sup: Supervisor, peer: PeerConfig, mo
         return response
     finally:
         sup.metrics.latency.observe(time.perf_counter() - started, model=label)
-

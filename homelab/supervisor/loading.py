@@ -38,8 +38,13 @@ def wants_loading_state(path: str, payload: dict[str, Any] | None, enabled: bool
 
 
 def reasoning_chunk(model_id: str, text: str) -> bytes:
-    chunk = {"id": "loading", "object": "chat.completion.chunk", "created": int(time.time()), "model": model_id,
-             "choices": [{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}]}
+    chunk = {
+        "id": "loading",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": [{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}],
+    }
     return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
 
@@ -47,8 +52,9 @@ async def stream_loading_state(request: web.Request, model_id: str, ready: async
     """Open the SSE response and send progress until ``ready`` completes (admitted or refused);
     the caller then closes the banner (:func:`finish_loading_state`) or ends the stream with the
     error (:func:`.http_errors.end_stream_with_error`)."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
     await response.prepare(request)
     await response.write(reasoning_chunk(model_id, f"{RULE}\nllama-swap loading model: {model_id}\n"))
     while not ready.done():

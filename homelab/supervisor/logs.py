@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 
 class LogBuffer:
-    def __init__(self, name: str, max_bytes: int = 256 * 1024, parent: LogBuffer | None = None,
-                 prefix: str | None = None) -> None:
+    def __init__(
+        self, name: str, max_bytes: int = 256 * 1024, parent: LogBuffer | None = None, prefix: str | None = None
+    ) -> None:
         self.name = name
         self.parent = parent
         """Receives a copy of everything appended here (the combined log)..."""

@@ -68,39 +68,65 @@ class Metrics:
     def __init__(self) -> None:
         self.requests = Counter("homelab_requests_total", "Requests by model, route and status code.")
         self.errors = Counter("homelab_errors_total", "Requests answered with an error, by model and reason.")
-        self.latency = Histogram("homelab_request_duration_seconds",
-                                 "Request duration (arrival to last byte), by model.", LATENCY_BUCKETS)
+        self.latency = Histogram(
+            "homelab_request_duration_seconds", "Request duration (arrival to last byte), by model.", LATENCY_BUCKETS
+        )
         self.swaps = Counter("homelab_swaps_total", "Backend starts by model and outcome.")
-        self.swap_duration = Histogram("homelab_swap_duration_seconds",
-                                       "First waiting request to ready, evictions included.", START_BUCKETS)
-        self.time_to_ready = Histogram("homelab_time_to_ready_seconds",
-                                       "Backend spawn to ready (checkEndpoint answered 200).", START_BUCKETS)
+        self.swap_duration = Histogram(
+            "homelab_swap_duration_seconds", "First waiting request to ready, evictions included.", START_BUCKETS
+        )
+        self.time_to_ready = Histogram(
+            "homelab_time_to_ready_seconds", "Backend spawn to ready (checkEndpoint answered 200).", START_BUCKETS
+        )
         self.crashes = Counter("homelab_backend_crashes_total", "Backends that exited without being asked to.")
         self.tokens = Counter("homelab_tokens_total", "Tokens reported by backends in usage, by kind.")
-        self.peer_requests = Counter("homelab_peer_requests_total", "Requests forwarded to peers, by peer and code "
-                                     "(503: the peer was down or unreachable).")
-        self.prompt_cache_saves = Counter("homelab_prompt_cache_saves_total",
-                                          "Slots saved before a stop, by model and outcome (saved, failed, timeout).")
+        self.peer_requests = Counter(
+            "homelab_peer_requests_total",
+            "Requests forwarded to peers, by peer and code (503: the peer was down or unreachable).",
+        )
+        self.prompt_cache_saves = Counter(
+            "homelab_prompt_cache_saves_total",
+            "Slots saved before a stop, by model and outcome (saved, failed, timeout).",
+        )
         self.prompt_cache_restores = Counter(
-            "homelab_prompt_cache_restores_total", "Saved slots at a start, by model and outcome (restored; refused: "
-            "saved with another model file, build or KV flags; failed; timeout).")
-        self.prompt_cache_dropped = Counter("homelab_prompt_cache_dropped_total",
-                                            "Saved slots dropped to stay within the disk caps (LRU).")
-        self.prefetch_bytes = Counter("homelab_prefetch_bytes_total",
-                                      "Bytes of model files read ahead into the page cache, by model.")
+            "homelab_prompt_cache_restores_total",
+            "Saved slots at a start, by model and outcome (restored; refused: "
+            "saved with another model file, build or KV flags; failed; timeout).",
+        )
+        self.prompt_cache_dropped = Counter(
+            "homelab_prompt_cache_dropped_total", "Saved slots dropped to stay within the disk caps (LRU)."
+        )
+        self.prefetch_bytes = Counter(
+            "homelab_prefetch_bytes_total", "Bytes of model files read ahead into the page cache, by model."
+        )
 
     def render(self, loaded: dict[str, bool], peers_up: dict[str, bool] | None = None) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.errors, self.latency, self.swaps, self.swap_duration,
-                       self.time_to_ready, self.crashes, self.tokens, self.peer_requests,
-                       self.prompt_cache_saves, self.prompt_cache_restores, self.prompt_cache_dropped,
-                       self.prefetch_bytes):
+        for metric in (
+            self.requests,
+            self.errors,
+            self.latency,
+            self.swaps,
+            self.swap_duration,
+            self.time_to_ready,
+            self.crashes,
+            self.tokens,
+            self.peer_requests,
+            self.prompt_cache_saves,
+            self.prompt_cache_restores,
+            self.prompt_cache_dropped,
+            self.prefetch_bytes,
+        ):
             lines += metric.render()
-        lines += ["# HELP homelab_model_loaded 1 when the model's backend is ready.",
-                  "# TYPE homelab_model_loaded gauge"]
+        lines += [
+            "# HELP homelab_model_loaded 1 when the model's backend is ready.",
+            "# TYPE homelab_model_loaded gauge",
+        ]
         lines += [f'homelab_model_loaded{{model="{_escape(m)}"}} {int(v)}' for m, v in sorted(loaded.items())]
         if peers_up:
-            lines += ["# HELP homelab_peer_up 1 when the peer answered its last health probe.",
-                      "# TYPE homelab_peer_up gauge"]
+            lines += [
+                "# HELP homelab_peer_up 1 when the peer answered its last health probe.",
+                "# TYPE homelab_peer_up gauge",
+            ]
             lines += [f'homelab_peer_up{{peer="{_escape(p)}"}} {int(v)}' for p, v in sorted(peers_up.items())]
         return "\n".join(lines) + "\n"

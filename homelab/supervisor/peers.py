@@ -97,8 +97,12 @@ class PeerHealth:
 
     def describe(self) -> dict[str, object]:
         """The JSON shape shown in ``/v1/models`` (meta) and ``/running``."""
-        return {"state": self.state.value, "lastError": self.last_error, "since": self.changed_at,
-                "checkedAt": self.checked_at}
+        return {
+            "state": self.state.value,
+            "lastError": self.last_error,
+            "since": self.changed_at,
+            "checkedAt": self.checked_at,
+        }
 
     def _set(self, state: PeerState, now: float) -> bool:
         if state is self.state:
@@ -145,8 +149,12 @@ class PeerMonitor:
     Probes use a separate session so that closing a request session never aborts them.
     """
 
-    def __init__(self, peers: Mapping[str, PeerConfig], timings: ProbeTimings | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        peers: Mapping[str, PeerConfig],
+        timings: ProbeTimings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.timings = timings or ProbeTimings()
         self.clock = clock
         self.peers: dict[str, PeerConfig] = dict(peers)
@@ -177,8 +185,9 @@ class PeerMonitor:
         return aiohttp.ClientSession(
             trace_configs=traces,
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=3),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timings.connect_timeout,
-                                          connect=self.timings.connect_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.timings.connect_timeout, connect=self.timings.connect_timeout
+            ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
@@ -278,8 +287,9 @@ class PeerMonitor:
         error: BaseException | None = None
         try:
             async with asyncio.timeout(self.timings.timeout):
-                async with self.probe_session.get(peer.proxy + PROBE_PATH, headers=headers,
-                                                  allow_redirects=False) as resp:
+                async with self.probe_session.get(
+                    peer.proxy + PROBE_PATH, headers=headers, allow_redirects=False
+                ) as resp:
                     status = resp.status
                     await resp.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

@@ -86,8 +86,9 @@ def files_size(files: Iterable[Path]) -> int:
     return total
 
 
-def swap_plan(config: Config, target: str, resident: Sequence[str], busy: Iterable[str],
-              available: int | None) -> tuple[list[Path], int]:
+def swap_plan(
+    config: Config, target: str, resident: Sequence[str], busy: Iterable[str], available: int | None
+) -> tuple[list[Path], int]:
     """(files of ``target``, bytes to read ahead) for a swap to ``target`` while ``resident``
     (least recently used first) run: what the models that stay resident map is kept."""
     model = config.models.get(target)
@@ -142,8 +143,12 @@ class Prefetcher:
             if current is not None and current[0].is_alive():
                 return False
             cancelled = threading.Event()
-            thread = threading.Thread(target=self._run, args=(model_id, list(files), budget, cancelled),
-                                      name=f"prefetch-{model_id}", daemon=True)
+            thread = threading.Thread(
+                target=self._run,
+                args=(model_id, list(files), budget, cancelled),
+                name=f"prefetch-{model_id}",
+                daemon=True,
+            )
             self._running[model_id] = (thread, cancelled)
         thread.start()
         return True

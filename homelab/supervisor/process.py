@@ -53,7 +53,7 @@ def _child_setup(parent_pid: int) -> None:
 
 def spawn_guarded(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
     """Popen in a new session with PDEATHSIG=SIGKILL (call from a long-lived thread)."""
-    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+    return subprocess.Popen(  # type: ignore[call-overload]  # **kwargs: object matches no Popen overload
         argv,
         start_new_session=True,
         preexec_fn=functools.partial(_child_setup, os.getpid()),
@@ -279,8 +279,9 @@ class Backend:
         if self.model.cmd_stop:
             argv = [part.replace("${PID}", str(pid)) for part in self.model.cmd_stop]
             try:
-                stopper = spawn_guarded(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+                stopper = spawn_guarded(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
                 self._loop.run_in_executor(None, stopper.wait)
             except OSError as exc:
                 log.warning("cmdStop of %s failed (%s); sending SIGTERM", self.model.id, exc)

@@ -316,16 +316,18 @@ class PromptCache:
             async with asyncio.timeout(self.settings.save_timeout):
                 saved = await self._save_slots(model, session, key)
         except TimeoutError:
-            log.warning("prompt cache: saving %s's slots took over %gs; stopping it without the rest",
-                        model.id, self.settings.save_timeout)
+            log.warning(
+                "prompt cache: saving %s's slots took over %gs; stopping it without the rest",
+                model.id,
+                self.settings.save_timeout,
+            )
             self.metrics.prompt_cache_saves.inc(model=model.id, outcome="timeout")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             log.warning("prompt cache: cannot save %s's slots: %s", model.id, exc)
             self.metrics.prompt_cache_saves.inc(model=model.id, outcome="failed")
         else:
             if saved:
-                log.info("prompt cache: saved %d slot(s) of %s in %.3fs", saved, model.id,
-                         time.monotonic() - started)
+                log.info("prompt cache: saved %d slot(s) of %s in %.3fs", saved, model.id, time.monotonic() - started)
         self._enforce_caps()  # slots saved before a timeout or failure are kept
         self._write_index()
 
@@ -343,8 +345,9 @@ class PromptCache:
             if not isinstance(tokens, int) or tokens <= 0 or not isinstance(slot.get("id"), int):
                 continue  # an empty slot: nothing worth keeping
             name = slot_file_name(key, slot["id"])
-            async with session.post(f"{base}/slots/{slot['id']}?action=save", headers=headers,
-                                    json={"filename": TEMP_PREFIX + name}) as resp:
+            async with session.post(
+                f"{base}/slots/{slot['id']}?action=save", headers=headers, json={"filename": TEMP_PREFIX + name}
+            ) as resp:
                 body = await resp.json(content_type=None)
             if resp.status != 200:
                 self.metrics.prompt_cache_saves.inc(model=model.id, outcome="failed")
@@ -353,8 +356,17 @@ class PromptCache:
             final = folder / name
             os.chmod(folder / (TEMP_PREFIX + name), 0o600)
             os.replace(folder / (TEMP_PREFIX + name), final)
-            self.index.record(Entry(model.id, key, slot["id"], f"{folder.name}/{name}",
-                                    final.stat().st_size, int(body.get("n_saved", tokens)), time.time()))
+            self.index.record(
+                Entry(
+                    model.id,
+                    key,
+                    slot["id"],
+                    f"{folder.name}/{name}",
+                    final.stat().st_size,
+                    int(body.get("n_saved", tokens)),
+                    time.time(),
+                )
+            )
             self.metrics.prompt_cache_saves.inc(model=model.id, outcome="saved")
             saved += 1
         return saved
@@ -374,8 +386,12 @@ class PromptCache:
         how many slots were restored. Failures only cost the prefill they would have saved."""
         matching, stale = self.index.split(model.id, self.key_of(model))
         if stale:
-            log.warning("prompt cache: %d saved slot(s) of %s were made with another model file, build or "
-                        "KV flags; refusing them", len(stale), model.id)
+            log.warning(
+                "prompt cache: %d saved slot(s) of %s were made with another model file, build or "
+                "KV flags; refusing them",
+                len(stale),
+                model.id,
+            )
             self.metrics.prompt_cache_restores.inc(len(stale), model=model.id, outcome="refused")
             self._drop(stale)
         restored = 0
@@ -384,8 +400,11 @@ class PromptCache:
                 for entry in sorted(matching, key=lambda e: e.slot):
                     restored += await self._restore_one(model, session, entry)
         except TimeoutError:
-            log.warning("prompt cache: restoring %s took over %gs; serving without the rest",
-                        model.id, self.settings.restore_timeout)
+            log.warning(
+                "prompt cache: restoring %s took over %gs; serving without the rest",
+                model.id,
+                self.settings.restore_timeout,
+            )
             self.metrics.prompt_cache_restores.inc(model=model.id, outcome="timeout")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             log.warning("prompt cache: cannot restore %s: %s", model.id, exc)
@@ -395,8 +414,11 @@ class PromptCache:
         return restored
 
     async def _restore_one(self, model: ModelConfig, session: aiohttp.ClientSession, entry: Entry) -> int:
-        async with session.post(f"{model.proxy.rstrip('/')}/slots/{entry.slot}?action=restore",
-                                headers=_auth(model.cmd), json={"filename": Path(entry.file).name}) as resp:
+        async with session.post(
+            f"{model.proxy.rstrip('/')}/slots/{entry.slot}?action=restore",
+            headers=_auth(model.cmd),
+            json={"filename": Path(entry.file).name},
+        ) as resp:
             body = await resp.json(content_type=None)
         if resp.status != 200:
             log.warning("prompt cache: slot %d of %s not restored: %s", entry.slot, model.id, body)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -26,10 +26,20 @@ from .http_errors import end_stream_with_error, error_response
 
 log = logging.getLogger("homelab.supervisor")
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-    "transfer-encoding", "upgrade", "host", "content-length",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 USAGE_KEEP = 1 << 16
 SMALL_BODY = 256 * 1024
 """Answers with a Content-Length up to this are read whole and sent in one write."""
@@ -53,13 +63,13 @@ def parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any] | None, s
 
 
 def _multipart_model(content_type: str, body: bytes) -> str | None:
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
     if not message.is_multipart():
         return None
     for part in message.iter_parts():
         if part.get_param("name", header="content-disposition") == "model":
-            value = part.get_payload(decode=True) or b""
+            # decode=True gives bytes (or None) for a non-multipart part
+            value = cast(bytes, part.get_payload(decode=True) or b"")
             return value.decode(errors="replace").strip()
     return None
 
@@ -85,8 +95,9 @@ def multipart_with_model(content_type: str, body: bytes, model: str) -> bytes:
 _MODEL_FIELD = re.compile(rb'(?im)^content-disposition:[^\r\n]*;\s*name="?model"?\s*(?:;|$)')
 
 
-def apply_filters(payload: dict[str, Any], filters: Filters, requested: str, model_name: str | None,
-                  body: bytes) -> bytes:
+def apply_filters(
+    payload: dict[str, Any], filters: Filters, requested: str, model_name: str | None, body: bytes
+) -> bytes:
     """stripParams, setParams, then setParamsByID[requested]; the model field becomes
     ``model_name`` (the model's ID or useModelName). Returns the original bytes when unchanged."""
     changed = False
@@ -108,8 +119,9 @@ def apply_filters(payload: dict[str, Any], filters: Filters, requested: str, mod
 _MISSING = object()
 
 
-def model_body(model: ModelConfig, requested: str, payload: dict[str, Any] | None, body: bytes,
-               content_type: str = "") -> bytes:
+def model_body(
+    model: ModelConfig, requested: str, payload: dict[str, Any] | None, body: bytes, content_type: str = ""
+) -> bytes:
     if payload is None:
         if model.use_model_name and content_type.startswith("multipart/form-data"):
             return multipart_with_model(content_type, body, model.use_model_name)
@@ -145,15 +157,15 @@ def _usage_from(data: bytes) -> dict[str, Any] | None:
     end = len(data)
     while (at := data.rfind(b'"usage"', 0, end)) != -1:
         end = at
-        rest = data[at + 7:at + 71]
+        rest = data[at + 7 : at + 71]
         colon = rest.find(b":")
         brace = rest.find(b"{")
-        if colon == -1 or brace < colon or rest[:colon].strip() or rest[colon + 1:brace].strip():
+        if colon == -1 or brace < colon or rest[:colon].strip() or rest[colon + 1 : brace].strip():
             continue  # "usage": null, or the word inside a string
         start = at + 7 + brace
         for size in (4096, len(data)):  # a usage object is small; grow only when it was cut
             try:
-                usage, _ = _DECODER.raw_decode(data[start:start + size].decode("utf-8", "replace"))
+                usage, _ = _DECODER.raw_decode(data[start : start + size].decode("utf-8", "replace"))
             except ValueError:
                 continue
             if isinstance(usage, dict):
@@ -174,15 +186,22 @@ RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 SEND_ATTEMPTS = 3
 
 
-async def _send(session: aiohttp.ClientSession, method: str, url: str, body: bytes,
-                headers: CIMultiDict[str], same_backend: Callable[[], bool] | None) -> aiohttp.ClientResponse:
+async def _send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: bytes,
+    headers: CIMultiDict[str],
+    same_backend: Callable[[], bool] | None,
+) -> aiohttp.ClientResponse:
     """Retries when a pooled keep-alive connection turns out to be closed by the backend
     before it answered, and only while the same backend process is alive (after a crash the
     port may already belong to its replacement). A refused fresh connection is not retried."""
     for attempt in range(1, SEND_ATTEMPTS + 1):
         try:
-            return await session.request(method, url, data=body if body else None, headers=headers,
-                                         allow_redirects=False)
+            return await session.request(
+                method, url, data=body if body else None, headers=headers, allow_redirects=False
+            )
         except aiohttp.ClientConnectorError:
             raise
         except RETRYABLE as exc:
@@ -244,8 +263,9 @@ async def forward(
             response = prepared
             if upstream.status >= 400:
                 text = (await upstream.read())[:4000].decode(errors="replace")
-                return await end_stream_with_error(response, f"backend answered {upstream.status}: {text}",
-                                                   "backend_error")
+                return await end_stream_with_error(
+                    response, f"backend answered {upstream.status}: {text}", "backend_error"
+                )
         elif not streaming and upstream.content_length is not None and upstream.content_length <= SMALL_BODY:
             # A short answer: read it and send headers and body in one write (fewer syscalls
             # and wake-ups than streaming it; this is most non-streaming API answers).
@@ -254,8 +274,9 @@ async def forward(
             except (aiohttp.ClientError, OSError) as exc:
                 result.status = 502
                 result.upstream_error = f"{type(exc).__name__}: {exc}"
-                return error_response(502, f"backend at {url} failed while answering: "
-                                      f"{result.upstream_error}", "backend_failed")
+                return error_response(
+                    502, f"backend at {url} failed while answering: {result.upstream_error}", "backend_failed"
+                )
             small = web.Response(body=data, status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():
                 if key.lower() not in HOP_BY_HOP:
@@ -289,7 +310,7 @@ async def forward(
             await response.write(chunk)
             if keep:
                 if len(head) < USAGE_KEEP:
-                    head += chunk[:USAGE_KEEP - len(head)]
+                    head += chunk[: USAGE_KEEP - len(head)]
                 tail = (tail + chunk)[-USAGE_KEEP:]
             elif streaming and (b'"usage"' in chunk or b'"tokens_predicted"' in chunk or tail):
                 tail = (tail + chunk)[-USAGE_KEEP:]
@@ -298,18 +319,18 @@ async def forward(
             # never hand such a connection back to the pool (requests that did not say
             # "stream": true can still get an SSE answer, e.g. through /upstream).
             upstream.close()
-        if result.upstream_error is None and upstream.content_length is not None \
-                and not content.is_eof():
+        if result.upstream_error is None and upstream.content_length is not None and not content.is_eof():
             result.upstream_error = "backend closed the connection early"
         if result.upstream_error is not None:
             log.warning("backend at %s failed mid-response: %s", url, result.upstream_error)
             if streaming or prepared is not None:
                 return await end_stream_with_error(
-                    response, f"backend failed in the middle of the response: {result.upstream_error}",
-                    "backend_failed")
+                    response, f"backend failed in the middle of the response: {result.upstream_error}", "backend_failed"
+                )
             # The status line is gone already; closing the connection without the final
             # chunk tells the client the body is incomplete.
-            request.transport and request.transport.close()
+            if request.transport:
+                request.transport.close()
             return response
         result.usage = _usage_from(tail) or (_usage_from(head) if keep else None)
         await response.write_eof()

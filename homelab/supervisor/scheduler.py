@@ -120,14 +120,23 @@ class Scheduler:
             return [Reject(req, model, 404, f"model {model!r} is not configured")]
         if now < state.retry_at:
             wait = math.ceil(state.retry_at - now)
-            return [Reject(req, model, 503,
-                           f"model {model!r} failed {state.failures} times in a row, retrying in "
-                           f"{wait}s; last error: {state.last_error}", retry_after=wait)]
+            return [
+                Reject(
+                    req,
+                    model,
+                    503,
+                    f"model {model!r} failed {state.failures} times in a row, retrying in "
+                    f"{wait}s; last error: {state.last_error}",
+                    retry_after=wait,
+                )
+            ]
         limit = self.config.models[model].concurrency_limit
         if limit > 0 and len(state.inflight) + len(state.waiters) >= limit:
-            return [Reject(req, model, 429,
-                           f"model {model!r} is at its concurrencyLimit of {limit} requests",
-                           retry_after=1)]
+            return [
+                Reject(
+                    req, model, 429, f"model {model!r} is at its concurrencyLimit of {limit} requests", retry_after=1
+                )
+            ]
         self.requests[req] = model
         if state.state is State.READY and not state.waiters and not self._held(state, now):
             state.inflight.add(req)
@@ -196,8 +205,7 @@ class Scheduler:
             removed = model_id not in config.models
             if removed:
                 for req in list(state.waiters):
-                    actions.append(self._reject_waiter(state, req, 404,
-                                                       f"model {model_id!r} was removed by a reload"))
+                    actions.append(self._reject_waiter(state, req, 404, f"model {model_id!r} was removed by a reload"))
             if (removed or model_id in restart) and state.state is not State.STOPPED:
                 state.unload_requested = True
             elif removed:
@@ -220,8 +228,7 @@ class Scheduler:
     def would_evict(self, model: str) -> frozenset[str]:
         """The resident models a start of ``model`` would stop now (pure: changes nothing).
         Raises :class:`AdmissionError` when the model can never start under this config."""
-        resident = sorted((s for s in self.models.values() if s.state is not State.STOPPED),
-                          key=lambda s: s.last_used)
+        resident = sorted((s for s in self.models.values() if s.state is not State.STOPPED), key=lambda s: s.last_used)
         busy = {s.id for s in resident if s.busy}
         return self._plan_evictions(self.config, model, [s.id for s in resident], busy)
 
@@ -243,8 +250,9 @@ class Scheduler:
         state.last_error = reason.splitlines()[0] if reason else ""
         state.retry_at = now + backoff(state.failures)
 
-    def _reject_waiter(self, state: ModelState, req: int, status: int, message: str,
-                       retry_after: int | None = None) -> Reject:
+    def _reject_waiter(
+        self, state: ModelState, req: int, status: int, message: str, retry_after: int | None = None
+    ) -> Reject:
         state.waiters.pop(req, None)
         self.requests.pop(req, None)
         return Reject(req, state.id, status, message, retry_after)
@@ -290,9 +298,15 @@ class Scheduler:
             if now < state.retry_at:
                 wait = math.ceil(state.retry_at - now)
                 for req in list(state.waiters):
-                    actions.append(self._reject_waiter(
-                        state, req, 503, f"model {state.id!r} is backing off after "
-                        f"{state.failures} failures: {state.last_error}", retry_after=wait))
+                    actions.append(
+                        self._reject_waiter(
+                            state,
+                            req,
+                            503,
+                            f"model {state.id!r} is backing off after {state.failures} failures: {state.last_error}",
+                            retry_after=wait,
+                        )
+                    )
                 continue
             try:
                 evict = self.would_evict(state.id)

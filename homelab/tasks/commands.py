@@ -90,8 +90,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return run_doit(words)
 
 
-def register(cli) -> None:  # type: ignore[no-untyped-def]
-    p = cli.command("deploy", cmd_deploy, "run the whole chain for a host (or `all`): fetch, build, render, install, verify")
+def register(cli) -> None:  # cli: homelab.cli.CLI (the CLI imports this module lazily)
+    p = cli.command(
+        "deploy", cmd_deploy, "run the whole chain for a host (or `all`): fetch, build, render, install, verify"
+    )
     p.add_argument("host", help="host name, or `all` for every host in parallel")
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     p.add_argument("--frozen", action="store_true", help="the lockfile must not change (CI)")

@@ -77,7 +77,11 @@ def _all(depends_on: dict[str, tuple[str, ...]]) -> TaskFailed | None:
 
 def task_deploy() -> Iterator[dict[str, Any]]:
     """The whole chain: lock, fetch, build, plan, render, install, verify."""
-    yield {"basename": "deploy", "name": None, "doc": "The whole chain: lock, fetch, build, plan, render, install, verify"}
+    yield {
+        "basename": "deploy",
+        "name": None,
+        "doc": "The whole chain: lock, fetch, build, plan, render, install, verify",
+    }
     hosts = list(selected_hosts())
     if var("host") == "all" and len(hosts) > 1:
         depends_on = {h.name: h.depends_on for h in hosts}

@@ -61,7 +61,8 @@ def stage_tasks(make: Callable[[], Stage]) -> Creator:
                 "name": host.name,
                 "doc": f"{stage.doc} ({host.name})",
                 "actions": None,
-                "task_dep": [f"{a}:{host.name}" for a in stage.after] + [f"{stage.name}:{host.name}:{p}" for p in parts],
+                "task_dep": [f"{a}:{host.name}" for a in stage.after]
+                + [f"{stage.name}:{host.name}:{p}" for p in parts],
             }
 
     return creator

@@ -74,8 +74,7 @@ def _sdist(cache: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=cache, prefix=".pip-") as tmp:
         log.warning("downloading %s with pip (once per machine)", SDIST)
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps",
-             SDIST, "-d", tmp],
+            [sys.executable, "-m", "pip", "download", "--no-deps", SDIST, "-d", tmp],
             capture_output=True,
             text=True,
         )

@@ -52,9 +52,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     return parse_config(text, path, os.environ if env is None else env)
 
 
-def parse_config(
-    text: str, source: Path | None = None, env: Mapping[str, str] | None = None
-) -> Config:
+def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Parse config text (``source`` only names the file in errors and in ``Config.source``)."""
     env = os.environ if env is None else env
     name = str(source) if source is not None else "<config>"
@@ -154,9 +152,7 @@ def parse_config(
         log_level=log_level,
         api_keys=api_keys,
         send_loading_state=send_loading_state,
-        include_aliases_in_list=(
-            top["includeAliasesInList"].boolean() if "includeAliasesInList" in top else False
-        ),
+        include_aliases_in_list=(top["includeAliasesInList"].boolean() if "includeAliasesInList" in top else False),
         vram_budget_mib=vram_budget,
         max_wait=max_wait,
         source=source,

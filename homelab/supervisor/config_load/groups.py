@@ -33,7 +33,9 @@ def parse_groups(section: Value | None, models: Mapping[str, ModelConfig]) -> di
     if section is not None:
         for group_name, (key, value) in section.entries("a mapping of group names to groups").items():
             if group_name == DEFAULT_GROUP:
-                raise key.error(f"{DEFAULT_GROUP} is the name of the implicit group of ungrouped models", "rename the group")
+                raise key.error(
+                    f"{DEFAULT_GROUP} is the name of the implicit group of ungrouped models", "rename the group"
+                )
             fields = value.mapping(GROUP_KEYS)
             members: list[str] = []
             for item in fields["members"].items() if "members" in fields else []:

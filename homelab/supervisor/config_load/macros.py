@@ -37,9 +37,7 @@ def read_macros(section: Value) -> list[Macro]:
     macros: list[Macro] = []
     for name, (key, value) in section.entries("a mapping of macro names to values").items():
         if not MACRO_NAME.match(name):
-            raise key.error(
-                "macro names may use only letters, digits, '_' and '-' (at most 63 characters)"
-            )
+            raise key.error("macro names may use only letters, digits, '_' and '-' (at most 63 characters)")
         if name in RESERVED_MACROS:
             raise key.error(
                 f"{name} is reserved (PORT, MODEL_ID and PID are filled in by the supervisor)",
@@ -107,9 +105,7 @@ def suggest_name(name: str, known: Iterable[str]) -> str:
 
 
 def substitute(text: str, macros: Mapping[str, Scalar]) -> str:
-    return MACRO_REF.sub(
-        lambda m: macro_text(macros[m.group(1)]) if m.group(1) in macros else m.group(0), text
-    )
+    return MACRO_REF.sub(lambda m: macro_text(macros[m.group(1)]) if m.group(1) in macros else m.group(0), text)
 
 
 def substitute_typed(value: Any, macros: Mapping[str, Scalar]) -> Any:

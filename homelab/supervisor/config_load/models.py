@@ -251,9 +251,7 @@ def parse_vram_mib(text: ModelText) -> int | None:
     return vram
 
 
-def build_model(
-    raw: RawModel, global_macros: list[Macro], defaults: Defaults, ports: Callable[[], int]
-) -> ModelConfig:
+def build_model(raw: RawModel, global_macros: list[Macro], defaults: Defaults, ports: Callable[[], int]) -> ModelConfig:
     f = raw.fields
     if "cmd" not in f:
         raise raw.at.error(
@@ -269,7 +267,9 @@ def build_model(
         raise f["cmd"].error("cmd is empty (only comments?)", "give the command that starts the server")
     parts = urlsplit(text.proxy)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise text.at("proxy").error(f"proxy {text.proxy!r} is not an http(s) URL", "write it like http://127.0.0.1:${PORT}")
+        raise text.at("proxy").error(
+            f"proxy {text.proxy!r} is not an http(s) URL", "write it like http://127.0.0.1:${PORT}"
+        )
 
     unload_timeout = defaults.unload_timeout
     if "unloadTimeout" in f:  # 0 means "the global value", as upstream

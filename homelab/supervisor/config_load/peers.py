@@ -52,13 +52,21 @@ def parse_peers(
         for model in peer_models:
             routed = f"{peer_name}/{model}"
             if routed in models or routed in aliases:
-                raise fields["models"].error(f"{routed!r} is both a peer model and a local model or alias", "rename one")
+                raise fields["models"].error(
+                    f"{routed!r} is both a peer model and a local model or alias", "rename one"
+                )
         api_key = substitute(fields["apiKey"].string(), macros) if "apiKey" in fields else None
         filter_fields = fields["filters"].mapping(FILTER_KEYS, UNSUPPORTED_FILTERS) if "filters" in fields else {}
         strip_value = filter_fields.get("stripParams")
         strip = substitute(parse_strip_params(strip_value), macros) if strip_value else ""
-        set_params = substitute_typed(filter_fields["setParams"].python(), macros) if "setParams" in filter_fields else {}
-        by_id = substitute_typed(filter_fields["setParamsByID"].python(), macros) if "setParamsByID" in filter_fields else {}
+        set_params = (
+            substitute_typed(filter_fields["setParams"].python(), macros) if "setParams" in filter_fields else {}
+        )
+        by_id = (
+            substitute_typed(filter_fields["setParamsByID"].python(), macros)
+            if "setParamsByID" in filter_fields
+            else {}
+        )
         for label, data, at in (
             ("apiKey", api_key or "", fields.get("apiKey", value)),
             ("filters.stripParams", strip, strip_value or value),

@@ -44,7 +44,9 @@ def parse_prompt_cache(value: Value | None, source: Path | None) -> PromptCacheS
     return PromptCacheSettings(
         dir=folder,
         max_mib=f["maxMiB"].integer(minimum=1) if "maxMiB" in f else defaults.max_mib,
-        max_mib_per_model=f["maxMiBPerModel"].integer(minimum=1) if "maxMiBPerModel" in f else defaults.max_mib_per_model,
+        max_mib_per_model=f["maxMiBPerModel"].integer(minimum=1)
+        if "maxMiBPerModel" in f
+        else defaults.max_mib_per_model,
         save_timeout=f["saveTimeout"].number(minimum=0) if "saveTimeout" in f else defaults.save_timeout,
         restore_timeout=f["restoreTimeout"].number(minimum=0) if "restoreTimeout" in f else defaults.restore_timeout,
         min_ctx=f["minCtx"].integer(minimum=0) if "minCtx" in f else defaults.min_ctx,

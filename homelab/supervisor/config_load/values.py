@@ -83,9 +83,7 @@ class Value:
             if key is None:
                 raise self.error("keys must be plain strings")
             if key in seen:
-                raise self.child(key_node, key).error(
-                    f"duplicate key (first at line {seen[key]})", "keep only one"
-                )
+                raise self.child(key_node, key).error(f"duplicate key (first at line {seen[key]})", "keep only one")
             seen[key] = key_node.start_mark.line + 1
         loader = yaml.SafeLoader("")
         try:
@@ -100,9 +98,7 @@ class Value:
             result[key] = (self.child(key_node, key), self.child(value_node, key))
         return result
 
-    def mapping(
-        self, allowed: Iterable[str], unsupported: Mapping[str, str] | None = None
-    ) -> dict[str, Value]:
+    def mapping(self, allowed: Iterable[str], unsupported: Mapping[str, str] | None = None) -> dict[str, Value]:
         """Entries whose keys are all in ``allowed`` (``x-*`` keys are skipped)."""
         allowed = tuple(allowed)
         result: dict[str, Value] = {}
@@ -246,9 +242,7 @@ def substitute_env(text: str, source: str, env: Mapping[str, str]) -> str:
     except yaml.YAMLError:
         # Only valid once substituted (e.g. ``{ttl: ${env.TTL}}`` in flow style): substitute
         # everywhere, as llama-swap's fallback does; parsing afterwards reports what is left.
-        return ENV_MACRO.sub(
-            lambda m: env_value(m.group(1), text.count("\n", 0, m.start()) + 1, source, env), text
-        )
+        return ENV_MACRO.sub(lambda m: env_value(m.group(1), text.count("\n", 0, m.start()) + 1, source, env), text)
     if root is None:
         return text
     spans: list[tuple[int, int, str | None, int]] = []
