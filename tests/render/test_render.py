@@ -92,6 +92,8 @@ def test_rendered_configs_load_in_the_supervisor(tmp_path: Path) -> None:
     duo = load_config(tmp_path / "duo3060.yaml", env={"HOMELAB_API_KEYS": "k"})
     assert duo.matrix is not None and duo.matrix.sets["voice"] == (frozenset({"chat-small", "think-small"}),)
     assert duo.models["think-small"].vram_mib == 11900
+    assert duo.models["think-small"].devices_mib == {"CUDA0": 3960, "CUDA1": 7940}
+    assert duo.device_budget_mib == {"CUDA0": 11427, "CUDA1": 11427}
 
 
 def test_prompt_cache_knob_and_folder_reach_the_supervisor(tmp_path: Path) -> None:
