@@ -145,7 +145,7 @@ def hosts(draw: st.DrawFn, duo: ResolvedHost) -> ResolvedHost:
             models.append(chat_model(duo, f"m{k}", ctx, gpus=(draw(st.integers(0, n - 1)),)))
     ids = [m.id for m in models]
     sets = {f"s{i}{j}": f"{ids[i]} & {ids[j]}" for i in range(len(ids)) for j in range(i + 1, len(ids))}
-    ram = draw(st.one_of(st.none(), st.integers(300, 3000)))  # system RAM as a device, sometimes tight
+    ram = draw(st.one_of(st.none(), st.integers(300, 6000)))  # system RAM as a device, sometimes tight
     return replace(duo, host=duo.host.model_copy(update={"gpus": gpus, "ram_mib": ram}), models=tuple(models), sets=sets)
 
 
