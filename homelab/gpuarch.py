@@ -65,6 +65,15 @@ CUDA_ENV = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 """CUDA numbers cards fastest-first by default; PCI order makes ``gpus: [i]`` the card
 ``nvidia-smi`` (and the host file) lists as i on a host with mixed cards."""
 
+DEVICE_PREFIX = {"cuda": "CUDA", "hip": "ROCm", "vulkan": "Vulkan"}
+"""llama.cpp's device names per backend (``CUDA0``, ``ROCm1``, ``Vulkan0``): ``--device`` takes
+them, its log prints them, and the rendered config keys per-device memory by them."""
+
+
+def device_name(backend: str, index: int) -> str:
+    """llama.cpp's name of a host's ``index``-th GPU with every card visible (``CUDA1``)."""
+    return f"{DEVICE_PREFIX.get(backend, 'GPU')}{index}"
+
 
 def _base(arch: str) -> str:
     """``gfx90a:xnack-`` -> ``gfx90a``; ``sm_86`` -> ``86``."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import HomelabError
 from ..gguf.facts import ModelFacts
+from ..gpuarch import device_name
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from .estimate import (
     CPU,
@@ -191,6 +192,14 @@ class HostPlan:
                 )
         return out
 
+    def labels(self) -> dict[str, str]:
+        """Problem texts name a local GPU by card and llama.cpp device: ``gpu0 (RTX 3060, CUDA0)``."""
+        return {
+            d: f"{d} ({self.device_names.get(d, d)}, {device_name(self.backend, int(d[3:]))})"
+            for d in self.budget
+            if d.startswith("gpu") and d[3:].isdigit()
+        }
+
     def device_json(self, d: str, b: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.device_names.get(d, d), "budget_mib": b // MIB}
         if d in self.reserved:
@@ -281,6 +290,8 @@ def host_budget(host: ResolvedHost) -> tuple[dict[str, int], dict[str, str]]:
 
 
 def model_gpus(host: ResolvedHost, model: ResolvedModel) -> list[int]:
+    """Host GPU indices the model's process uses, in llama.cpp's order: the ones ``gpus:`` makes
+    visible (all by default), narrowed and ordered by a ``device`` (``-dev``) server flag."""
     if host.host.backend == "cpu":
         return []
     indices = list(model.gpus) if model.gpus is not None else list(range(len(host.host.gpus)))
@@ -290,7 +301,36 @@ def model_gpus(host: ResolvedHost, model: ResolvedModel) -> list[int]:
                 f"{host.host_file}: model {model.id} uses gpus: [{i}] but the host lists "
                 f"{len(host.host.gpus)} GPU(s) (indices start at 0)"
             )
-    return indices
+    chosen = device_flag(model)
+    return indices if chosen is None else [indices[j] for j in _device_indices(host, model, chosen, len(indices))]
+
+
+def device_flag(model: ResolvedModel) -> list[str] | None:
+    """The ``device``/``dev`` server flag as a list of llama.cpp device names, or None."""
+    for name, value in model.server.items():
+        if name.lstrip("-") in ("device", "dev") and value not in (None, False):
+            return [part.strip() for part in str(value).split(",") if part.strip()]
+    return None
+
+
+def _device_indices(host: ResolvedHost, model: ResolvedModel, names: Sequence[str], n_visible: int) -> list[int]:
+    """``--device CUDA1,CUDA0`` -> [1, 0]: positions among the GPUs the process sees (``gpus:``
+    sets ``CUDA_VISIBLE_DEVICES``, so inside the process they are numbered from 0)."""
+    if names == ["none"]:
+        return []
+    backend = host.host.backend
+    seen = [device_name(backend, j) for j in range(n_visible)]
+    out: list[int] = []
+    for name in names:
+        if name not in seen:
+            raise PlanError(
+                f"{host.host_file}: model {model.id}: server flag device {name!r} is not a device its process sees "
+                f"({', '.join(seen)}, or none"
+                + (f"; with gpus: {list(model.gpus)} they are numbered from 0" if model.gpus is not None else "")
+                + ")"
+            )
+        out.append(seen.index(name))
+    return out
 
 
 # --------------------------------------------------------------------------- estimates
@@ -390,7 +430,15 @@ def choose_split(
 
 
 def usage(est: Estimate, gpu_index: Mapping[str, int | str]) -> dict[str, int]:
-    return {host_device(d, gpu_index): t["total"] for d, t in est.devices.items()}
+    """Bytes per host device. This host's own devices are rounded up to whole MiB: the rendered
+    config carries whole MiB per model and device (``x-devices``), so the plan checks the figures
+    the supervisor admits by, and they agree on every set. RPC devices (``w1:gpu0``) stay exact:
+    the worker adds up the heads' loads in bytes."""
+    out: dict[str, int] = {}
+    for d, t in est.devices.items():
+        name = host_device(d, gpu_index)
+        out[name] = t["total"] if ":" in name else _mib(t["total"]) * MIB
+    return out
 
 
 def over(used: Mapping[str, int], limits: Mapping[str, int]) -> dict[str, int]:
@@ -599,13 +647,16 @@ def _excess_text(
     used: Mapping[str, int],
     budget: Mapping[str, int],
     why: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
-    """``gpu0: 12,000 MiB of 11,427 MiB budget, 573 MiB over``; where ``why`` explains a device's
-    limit (RPC load or a worker's own models taken off): ``... of 11,859 MiB left (why), ...``."""
+    """``gpu0 (RTX 3060, CUDA0): 12,000 MiB of 11,427 MiB budget, 573 MiB over``; where ``why``
+    explains a device's limit (RPC load or a worker's own models taken off): ``... of 11,859 MiB
+    left (why), ...``. ``labels``: how to name a device (default: its plan name)."""
     parts = []
     for d, v in excess.items():
         of = f"{budget[d] // MIB:,} MiB left ({why[d]})" if why and d in why else f"{budget[d] // MIB:,} MiB budget"
-        parts.append(f"{d}: {_mib(used.get(d, 0)):,} MiB of {of}, {_mib(v):,} MiB over")
+        label = labels.get(d, d) if labels else d
+        parts.append(f"{label}: {_mib(used.get(d, 0)):,} MiB of {of}, {_mib(v):,} MiB over")
     return "; ".join(parts)
 
 
@@ -720,7 +771,10 @@ def _model_problem(
 ) -> str:
     used = usage(mp.estimate, mp.gpu_index)
     why = plan.limit_notes()
-    text = f"model {mp.id} does not fit alone at ctx-size {mp.ctx_size}: {_excess_text(excess, used, budget, why)}"
+    text = (
+        f"model {mp.id} does not fit alone at ctx-size {mp.ctx_size}: "
+        f"{_excess_text(excess, used, budget, why, plan.labels())}"
+    )
     fixes = ways_out(host, inp, budget, mp.estimate)
     hint = _rpc_hint(plan, excess)
     if fixes:
@@ -741,7 +795,8 @@ def _set_problem(
     excess: Mapping[str, int],
 ) -> str:
     text = (
-        f"set {set_name!r} ({' & '.join(ids)}) does not fit: {_excess_text(excess, used, budget, plan.limit_notes())}"
+        f"set {set_name!r} ({' & '.join(ids)}) does not fit: "
+        f"{_excess_text(excess, used, budget, plan.limit_notes(), plan.labels())}"
     )
     # the biggest user of the worst device gives way first, with the others as they are
     worst = max(excess, key=lambda d: excess[d])

@@ -64,6 +64,7 @@ def parse_plan(data: Mapping[str, Any]) -> dict[str, PlannedModel]:
             vram_mib=vram,
             total_mib=entry.get("vram_mib_total"),
             ctx_size=entry.get("ctx_size"),
+            ram_mib=int(entry.get("ram_mib") or 0),
             # the plan's RPC split (whole layers per device, llama.cpp's device order)
             tensor_split=tuple(float(x) for x in entry.get("tensor_split") or ()),
         )

@@ -26,6 +26,8 @@ class PlannedModel:
     """MiB over all GPUs (default: the sum of ``vram_mib``)."""
     ctx_size: int | None = None
     """The context size the plan chose (replaces ``ctx-size: auto`` and the recipe's value)."""
+    ram_mib: int = 0
+    """MiB in system RAM (the plan's ``cpu`` device: weights kept on the CPU, host buffers)."""
     tensor_split: tuple[float, ...] = ()
     """Share of the model per device, in llama.cpp's device order (each RPC worker's devices in
     ``rpc:`` order first, then the host's GPUs the model uses: b11434's llama_prepare_model_devices

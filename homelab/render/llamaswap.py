@@ -10,8 +10,10 @@ Layout decisions:
   them all: switching profile reloads nothing);
 - ``healthCheckTimeout`` is llama-swap's one global value: the largest per-model need; the
   per-model need is also written as ``x-healthCheckTimeout`` for our supervisor;
-- the plan's VRAM goes to ``metadata.vram_mib`` (our admission control reads it) and the host's
-  budget to ``x-vramBudgetMiB``;
+- the plan's figures per device go to each model's ``x-devices`` (``CUDA0: MiB``..., ``CPU`` for
+  system RAM where the host states ``ram_mib``) and the host's budget per device to
+  ``x-deviceBudgetMiB``: our admission control checks every device a model uses (the total stays
+  in ``metadata.vram_mib`` for people and llama-swap's UI);
 - the supervisor's prompt cache (``x-promptCache``) lives in the host's state folder; a recipe's
   or host model's ``prompt_cache`` becomes the model's ``x-promptCache``;
 - ``matrix.sets`` are the host's ``sets`` as written (model IDs are plain names, so no
@@ -25,10 +27,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..gpuarch import device_name
 from ..inventory.multihost import secret_names
 from ..inventory.resolved import ResolvedHost
 from ..inventory.schema import FlagValue
 from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names
+from ..plan.estimate import MIB
+from ..plan.host import host_budget
 from ..suggest import did_you_mean
 from .backends import BACKEND_HOST, Backend
 from .errors import RenderError
@@ -96,14 +101,31 @@ def check_sets(host: ResolvedHost) -> dict[str, tuple[frozenset[str], ...]]:
         raise RenderError(f"{host.host_file}: sets: {exc}") from None
 
 
-def vram_budget_mib(host: ResolvedHost, rpc_reserved: Mapping[int, int] | None = None) -> int | None:
-    """The supervisor's admission budget: every GPU's share, less what head hosts' RPC layers
-    take on this worker's GPUs (the plan's reservation)."""
-    gpus = host.host.gpus
-    if not gpus:
-        return None
+def device_budget_mib(host: ResolvedHost, rpc_reserved: Mapping[int, int] | None = None) -> dict[str, int]:
+    """The supervisor's admission budget per device (llama.cpp's names: ``CUDA0``..., ``CPU``): the
+    plan's budget (:func:`homelab.plan.host.host_budget`, the same bytes the plan checks), less
+    what head hosts' RPC layers take on this worker's GPUs (the plan's reservation)."""
+    budget, _ = host_budget(host)
     reserved = rpc_reserved or {}
-    return sum(max(0, math.floor(g.vram_mib * host.host.vram_budget) - reserved.get(i, 0)) for i, g in enumerate(gpus))
+    out: dict[str, int] = {}
+    for device, size in budget.items():
+        if device == "cpu":
+            out["CPU"] = size // MIB
+        elif device.startswith("gpu") and device[3:].isdigit():
+            index = int(device[3:])
+            out[device_name(host.host.backend, index)] = max(0, size // MIB - reserved.get(index, 0))
+    return {d: mib for d, mib in out.items() if mib > 0}
+
+
+def model_devices_mib(backend: Backend, backend_kind: str, budget: Mapping[str, int]) -> dict[str, int]:
+    """The plan's MiB per device for one model (``x-devices``), on the budgeted devices."""
+    plan = backend.plan
+    if plan is None:
+        return {}
+    out = {device_name(backend_kind, i): mib for i, mib in enumerate(plan.vram_mib) if mib > 0}
+    if plan.ram_mib > 0:
+        out["CPU"] = plan.ram_mib
+    return {d: mib for d, mib in out.items() if d in budget}
 
 
 def _no_macros(value: Any, where: str) -> None:
@@ -120,7 +142,11 @@ def _no_macros(value: Any, where: str) -> None:
 
 
 def _model_view(
-    backend: Backend, shared: list[tuple[str, FlagValue]], gpus: bool, withheld: Sequence[str] = ()
+    backend: Backend,
+    shared: list[tuple[str, FlagValue]],
+    gpus: bool,
+    withheld: Sequence[str] = (),
+    devices: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     model = backend.model
     where = f"model {backend.id}"
@@ -136,8 +162,6 @@ def _model_view(
     if backend.plan is not None and gpus:
         if backend.plan.total is not None:
             metadata["vram_mib"] = backend.plan.total
-        if backend.plan.vram_mib:
-            metadata["vram_mib_per_gpu"] = list(backend.plan.vram_mib)
     for pid, params in backend.profiles.items():
         _no_macros(params, f"{model.recipe_file or model.recipe.name}: profile {pid}")
     return {
@@ -155,6 +179,7 @@ def _model_view(
         "metadata": metadata,
         "health_timeout": backend.health_timeout,
         "prompt_cache": backend.model.prompt_cache,
+        "devices": dict(devices or {}),
     }
 
 
@@ -220,17 +245,21 @@ def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
     common = " ".join(argv_words([("host", BACKEND_HOST), *backend_key_flags(inputs), *shared], "macros.common"))
     api_key_env = runtime.api_key_env
     withheld = secret_names(host, inputs.peers)
+    budget = device_budget_mib(host, inputs.rpc_reserved_mib)
+    kind = host.host.backend
     return render(
         "config.yaml.j2",
         host=host.name,
         host_file=host.host_file.name,
         health_timeout=max([b.health_timeout for b in backends] or [runtime.health_check_timeout or 120]),
         global_ttl=runtime.ttl,
-        vram_budget=vram_budget_mib(host, inputs.rpc_reserved_mib),
+        device_budget=budget,
         api_key_env=api_key_env,
         binary=shell_word(inputs.server_binary, where="macros.llama-server"),
         common=common,
-        models=[_model_view(b, shared, bool(host.host.gpus), withheld) for b in backends],
+        models=[
+            _model_view(b, shared, bool(host.host.gpus), withheld, model_devices_mib(b, kind, budget)) for b in backends
+        ],
         sets=dict(host.sets),
         evict_costs=evict_costs(inputs, sets),
         preload=sorted(b.id for b in backends if b.preload),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from ..gpuarch import DEVICE_PREFIX
 from ..inventory.schema import FlagValue
 from .backends import Backend, check_accepted
 from .errors import RenderError
@@ -25,8 +26,6 @@ from .templating import render
 
 PRESET_ONLY_KEYS = frozenset({"load-on-startup", "stop-timeout", "dedup-cache-models"})
 """Router options that exist only in preset files (not in ``--help``)."""
-
-DEVICE_PREFIX = {"cuda": "CUDA", "hip": "ROCm", "vulkan": "Vulkan"}
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 

@@ -93,7 +93,8 @@ class Activity:
         scheduler = self._scheduler()
         for action in actions:
             if isinstance(action, Stop) and action.reason.startswith("evicted to start "):
-                target = action.reason.removeprefix("evicted to start ").strip("'\"")
+                # "evicted to start 'b'", maybe followed by " (CUDA0: needs ...)"
+                target = action.reason.removeprefix("evicted to start ").split(" (", 1)[0].strip("'\"")
                 self._evicting.setdefault(target, []).append(action.model)
             elif isinstance(action, Start):
                 self._began(scheduler, action.model)

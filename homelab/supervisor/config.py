@@ -51,6 +51,9 @@ class ModelConfig:
     send_loading_state: bool = False
     vram_mib: int | None = None
     """From ``metadata.vram_mib`` (the plan writes it): used for VRAM-aware admission."""
+    devices_mib: dict[str, int] | None = None
+    """``x-devices``: MiB the model takes on each device (``CUDA0``, ``CPU``...; the plan writes it),
+    checked against ``x-deviceBudgetMiB`` device by device."""
     prompt_cache: bool | None = None
     """``x-promptCache``: keep the KV cache across evictions; None = on for long contexts."""
 
@@ -113,7 +116,10 @@ class Config:
     send_loading_state: bool = False
     include_aliases_in_list: bool = False
     vram_budget_mib: int | None = None
-    """``x-vramBudgetMiB``: with per-model ``vram_mib``, never start what would exceed it."""
+    """``x-vramBudgetMiB``: with per-model ``vram_mib``, never start what would exceed it (one pool
+    for all GPUs: configs without per-device figures)."""
+    device_budget_mib: dict[str, int] = field(default_factory=dict)
+    """``x-deviceBudgetMiB``: device -> MiB its resident models may fill (with per-model ``x-devices``)."""
     max_wait: float = 30.0
     """``x-maxWait``: seconds a swap waits for in-flight requests of a model it must evict."""
     source: Path | None = None

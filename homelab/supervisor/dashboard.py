@@ -149,7 +149,11 @@ class Dashboard:
         return {
             "models": self.model_status(),
             "vram": vram_picture(
-                source, sup.config.vram_budget_mib, {m: c.vram_mib for m, c in sup.config.models.items()}
+                source,
+                sup.config.vram_budget_mib,
+                {m: c.vram_mib for m, c in sup.config.models.items()},
+                sup.config.device_budget_mib,
+                {m: c.devices_mib for m, c in sup.config.models.items()},
             ),
             "deploy": deploy_facts(source),
             "swaps": [asdict(s) for s in sup.activity.swaps],

@@ -52,11 +52,18 @@ def deploy_facts(config_file: Path | None) -> dict[str, Any]:
     }
 
 
-def vram_picture(config_file: Path | None, budget_mib: int | None, model_mib: dict[str, int | None]) -> dict[str, Any]:
+def vram_picture(
+    config_file: Path | None,
+    budget_mib: int | None,
+    model_mib: dict[str, int | None],
+    device_budget: dict[str, int] | None = None,
+    model_devices: dict[str, dict[str, int] | None] | None = None,
+) -> dict[str, Any]:
     """Devices with their budgets and each model's planned share per device and term (MiB).
 
-    From ``plan.json`` when the generation has one; otherwise one ``budget`` device from
-    ``x-vramBudgetMiB`` with each model's ``vram_mib`` (the config's own figures)."""
+    From ``plan.json`` when the generation has one; otherwise from the config's own figures: one
+    bar per device of ``x-deviceBudgetMiB`` with each model's ``x-devices``, or (configs without
+    per-device figures) one ``budget`` device from ``x-vramBudgetMiB`` with each model's ``vram_mib``."""
     plan = read_json(config_file.resolve().parent / PLAN) if config_file is not None else None
     if plan and isinstance(plan.get("devices"), dict) and isinstance(plan.get("models"), dict):
         devices = {
@@ -76,6 +83,18 @@ def vram_picture(config_file: Path | None, budget_mib: int | None, model_mib: di
                 devices.setdefault(dev, {"name": "system RAM" if dev == "cpu" else dev, "budget_mib": None})
                 models[mid][dev] = _shares(terms)
         return {"source": "plan", "devices": devices, "models": models}
+    if device_budget:
+        per_model = {
+            mid: {d: {"total": mib} for d, mib in (devices_mib or {}).items() if mib}
+            for mid, devices_mib in (model_devices or {}).items()
+        }
+        return {
+            "source": "config",
+            "devices": {
+                d: {"name": "system RAM" if d == "CPU" else d, "budget_mib": mib} for d, mib in device_budget.items()
+            },
+            "models": {mid: shares for mid, shares in per_model.items() if shares},
+        }
     devices = {"budget": {"name": "VRAM budget (x-vramBudgetMiB)", "budget_mib": budget_mib}} if budget_mib else {}
     models = {mid: {"budget": {"total": mib}} for mid, mib in model_mib.items() if mib}
     if models and not devices:

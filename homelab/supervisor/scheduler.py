@@ -13,8 +13,11 @@ Policies:
   requests queue behind the swap (they restart it afterwards), so a queued model is not starved.
   Requests queued before that swap began are still served first. The swap itself still waits
   for the in-flight requests to finish.
-* Pending starts are served in arrival order (head of line): a start that must wait for
-  evictions holds back the starts queued after it, so later requests cannot starve it.
+* Pending starts are served in arrival order (head of line). A start that must wait for
+  evictions reserves its place: the starts queued after it are planned as if it were already
+  resident (and busy), so they cannot take its room. A later start whose evictions are disjoint
+  from every waiting start's (and that does not evict a waiting target) goes ahead in parallel:
+  two swaps on different devices do not wait for each other. One that overlaps waits behind.
 * ``concurrencyLimit`` counts in-flight plus queued requests of a model; over it: 429.
 * TTL counts idle time from the end of the last request, or from ready.
 * A failed start (exit while loading, health timeout) rejects its waiters with 503 and the reason.
@@ -31,7 +34,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .admission import AdmissionError, evictions
+from .admission import AdmissionError, evictions, room_text
 from .config import Config
 
 
@@ -225,12 +228,18 @@ class Scheduler:
                 deadlines.append(state.last_used + ttl)
         return min(deadlines) if deadlines else None
 
-    def would_evict(self, model: str) -> frozenset[str]:
+    def would_evict(self, model: str, reserved: Sequence[str] = ()) -> frozenset[str]:
         """The resident models a start of ``model`` would stop now (pure: changes nothing).
+        ``reserved``: pending starts planned as if resident and busy (they were first).
         Raises :class:`AdmissionError` when the model can never start under this config."""
-        resident = sorted((s for s in self.models.values() if s.state is not State.STOPPED), key=lambda s: s.last_used)
-        busy = {s.id for s in resident if s.busy}
-        return self._plan_evictions(self.config, model, [s.id for s in resident], busy)
+        resident = self._resident()
+        busy = {m for m in resident if self.models[m].busy} | set(reserved)
+        return self._plan_evictions(self.config, model, resident + [m for m in reserved if m not in resident], busy)
+
+    def _resident(self) -> list[str]:
+        """Models holding memory (starting, ready or stopping), least recently used first."""
+        states = sorted((s for s in self.models.values() if s.state is not State.STOPPED), key=lambda s: s.last_used)
+        return [s.id for s in states]
 
     # ------------------------------------------------------------- internals
     def _ttl(self, model: str) -> float:
@@ -294,6 +303,8 @@ class Scheduler:
             key=lambda s: next(iter(s.waiters.values())),
         )
         blockers: set[str] = set()
+        reserved: list[str] = []  # pending starts that wait, in arrival order
+        claimed: set[str] = set()  # the evictions they wait for
         for state in pending:
             if now < state.retry_at:
                 wait = math.ceil(state.retry_at - now)
@@ -309,13 +320,18 @@ class Scheduler:
                     )
                 continue
             try:
-                evict = self.would_evict(state.id)
+                evict = self.would_evict(state.id, reserved)
             except AdmissionError as exc:
                 for req in list(state.waiters):
                     actions.append(self._reject_waiter(state, req, 503, str(exc)))
                 continue
+            if evict & (claimed | set(reserved)):  # overlaps a swap queued before it: wait behind
+                reserved.append(state.id)
+                claimed |= evict
+                continue
             must_wait = False
-            for victim_id in evict:
+            why = ""
+            for victim_id in sorted(evict):
                 victim = self.models[victim_id]
                 if victim.state is State.STOPPED:
                     continue
@@ -325,15 +341,23 @@ class Scheduler:
                 if victim.busy:
                     blockers.add(victim_id)
                 else:
-                    actions.append(self._stop(victim, f"evicted to start {state.id!r}"))
+                    why = why or self._eviction_reason(state.id, reserved)
+                    actions.append(self._stop(victim, why))
             if must_wait:
-                break
+                reserved.append(state.id)
+                claimed |= evict
+                continue
             state.state = State.STARTING
             actions.append(Start(state.id, requested_at=next(iter(state.waiters.values()))))
         self.blocked_since = {b: self.blocked_since.get(b, now) for b in blockers}
         # A hold that ended (the blocking start went away) lets queued requests in again.
         actions += self._admit_waiters(now)
         return actions
+
+    def _eviction_reason(self, target: str, reserved: Sequence[str]) -> str:
+        """``evicted to start 'b'``, with the devices short of room where the config has them."""
+        room = room_text(self.config, target, self._resident() + list(reserved))
+        return f"evicted to start {target!r}" + (f" ({room})" if room else "")
 
     def _stop(self, state: ModelState, reason: str) -> Stop:
         state.state = State.STOPPING

@@ -44,7 +44,7 @@ FAKE_PLAN: dict[str, dict[str, PlannedModel]] = {
         "qwen3-0.6b": PlannedModel(vram_mib=(), total_mib=0, ctx_size=8192),
     },
     "nas": {
-        "tiny": PlannedModel(vram_mib=(), total_mib=0, ctx_size=8192),
+        "tiny": PlannedModel(vram_mib=(), total_mib=0, ram_mib=900, ctx_size=8192),
     },
     "rig4090": {
         "chat-4b": PlannedModel(vram_mib=(5120,), ctx_size=32768),

@@ -41,7 +41,11 @@ def test_duo3060_pins_chat_small_and_splits_think_small() -> None:
     assert config["matrix"]["sets"] == {"voice": "chat-small & think-small", "coding": "think-big"}
     assert config["matrix"]["evict_costs"] == {"chat-small": 3, "think-big": 18, "think-small": 18}
     assert think["metadata"]["vram_mib"] == 11900
-    assert think["metadata"]["vram_mib_per_gpu"] == [3960, 7940]
+    # per device, as the supervisor admits them (#17): not one sum over both cards
+    assert think["x-devices"] == {"CUDA0": 3960, "CUDA1": 7940}
+    assert chat["x-devices"] == {"CUDA0": 3120}
+    assert config["x-deviceBudgetMiB"] == {"CUDA0": 11427, "CUDA1": 11427}  # 12288 MiB at vram_budget 0.93
+    assert "x-vramBudgetMiB" not in config
 
 
 def test_xtx_profiles_are_set_params_by_id_and_kv_is_q4_0() -> None:
@@ -59,7 +63,8 @@ def test_xtx_profiles_are_set_params_by_id_and_kv_is_q4_0() -> None:
     # b11434 fits the MTP draft context with the model: no --fit off forced on
     assert not any(line.startswith("--fit") for line in mtp)
     assert not any("spec-type" in line for line in cmd_lines(qwen))
-    assert config["x-vramBudgetMiB"] == int(24560 * 0.93)
+    assert config["x-deviceBudgetMiB"] == {"ROCm0": int(24560 * 0.93)}
+    assert qwen["x-devices"] == {"ROCm0": 21504}
     # the AMD card needs no HSA override
     assert all("env" not in m for m in config["models"].values())
 
@@ -87,6 +92,8 @@ def test_rendered_configs_load_in_the_supervisor(tmp_path: Path) -> None:
     duo = load_config(tmp_path / "duo3060.yaml", env={"HOMELAB_API_KEYS": "k"})
     assert duo.matrix is not None and duo.matrix.sets["voice"] == (frozenset({"chat-small", "think-small"}),)
     assert duo.models["think-small"].vram_mib == 11900
+    assert duo.models["think-small"].devices_mib == {"CUDA0": 3960, "CUDA1": 7940}
+    assert duo.device_budget_mib == {"CUDA0": 11427, "CUDA1": 11427}
 
 
 def test_prompt_cache_knob_and_folder_reach_the_supervisor(tmp_path: Path) -> None:
@@ -380,7 +387,7 @@ def test_a_workers_admission_budget_leaves_room_for_the_heads_rpc_layers(inputs_
     assert reserved == {0: 9081}
     plain = config_of(render_host(inputs_for("xtx")))
     worker = config_of(render_host(inputs_for("xtx", rpc_reserved_mib=reserved)))
-    assert worker["x-vramBudgetMiB"] == plain["x-vramBudgetMiB"] - 9081
+    assert worker["x-deviceBudgetMiB"]["ROCm0"] == plain["x-deviceBudgetMiB"]["ROCm0"] - 9081
 
 
 def test_secrets_env_is_private(tmp_path: Path) -> None:

@@ -251,3 +251,18 @@ async def test_peer_models_listed_with_the_peers_health(serve) -> None:
     peer = by_id(st)["lab/far"]
     assert peer["peerID"] == "lab" and peer["status"] == "peer up" and peer["evicts"] == []
     assert by_id(st)["near"]["status"] == "unloaded"
+
+
+async def test_vram_per_device_from_the_config_without_a_plan(serve) -> None:
+    """x-deviceBudgetMiB and x-devices: one bar per device, each model's share on it (#17)."""
+    config = make_config(fake_model("a", devices_mib={"CUDA0": 6000}),
+                         fake_model("b", devices_mib={"CUDA0": 2000, "CUDA1": 7000}),
+                         device_budget_mib={"CUDA0": 11427, "CUDA1": 11427})
+    running = await serve(config)
+    async with aiohttp.ClientSession() as s:
+        st = await state(s, running.url)
+    assert st["vram"] == {"source": "config",
+                          "devices": {"CUDA0": {"name": "CUDA0", "budget_mib": 11427},
+                                      "CUDA1": {"name": "CUDA1", "budget_mib": 11427}},
+                          "models": {"a": {"CUDA0": {"total": 6000}},
+                                     "b": {"CUDA0": {"total": 2000}, "CUDA1": {"total": 7000}}}}

@@ -365,3 +365,32 @@ async def test_log_requests_and_upstream_to_stdout(serve, capfd) -> None:
             text = await resp.text()
     assert "POST /v1/chat/completions 200" in text
     assert "all slots are idle" in capfd.readouterr().out
+
+
+async def test_swaps_on_different_devices_load_in_parallel(serve) -> None:
+    """#15: two swaps whose evictions are disjoint (one per GPU) run at the same time. The
+    outgoing models ignore SIGTERM (slow to stop); the incoming ones take a while to load. The
+    swap records' intervals [began, began + load_seconds] must overlap: serialized, the second
+    eviction would only begin once the first swap's model had started."""
+    budget = {"CUDA0": 11427, "CUDA1": 11427}
+    slow_stop = {"unload_timeout": 1.5}
+    models = [
+        fake_model("a0", "--ignore-sigterm", devices_mib={"CUDA0": 8000}, **slow_stop),
+        fake_model("b0", "--ignore-sigterm", devices_mib={"CUDA1": 8000}, **slow_stop),
+        fake_model("a1", "--load-time", "1.0", devices_mib={"CUDA0": 8000}),
+        fake_model("b1", "--load-time", "1.0", devices_mib={"CUDA1": 8000}),
+    ]
+    running = await serve(make_config(*models, device_budget_mib=budget))
+    async with aiohttp.ClientSession() as s:
+        for m in ("a0", "b0"):
+            assert (await chat(s, running.url, m))[0] == 200
+        results = await asyncio.gather(chat(s, running.url, "a1"), chat(s, running.url, "b1"))
+    assert [status for status, _ in results] == [200, 200]
+    swaps = {r.model: r for r in running.sup.activity.swaps}
+    a1, b1 = swaps["a1"], swaps["b1"]
+    assert a1.evicted == ["a0"] and b1.evicted == ["b0"]
+    assert a1.load_seconds is not None and b1.load_seconds is not None
+    assert a1.began < b1.began + b1.load_seconds and b1.began < a1.began + a1.load_seconds, (
+        f"loads did not overlap: a1 {a1.began:.3f}+{a1.load_seconds}, b1 {b1.began:.3f}+{b1.load_seconds}"
+    )
+    assert {m for m in ("a0", "b0", "a1", "b1") if running.sup.status_of(m) is State.READY} == {"a1", "b1"}

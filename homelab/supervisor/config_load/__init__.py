@@ -2,8 +2,8 @@
 
 The format is llama-swap's (checked against its ``proxy/config`` / ``internal/config`` Go code);
 we differ in being strict: an unknown key is an error (with the nearest valid key suggested),
-except keys starting with ``x-``, which are free for extensions (ours: ``x-vramBudgetMiB``,
-``x-maxWait``). Every error names the file, the line and the key path, and says how to fix it.
+except keys starting with ``x-``, which are free for extensions (ours: ``x-deviceBudgetMiB``,
+``x-devices``, ``x-vramBudgetMiB``, ``x-maxWait``). Every error names the file, the line and the key path, and says how to fix it.
 
 Order of work, as llama-swap does it:
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...matrix import GroupConfig, MatrixConfig
 from ..config import Config
+from .devices import BUDGET_KEY, parse_device_budget, with_devices
 from .groups import parse_groups, parse_matrix
 from .hooks import parse_hooks
 from .macros import Macro, read_macros, resolve_macros
@@ -116,6 +117,8 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
         for model_id in sorted(raw_models)
     }
     models = {model_id: built[model_id] for model_id in raw_models}  # file order for listings
+    device_budget = parse_device_budget(extensions.get(BUDGET_KEY))
+    models = with_devices(models, {m: raw.at for m, raw in raw_models.items()}, device_budget)
     aliases, models = collect_aliases(raw_models, models)
 
     groups: dict[str, GroupConfig] = {}
@@ -154,6 +157,7 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
         send_loading_state=send_loading_state,
         include_aliases_in_list=(top["includeAliasesInList"].boolean() if "includeAliasesInList" in top else False),
         vram_budget_mib=vram_budget,
+        device_budget_mib=device_budget,
         max_wait=max_wait,
         source=source,
         log_to_stdout=log_to_stdout,

@@ -8,7 +8,7 @@ RESTART_FIELDS = ("cmd", "cmd_stop", "proxy", "port", "check_endpoint", "env", "
 """ModelConfig fields whose change means the running process is not what the config describes.
 
 Everything else (ttl, unload_timeout, aliases, filters, metadata, name, description, unlisted,
-use_model_name, concurrency_limit, send_loading_state, vram_mib) is read per request or per
+use_model_name, concurrency_limit, send_loading_state, vram_mib, devices_mib) is read per request or per
 decision from the live config, so a changed value takes effect without a restart."""
 
 

@@ -91,7 +91,7 @@ function preview(id) { if (!$("target").value) { S.target = id; renderVram(); } 
 
 function renderVram() {
   const v = S.vram, box = $("devices");
-  if (!v || !Object.keys(v.devices).length) { box.replaceChildren(h("p", {}, "No VRAM figures: this config has no plan.json beside it and no x-vramBudgetMiB.")); return; }
+  if (!v || !Object.keys(v.devices).length) { box.replaceChildren(h("p", {}, "No VRAM figures: this config has no plan.json beside it, no x-deviceBudgetMiB and no x-vramBudgetMiB.")); return; }
   const byId = new Map(S.models.map((m) => [m.id, m]));
   const target = byId.get(S.target);
   const evict = new Set(target ? target.evicts : []);
