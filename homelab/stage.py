@@ -107,29 +107,33 @@ def write_record(path: Path, data: Mapping[str, Any]) -> None:
 # Digests for fingerprints
 
 
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _stable(value: Any) -> Any:
     """Plain, ordered data for hashing (dataclasses, pydantic models, mappings, sets, paths); an
     unknown object falls back to its repr, which at worst makes a fingerprint differ and the
-    stage run (never the other way round)."""
+    stage run (never the other way round). Plain values and lists come first: they are most of
+    what a fingerprint walks (the render inputs hold every flag of the build)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            "@": type(value).__name__,
-            **{f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)},
-        }
+        cls = type(value)
+        return {"@": cls.__name__, **{name: _stable(getattr(value, name)) for name in _field_names(cls)}}
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if isinstance(value, Mapping):
         return [[_stable(k), _stable(v)] for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))]
     if isinstance(value, (set, frozenset)):
         return sorted((_stable(v) for v in value), key=repr)
-    if isinstance(value, (list, tuple)):
-        return [_stable(v) for v in value]
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, bytes):
         return hashlib.sha256(value).hexdigest()
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
     return repr(value)
 
 
