@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 ANY_ADDRESS = ("0.0.0.0", "::", "[::]", "*")
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
@@ -22,10 +22,13 @@ def split_host_port(listen: str) -> tuple[str, int]:
 
 
 def is_loopback(address: str) -> bool:
-    if address.lower() in LOOPBACK_NAMES:
+    """``127.0.0.1``, ``127.1.2.3``, ``::1``/``[::1]`` or ``localhost``; any other name or
+    address (``0.0.0.0``, ``::``, a LAN IP, a host name) reaches beyond this machine."""
+    text = address.strip().strip("[]").lower()
+    if text in LOOPBACK_NAMES:
         return True
     try:
-        return ipaddress.ip_address(address).is_loopback
+        return ipaddress.ip_address(text).is_loopback
     except ValueError:
         return False
 

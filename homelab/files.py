@@ -1,4 +1,5 @@
-"""Files on disk: atomic, durable writes (fsync of files and folders) and the sha256 of a file.
+"""Files on disk: atomic, durable writes and symlink switches (fsync of files and folders) and
+the sha256 of a file.
 
 Standard library only, so every stage and the supervisor can use it.
 """
@@ -33,6 +34,17 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def atomic_symlink(path: Path, target: str) -> None:
+    """Point the symlink ``path`` at ``target`` (relative to its folder, as symlinks are) so a
+    reader follows the old target or the new one, never nothing: a new link under a temp name
+    renamed over it, then the folder fsync'ed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
     fsync_dir(path.parent)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from functools import cache
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+from .files import atomic_write_text
 from .settings import state_dir
 
 if TYPE_CHECKING:
@@ -66,53 +66,74 @@ class Stage:
         now = self.fingerprint(host, *part)
         if now is None:
             return False
-        try:
-            recorded = json.loads(self.record_file(host, *part).read_text()).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
-            return False
-        return recorded == now and (self.in_place is None or self.in_place(host, *part))
+        recorded = read_record(self.record_file(host, *part)) or {}
+        return recorded.get("fingerprint") == now and (self.in_place is None or self.in_place(host, *part))
 
     def run_and_record(self, host: ResolvedHost, *part: str) -> None:
         """Run the stage, then record its fingerprint (computed after the work: the lock stage's
         own output is one of its inputs)."""
         self.run(host, *part)
-        path = self.record_file(host, *part)
+        write_record(self.record_file(host, *part), {"fingerprint": self.fingerprint(host, *part)})
+
+
+# --------------------------------------------------------------------------------------------
+# Records: the small JSON files stages keep beside their products (the freshness record above,
+# the render memo, the build stamp and build-key memo)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A record written by :func:`write_record`; None when it is missing, unreadable or not an
+    object (a record is only ever a shortcut: without it the stage works it out again)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_record(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as a record, atomically (:func:`homelab.files.atomic_write_text`), creating
+    its folder; an unchanged record is left alone (no write, no fsync)."""
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"fingerprint": self.fingerprint(host, *part)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 # --------------------------------------------------------------------------------------------
 # Digests for fingerprints
 
 
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _stable(value: Any) -> Any:
     """Plain, ordered data for hashing (dataclasses, pydantic models, mappings, sets, paths); an
     unknown object falls back to its repr, which at worst makes a fingerprint differ and the
-    stage run (never the other way round)."""
+    stage run (never the other way round). Plain values and lists come first: they are most of
+    what a fingerprint walks (the render inputs hold every flag of the build)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            "@": type(value).__name__,
-            **{f.name: _stable(getattr(value, f.name)) for f in dataclasses.fields(value)},
-        }
+        cls = type(value)
+        return {"@": cls.__name__, **{name: _stable(getattr(value, name)) for name in _field_names(cls)}}
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if isinstance(value, Mapping):
         return [[_stable(k), _stable(v)] for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))]
     if isinstance(value, (set, frozenset)):
         return sorted((_stable(v) for v in value), key=repr)
-    if isinstance(value, (list, tuple)):
-        return [_stable(v) for v in value]
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, bytes):
         return hashlib.sha256(value).hexdigest()
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
     return repr(value)
 
 

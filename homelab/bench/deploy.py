@@ -39,6 +39,14 @@ def _timed_deploy(host: str, extra: list[str], cpu: list[float] | None = None) -
     return time.monotonic() - started, out.returncode, (out.stdout + out.stderr).strip()
 
 
+def _bytecode_note() -> str:
+    """Said when the runs could keep no ``.pyc`` files: each one then compiles every homelab
+    module it imports, which an installed copy does not (compare numbers with the same setting)."""
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return "; PYTHONDONTWRITEBYTECODE is set: each run compiled homelab's modules from source"
+    return ""
+
+
 def _edit_profile(recipe_file: Path) -> str:
     """Change one profile parameter of a recipe (what a user tuning sampling does)."""
     data = yaml.safe_load(recipe_file.read_text())
@@ -76,6 +84,7 @@ def cmd_bench_deploy(args: argparse.Namespace) -> int:
         f"no-op `doit deploy host={args.host}`: median {statistics.median(times):.2f} s "
         f"(min {min(times):.2f}, max {max(times):.2f}, n={len(times)}); "
         f"CPU (user+sys) median {statistics.median(cpu):.2f} s; load average {loadavg:.1f} on {os.cpu_count()} CPUs"
+        + _bytecode_note()
     )
     if args.no_edit:
         return 0

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 
+from ..address import free_loopback_port
 from ..errors import HomelabError
 from ..supervisor.process import spawn_guarded
 
@@ -80,9 +81,7 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_loopback_port()
 
 
 def percentile(values: list[float], q: float) -> float:

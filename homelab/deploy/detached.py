@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from ..files import atomic_write_text
@@ -221,6 +219,11 @@ class DetachedService(Service):
             raise ServiceError(f"{self.paths.host}: the service is not running, nothing to reload")
         if self.reload_url:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            # lazily: urllib.request brings http.client, ssl and email, which the alive check
+            # of every no-op deploy never uses
+            import urllib.error
+            import urllib.request
+
             request = urllib.request.Request(self.reload_url, data=b"", headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=120) as resp:

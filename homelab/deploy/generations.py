@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HomelabError
-from ..files import atomic_write_text, fsync_dir, fsync_tree
+from ..files import atomic_symlink, atomic_write_text, fsync_dir, fsync_tree
 from .paths import HostPaths
 
 META_NAME = ".homelab-generation.json"
@@ -200,13 +200,7 @@ class GenerationStore:
         """Point ``current`` at generation ``number`` atomically; remember the one before."""
         self.get(number)  # raises with the list of generations when unknown
         before = self.current_number()
-        link = self.paths.current
-        tmp = link.with_name(f".current.{os.getpid()}.tmp")
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        os.symlink(f"generations/{number}", tmp)
-        os.replace(tmp, link)
-        fsync_dir(link.parent)
+        atomic_symlink(self.paths.current, f"generations/{number}")
         if before != number:
             state = {"current": number, "previous": before}
             atomic_write_text(self.paths.state_file, json.dumps(state, indent=2) + "\n")

@@ -13,7 +13,6 @@ import json
 import os
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +49,10 @@ def _request(url: str, api_key: str | None, body: dict | None = None, timeout: f
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     data = json.dumps(body).encode() if body is not None else None
+    # lazily: urllib.request brings http.client, ssl and email, which the install stage's
+    # freshness check (every no-op deploy imports this module) never uses
+    import urllib.request
+
     req = urllib.request.Request(url, data=data, headers=headers, method="POST" if body else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -5,23 +5,24 @@ into ``$HOMELAB_STATE/files/<sha256>/<name>``."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import logging
 import os
 import queue
-import ssl
 import threading
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from ..http_client import http_session
 from ..settings import state_dir
 from .errors import ChecksumMismatch, HubError
+from .progress import progress_bar
+
+if TYPE_CHECKING:
+    import http.client
+
+    from tqdm import tqdm
 
 LOG = logging.getLogger(__name__)
 ATTEMPTS = 4
@@ -106,9 +107,13 @@ def _fill(
         with partial.open("rb") as old:
             while chunk := old.read(STREAM_CHUNK):
                 hasher.feed(chunk)
+    # lazily (here and in _open): http.client and ssl are for downloading only, and the fetch
+    # stage's freshness check on every no-op deploy imports this module
+    import http.client
+
     last: Exception | None = None
     attempts = 0
-    with tqdm(
+    with progress_bar(
         total=size,
         initial=have,
         unit="B",
@@ -163,6 +168,10 @@ def _open(url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
     socket, three times faster than requests' ``raw.read`` on the same loopback stream. Proxy
     variables (HTTPS_PROXY...) are honoured with a CONNECT tunnel.
     """
+    import http.client  # lazily, as in stream_to
+    import ssl
+    import urllib.request
+
     for _ in range(REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
         host, port = parts.hostname or "", parts.port
@@ -268,7 +277,7 @@ def download_url(
     size = size if size is not None else url_size(url)
     partial = url_partial(url)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with tqdm(disable=True) as no_bar:
+    with progress_bar(disable=True) as no_bar:
         sha = stream_to(url, partial, size, {"Accept-Encoding": "identity"}, overall or no_bar, progress, what=url)
     if expected_sha256 and sha != expected_sha256:
         aside = partial.with_name(partial.name + ".bad")

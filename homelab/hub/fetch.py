@@ -23,10 +23,7 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from filelock import FileLock
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from ..files import sha256_file
 from ..inventory import ResolvedHost
@@ -47,7 +44,11 @@ from .cache import (
 from .download import ATTEMPTS, RETRY_DELAY_S, download_url, stream_to, url_partial
 from .errors import ChecksumMismatch, HubError, explain_hub_error
 from .hashing import sha256_with_progress
+from .progress import bar_class, progress_bar
 from .resolve import load_lock
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 LOG = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def fetch_model(host: ResolvedHost, model_id: str, pinned: PinnedModel, *, progr
     check_disk_space(host, pinned.files)
     todo = sum(_bytes_to_download(pf, host.inventory) for pf in pinned.files)
     verified: list[Verified] = []
-    with tqdm(
+    with progress_bar(
         total=todo,
         unit="B",
         unit_scale=True,
@@ -291,6 +292,8 @@ def _stream_blob(pf: PinnedFile, location: str, blob: Path, overall: tqdm, progr
     token = hf_token()
     if token and urllib.parse.urlsplit(location).netloc == urllib.parse.urlsplit(hf_endpoint()).netloc:
         headers["Authorization"] = f"Bearer {token}"
+    from filelock import FileLock  # lazily: only a download takes the lock; slow to import
+
     with FileLock(str(lock_path)):
         if blob.exists():  # another process finished it meanwhile
             return sha256_file(blob)
@@ -314,7 +317,7 @@ def _transport_errors() -> tuple[type[Exception], ...]:
 
 
 def _file_bar_class(overall: tqdm, progress: bool) -> type[tqdm]:
-    class FileBar(tqdm):
+    class FileBar(bar_class()):  # type: ignore[misc]  # tqdm's class, imported when a fetch shows bars
         """huggingface_hub's per-file bar that also moves the overall bar."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..files import sha256_file
+from .progress import progress_bar
 
 
 def sha256_with_progress(path: Path, *, desc: str, progress: bool) -> str:
     """:func:`sha256_file` under a tqdm bar named ``desc`` (hidden unless ``progress``)."""
-    with tqdm(
+    with progress_bar(
         total=path.stat().st_size,
         unit="B",
         unit_scale=True,

@@ -8,31 +8,16 @@ host file says ``runtime.allow_no_key: true`` (a firewall or an authenticating p
 
 from __future__ import annotations
 
-import ipaddress
-
+from ..address import is_loopback, split_host_port
 from .problems import Problem
 from .schema import Host
 from .sourcemap import YamlDoc
-
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
-
-
-def is_loopback(address: str) -> bool:
-    """``127.0.0.1``, ``127.1.2.3``, ``::1``/``[::1]`` or ``localhost``; any other name or
-    address (``0.0.0.0``, ``::``, a LAN IP, a host name) reaches beyond this machine."""
-    text = address.strip().strip("[]").lower()
-    if text in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(text).is_loopback
-    except ValueError:
-        return False
 
 
 def listen_problems(doc: YamlDoc, host: Host) -> list[Problem]:
     """``runtime.listen`` beyond loopback with neither API keys nor ``allow_no_key``."""
     runtime = host.runtime
-    address = runtime.listen.rsplit(":", 1)[0]
+    address, _port = split_host_port(runtime.listen)
     if is_loopback(address) or runtime.api_key_env or runtime.allow_no_key:
         return []
     return [

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import cast
 
 from ..errors import HomelabError
+from ..files import atomic_symlink, atomic_write_text
 from .configure import (
     CMAKE_FILES,
     RPC_CMAKE_FILES,
@@ -334,11 +335,7 @@ class Builder:
         with contextlib.suppress(OSError):
             if os.readlink(link) == target:
                 return
-        tmp = pointers / f".{host}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
+        atomic_symlink(link, target)
 
     def prune(self) -> list[str]:
         """Remove the oldest builds beyond the cap; never one a host's ``current`` points at."""
@@ -387,9 +384,7 @@ def _write_cache(cache: Path, value: object) -> None:
     """Facts of a commit's tree never change: kept beside the git dir (atomically), so a no-op
     build check (doit's uptodate) runs no git."""
     cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, cache)
+    atomic_write_text(cache, json.dumps(value))
 
 
 def _declared_at(git_dir: Path, commit: str) -> frozenset[str] | None:

@@ -16,14 +16,15 @@ rejects them, and so do we.
 
 from __future__ import annotations
 
-import difflib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
+
+from ..files import atomic_write_text
+from ..suggest import closest, did_you_mean
 
 ValueKind = Literal["none", "required", "optional"]
 
@@ -101,9 +102,7 @@ class AcceptedFlags:
         return cls(flags=_index(infos), build=data.get("build", ""))
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> AcceptedFlags:
@@ -209,8 +208,7 @@ def nearest_choice(value: str, choices: Iterable[str]) -> str | None:
     parts = [c for c in options if lowered in c.lower().split("-")]
     if len(parts) == 1:
         return parts[0]
-    near = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
-    return near[0] if near else None
+    return closest(value, options, cutoff=0.5)
 
 
 def bad_values(info: FlagInfo, value: object) -> list[str]:
@@ -274,8 +272,7 @@ def check_flags(
             if name in RENAMED:
                 hint = f"; {RENAMED[name]}"
             else:
-                near = difflib.get_close_matches(name, accepted.long_names(), n=1, cutoff=0.75)
-                hint = f"; did you mean '{near[0]}'?" if near else ""
+                hint = did_you_mean(name, accepted.long_names(), cutoff=0.75)
             problems.append(
                 FlagProblem(
                     model, name, f"{where}model '{model}': server flag '{name}' is not accepted by {build}{hint}"

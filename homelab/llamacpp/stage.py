@@ -7,19 +7,17 @@ over these functions.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..errors import HomelabError
-from ..files import atomic_write_text
 from ..inventory.resolved import ResolvedHost
 from ..lock import LlamaCppPin, read_lock
 from ..privilege import refuse_root
 from ..settings import state_dir
-from ..stage import Stage, digest, file_bytes, tree_files
+from ..stage import Stage, digest, read_record, tree_files, write_record
 from .build import Build, Builder, BuildRequest, Planned
 from .configure import (
     RPC_SERVER,
@@ -121,8 +119,10 @@ def check_toolchain(host: ResolvedHost) -> Toolchain:
     return tools
 
 
-def plan_build(host: ResolvedHost, extra_targets: Iterable[str] = ()) -> Planned:
-    tools = check_toolchain(host)
+def plan_build(host: ResolvedHost, extra_targets: Iterable[str] = (), *, tools: Toolchain | None = None) -> Planned:
+    """The cmake plan and build key (``tools``: a toolchain probed already, checked again here)."""
+    if tools is None:
+        tools = check_toolchain(host)
     pin, _locked = host_pin(host)
     return builder().plan(build_request(host, pin, extra_targets), tools=tools)
 
@@ -166,22 +166,11 @@ def stamp_path(host: str) -> Path:
 
 
 def write_stamp(host: str, build: Build) -> None:
-    path = stamp_path(host)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"key": build.key, "server": str(build.server), "flags": str(build.flags_file)}, indent=1) + "\n"
-    try:
-        if path.read_text() == text:
-            return
-    except FileNotFoundError:
-        pass
-    atomic_write_text(path, text)
+    write_record(stamp_path(host), {"key": build.key, "server": str(build.server), "flags": str(build.flags_file)})
 
 
 def read_stamp(host: str) -> dict | None:
-    try:
-        return json.loads(stamp_path(host).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return read_record(stamp_path(host))
 
 
 def current_build(host: str) -> Build | None:
@@ -228,21 +217,34 @@ def require_flags(host: ResolvedHost, build: Build, has_mtp_heads: Mapping[str, 
 # --------------------------------------------------------------------------------------------
 # The source and build stages
 
-#: memo of build keys by a digest of what they are made from (the host, its lock, the patch
-#: files): source's and build's freshness both need the key, and computing it runs git and
-#: probes the toolchain. A changed input is a different entry, never a stale one.
-_BUILD_KEYS: dict[str, str] = {}
+
+def _build_key_memo(host: str) -> Path:
+    return state_dir() / "hosts" / host / "build-key.json"
 
 
 def build_fingerprint(host: ResolvedHost) -> str:
     """The build key: commit, patch contents, backend, cmake options, targets, toolchain. Recipe
-    changes that do not reach it (context size, sampling) leave the build alone."""
-    if host.host.llama_cpp.path:  # a directory snapshot, not told by the files read here
-        return plan_build(host).key
-    made_of = digest(host.as_dict(), file_bytes(host.lock_file), tree_files(host.patches_dir), str(state_dir()))
-    if made_of not in _BUILD_KEYS:
-        _BUILD_KEYS[made_of] = plan_build(host).key
-    return _BUILD_KEYS[made_of]
+    changes that do not reach it (context size, sampling) leave the build alone.
+
+    Computing the key runs git on the source cache, so it is remembered in a record,
+    ``hosts/<host>/build-key.json``, by a digest of what it is made from: the host, its locked
+    llama.cpp pin, the patch files and the toolchain found now (a new compiler or ROCm is a new
+    entry, never a stale one). A no-op deploy reads the record and runs no git.
+    """
+    tools = probe_toolchain(host.host.backend)
+    pin, locked = host_pin(host)
+    if host.host.llama_cpp.path or not locked:
+        # a directory snapshot (not told by the files read here), or a pin resolved just now
+        # (a branch may move): nothing to remember
+        return builder().plan(build_request(host, pin), tools=tools).key
+    made_of = digest(host.as_dict(), pin, tree_files(host.patches_dir), str(state_dir()), tools)
+    memo = _build_key_memo(host.name)
+    recorded = read_record(memo) or {}
+    if recorded.get("made_of") == made_of and isinstance(recorded.get("key"), str):
+        return recorded["key"]
+    key = builder().plan(build_request(host, pin), tools=tools).key
+    write_record(memo, {"made_of": made_of, "key": key})
+    return key
 
 
 def _source_in_place(host: ResolvedHost) -> bool:

@@ -48,8 +48,10 @@ def homelab_source_hash() -> str:
     """One hash over homelab's own code and templates: a new supervisor means a restart."""
     digest = hashlib.sha256()
     for path in sorted(PACKAGE.rglob("*")):
-        if path.is_file() and path.suffix in (".py", ".j2", ".txt") and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + sha256_file(path).encode())
+        if path.suffix in (".py", ".j2", ".txt") and "__pycache__" not in path.parts and path.is_file():
+            # small files: read whole (sha256_file's chunked reads cost more than they save here)
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + content.encode())
     return digest.hexdigest()
 
 

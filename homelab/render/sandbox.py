@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..inventory.exposure import is_loopback
+from ..address import is_loopback, split_host_port
 from ..inventory.powers import POWER_FLAGS
 from .inputs import RenderInputs
 
@@ -55,7 +55,7 @@ def loopback_only(inputs: RenderInputs) -> bool:
     """The service talks to nothing but this machine: it listens on loopback, forwards to no
     peer, splits no model over RPC workers, and runs no model with tools (which may reach out)."""
     host = inputs.host
-    if not is_loopback(host.host.runtime.listen.rsplit(":", 1)[0]) or inputs.peers:
+    if not is_loopback(split_host_port(host.host.runtime.listen)[0]) or inputs.peers:
         return False
     for model in host.models:
         if model.rpc_workers or any(name in POWER_FLAGS for name in model.server):

@@ -14,11 +14,10 @@ to. Assembling the inputs reads a few small files; only new inputs are rendered,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..inventory import ResolvedHost
-from ..stage import Stage, digest, tree_files
+from ..stage import Stage, digest, read_record, tree_files, write_record
 from .assemble import assemble, write_secrets
 from .generation import MANIFEST_NAME, render_host, staging_dir, write_generation
 from .inputs import RenderInputs
@@ -29,22 +28,15 @@ def _memo_file(host: str) -> Path:
 
 
 def _remember(host: str, inputs_digest: str, rendered: str) -> None:
-    """Record that these inputs render to ``rendered`` (atomically: temp, then rename)."""
-    path = _memo_file(host)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"inputs": inputs_digest, "rendered": rendered}) + "\n")
-    tmp.replace(path)
+    """Record that these inputs render to ``rendered``."""
+    write_record(_memo_file(host), {"inputs": inputs_digest, "rendered": rendered})
 
 
 def _rendered_digest(host: ResolvedHost, inputs: RenderInputs) -> str:
     """The digest of the files ``inputs`` render to, from the memo when it has these inputs."""
     inputs_digest = digest(inputs)
-    try:
-        memo = json.loads(_memo_file(host.name).read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if isinstance(memo, dict) and memo.get("inputs") == inputs_digest and isinstance(memo.get("rendered"), str):
+    memo = read_record(_memo_file(host.name)) or {}
+    if memo.get("inputs") == inputs_digest and isinstance(memo.get("rendered"), str):
         return memo["rendered"]
     rendered = digest(render_host(inputs))
     _remember(host.name, inputs_digest, rendered)

@@ -7,12 +7,14 @@ Templates only lay values out; every value reaches the file through a filter of
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 import yaml
 
 from .formats import FILTERS
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 def yaml_block(value: Any, indent: int) -> str:
@@ -24,6 +26,10 @@ def yaml_block(value: Any, indent: int) -> str:
 
 @functools.cache
 def environment() -> jinja2.Environment:
+    # lazily: the render stage's freshness check (every no-op deploy) imports this package but
+    # renders nothing; jinja2 is a third of the package's import time
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("homelab.render", "templates"),
         undefined=jinja2.StrictUndefined,

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
 import yaml
 
+from homelab.address import free_loopback_port as free_port  # noqa: F401  # the deploy tests import it from here
 from homelab.deploy.paths import HostPaths
 
 FAKE_SERVICE = Path(__file__).with_name("fake_service.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def render_files(

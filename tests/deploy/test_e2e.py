@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from deploy_helpers import free_port
+from processes import argv, descendants
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,17 +38,19 @@ def _require_stages() -> None:
 
 
 def _llama_pids(file_name: str) -> set[int]:
-    """Running llama-server processes whose model file is named ``file_name`` (in the HF cache)."""
+    """The llama-server processes of this test's deployed supervisor (the pid in its state's
+    service.pid, and the processes below it) whose model file is named ``file_name``: other test
+    runs on this machine serve the same file names from the same binary."""
+    pid_file = Path(os.environ["HOMELAB_STATE"]) / "hosts" / "lab" / "service.pid"
+    try:
+        supervisor = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return set()
     pids = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"llama-server") and any(a.endswith(b"/" + file_name.encode()) for a in argv):
-            pids.add(int(proc.name))
+    for pid in descendants(supervisor):
+        args = argv(pid)
+        if args and args[0].endswith(b"llama-server") and any(a.endswith(b"/" + file_name.encode()) for a in args):
+            pids.add(pid)
     return pids
 
 

@@ -10,8 +10,8 @@ from inventory_testkit import Inventory
 from test_inventory_errors import assert_line, load_error
 from test_inventory_recipe_sources import RecipeServer, recipe_server  # noqa: F401 - a fixture
 
+from homelab.address import is_loopback
 from homelab.inventory import load_host
-from homelab.inventory.exposure import is_loopback
 
 # -- runtime.listen beyond loopback ----------------------------------------------------------------
 

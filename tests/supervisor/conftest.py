@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -10,16 +9,11 @@ from typing import Any
 
 import pytest
 
+from homelab.address import free_loopback_port as free_port
 from homelab.supervisor.app import Running, start_server
 from homelab.supervisor.config import Config, ModelConfig
 
 FAKE = Path(__file__).with_name("fake_llama_server.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fake_model(model_id: str, *flags: str, port: int | None = None, **fields: Any) -> ModelConfig:
@@ -41,8 +35,7 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
     started: list[Running] = []
 
     async def start(config: Config, **kwargs: Any) -> Running:
-        running = await start_server(config, "127.0.0.1", 0, drain_timeout=kwargs.pop("drain_timeout", 2.0),
-                                     **kwargs)
+        running = await start_server(config, "127.0.0.1", 0, drain_timeout=kwargs.pop("drain_timeout", 2.0), **kwargs)
         started.append(running)
         return running
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from processes import descendants, executable
 
 from homelab.supervisor.config import Config, MatrixConfig, ModelConfig
 from homelab.supervisor.scheduler import State
 
 from .conftest import free_port
-from .helpers import alive, wait_dead
+from .helpers import wait_dead
 from .test_load import judge
 
 pytestmark = pytest.mark.e2e
@@ -33,24 +34,11 @@ def real_model(model_id: str, server: Path, gguf: Path, **fields: object) -> Mod
     return ModelConfig(id=model_id, cmd=cmd, proxy=f"http://127.0.0.1:{port}", port=port, **fields)  # type: ignore[arg-type]
 
 
-def backend_pids(server: Path) -> set[int]:
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.readlink(proc / "exe") == str(server.resolve()):
-                    pids.add(int(proc.name))
-            except OSError:
-                pass
-    return {p for p in pids if alive(p)}
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
+def backend_pids(server: Path, under: int | None = None) -> set[int]:
+    """The live ``server`` processes below ``under`` (default: this test process, where the
+    in-process supervisor runs): other test runs on this machine use the same binary."""
+    binary = str(server.resolve())
+    return {pid for pid in descendants(os.getpid() if under is None else under) if executable(pid) == binary}
 
 
 async def stream_chat(s: aiohttp.ClientSession, url: str, model: str) -> str:
@@ -151,7 +139,6 @@ async def test_sigkill_of_serve_leaves_no_llama_server(tmp_path: Path, llama_ser
             proxy: http://127.0.0.1:{pb}
         """))
     port = free_port()
-    before = backend_pids(llama_server_bin)
     proc = subprocess.Popen([sys.executable, "-m", "homelab.cli", "serve", "--config", str(config),
                              "--listen", f"127.0.0.1:{port}"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -168,7 +155,7 @@ async def test_sigkill_of_serve_leaves_no_llama_server(tmp_path: Path, llama_ser
             for model in ("alpha", "beta"):
                 assert "[DONE]" in await stream_chat(s, url, model)
         # only this supervisor's children: other tests may run llama-server at the same time
-        started = {p for p in backend_pids(llama_server_bin) - before if parent_of(p) == proc.pid}
+        started = backend_pids(llama_server_bin, under=proc.pid)
         assert len(started) == 2
         proc.send_signal(signal.SIGKILL)
         proc.wait()

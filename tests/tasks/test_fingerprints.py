@@ -238,3 +238,30 @@ def test_a_stage_is_fresh_once_it_ran_until_an_input_or_its_product_changes(inve
     assert stage.is_fresh(host)
     _restage(inventory)
     assert not stage.is_fresh(host)  # an input changed
+
+
+def test_the_build_key_is_remembered_while_its_inputs_stay(tmp_path: Path) -> None:
+    """A locked host's build key is read from its record on the next run (no git: here the
+    source repository and its cache are gone), and worked out again when an input moves."""
+    from llamacpp.conftest import write_inventory
+    from llamacpp.fakeproject import make_upstream
+
+    from homelab.llamacpp.pin import resolve_llama_cpp
+
+    upstream = make_upstream(tmp_path / "upstream")
+    inv = write_inventory(tmp_path / "inv", upstream, patches=["p.patch"])
+    (inv / "patches" / "p.patch").write_text("")
+    host = load_host("box", inv)
+    write_lock(host.lock_file, Lock(host="box", models={}, llama_cpp=resolve_llama_cpp(host, None, update=False)))
+
+    def key() -> str:
+        return build_fingerprint(load_host("box", inv))
+
+    first = key()
+    assert json.loads((state_dir() / "hosts" / "box" / "build-key.json").read_text())["key"] == first
+    upstream.rename(tmp_path / "away")
+    shutil.rmtree(state_dir() / "sources")
+    assert key() == first  # from the record: nothing to run git on
+    (tmp_path / "away").rename(upstream)
+    (inv / "patches" / "p.patch").write_text("--- a/fit.c\n+++ b/fit.c\n@@ -1 +1 @@\n-x\n+y\n")
+    assert key() != first
