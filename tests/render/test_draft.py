@@ -141,3 +141,39 @@ def test_the_real_llama_server_drafts_with_the_rendered_draft(
         assert body["timings"]["draft_n_accepted"] == drafted
     else:
         assert drafted == 0, body.get("timings")
+
+
+def test_manifest_records_the_llama_cpp_pin_and_every_pinned_file() -> None:
+    """#16: the generation says which llama.cpp (ref, commit, backend, patches) and which bytes of
+    every model it serves; a re-pin shows in the deploy's list of changed inputs."""
+    from homelab.deploy.changes import compare
+    from homelab.lock import LlamaCppPin, PinnedFile, PinnedModel, PinnedPatch
+    from homelab.render.assemble import llama_cpp_facts, model_pins
+
+    host = example_host("duo3060")
+    pin = LlamaCppPin(repo="https://github.com/ggml-org/llama.cpp", ref="b11434", commit="ab" * 20,
+                      build_number=11434, patches=[PinnedPatch(ref="patches/fix.patch", sha256="cd" * 32)])  # fmt: skip
+
+    def lock(draft_sha: str) -> Lock:
+        files = {
+            m.id: PinnedModel(request="r", files=[
+                PinnedFile(source="hf", repo="org/m-GGUF", revision="1" * 40, path=f"{m.id}.gguf", size=1, sha256="2" * 64),
+                *([PinnedFile(role="draft", source="hf", repo="org/d-GGUF", revision="3" * 40, path="d.gguf", size=1,
+                              sha256=draft_sha)] if m.draft else []),
+            ])
+            for m in host.models
+        }  # fmt: skip
+        return Lock(host=host.name, llama_cpp=pin, models=files)
+
+    def manifest(lk: Lock) -> bytes:
+        inputs = fake_inputs(host, llama_cpp=llama_cpp_facts(lk), model_pins=model_pins(host, lk))
+        return render_host(inputs)["manifest.json"].encode()
+
+    before = json.loads(manifest(lock("4" * 64)))
+    assert before["llama_cpp"] == {
+        "backend": "cuda", "build_number": 11434, "commit": "ab" * 20, "ref": "b11434", "source": "git",
+        "repo": "https://github.com/ggml-org/llama.cpp", "patches": [{"ref": "patches/fix.patch", "sha256": "cd" * 32}],
+    }  # fmt: skip
+    assert [(f["role"], f["sha256"]) for f in before["models"]["chat-small"]] == [("model", "2" * 64), ("draft", "4" * 64)]
+    changes = compare({"manifest.json": manifest(lock("4" * 64))}, {"manifest.json": manifest(lock("5" * 64))})
+    assert changes.inputs == ["models.chat-small"] and "input models.chat-small" in changes.summary()
