@@ -206,8 +206,8 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
             reason = inputs.mtp_refused.get(model.id, "the GGUF has no MTP heads")
             raise RenderError(
                 f"{inputs.host.host_file}: model {model.id!r} sets `mtp:` but MTP cannot take effect: {reason}; "
-                "remove `mtp:`, or use a GGUF with MTP heads (or pass a separate MTP head file as "
-                "`spec-draft-model`)"
+                "remove `mtp:`, or use a GGUF with MTP heads (or declare a separate MTP head file as the "
+                "model's `draft:`)"
             )
         # no --fit off: llama-server fits the MTP draft context together with the model
     elif draft is not None and "spec-type" not in server:

@@ -64,6 +64,20 @@ def test_a_spec_type_the_recipe_sets_is_kept() -> None:
     assert cmd[cmd.index("--spec-type") + 1] == "draft-simple,ngram-mod" and cmd.count("--spec-type") == 1
 
 
+def test_an_mtp_head_file_runs_as_draft_mtp() -> None:
+    """``mtp:`` with a ``draft:``: the draft is a separate MTP head file, drafted with draft-mtp."""
+    from homelab.inventory.schema import Draft
+
+    host = example_host("xtx")
+    head = Draft.model_validate({"path": {"path": "/models/mtp-heads.gguf"}})
+    models = tuple(dataclasses.replace(m, draft=head) if m.mtp is not None else m for m in host.models)
+    mid = next(m.id for m in models if m.mtp is not None)
+    inputs = fake_inputs(dataclasses.replace(host, models=models), draft={mid: Path("/models/mtp-heads.gguf")})
+    cmd = load_config_text(render_host(inputs)["config.yaml"])[mid]
+    assert cmd[cmd.index("--spec-draft-model") + 1] == "/models/mtp-heads.gguf"
+    assert cmd[cmd.index("--spec-type") + 1] == "draft-mtp" and cmd.count("--spec-type") == 1
+
+
 def test_a_draft_not_fetched_says_what_to_run() -> None:
     host = example_host("duo3060")
     with pytest.raises(RenderError, match=r"no fetched draft model for model 'chat-small'.*doit fetch host=duo3060"):
