@@ -9,6 +9,7 @@ import pytest
 import yaml
 from fakehub import FakeHub
 
+from homelab.cli import main
 from homelab.hub.cache import model_files
 from homelab.hub.errors import ChecksumMismatch, HubError
 from homelab.hub.fetch import fetch_host
@@ -110,3 +111,12 @@ def test_the_draft_is_fetched_and_verified_with_the_model(hub: FakeHub, inventor
     hub.clear_requests()
     fetch_host(host, lock, progress=False)  # verified and recorded: no request, no hashing
     assert hub.requests == []
+
+
+def test_cli_fetch_prints_the_draft_beside_the_model(hub: FakeHub, inventory, capsys) -> None:
+    write_recipe(inventory, {"hf": {"repo": "acme/vision-GGUF", "file": "mmproj-F16.gguf"}})
+    write_host(inventory)
+    assert main(["lock", "box", "--inventory", str(inventory.root)]) == 0
+    assert main(["fetch", "box", "--inventory", str(inventory.root), "-q"]) == 0
+    paths = model_files(load_host("box", inventory.root), read_lock(inventory.root / "hosts" / "box.lock.json"))
+    assert capsys.readouterr().out.splitlines()[-1] == f"tiny: {paths['tiny'][0]} (draft: {paths['tiny'][1]})"
