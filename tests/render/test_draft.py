@@ -113,6 +113,12 @@ def test_render_end_to_end_takes_the_draft_from_the_lock_and_records_its_hash(
     assert (main["role"], main["sha256"]) == ("model", hashlib.sha256(tiny_models["alpha"].read_bytes()).hexdigest())
     assert (draft["role"], draft["sha256"]) == ("draft", hashlib.sha256(tiny_models["beta"].read_bytes()).hexdigest())
     assert manifest["llama_cpp"]["backend"] == "cpu"
+    # the supervisor's prefetch reads the draft ahead of a swap as it reads the model
+    from homelab.supervisor.prefetch import model_files
+
+    config = staging_dir("box") / "config.yaml"
+    cmd = load_config(config, env={}).models["tiny"].cmd
+    assert model_files(cmd) == [tiny_models["alpha"], tiny_models["beta"]]
 
 
 @pytest.mark.e2e
