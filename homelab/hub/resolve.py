@@ -187,10 +187,12 @@ def local_source_path(src: LocalFile, inventory: Path) -> Path:
 def resolve_path(src: LocalFile, inventory: Path, role: Role = "model") -> list[PinnedFile]:
     path = local_source_path(src, inventory)
     if not path.is_file():
-        key = "draft.path.path" if role == "draft" else "`path:`"
-        raise HubError(
-            f"{'draft' if role == 'draft' else 'source'} path {src.path}: no such file ({path}); fix {key} in the recipe"
+        what, fix = (
+            ("draft", "`draft.path.path:` in the recipe or host entry")
+            if role == "draft"
+            else ("source", "`path:` in the recipe")
         )
+        raise HubError(f"{what} path {src.path}: no such file ({path}); fix {fix}")
     sha = src.sha256 or sha256_with_progress(path, desc=f"hash {path.name}", progress=True)
     return [PinnedFile(role=role, source="path", path=src.path, size=path.stat().st_size, sha256=sha)]
 
