@@ -192,16 +192,16 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
         del server["ctx-size"]
         notes.append("ctx-size: auto without a plan: llama-server's --fit picks the context")
 
-    mtp: dict[str, str] = {}
+    speculative: dict[str, str] = {}  # MTP flags, or the type a draft model needs
     if model.mtp is not None:
         supported = inputs.mtp_supported.get(model.id, False)
-        mtp = mtp_flags(
+        speculative = mtp_flags(
             MtpSettings(draft_n_max=model.mtp.draft_n_max, draft_n_min=model.mtp.draft_n_min),
             has_mtp_heads=supported,
             accepted=inputs.accepted_flags if isinstance(inputs.accepted_flags, AcceptedFlags) else None,
             build_number=inputs.build_number,
         )
-        if not mtp:
+        if not speculative:
             # asked for and silently off would serve a slower model than the host file promises
             reason = inputs.mtp_refused.get(model.id, "the GGUF has no MTP heads")
             raise RenderError(
@@ -213,12 +213,12 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
     elif draft is not None and "spec-type" not in server:
         # b11434 loads a draft given without --spec-type but never drafts with it (it infers
         # only MTP heads and DFlash/DSpark sidecars from the file)
-        mtp = {"spec-type": DRAFT_SIMPLE}
+        speculative = {"spec-type": DRAFT_SIMPLE}
     for name, value in server.items():
         if value is None or value is False:
             continue
         flags.append((name, value))
-    flags += list(mtp.items())
+    flags += list(speculative.items())
     return flags, notes
 
 
