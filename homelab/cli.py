@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "homelab.bench.deploy",
     "homelab.bench.supervisor",
     "homelab.bench.supervisor_swap",
+    "homelab.bench.gpu",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -55,7 +55,9 @@ def relative_path_problem(text: str) -> str | None:
 class PinnedFile(_Strict):
     """One file of a model, pinned by content."""
 
-    role: Literal["model", "split", "mmproj"] = "model"
+    role: Literal["model", "split", "mmproj", "draft", "draft-split"] = "model"
+    """``model``: what ``-m`` gets (a split GGUF's first part), ``split``: its other parts,
+    ``mmproj``: the projector, ``draft``/``draft-split``: the speculative draft model's files."""
     source: Literal["hf", "url", "path"]
     repo: str | None = None
     revision: str | None = Field(default=None, description="40-hex commit for hf")
@@ -84,8 +86,13 @@ class PinnedFile(_Strict):
 
 class PinnedModel(_Strict):
     files: list[PinnedFile]
-    """The first file is what llama-server gets with -m (split part 1); mmproj last."""
+    """The first file is what llama-server gets with -m (split part 1), then its other parts,
+    the mmproj, and the draft model's files (``--spec-draft-model`` gets the first)."""
     request: str = Field(description="what the recipe asked for, to detect a stale pin")
+
+
+WEIGHT_ROLES = frozenset({"model", "split"})
+DRAFT_ROLES = frozenset({"draft", "draft-split"})
 
 
 class PinnedPatch(_Strict):

@@ -40,7 +40,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     fetch_host(host, lock, args.models or None, progress=not args.quiet)
     files = model_files(host, lock)
     for model_id in args.models or files:
-        print(f"{model_id}: {files[model_id][0]}")
+        roles = [pf.role for pf in lock.models[model_id].files]
+        draft = f" (draft: {files[model_id][roles.index('draft')]})" if "draft" in roles else ""
+        print(f"{model_id}: {files[model_id][0]}{draft}")
     return 0
 
 

@@ -6,7 +6,8 @@ than what was pinned (``PinnedModel.request``), or on purpose (``--update``). A 
 
 Hugging Face files are resolved from the Hub's LFS metadata (one ``model_info`` request per
 model, no download). Split GGUFs (``name-00001-of-0000N.gguf``) pin all N parts; ``mmproj`` is
-pinned as a file of the same model. A URL source is pinned by the recipe's sha256, or by
+pinned as a file of the same model, and so is a ``draft:`` model (roles ``draft``/``draft-split``,
+from any repo, URL or path, after the main files). A URL source is pinned by the recipe's sha256, or by
 hashing one streamed download (kept, so fetch does not download it again). A local path is
 hashed once.
 """
@@ -26,7 +27,7 @@ from typing import Literal
 from ..errors import HomelabError
 from ..http_client import http_session
 from ..inventory import ResolvedHost
-from ..inventory.schema import HFFile, LocalFile, Source, URLFile
+from ..inventory.schema import Draft, HFFile, LocalFile, Source, URLFile
 from ..llamacpp.pin import resolve_llama_cpp
 from ..lock import (
     LlamaCppPin,
@@ -53,9 +54,14 @@ def is_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def request_of(source: Source) -> str:
-    """What the recipe asks for, canonical: a changed recipe source makes the pin stale."""
-    return json.dumps(source.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+def request_of(source: Source, draft: Draft | None = None) -> str:
+    """What the recipe asks for, canonical: a changed recipe source (or draft) makes the pin stale.
+
+    Without a draft the text is the source alone, as before drafts existed: old pins stay fresh."""
+    asked: dict[str, object] = source.model_dump(mode="json", exclude_none=True)
+    if draft is not None:
+        asked = {"source": asked, "draft": draft.model_dump(mode="json", exclude_none=True)}
+    return json.dumps(asked, sort_keys=True, separators=(",", ":"))
 
 
 def split_parts(file: str) -> list[str]:
@@ -125,12 +131,15 @@ class HubClient:
         return digest.hexdigest()
 
 
-def resolve_hf(hf: HFFile, client: HubClient) -> list[PinnedFile]:
+Role = Literal["model", "split", "mmproj", "draft", "draft-split"]
+
+
+def resolve_hf(hf: HFFile, client: HubClient, *, draft: bool = False) -> list[PinnedFile]:
     revision = hf.revision or "main"
     commit, files = client.repo_files(hf.repo, revision)
-    wanted: list[tuple[str, Literal["model", "split", "mmproj"]]] = [
-        (name, "model" if i == 0 else "split") for i, name in enumerate(split_parts(hf.file))
-    ]
+    first: Role = "draft" if draft else "model"
+    rest: Role = "draft-split" if draft else "split"
+    wanted: list[tuple[str, Role]] = [(name, first if i == 0 else rest) for i, name in enumerate(split_parts(hf.file))]
     if hf.mmproj:
         wanted.append((hf.mmproj, "mmproj"))
     missing = [name for name, _ in wanted if name not in files]
@@ -139,7 +148,8 @@ def resolve_hf(hf: HFFile, client: HubClient) -> list[PinnedFile]:
         raise HubError(
             f"{hf.repo} at revision {revision} ({commit[:12]}) has no "
             + ", ".join(missing)
-            + ". Fix the recipe's `file:`/`mmproj:`; GGUF files there: "
+            + (". Fix `draft.hf.file:`" if draft else ". Fix the recipe's `file:`/`mmproj:`")
+            + "; GGUF files there: "
             + (", ".join(ggufs[:20]) + (" ..." if len(ggufs) > 20 else "") if ggufs else "(none)")
         )
     pins = []
@@ -161,12 +171,12 @@ def resolve_hf(hf: HFFile, client: HubClient) -> list[PinnedFile]:
 # URL and local path
 
 
-def resolve_url(src: URLFile) -> list[PinnedFile]:
+def resolve_url(src: URLFile, role: Role = "model") -> list[PinnedFile]:
     if src.sha256:
-        return [PinnedFile(source="url", path=src.url, size=url_size(src.url), sha256=src.sha256)]
+        return [PinnedFile(role=role, source="url", path=src.url, size=url_size(src.url), sha256=src.sha256)]
     LOG.warning("%s: no sha256 in the recipe; downloading it once to compute it (add `sha256:` to skip this)", src.url)
     _, sha, size = download_url(src.url, None)
-    return [PinnedFile(source="url", path=src.url, size=size, sha256=sha)]
+    return [PinnedFile(role=role, source="url", path=src.url, size=size, sha256=sha)]
 
 
 def local_source_path(src: LocalFile, inventory: Path) -> Path:
@@ -174,23 +184,38 @@ def local_source_path(src: LocalFile, inventory: Path) -> Path:
     return p if p.is_absolute() else inventory / p
 
 
-def resolve_path(src: LocalFile, inventory: Path) -> list[PinnedFile]:
+def resolve_path(src: LocalFile, inventory: Path, role: Role = "model") -> list[PinnedFile]:
     path = local_source_path(src, inventory)
     if not path.is_file():
-        raise HubError(f"source path {src.path}: no such file ({path}); fix `path:` in the recipe")
+        what, fix = (
+            ("draft", "`draft.path.path:` in the recipe or host entry")
+            if role == "draft"
+            else ("source", "`path:` in the recipe")
+        )
+        raise HubError(f"{what} path {src.path}: no such file ({path}); fix {fix}")
     sha = src.sha256 or sha256_with_progress(path, desc=f"hash {path.name}", progress=True)
-    return [PinnedFile(source="path", path=src.path, size=path.stat().st_size, sha256=sha)]
+    return [PinnedFile(role=role, source="path", path=src.path, size=path.stat().st_size, sha256=sha)]
 
 
-def resolve_model(source: Source, inventory: Path, client: Callable[[], HubClient]) -> PinnedModel:
+def resolve_source(
+    source: Source, inventory: Path, client: Callable[[], HubClient], *, draft: bool = False
+) -> list[PinnedFile]:
+    """The pinned files of one source: the main model's, or (``draft``) a draft model's."""
     if source.hf:
-        files = resolve_hf(source.hf, client())
-    elif source.url:
-        files = resolve_url(source.url)
-    else:
-        assert source.path is not None
-        files = resolve_path(source.path, inventory)
-    return PinnedModel(files=files, request=request_of(source))
+        return resolve_hf(source.hf, client(), draft=draft)
+    if source.url:
+        return resolve_url(source.url, "draft" if draft else "model")
+    assert source.path is not None
+    return resolve_path(source.path, inventory, "draft" if draft else "model")
+
+
+def resolve_model(
+    source: Source, inventory: Path, client: Callable[[], HubClient], draft: Draft | None = None
+) -> PinnedModel:
+    files = resolve_source(source, inventory, client)
+    if draft is not None:
+        files += resolve_source(draft, inventory, client, draft=True)
+    return PinnedModel(files=files, request=request_of(source, draft))
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +269,7 @@ def resolve_lock(
     models: dict[str, PinnedModel] = {}
     for m in host.models:
         old = old_models.get(m.id)
-        request = request_of(m.source)
+        request = request_of(m.source, m.draft)
         if old is not None and old.request == request and m.id not in to_update:
             models[m.id] = old
             continue
@@ -253,7 +278,7 @@ def resolve_lock(
                 f"{m.id}: " + ("no pin" if old is None else "the recipe's source changed since it was pinned")
             )
             continue
-        models[m.id] = resolve_model(m.source, host.inventory, hub)
+        models[m.id] = resolve_model(m.source, host.inventory, hub, m.draft)
     if problems:
         raise LockError(
             f"{host.lock_file} is frozen (frozen=1, --frozen or CI=true) but out of date: "

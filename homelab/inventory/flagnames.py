@@ -17,11 +17,22 @@ from pathlib import Path
 
 # flags.py is a stdlib-only leaf (the help parser): reading the same text the same way here
 # keeps validate-time and build-time checks from drifting apart
-from ..llamacpp.flags import AcceptedFlags, parse_help, value_problem
+from ..llamacpp.flags import (  # noqa: F401 - DRAFT_* re-exported for the loader's draft checks
+    DRAFT_MODEL_TYPES,
+    NEEDS_DRAFT_FILE,
+    AcceptedFlags,
+    parse_help,
+    value_problem,
+)
 
 SNAPSHOT_DIR = Path(__file__).resolve().parent.parent / "llamacpp"
 DEFAULT_REF = "b11434"
 """The build the example inventory and the default ``llama_cpp.ref`` use."""
+
+DRAFT_BY_HOMELAB = (
+    "homelab passes the draft model from the lock: declare it as `draft:` in the recipe or the host's model "
+    "entry (hf, url or path, like `source:`), e.g. draft: {hf: {repo: OWNER/NAME-GGUF, file: NAME-Q8_0.gguf}}"
+)
 
 RESERVED = {
     "model": "homelab passes the model file from the lock (set `source:` in the recipe)",
@@ -29,6 +40,10 @@ RESERVED = {
     "mmproj": "homelab passes the projector from the lock (set `source.hf.mmproj` in the recipe)",
     "hf-repo": "homelab downloads the model itself (set `source.hf` in the recipe)",
     "hf-file": "homelab downloads the model itself (set `source.hf` in the recipe)",
+    "spec-draft-model": DRAFT_BY_HOMELAB,
+    "model-draft": DRAFT_BY_HOMELAB,
+    "spec-draft-hf": DRAFT_BY_HOMELAB,
+    "hf-repo-draft": DRAFT_BY_HOMELAB,
     "port": "homelab assigns each backend its port (pin one with the model entry's `port:`)",
     "host": "homelab binds backends to 127.0.0.1 behind the supervisor (set `runtime.listen`)",
 }

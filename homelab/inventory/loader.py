@@ -33,7 +33,7 @@ from ..matrix import (
 )
 from ..suggest import did_you_mean
 from .exposure import listen_problems
-from .flagnames import DEFAULT_REF, RESERVED, known_flags, value_message
+from .flagnames import DEFAULT_REF, DRAFT_MODEL_TYPES, NEEDS_DRAFT_FILE, RESERVED, known_flags, value_message
 from .powers import recipe_power_problems
 from .problems import InventoryError, Problem
 from .remote import RecipeFetchError, fetch_recipe, hash_of_url
@@ -485,7 +485,42 @@ class _Session:
                     )
         model = merge_model(entry, recipe, loaded.file, loaded.ref)
         self.check_tensor_split(doc, loaded.doc, index, entry, host, model)
+        self.check_draft(doc, loaded.doc, index, entry, model)
         return model
+
+    def check_draft(
+        self, doc: YamlDoc, recipe_doc: YamlDoc, index: int, entry: HostModel, model: ResolvedModel
+    ) -> None:
+        """A draft model and ``spec-type`` agree: a type that drafts with a model file has a
+        ``draft:`` to run on, and a ``draft:`` is used by the type (b11434 loads a draft it is
+        given but drafts with it only under a draft-* type)."""
+        spec = model.server.get("spec-type")
+        if spec is None or spec is True:
+            return
+        types = {t.strip() for t in str(spec).split(",") if t.strip()}
+        where, path = (
+            (doc, ("models", index, "server", "spec-type"))
+            if "spec-type" in entry.server
+            else (recipe_doc, ("server", "spec-type"))
+        )
+        if model.draft is None and types & NEEDS_DRAFT_FILE:
+            self.add(
+                where.problem(
+                    path,
+                    f"spec-type {spec!r} drafts with a separate model file, but model {model.id!r} has no `draft:`; "
+                    "declare one (draft: {hf: {repo: OWNER/NAME-GGUF, file: NAME.gguf}}, like source:) or use "
+                    "an ngram type",
+                )
+            )
+        elif model.draft is not None and not types & DRAFT_MODEL_TYPES:
+            self.add(
+                where.problem(
+                    path,
+                    f"model {model.id!r} has a `draft:` but spec-type {spec!r} never uses it (llama-server would "
+                    "load it and not draft with it); add draft-simple (e.g. spec-type: draft-simple), or drop "
+                    "spec-type (homelab then passes draft-simple), or remove `draft:`",
+                )
+            )
 
     def check_tensor_split(
         self, doc: YamlDoc, recipe_doc: YamlDoc, index: int, entry: HostModel, host: Host, model: ResolvedModel
@@ -695,6 +730,7 @@ def merge_model(entry: HostModel, recipe: Recipe, recipe_file: Path | None, reci
         mtp = None
     else:
         mtp = entry.mtp or recipe.mtp
+    draft = None if entry.draft is False else entry.draft or recipe.draft
     return ResolvedModel(
         id=entry.id or recipe.name,
         recipe=recipe,
@@ -712,4 +748,5 @@ def merge_model(entry: HostModel, recipe: Recipe, recipe_file: Path | None, reci
         preload=entry.preload,
         recipe_ref=recipe_ref or recipe.name,
         rpc_workers=tuple(dict.fromkeys(entry.rpc)),
+        draft=draft,
     )

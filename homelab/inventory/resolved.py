@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import MTP, FlagValue, Host, Profile, Recipe, Source
+from .schema import MTP, Draft, FlagValue, Host, Profile, Recipe, Source
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class ResolvedModel:
     """Hosts whose ``rpc-server`` takes part of this model's layers (``--rpc``), in order."""
     prompt_cache: bool | None = None
     """Keep the slots across evictions (supervisor ``x-promptCache``); None: its default."""
+    draft: Draft | None = None
+    """The speculative draft model (or MTP head file): the host entry's, else the recipe's."""
 
     def profile_ids(self) -> dict[str, Profile]:
         """Model IDs for llama-swap ``setParamsByID``: ``<id>:<profile>`` -> parameters."""
@@ -71,6 +73,7 @@ class ResolvedModel:
             "preload": self.preload,
             "rpc": list(self.rpc_workers),
             "prompt_cache": self.prompt_cache,
+            "draft": self.draft.model_dump(by_alias=True, exclude_none=True) if self.draft else None,
         }
 
 

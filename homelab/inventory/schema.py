@@ -97,7 +97,8 @@ class Source(Strict):
         given = [k for k in ("hf", "url", "path") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "source needs exactly one of 'hf', 'url' or 'path'" + (f" (got {', '.join(given)})" if given else "")
+                f"{type(self).__name__.lower()} needs exactly one of 'hf', 'url' or 'path'"
+                + (f" (got {', '.join(given)})" if given else "")
             )
         return self
 
@@ -117,6 +118,20 @@ class MTP(Strict):
     )
 
 
+class Draft(Source):
+    """A draft model for speculative decoding, fetched, pinned and planned like the main model:
+    a small model of the same vocabulary (``--spec-type draft-simple``) or a separate MTP head
+    file (with ``mtp:``, ``--spec-type draft-mtp``). homelab passes it as ``--spec-draft-model``;
+    where it runs follows llama.cpp's draft flags in ``server:`` (``spec-draft-device``,
+    ``spec-draft-ngl``, ``cache-type-k-draft``/``cache-type-v-draft``)."""
+
+    @model_validator(mode="after")
+    def _no_projector(self) -> Draft:
+        if self.hf is not None and self.hf.mmproj:
+            raise ValueError("a draft model takes no mmproj (the projector belongs to the main model's source)")
+        return self
+
+
 Profile = dict[str, JsonValue]
 """Request parameters set for one profile ID (llama-swap ``setParamsByID``): any JSON the request
 body takes, e.g. ``temperature: 0.6`` or ``chat_template_kwargs: {enable_thinking: false}``."""
@@ -133,6 +148,11 @@ class Recipe(Strict):
         description="llama-server flags, long names without dashes; `ctx-size: auto` lets the plan choose",
     )
     mtp: MTP | None = Field(default=None, description="enable MTP speculative decoding")
+    draft: Draft | None = Field(
+        default=None,
+        description="speculative decoding draft model (or separate MTP head file): exactly one of hf, url, path, "
+        "like source; locked, fetched, planned and passed as --spec-draft-model",
+    )
     profiles: dict[NAME, Profile] = Field(
         default_factory=dict, description="profile name -> request parameters; each becomes a model ID"
     )
@@ -327,6 +347,9 @@ class HostModel(Strict):
     server: dict[str, FlagValue] = Field(default_factory=dict, description="overrides recipe flags")
     mtp: MTP | Literal[False] | None = Field(
         default=None, description="MTP settings replacing the recipe's; `false` turns the recipe's MTP off"
+    )
+    draft: Draft | Literal[False] | None = Field(
+        default=None, description="a draft model replacing the recipe's; `false` turns the recipe's draft off"
     )
     aliases: list[str] = Field(default_factory=list, description="extra names, added to the recipe's")
     ttl: int | None = Field(default=None, ge=0, description="overrides the recipe's ttl")

@@ -308,6 +308,13 @@ def check_flags(
 # --------------------------------------------------------------------------------------------
 # MTP (multi-token prediction) as the pinned build spells it
 
+DRAFT_SIMPLE = "draft-simple"
+"""``--spec-type`` for a standalone draft model (b11434 does not infer it from the draft file)."""
+DRAFT_MODEL_TYPES = frozenset({"draft-simple", "draft-eagle3", "draft-mtp", "draft-dflash", "draft-dspark"})
+"""``--spec-type`` values that run on a draft model or head file (``--spec-draft-model``);
+draft-mtp also runs on heads inside the main GGUF. The ngram types need none."""
+NEEDS_DRAFT_FILE = DRAFT_MODEL_TYPES - {"draft-mtp"}
+
 MTP_UPSTREAM_SINCE = 9180
 """Upstream llama.cpp build that added ``--spec-type draft-mtp`` (FACTS.md)."""
 

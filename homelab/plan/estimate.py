@@ -21,6 +21,8 @@ peak live tensors calibrated against the real ``llama-server`` (``homelab bench 
   layers' weights only count with MTP on (llama.cpp skips loading them otherwise), and hybrid
   models keep ``spec-draft-n-max`` extra recurrent-state snapshots per sequence;
 - mmproj: the projector's weights on the main device;
+- draft: a separate draft model's (or MTP head file's) weights, KV cache and compute buffer on
+  the devices its flags put it on (:mod:`homelab.plan.draft` adds it);
 - overhead: a GPU runtime context per process and device (CUDA/HIP: hundreds of MiB).
 """
 
@@ -159,7 +161,7 @@ def _on(value: Any, default: bool) -> bool:
     return default  # "auto": llama.cpp enables flash attention where the backend supports it
 
 
-def _device(name: str) -> str:
+def device_name(name: str) -> str:
     """llama.cpp buffer-type names (CPU, CUDA0, ROCm1, Vulkan0, RPC0) as our device names."""
     if name.upper().startswith("CPU"):
         return CPU
@@ -207,7 +209,7 @@ def settings_from_flags(
                 re.compile(pattern)
             except re.error as exc:
                 raise EstimateError(f"override-tensor {pattern!r}: not a regular expression ({exc})") from None
-            overrides.append(Override(pattern, _device(target.strip())))
+            overrides.append(Override(pattern, device_name(target.strip())))
     if flags.get("cpu-moe"):
         overrides.append(Override(EXPS_REGEX, CPU))
     for i in range(_int(flags, "n-cpu-moe", 0)):
@@ -262,6 +264,7 @@ class Terms:
     compute: int = 0
     mtp: int = 0
     mmproj: int = 0
+    draft: int = 0
     overhead: int = 0
 
     @property
@@ -274,6 +277,7 @@ class Terms:
             + self.compute
             + self.mtp
             + self.mmproj
+            + self.draft
             + self.overhead
         )
 
@@ -285,7 +289,7 @@ class Terms:
         return {**{name: getattr(self, name) for name in TERM_NAMES}, "total": self.total}
 
 
-TERM_NAMES = ("weights", "kv", "recurrent", "output", "compute", "mtp", "mmproj", "overhead")
+TERM_NAMES = ("weights", "kv", "recurrent", "output", "compute", "mtp", "mmproj", "draft", "overhead")
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,7 @@ class Estimate:
     compute: int
     mtp: int
     mmproj: int
+    draft: int
     overhead: int
     total: int
     devices: dict[str, dict[str, int]]

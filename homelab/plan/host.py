@@ -17,6 +17,7 @@ from ..errors import HomelabError
 from ..gguf.facts import ModelFacts
 from ..gpuarch import device_name
 from ..inventory.resolved import ResolvedHost, ResolvedModel
+from .draft import DraftInput, with_draft
 from .estimate import (
     CPU,
     EXPS_REGEX,
@@ -60,6 +61,8 @@ class ModelInput:
     """Where the metadata came from: a local path, hf://repo/path@rev, or a stand-in."""
     rpc: tuple[RemoteDevice, ...] = ()
     """The devices of the model's RPC workers, in llama.cpp's order (see :mod:`.rpc`)."""
+    draft: DraftInput | None = None
+    """The model's ``draft:`` (speculative draft model or MTP head file), counted on its devices."""
 
 
 @dataclass
@@ -370,8 +373,15 @@ def estimate_for(host: ResolvedHost, inp: ModelInput, settings: Settings) -> tup
             )
         if not settings.tensor_split:
             settings = replace(settings, tensor_split=choose_split(host, inp, settings, index))
+    if inp.model.draft is not None and inp.draft is None:
+        raise PlanError(f"model {inp.model.id}: its draft model's facts were not read (a bug: see plan.sources)")
     try:
         est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes, rpc=rpc)
+        if inp.draft is not None:
+            est = with_draft(
+                est, inp.draft, inp.model.server, mtp=inp.model.mtp is not None, backend=host.host.backend,
+                gpus=sizes, rpc=rpc,
+            )  # fmt: skip
     except EstimateError as exc:
         raise PlanError(f"model {inp.model.id}: {exc}") from None
     return est, index

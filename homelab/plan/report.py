@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from .estimate import MIB, Estimate
 from .host import HostPlan
 
-COLUMNS = ("weights", "kv", "recurrent", "compute", "output", "mtp", "mmproj", "overhead", "total")
-HEADERS = ("weights", "kv", "state", "compute", "output", "mtp", "mmproj", "runtime", "total")
+COLUMNS = ("weights", "kv", "recurrent", "compute", "output", "mtp", "mmproj", "draft", "overhead", "total")
+HEADERS = ("weights", "kv", "state", "compute", "output", "mtp", "mmproj", "draft", "runtime", "total")
 
 
 def mib(n: int) -> str:

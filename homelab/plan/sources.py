@@ -19,7 +19,9 @@ from ..hub.gguf_header import (
     read_url_header,
 )
 from ..inventory.resolved import ResolvedHost, ResolvedModel
-from ..lock import Lock, PinnedFile
+from ..inventory.schema import Source
+from ..lock import DRAFT_ROLES, WEIGHT_ROLES, Lock, PinnedFile
+from .draft import DraftInput
 from .host import ModelInput, PlanError
 
 
@@ -43,48 +45,63 @@ def _merge(headers: list[GGUFHeader]) -> tuple[dict, list]:
     return fields, tensors
 
 
+def _pinned_facts(files: list[PinnedFile], inventory: Path) -> tuple[ModelFacts, str]:
+    headers, where = [], []
+    for pf in files:
+        header, source = _header(pf, inventory)
+        headers.append(header)
+        where.append(source)
+    fields, tensors = _merge(headers)
+    return facts_from_metadata(fields, tensors, source=where[0]), where[0]
+
+
 def pinned_input(host: ResolvedHost, model: ResolvedModel, lock: Lock) -> ModelInput | None:
     pinned = lock.models.get(model.id)
     if pinned is None:
         return None
-    weights = [pf for pf in pinned.files if pf.role in ("model", "split")]
+    weights = [pf for pf in pinned.files if pf.role in WEIGHT_ROLES]
+    drafts = [pf for pf in pinned.files if pf.role in DRAFT_ROLES]
     mmproj = sum(pf.size for pf in pinned.files if pf.role == "mmproj")
     if not weights:
         raise PlanError(f"{host.lock_file}: model {model.id} pins no GGUF file; run `homelab lock {host.name}`")
-    headers, where = [], []
-    for pf in weights:
-        header, source = _header(pf, host.inventory)
-        headers.append(header)
-        where.append(source)
-    fields, tensors = _merge(headers)
-    facts = facts_from_metadata(fields, tensors, source=where[0])
-    return ModelInput(model=model, facts=facts, mmproj_bytes=mmproj, source=where[0])
+    if (model.draft is not None) != bool(drafts):
+        return None  # the pin predates the recipe's draft change: read the recipe (lock re-pins it)
+    facts, where = _pinned_facts(weights, host.inventory)
+    draft = DraftInput(*_pinned_facts(drafts, host.inventory)) if drafts else None
+    return ModelInput(model=model, facts=facts, mmproj_bytes=mmproj, source=where, draft=draft)
+
+
+def _source_header(host: ResolvedHost, model: ResolvedModel, src: Source) -> tuple[GGUFHeader, str]:
+    """The first file of a recipe source (branch head for Hub files)."""
+    if src.hf:
+        rev = src.hf.revision or "main"
+        return read_remote_header(
+            src.hf.repo, src.hf.file, rev, sha256=src.hf.sha256
+        ), f"hf://{src.hf.repo}/{src.hf.file}@{rev}"
+    if src.url:
+        return read_url_header(src.url.url, sha256=src.url.sha256), src.url.url
+    assert src.path
+    path = Path(src.path.path).expanduser()
+    if not path.is_absolute():
+        path = host.inventory / path
+    if not path.is_file():
+        raise PlanError(f"model {model.id}: source path {path} does not exist")
+    return read_local_header(path), str(path)
 
 
 def recipe_input(host: ResolvedHost, model: ResolvedModel) -> ModelInput:
-    """No pin yet: read the recipe's source directly."""
+    """No pin yet: read the recipe's source (and draft) directly."""
     src = model.source
     mmproj = 0
-    if src.hf:
-        rev = src.hf.revision or "main"
-        header = read_remote_header(src.hf.repo, src.hf.file, rev, sha256=src.hf.sha256)
-        where = f"hf://{src.hf.repo}/{src.hf.file}@{rev}"
-        if src.hf.mmproj:
-            mmproj = read_remote_header(src.hf.repo, src.hf.mmproj, rev).tensor_bytes
-    elif src.url:
-        header = read_url_header(src.url.url, sha256=src.url.sha256)
-        where = src.url.url
-    else:
-        assert src.path
-        path = Path(src.path.path).expanduser()
-        if not path.is_absolute():
-            path = host.inventory / path
-        if not path.is_file():
-            raise PlanError(f"model {model.id}: source path {path} does not exist")
-        header = read_local_header(path)
-        where = str(path)
+    draft = None
+    if model.draft is not None:
+        header, where = _source_header(host, model, model.draft)
+        draft = DraftInput(facts_from_metadata(header.fields, header.tensors, source=where), where)
+    header, where = _source_header(host, model, src)
+    if src.hf and src.hf.mmproj:
+        mmproj = read_remote_header(src.hf.repo, src.hf.mmproj, src.hf.revision or "main").tensor_bytes
     facts = facts_from_metadata(header.fields, header.tensors, source=where)
-    return ModelInput(model=model, facts=facts, mmproj_bytes=mmproj, source=where)
+    return ModelInput(model=model, facts=facts, mmproj_bytes=mmproj, source=where, draft=draft)
 
 
 def model_input(host: ResolvedHost, model: ResolvedModel, lock: Lock | None = None) -> ModelInput:

@@ -6,7 +6,8 @@ Where each input comes from:
   (``homelab.llamacpp.stage.current_build``: ``bin/llama-server``, ``flags.json``,
   ``build.json``), or an explicit ``--server PATH`` (its ``--help`` is parsed then);
 - weight files and sizes: the lock (``hosts/<host>.lock.json``) and the hub stage's
-  ``model_files`` (first file = ``--model``; role ``mmproj`` = ``--mmproj``);
+  ``model_files`` (first file = ``--model``; role ``mmproj`` = ``--mmproj``; role ``draft`` =
+  ``--spec-draft-model``);
 - VRAM and context sizes: the plan stage's ``HOMELAB_STATE/plans/<host>.json`` (optional);
 - MTP heads: the GGUF header of the fetched file (``{arch}.nextn_predict_layers > 0``);
 - ports of the installed generation: ``HOMELAB_STATE/hosts/<host>/current/manifest.json``.
@@ -20,6 +21,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from ..llamacpp.build import read_flags
 from ..llamacpp.configure import RPC_SERVER
 from ..llamacpp.flags import AcceptedFlags, mtp_unusable
 from ..llamacpp.stage import current_build
-from ..lock import Lock, read_lock
+from ..lock import DRAFT_ROLES, WEIGHT_ROLES, Lock, read_lock
 from ..plan.stage import plan_path
 from ..settings import state_dir
 from .errors import RenderError
@@ -89,29 +91,71 @@ def _lock(host: ResolvedHost) -> Lock:
     return lock
 
 
-def _files(host: ResolvedHost, lock: Lock) -> tuple[dict[str, tuple[Path, ...]], dict[str, Path], dict[str, int]]:
+@dataclass(frozen=True)
+class LockedFiles:
+    """Where the lock's files of every model are once fetched, by role."""
+
+    weights: dict[str, tuple[Path, ...]]
+    mmproj: dict[str, Path]
+    draft: dict[str, Path]
+    sizes: dict[str, int]
+    """Bytes a backend reads at start (weights and draft): sizes its health timeout."""
+
+
+def _files(host: ResolvedHost, lock: Lock) -> LockedFiles:
     paths = model_files(host, lock)
-    weights: dict[str, tuple[Path, ...]] = {}
-    mmproj: dict[str, Path] = {}
-    sizes: dict[str, int] = {}
+    out = LockedFiles({}, {}, {}, {})
     for model in host.models:
         pinned = lock.models[model.id]
-        weights[model.id] = tuple(p for p, pf in zip(paths[model.id], pinned.files, strict=True) if pf.role != "mmproj")
-        sizes[model.id] = sum(pf.size for pf in pinned.files if pf.role != "mmproj")
-        for p, pf in zip(paths[model.id], pinned.files, strict=True):
+        if (model.draft is None) != (not any(pf.role in DRAFT_ROLES for pf in pinned.files)):
+            raise RenderError(
+                f"{host.lock_file}: the pin of model {model.id} does not match its `draft:` "
+                f"(the recipe changed since it was locked); run `homelab lock {host.name}`"
+            )
+        files = list(zip(paths[model.id], pinned.files, strict=True))
+        out.weights[model.id] = tuple(p for p, pf in files if pf.role in WEIGHT_ROLES)
+        out.sizes[model.id] = sum(pf.size for pf in pinned.files if pf.role in WEIGHT_ROLES | DRAFT_ROLES)
+        for p, pf in files:
             if pf.role == "mmproj":
-                mmproj[model.id] = p
-    return weights, mmproj, sizes
+                out.mmproj[model.id] = p
+            elif pf.role == "draft":
+                out.draft[model.id] = p
+    return out
+
+
+def llama_cpp_facts(lock: Lock) -> dict[str, object]:
+    """The lock's llama.cpp pin as the manifest records it."""
+    pin = lock.llama_cpp
+    if pin is None:
+        return {}
+    facts: dict[str, object] = {"source": pin.source, "repo": pin.repo, "ref": pin.ref, "commit": pin.commit}
+    if pin.build_number is not None:
+        facts["build_number"] = pin.build_number
+    if pin.patches:
+        facts["patches"] = [{"ref": p.ref, "sha256": p.sha256} for p in pin.patches]
+    return {k: v for k, v in facts.items() if v not in (None, "")}
+
+
+def model_pins(host: ResolvedHost, lock: Lock) -> dict[str, list[dict[str, object]]]:
+    """Each served model's pinned files (role, where, size, sha256) from the lock."""
+    return {
+        m.id: [pf.model_dump(mode="json", exclude_none=True) for pf in lock.models[m.id].files]
+        for m in host.models
+        if m.id in lock.models
+    }
 
 
 def _mtp_heads(
-    host: ResolvedHost, weights: Mapping[str, tuple[Path, ...]], mtp_archs: frozenset[str] | None
+    host: ResolvedHost,
+    weights: Mapping[str, tuple[Path, ...]],
+    mtp_archs: frozenset[str] | None,
+    drafts: Mapping[str, Path] | None = None,
 ) -> tuple[dict[str, bool], dict[str, str]]:
     """Per model with ``mtp:``: whether MTP can take effect, and why not where it cannot.
 
-    The heads are in the model's GGUF, or in a separate head file the model passes as
-    ``spec-draft-model`` (llama.cpp runs ``--spec-type draft-mtp`` on that file's MTP block);
-    the architecture must be one the build has an MTP graph for."""
+    The heads are in the model's GGUF, or in a separate head file the model declares as its
+    ``draft:`` (passed as ``--spec-draft-model``; llama.cpp runs ``--spec-type draft-mtp`` on
+    that file's MTP block); the architecture must be one the build has an MTP graph for."""
     supported: dict[str, bool] = {}
     why_not: dict[str, str] = {}
     for model in host.models:
@@ -120,9 +164,10 @@ def _mtp_heads(
         first = weights[model.id][0]
         if not first.is_file():
             raise RenderError(f"{first} (model {model.id}) is missing: run `doit fetch host={host.name}` first")
-        head = model.server.get("spec-draft-model")
-        candidate = Path(str(head)) if isinstance(head, str) and Path(head).is_file() else first
-        facts = facts_from_file(candidate)
+        head = (drafts or {}).get(model.id)
+        if head is not None and not head.is_file():
+            raise RenderError(f"{head} (draft of model {model.id}) is missing: run `doit fetch host={host.name}` first")
+        facts = facts_from_file(head or first)
         reason = mtp_unusable(facts.architecture, facts.n_layer_nextn, mtp_archs)
         supported[model.id] = reason is None
         if reason:
@@ -189,9 +234,9 @@ def _rpc_support(targets: list[str] | None) -> bool | None:
 def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
     related = load_related(host)  # peers and RPC workers, checked against their own host files
     lock = _lock(host)
-    weights, mmproj, sizes = _files(host, lock)
+    files = _files(host, lock)
     binary, flags, build_number, label, build_key, targets = _build(host, server)
-    mtp_supported, mtp_refused = _mtp_heads(host, weights, _mtp_archs(host, server))
+    mtp_supported, mtp_refused = _mtp_heads(host, files.weights, _mtp_archs(host, server), files.draft)
     plan_file = plan_path(host.name)
     plan_text = plan_file.read_text() if plan_file.is_file() else None
     plan_data = json.loads(plan_text) if plan_text else None
@@ -215,9 +260,10 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
         host=host,
         server_binary=binary,
         accepted_flags=flags,
-        model_files=weights,
-        mmproj=mmproj,
-        model_bytes=sizes,
+        model_files=files.weights,
+        mmproj=files.mmproj,
+        draft=files.draft,
+        model_bytes=files.sizes,
         paths=StatePaths(state, host.name),
         homelab_executable=_executable(),
         plan=plan,
@@ -233,6 +279,8 @@ def assemble(host: ResolvedHost, *, server: Path | None = None) -> RenderInputs:
         peers=related.peers,
         rpc_workers=dict(related.workers),
         rpc_support=_rpc_support(targets) if uses_rpc else None,
+        llama_cpp=llama_cpp_facts(lock),
+        model_pins=model_pins(host, lock),
     )
     if host.host.rpc_server is not None:
         _check_rpc_binary(inputs)

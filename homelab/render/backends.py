@@ -15,7 +15,7 @@ from ..address import split_host_port
 from ..gpuarch import runtime_env
 from ..inventory.resolved import ResolvedHost, ResolvedModel
 from ..inventory.schema import GPU, FlagValue
-from ..llamacpp.flags import AcceptedFlags, MtpSettings, check_flags, mtp_flags
+from ..llamacpp.flags import DRAFT_SIMPLE, AcceptedFlags, MtpSettings, check_flags, mtp_flags
 from ..suggest import did_you_mean
 from .errors import RenderError
 from .inputs import PlannedModel, RenderInputs
@@ -36,6 +36,8 @@ MANAGED_FLAGS = {
     "host": "backends listen on 127.0.0.1 behind the supervisor (set runtime.listen instead)",
     "mmproj": "homelab passes the projector from the lock (set `source.hf.mmproj`)",
     "alias": "set `aliases:` on the recipe or host model instead",
+    "spec-draft-model": "homelab passes the draft model from the lock (set `draft:` on the recipe or host model)",
+    "model-draft": "homelab passes the draft model from the lock (set `draft:` on the recipe or host model)",
 }
 """Flags homelab writes itself: a recipe that sets one would fight the render."""
 
@@ -164,6 +166,14 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
     flags: list[tuple[str, FlagValue]] = [("model", str(files[0]))]
     if model.id in inputs.mmproj:
         flags.append(("mmproj", str(inputs.mmproj[model.id])))
+    draft = inputs.draft.get(model.id)
+    if model.draft is not None and draft is None:
+        raise RenderError(
+            f"no fetched draft model for model {model.id!r} of host {inputs.host.name}: "
+            f"run `doit fetch host={inputs.host.name}` first"
+        )
+    if draft is not None:
+        flags.append(("spec-draft-model", str(draft)))
     flags += [("host", BACKEND_HOST), ("port", port)]
 
     planned = (inputs.plan or {}).get(model.id)
@@ -182,29 +192,33 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
         del server["ctx-size"]
         notes.append("ctx-size: auto without a plan: llama-server's --fit picks the context")
 
-    mtp: dict[str, str] = {}
+    speculative: dict[str, str] = {}  # MTP flags, or the type a draft model needs
     if model.mtp is not None:
         supported = inputs.mtp_supported.get(model.id, False)
-        mtp = mtp_flags(
+        speculative = mtp_flags(
             MtpSettings(draft_n_max=model.mtp.draft_n_max, draft_n_min=model.mtp.draft_n_min),
             has_mtp_heads=supported,
             accepted=inputs.accepted_flags if isinstance(inputs.accepted_flags, AcceptedFlags) else None,
             build_number=inputs.build_number,
         )
-        if not mtp:
+        if not speculative:
             # asked for and silently off would serve a slower model than the host file promises
             reason = inputs.mtp_refused.get(model.id, "the GGUF has no MTP heads")
             raise RenderError(
                 f"{inputs.host.host_file}: model {model.id!r} sets `mtp:` but MTP cannot take effect: {reason}; "
-                "remove `mtp:`, or use a GGUF with MTP heads (or pass a separate MTP head file as "
-                "`spec-draft-model`)"
+                "remove `mtp:`, or use a GGUF with MTP heads (or declare a separate MTP head file as the "
+                "model's `draft:`)"
             )
         # no --fit off: llama-server fits the MTP draft context together with the model
+    elif draft is not None and "spec-type" not in server:
+        # b11434 loads a draft given without --spec-type but never drafts with it (it infers
+        # only MTP heads and DFlash/DSpark sidecars from the file)
+        speculative = {"spec-type": DRAFT_SIMPLE}
     for name, value in server.items():
         if value is None or value is False:
             continue
         flags.append((name, value))
-    flags += list(mtp.items())
+    flags += list(speculative.items())
     return flags, notes
 
 

@@ -9,7 +9,9 @@ the deploy stage copies into a numbered generation. Its files:
 - ``homelab.env``: the host's ``env:`` for the service (EnvironmentFile);
 - ``units/homelab-<host>.service``: the systemd unit;
 - ``plan.json``: the plan stage's report (when there is one);
-- ``manifest.json``: sha256 of every input and of every other output file.
+- ``manifest.json``: sha256 of every input and of every other output file, the pinned llama.cpp
+  (ref, commit, backend) and each model's pinned files with their sha256 (the dashboard's
+  Deploy facts show them).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def render_host(inputs: RenderInputs) -> dict[str, str]:
         "runtime": inputs.host.host.runtime.kind,
         "server_binary": str(inputs.server_binary),
         "build_number": inputs.build_number,
+        "llama_cpp": _sorted({**inputs.llama_cpp, "backend": host.backend}),
+        "models": {mid: [_sorted(f) for f in files] for mid, files in sorted(inputs.model_pins.items())},
         "ports": {b.id: b.port for b in backends},
         "inputs": _sorted(inputs.input_hashes),
         "outputs": {name: sha256_text(text) for name, text in sorted(files.items())},

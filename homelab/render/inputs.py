@@ -7,7 +7,7 @@ The doit task and the CLI assemble a :class:`RenderInputs` from the other stages
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +85,8 @@ class RenderInputs:
     """The ``homelab`` command the supervisor unit runs (``ExecStart=<it> serve ...``)."""
     mmproj: Mapping[str, Path] = field(default_factory=dict)
     """Model ID -> multimodal projector file."""
+    draft: Mapping[str, Path] = field(default_factory=dict)
+    """Model ID -> its speculative draft model (or MTP head file), ``--spec-draft-model``."""
     model_bytes: Mapping[str, int] = field(default_factory=dict)
     """Model ID -> size of its weights in bytes (from the lock): sizes ``healthCheckTimeout``."""
     plan: Mapping[str, PlannedModel] | None = None
@@ -115,6 +117,12 @@ class RenderInputs:
     a model of this host names."""
     rpc_support: bool | None = None
     """The build has llama.cpp's RPC backend (GGML_RPC=ON); None = unknown (not checked)."""
+    llama_cpp: Mapping[str, object] = field(default_factory=dict)
+    """The pinned llama.cpp for the manifest: ``ref``, ``commit``, ``source``, ``repo``, ``patches``
+    (the lock's ``llama_cpp``); the backend is the host's."""
+    model_pins: Mapping[str, Sequence[Mapping[str, object]]] = field(default_factory=dict)
+    """Model ID -> its pinned files from the lock (role, repo, revision, path, size, sha256), for
+    the manifest: what the generation serves, by content."""
 
     @property
     def rpc_binary(self) -> Path:

@@ -75,7 +75,7 @@ def common_flags(backends: Sequence[Backend]) -> list[tuple[str, FlagValue]]:
     first = backends[0].server_flags()
     shared = []
     for name, value in first:
-        if name in ("mmproj",):
+        if name in ("mmproj", "spec-draft-model"):  # per model, never a shared default
             continue
         if all(any(_same(f, (name, value)) for f in b.server_flags()) for b in backends[1:]):
             shared.append((name, value))

@@ -17,7 +17,7 @@ from typing import Any
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
 GENERATION_META = ".homelab-generation.json"
-TERMS = ("weights", "kv", "recurrent", "compute", "output", "mtp", "mmproj", "overhead")
+TERMS = ("weights", "kv", "recurrent", "compute", "output", "mtp", "mmproj", "draft", "overhead")
 MIB = 1 << 20
 
 

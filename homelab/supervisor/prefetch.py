@@ -32,7 +32,7 @@ log = logging.getLogger("homelab.supervisor")
 
 CHUNK = 64 << 20
 """Bytes advised per call: large enough for sequential reads, small enough to stop promptly."""
-FILE_FLAGS = (("-m", "--model"), ("-mm", "--mmproj"), ("-md", "--model-draft"))
+FILE_FLAGS = (("-m", "--model"), ("-mm", "--mmproj"), ("-md", "--model-draft", "--spec-draft-model"))
 SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 

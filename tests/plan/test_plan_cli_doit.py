@@ -30,9 +30,12 @@ def hub(example_inventory: Path, standin_dir: Path, monkeypatch: pytest.MonkeyPa
             for m in load_host(name, example_inventory).models:
                 hf = m.source.hf
                 assert hf is not None
-                if (hf.repo, hf.file) not in served:
-                    hub.add_repo(hf.repo, {hf.file: standin_dir / f"{m.recipe.name}.gguf"})
-                    served.add((hf.repo, hf.file))
+                # a draft is the small model of its family: the 0.6B stand-in
+                wanted = [(hf, m.recipe.name)] + ([(m.draft.hf, "qwen3-0.6b")] if m.draft and m.draft.hf else [])
+                for file, standin in wanted:
+                    if (file.repo, file.file) not in served:
+                        hub.add_repo(file.repo, {file.file: standin_dir / f"{standin}.gguf"})
+                        served.add((file.repo, file.file))
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         monkeypatch.setenv("HOMELAB_INVENTORY", str(example_inventory))
         yield hub
@@ -47,6 +50,13 @@ def test_homelab_plan_prints_tables_and_writes_the_contract(hub: FakeHub, capsys
     assert data["host"] == "duo3060" and data["fits"] is True
     assert data["models"]["think-big"]["ctx_size"] == 98304
     assert data["models"]["chat-small"]["source"].startswith("hf://unsloth/Qwen3-4B-Instruct-2507-GGUF/")
+    # chat-small's draft (hosts/duo3060.yaml) is read from the Hub and counted on its card
+    small = data["models"]["chat-small"]
+    assert small["devices"]["gpu0"]["draft"] > 600 << 20 and small["terms"]["draft"] == sum(
+        d["draft"] for d in small["devices"].values()
+    )
+    assert any("draft model hf://unsloth/Qwen3-0.6B-GGUF/Qwen3-0.6B-Q8_0.gguf@main" in n for n in small["notes"])
+    assert "draft" in out.splitlines()[2] or any(" draft " in line for line in out.splitlines())
     # a second run reads the cached headers: no more requests for files it has seen
     hub.clear_requests()
     assert main(["plan", "duo3060", "--json"]) == 0
@@ -84,8 +94,8 @@ def test_doit_plan_xtx_and_duo3060(hub: FakeHub) -> None:
 
 def test_doit_plan_fails_with_the_numbers(hub: FakeHub, example_inventory: Path) -> None:
     host_file = example_inventory / "hosts" / "duo3060.yaml"
-    text = host_file.read_text().replace("server: {ctx-size: 4096, cache-type-k: f16, cache-type-v: f16}",
-                                         "server: {ctx-size: 32768, cache-type-k: f16, cache-type-v: f16}")
+    text = host_file.read_text().replace("server: {ctx-size: 4096,", "server: {ctx-size: 16384,")
+    assert "ctx-size: 16384" in text
     host_file.write_text(text)
     out = doit("run", "-s", "plan:duo3060", "host=duo3060")
     assert out.returncode != 0
@@ -127,14 +137,20 @@ def test_pinned_models_read_the_fetched_file_else_the_hub_header(
         assert hf is not None
         data = (standin_dir / f"{m.recipe.name}.gguf").read_bytes()
         commit = hub.add_repo(hf.repo, {hf.file: data})
-        pins[m.id] = PinnedModel(
-            request=f"{hf.repo}/{hf.file}",
-            files=[PinnedFile(source="hf", repo=hf.repo, revision=commit, path=hf.file, size=len(data),
-                              sha256=hashlib.sha256(data).hexdigest())],
-        )
+        files = [PinnedFile(source="hf", repo=hf.repo, revision=commit, path=hf.file, size=len(data),
+                            sha256=hashlib.sha256(data).hexdigest())]
+        if m.draft is not None and m.draft.hf is not None:
+            small = (standin_dir / "qwen3-0.6b.gguf").read_bytes()
+            draft_commit = hub.add_repo(m.draft.hf.repo, {m.draft.hf.file: small})
+            files.append(PinnedFile(role="draft", source="hf", repo=m.draft.hf.repo, revision=draft_commit,
+                                    path=m.draft.hf.file, size=len(small), sha256=hashlib.sha256(small).hexdigest()))
+        pins[m.id] = PinnedModel(request=f"{hf.repo}/{hf.file}", files=files)
     write_lock(host.lock_file, Lock(host=host.name, models=pins))
     plan, _ = make_plan(host)
     assert plan.models["think-big"].source.startswith("hf://unsloth/Qwen3.6-27B-GGUF/")
+    # the pinned draft is read at its pinned commit
+    assert any(f"Qwen3-0.6B-Q8_0.gguf@{pins['chat-small'].files[1].revision}" in n
+               for n in plan.models["chat-small"].estimate.notes)
     assert "@" + pins["think-big"].files[0].revision in plan.models["think-big"].source
     # once fetched (the file in the HF cache where fetch puts it) the local file is read
     pf = pins["chat-small"].files[0]

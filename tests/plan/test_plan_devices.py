@@ -45,10 +45,11 @@ def supervisor_config(host: ResolvedHost, plan: HostPlan) -> Config:
 
 
 def chat_model(host: ResolvedHost, mid: str, ctx: int, gpus: tuple[int, ...] | None = (0,), **server: object) -> ResolvedModel:
-    """The duo3060 example's qwen3-4b (chat-small) under another ID, f16 KV at ``ctx``."""
+    """The duo3060 example's qwen3-4b (chat-small) under another ID, f16 KV at ``ctx``, without
+    the example's draft (these tests are about placing one model's figures per device)."""
     small = next(m for m in host.models if m.id == "chat-small")
     flags = {"ctx-size": ctx, "cache-type-k": "f16", "cache-type-v": "f16", **server}
-    return replace(small, id=mid, gpus=gpus, server=flags)
+    return replace(small, id=mid, gpus=gpus, server=flags, draft=None)
 
 
 # ------------------------------------------------------------------ the 2x3060 case

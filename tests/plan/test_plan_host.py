@@ -9,6 +9,7 @@ import pytest
 
 from homelab.gguf.facts import facts_from_file
 from homelab.inventory import ResolvedHost, load_host
+from homelab.plan.draft import DraftInput
 from homelab.plan.estimate import MIB
 from homelab.plan.host import (
     ModelInput,
@@ -24,8 +25,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def inputs_for(host: ResolvedHost, standins: Path) -> dict[str, ModelInput]:
+    # a draft (hosts/duo3060.yaml's chat-small) is the 0.6B of its family
+    small = DraftInput(facts_from_file(standins / "qwen3-0.6b.gguf"), "stand-in draft")
     return {
-        m.id: ModelInput(m, facts_from_file(standins / f"{m.recipe.name}.gguf"), source="stand-in")
+        m.id: ModelInput(
+            m, facts_from_file(standins / f"{m.recipe.name}.gguf"), source="stand-in",
+            draft=small if m.draft is not None else None,
+        )
         for m in host.models
     }
 
@@ -75,8 +81,9 @@ def test_duo3060_per_gpu_tables_and_sets(standin_dir: Path) -> None:
 
 
 def test_over_budget_set_fails_with_numbers_and_a_way_out(standin_dir: Path) -> None:
-    # chat-small (pinned to gpu0) fits alone at 32k f16 but not beside think-small's share of gpu0
-    host = with_server(load_host("duo3060", REPO), "chat-small", **{"ctx-size": 32768})
+    # chat-small (pinned to gpu0, with its 0.6B draft) fits alone at 16k f16 but not beside
+    # think-small's share of gpu0
+    host = with_server(load_host("duo3060", REPO), "chat-small", **{"ctx-size": 16384})
     inputs = inputs_for(host, standin_dir)
     plan = plan_host(host, inputs)
     assert plan.models["chat-small"].fits_alone
@@ -87,7 +94,7 @@ def test_over_budget_set_fails_with_numbers_and_a_way_out(standin_dir: Path) -> 
     assert "ctx-size:" in problem
     # the suggested context really fits beside chat-small
     suggested = int(problem.split("ctx-size: ")[1].split(" ")[0])
-    assert "Ways out for chat-small" in problem and suggested < 32768
+    assert "Ways out for chat-small" in problem and suggested < 16384
     fixed = with_server(host, "chat-small", **{"ctx-size": suggested})
     assert plan_host(fixed, inputs_for(fixed, standin_dir)).fits
     assert "OVER" in render_plan(plan) and "DOES NOT FIT" in render_plan(plan)

@@ -16,6 +16,7 @@ import pytest
 from homelab.inventory import ResolvedHost, load_host
 from homelab.inventory.flagnames import known_flags
 from homelab.inventory.multihost import load_related
+from homelab.inventory.schema import Draft, Source
 from homelab.render import PlannedModel, RenderInputs, StatePaths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,12 +66,31 @@ FAKE_HASHES = {
 }
 
 
+FAKE_LLAMA_CPP = {"source": "git", "repo": "https://github.com/ggml-org/llama.cpp", "ref": "b11434", "commit": "6" * 40}
+
+
+def _fake_pins(source: Source, role: str, size: int) -> list[dict[str, object]]:
+    """The lock's entry for one source as the manifest records it (made-up commit and sha256)."""
+    if source.hf:
+        return [{"role": role, "source": "hf", "repo": source.hf.repo, "revision": "7" * 40,
+                 "path": source.hf.file, "size": size, "sha256": "8" * 64}]
+    where = source.url.url if source.url else source.path.path if source.path else ""
+    return [{"role": role, "source": source.kind, "path": where, "size": size, "sha256": "9" * 64}]
+
+
+def _draft_name(draft: Draft) -> str:
+    if draft.hf:
+        return Path(draft.hf.file).name
+    return Path(draft.url.url if draft.url else draft.path.path if draft.path else "draft.gguf").name
+
+
 def example_host(name: str) -> ResolvedHost:
     return load_host(name, REPO)
 
 
 def fake_inputs(host: ResolvedHost, **overrides: Any) -> RenderInputs:
     files = {m.id: (Path("/models") / f"{m.recipe.name}.gguf",) for m in host.models}
+    drafts = {m.id: Path("/models") / "drafts" / _draft_name(m.draft) for m in host.models if m.draft is not None}
     sizes = {m.id: int(FAKE_SIZES_GIB.get(m.id, 17.7) * GIB) for m in host.models}
     plan = FAKE_PLAN.get(host.name)
     related = load_related(host)  # peers and RPC workers from the example inventory
@@ -79,6 +99,7 @@ def fake_inputs(host: ResolvedHost, **overrides: Any) -> RenderInputs:
         server_binary=FAKE_BINARY,
         accepted_flags=known_flags("b11434"),
         model_files=files,
+        draft=drafts,
         model_bytes=sizes,
         paths=StatePaths(FAKE_STATE, host.name),
         homelab_executable=FAKE_HOMELAB,
@@ -90,6 +111,12 @@ def fake_inputs(host: ResolvedHost, **overrides: Any) -> RenderInputs:
         input_hashes=FAKE_HASHES,
         peers=related.peers,
         rpc_workers=related.workers,
+        llama_cpp=FAKE_LLAMA_CPP,
+        model_pins={
+            m.id: _fake_pins(m.source, "model", sizes[m.id])
+            + (_fake_pins(m.draft, "draft", 639_447_456) if m.draft is not None else [])
+            for m in host.models
+        },
     )
     values.update(overrides)
     return RenderInputs(**values)

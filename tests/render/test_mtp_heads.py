@@ -61,11 +61,15 @@ def test_no_heads_anywhere(tmp_path: Path) -> None:
     assert supported == {mid: False} and "has no MTP heads" in why[mid]
 
 
-def test_heads_in_a_separate_file_given_as_spec_draft_model(tmp_path: Path) -> None:
+def test_heads_in_a_separate_file_declared_as_the_draft(tmp_path: Path) -> None:
     head = write_header(tmp_path / "mtp-qwen35moe.gguf", "qwen35moe", 1)
-    host, mid = host_with_one_mtp_model({"spec-draft-model": str(head)})
+    host, mid = host_with_one_mtp_model()
     weights = {mid: (write_header(tmp_path / "m.gguf", "qwen35moe", 0),)}
-    assert _mtp_heads(host, weights, MTP_ARCHS) == ({mid: True}, {})
+    assert _mtp_heads(host, weights, MTP_ARCHS, {mid: head}) == ({mid: True}, {})
+    # a head file without heads says so, naming the file's architecture
+    empty = write_header(tmp_path / "not-a-head.gguf", "qwen35moe", 0)
+    supported, why = _mtp_heads(host, weights, MTP_ARCHS, {mid: empty})
+    assert supported == {mid: False} and "has no MTP heads" in why[mid]
 
 
 def test_models_without_mtp_are_not_read(tmp_path: Path) -> None:

@@ -191,7 +191,8 @@ def test_mtp_that_cannot_take_effect_is_refused_with_the_reason() -> None:
         render_host(inputs)
     message = str(exc.value)
     assert "model 'qwen3.6-35b-a3b-mtp' sets `mtp:` but MTP cannot take effect" in message
-    assert reason in message and "spec-draft-model" in message and str(host.host_file) in message
+    assert reason in message and "separate MTP head file as the model's `draft:`" in message
+    assert str(host.host_file) in message
 
 
 def test_mtp_on_a_build_without_fit_renders() -> None:

@@ -81,6 +81,12 @@ def write_generation(directory: Path, extra: str = "") -> Path:
         "host": "box", "homelab": "0.1.0", "runtime": "supervisor", "build_number": 7012,
         "server_binary": "/opt/homelab/bin/llama-server",
         "inputs": {"lock": "3c" * 32, "build": "9f" * 32, "patches": {"mtp-fix": "77" * 32}},
+        "llama_cpp": {"ref": "b7012", "commit": "c0ffee12" * 5, "backend": "vulkan", "source": "git"},
+        "models": {"big": [
+            {"role": "model", "source": "hf", "repo": "org/big-GGUF", "revision": "4d5e6f" + "0" * 34,
+             "path": "big-Q4_K_M.gguf", "size": 15 << 30, "sha256": "be" * 32},
+            {"role": "draft", "source": "hf", "repo": "org/tiny-GGUF", "revision": "1a2b3c" + "0" * 34,
+             "path": "tiny-Q8_0.gguf", "size": 600 << 20, "sha256": "d7" * 32}]},
     }))
     (directory / ".homelab-generation.json").write_text(json.dumps({"number": 12, "created": time.time() - 3600,
                                                                     "status": "ok"}))
@@ -251,7 +257,9 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, serve_process, browser, art
           "the log to resume")
 
     facts = browser.find_element(By.ID, "facts").text
-    for fact in ("12", "7012", "vulkan", "mtp-fix", "hf://org/big-GGUF@4d5e6f", "3c3c3c"):
+    for fact in ("12", "7012", "vulkan", "mtp-fix", "3c3c3c", "b7012", "c0ffee12c0ff",
+                 "model: org/big-GGUF/big-Q4_K_M.gguf@4d5e6f000000 sha256 bebebebebebe",
+                 "draft: org/tiny-GGUF/tiny-Q8_0.gguf@1a2b3c000000 sha256 d7d7d7d7d7d7", "hf://org/small-GGUF@1a2b3c"):
         assert fact in facts
     browser.find_element(By.ID, "deploy").screenshot(str(artifacts / "deploy.png"))
 

@@ -19,12 +19,12 @@ import yaml
 
 from homelab.deploy.paths import HostPaths
 from homelab.deploy.stage import install_stage
-from homelab.hub.resolve import request_of, resolve_path
+from homelab.hub.resolve import resolve_model
 from homelab.hub.stage import FETCH, lock_fingerprint
 from homelab.inventory import ResolvedHost, load_host
 from homelab.llamacpp.flags import parse_help
 from homelab.llamacpp.stage import build_fingerprint
-from homelab.lock import Lock, PinnedModel, read_lock, write_lock
+from homelab.lock import Lock, read_lock, write_lock
 from homelab.plan.stage import plan_fingerprint
 from homelab.render.generation import staging_dir
 from homelab.render.stage import render_fingerprint
@@ -37,6 +37,9 @@ HELP = """\
 --port PORT                             port to listen
 -c,    --ctx-size N                     size of the prompt context
 -a,    --alias STRING                   aliases
+--spec-draft-model, -md, --model-draft FNAME
+                                        draft model for speculative decoding (default: unused)
+--spec-type none,draft-simple,ngram-mod comma-separated list of types of speculative decoding to use
 """
 
 INSTALL = install_stage(service=None, root=None, verify=None, local=False)
@@ -80,6 +83,36 @@ def _repin(model: str) -> Callable[[Path], None]:
     return edit
 
 
+def _recipe_draft_locked(inv: Path) -> None:
+    """The recipe gains a draft (model one keeps its own), and the lock pins it for model two."""
+    path = inv / "recipes" / "tiny.yaml"
+    data = yaml.safe_load(path.read_text())
+    draft = yaml.safe_load((inv / "hosts" / "box.yaml").read_text())["models"][0]["draft"]
+    data["draft"] = {"path": {"path": draft["path"]["path"].replace("gamma", "beta")}}
+    path.write_text(yaml.safe_dump(data))
+    host = load_host("box", inv)
+    lock = read_lock(host.lock_file)
+    assert lock is not None
+    two = host.model("two")
+    lock.models["two"] = resolve_model(two.source, inv, lambda: None, two.draft)  # type: ignore[arg-type,return-value]  # path sources ask no Hub
+    write_lock(host.lock_file, lock)
+
+
+def _repin_draft(model: str) -> Callable[[Path], None]:
+    """The draft file of ``model`` pinned to other bytes (a re-lock that moved only the draft)."""
+
+    def edit(inv: Path) -> None:
+        path = inv / "hosts" / "box.lock.json"
+        lock = read_lock(path)
+        assert lock is not None
+        files = lock.models[model].files
+        assert files[-1].role == "draft"
+        files[-1] = files[-1].model_copy(update={"sha256": "e" * 64})
+        write_lock(path, lock)
+
+    return edit
+
+
 def _restage(inv: Path) -> None:
     (staging_dir("box") / "config.yaml").write_text("edited: true\n")
 
@@ -97,6 +130,9 @@ ROWS: list[tuple[str, Callable[[Path], None], set[str]]] = [
     ("recipe", _recipe_temperature, {"lock", "plan", "render"}),
     ("model one's pin", _repin("one"), {"lock", "fetch", "plan", "render"}),
     ("model two's pin", _repin("two"), {"lock", "plan", "render"}),
+    # a draft is one of the model's inputs: declared (here in the recipe) and pinned
+    ("a draft in the recipe, locked", _recipe_draft_locked, {"lock", "plan", "render"}),
+    ("model one's draft pin", _repin_draft("one"), {"lock", "fetch", "plan", "render"}),
     ("patch file", _append("patches/fix.patch", "--- a\n+++ b\n"), {"lock"}),
     ("staged files", _restage, {"render", "install"}),
     # the generation's manifest records each input file's digest: only render sees a comment
@@ -121,11 +157,14 @@ def inventory(tmp_path: Path, tiny_models: dict[str, Path]) -> Path:
     (inv / "recipes" / "else.yaml").write_text(f"name: else\nsource: {{path: {{path: {tiny_models['beta']}}}}}\n")
     (inv / "hosts" / "box.yaml").write_text(
         "name: box\nbackend: cpu\nruntime: {kind: supervisor, service: none}\n"
-        "models:\n  - {recipe: tiny, id: one}\n  - {recipe: tiny, id: two}\n"
+        "models:\n"
+        f"  - {{recipe: tiny, id: one, draft: {{path: {{path: {tiny_models['gamma']}}}}}}}\n"
+        "  - {recipe: tiny, id: two}\n"
     )
     (inv / "hosts" / "other.yaml").write_text("name: other\nbackend: cpu\nmodels:\n  - {recipe: else}\n")
     host = load_host("box", inv)
-    pins = {m.id: PinnedModel(files=resolve_path(m.source.path, inv), request=request_of(m.source)) for m in host.models}
+    pins = {m.id: resolve_model(m.source, inv, lambda: None, m.draft) for m in host.models}  # type: ignore[arg-type,return-value]  # path sources ask no Hub
+    assert [f.role for f in pins["one"].files] == ["model", "draft"]
     write_lock(host.lock_file, Lock(host="box", models=pins))
     # a build as the build stage lays it out, and the host pointed at it
     builds = state_dir() / "builds"

@@ -151,13 +151,15 @@ function renderLogs() {
 }
 
 // ---------------------------------------------------------------- deploy
+// one pinned file of the lock, as the manifest lists it: role, where, sha256
+const pinText = (f) => `${f.role}: ${f.repo ? f.repo + "/" : ""}${f.path}${f.revision ? "@" + f.revision.slice(0, 12) : ""} sha256 ${String(f.sha256).slice(0, 12)}`;
 function renderDeploy() {
   const d = S.deploy || {}, m = d.manifest || {}, inputs = m.inputs || {};
   const rows = [["config", d.config], ["generation", d.generation], ["deployed", d.deployed ? new Date(d.deployed * 1000).toLocaleString() : null],
     ["host", m.host], ["runtime", m.runtime], ["llama.cpp build", m.build_number], ["server binary", m.server_binary], ["backend", d.backend || m.llama_cpp?.backend],
     ["llama.cpp ref", m.llama_cpp?.ref], ["llama.cpp commit", m.llama_cpp?.commit], ["patches", inputs.patches && Object.keys(inputs.patches).length ? Object.entries(inputs.patches).map(([k, v]) => `${k} ${v.slice(0, 12)}`).join(", ") : "none"],
     ["lock hash", inputs.lock], ["build key", inputs.build],
-    ...Object.entries(m.models || d.model_sources || {}).map(([k, v]) => [`model ${k}`, typeof v === "string" ? v : JSON.stringify(v)])];
+    ...Object.entries({ ...(d.model_sources || {}), ...(m.models || {}) }).map(([k, v]) => [`model ${k}`, Array.isArray(v) ? v.map(pinText).join("; ") : typeof v === "string" ? v : JSON.stringify(v)])];
   $("facts").replaceChildren(...rows.filter(([, v]) => v != null && v !== "").flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
   if (!d.manifest) $("facts").append(h("dt", {}, "generation files"), h("dd", {}, "none beside the config (not deployed by homelab)"));
 }
