@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,11 +49,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
 
     config = load_config(Path(args.config))
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.check:
         print(
             f"{args.config}: ok, {len(config.models)} models"
             + (f", matrix with {len(config.matrix.sets)} sets" if config.matrix else "")
             + (f", {len(config.groups)} groups" if config.groups else "")
+            + (f", {len(config.selectors)} selectors" if config.selectors else "")
+            + (f", {len(config.profiles)} profiles" if config.profiles else "")
         )
         return 0
     host, port = parse_listen(args.listen)

@@ -85,7 +85,7 @@ def test_rendered_configs_load_in_the_supervisor(tmp_path: Path) -> None:
             for pid in profile_id:
                 assert config.resolve(pid) == pid.split(":")[0]
     duo = load_config(tmp_path / "duo3060.yaml", env={"HOMELAB_API_KEYS": "k"})
-    assert duo.matrix is not None and duo.matrix.sets["voice"] == (frozenset({"chat-small", "think-small"}),)
+    assert duo.matrix is not None and duo.matrix.alternatives("voice") == (frozenset({"chat-small", "think-small"}),)
     assert duo.models["think-small"].vram_mib == 11900
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from homelab.supervisor.config import Config, GroupConfig, MatrixConfig, ModelConfig
+from homelab.matrix import compile_matrix
+from homelab.supervisor.config import Config, GroupConfig, ModelConfig
 from homelab.supervisor.scheduler import (
     Admit,
     Reject,
@@ -138,7 +139,7 @@ def test_unload_waits_for_in_flight() -> None:
 
 
 def test_matrix_keeps_compatible_models_resident() -> None:
-    matrix = MatrixConfig(vars={}, evict_costs={}, sets={"pair": (frozenset({"a", "b"}),), "solo": (frozenset({"c"}),)})
+    matrix = compile_matrix({"pair": "a & b", "solo": "c"})
     s = Scheduler(config(model("a"), model("b"), model("c"), matrix=matrix))
     s.request(1, "a", 0)
     s.ready("a", 0)

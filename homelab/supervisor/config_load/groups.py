@@ -12,7 +12,7 @@ from ...matrix import (
     MatrixConfig,
     MatrixError,
     MatrixExpressionError,
-    expand_sets,
+    compile_matrix,
     expression_names,
     expression_refs,
     is_name_char,
@@ -24,7 +24,8 @@ from .values import Value
 GROUP_KEYS = ("swap", "exclusive", "persistent", "members")
 MATRIX_KEYS = ("vars", "evict_costs", "sets")
 
-VAR_NAME = re.compile(r"^[a-zA-Z0-9]{1,8}$")
+VAR_NAME = re.compile(r"^[a-zA-Z0-9.-]{1,32}$")
+"""llama-swap's var keys (its config-schema.json still says 1-8 letters or digits; the code allows this)."""
 
 
 def parse_groups(section: Value | None, models: Mapping[str, ModelConfig]) -> dict[str, GroupConfig]:
@@ -67,7 +68,7 @@ def parse_matrix(section: Value, models: Mapping[str, ModelConfig]) -> MatrixCon
     variables: dict[str, str] = {}
     for var, (key, value) in (fields["vars"].entries() if "vars" in fields else {}).items():
         if not VAR_NAME.match(var):
-            raise key.error(f"var {var!r} must be 1-8 letters or digits")
+            raise key.error(f"var {var!r} must be 1-32 letters, digits, '-' or '.'")
         variables[var] = resolve_model_name(value.string(), value, models, f"var {var!r} names")
 
     def resolve(name: str, at: Value, what: str) -> str:
@@ -110,7 +111,7 @@ def parse_matrix(section: Value, models: Mapping[str, ModelConfig]) -> MatrixCon
                 )
         expressions[set_name] = text
     try:
-        sets = expand_sets(expressions, variables)
+        # Compiled, never expanded: llama-swap puts no cap on the alternatives a matrix describes.
+        return compile_matrix(expressions, variables, costs)
     except (MatrixError, MatrixExpressionError) as exc:
         raise fields["sets"].error(str(exc)) from None
-    return MatrixConfig(vars=variables, evict_costs=costs, sets=sets)
