@@ -24,6 +24,8 @@ from .driver import SUPERVISOR_KEY, Loader, Supervisor
 from .http_errors import error_response
 from .inference import INFERENCE_ROUTES, handle_inference, handle_upstream
 from .peers import ProbeTimings
+from .selection import Selection
+from .selection_http import SELECTION_KEY, handle_active_profile, handle_profiles
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -74,6 +76,7 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) ->
 def create_app(sup: Supervisor) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
     app[SUPERVISOR_KEY] = sup
+    app[SELECTION_KEY] = Selection(sup.config)
     for route in INFERENCE_ROUTES:
         app.router.add_post(route, handle_inference)
     app.router.add_route("*", "/upstream/{tail:.+}", handle_upstream)
@@ -88,6 +91,8 @@ def create_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/logs/stream/{model:.+}", api.handle_log_stream)
     app.router.add_get("/metrics", api.handle_metrics)
     app.router.add_post("/x-reload", api.handle_reload)
+    app.router.add_get("/api/profiles", handle_profiles)
+    app.router.add_put("/api/profiles/active", handle_active_profile)
     add_dashboard_routes(app, sup)
     return app
 

@@ -27,6 +27,8 @@ from .proxy import (
     upstream_headers,
 )
 from .scheduler import Reject
+from .selection import SelectionError
+from .selection_http import model_states, selection_of
 
 INFERENCE_ROUTES = (
     "/v1/chat/completions",
@@ -87,6 +89,22 @@ def unknown_model(sup: Supervisor, requested: str) -> web.Response:
 async def proxy_request(
     request: web.Request, requested: str, path: str, body: bytes, payload: dict[str, Any] | None
 ) -> web.StreamResponse:
+    """Route a model-dispatched request: the active profile's pin and the selectors decide which
+    model or peer ``requested`` means now, then it is proxied."""
+    selection = selection_of(request.app)
+    try:
+        choice = selection.choose(requested, model_states(request.app[SUPERVISOR_KEY]))
+    except SelectionError as exc:
+        return error_response(exc.status, exc.message, exc.code)
+    try:
+        return await proxy_to(request, choice.name, path, body, payload)
+    finally:
+        selection.release(choice)
+
+
+async def proxy_to(
+    request: web.Request, requested: str, path: str, body: bytes, payload: dict[str, Any] | None
+) -> web.StreamResponse:
     sup = request.app[SUPERVISOR_KEY]
     model_id = sup.config.resolve(requested)
     if model_id is None:
@@ -137,7 +155,15 @@ async def proxy_request(
             # aiohttp would pool it the moment the body ends and a later request could pick it.
             headers["Connection"] = "close"
         response = await forward(
-            request, sup.session, base + path, body, headers, outcome, prepared=prepared, same_backend=backend.alive
+            request,
+            sup.session,
+            base + path,
+            body,
+            headers,
+            outcome,
+            prepared=prepared,
+            same_backend=backend.alive,
+            timeouts=cfg.timeouts,
         )
         metrics.requests.inc(model=model_id, code=str(outcome.status))
         if outcome.upstream_error or outcome.status >= 500:
@@ -198,7 +224,15 @@ async def proxy_peer(
         # A pooled connection the peer closed under us is retried, unless the session was closed
         # because the peer went down.
         response = await forward(
-            request, session, peer.proxy + path, body, headers, outcome, same_backend=lambda: not session.closed
+            request,
+            session,
+            peer.proxy + path,
+            body,
+            headers,
+            outcome,
+            same_backend=lambda: not session.closed,
+            timeouts=peer.timeouts,
+            connect_cap=monitor.timings.connect_timeout,
         )
         code = str(outcome.status)
         if outcome.upstream_error and isinstance(response, web.Response) and not response.prepared:
