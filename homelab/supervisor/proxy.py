@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -21,6 +21,7 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from .config import Filters, ModelConfig, Timeouts
 from .http_errors import end_stream_with_error, error_response
@@ -207,7 +208,7 @@ class ResponseHeaderTimeout(aiohttp.ClientError):
 async def _send(
     session: aiohttp.ClientSession,
     method: str,
-    url: str,
+    url: str | URL,
     body: bytes,
     headers: CIMultiDict[str],
     same_backend: Callable[[], bool] | None,
@@ -221,7 +222,7 @@ async def _send(
     options: dict[str, Any] = {}
     header_limit: float | None = None
     if timeouts is not None:
-        options["timeout"] = client_timeout(timeouts, url.startswith("https:"), connect_cap)
+        options["timeout"] = client_timeout(timeouts, str(url).startswith("https:"), connect_cap)
         header_limit = float(timeouts.response_header) or None
     for attempt in range(1, SEND_ATTEMPTS + 1):
         try:
@@ -244,6 +245,13 @@ async def _send(
     raise AssertionError("unreachable")
 
 
+def join_url(base: str, path: str | URL) -> str | URL:
+    """The backend URL: ``base`` + a path, or + an already-encoded path (kept byte for byte)."""
+    if isinstance(path, URL):
+        return URL(base.rstrip("/") + str(path), encoded=True)
+    return base + path
+
+
 class ForwardResult:
     def __init__(self) -> None:
         self.status = 0
@@ -254,7 +262,7 @@ class ForwardResult:
 async def forward(
     request: web.Request,
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | URL,
     body: bytes,
     headers: CIMultiDict[str],
     result: ForwardResult,
@@ -370,3 +378,8 @@ async def forward(
         result.usage = _usage_from(tail) or (_usage_from(head) if keep else None)
         await response.write_eof()
         return response
+
+
+Relay = Callable[..., Awaitable[web.StreamResponse]]
+"""What passes an admitted exchange on: :func:`forward` (HTTP), or the websocket relay of
+:mod:`.upstream`; called as ``relay(request, session, url, body, headers, result, **options)``."""
