@@ -248,6 +248,18 @@ def expression_names(text: str) -> set[str]:
     return {node.name for node in walk(parse_tree(text)) if isinstance(node, Leaf)}
 
 
+def rename_expression(text: str, names: Mapping[str, str]) -> str:
+    """The expression with each model name in ``names`` replaced (``+refs``, operators and
+    spacing kept as written)."""
+    out: list[str] = []
+    last = 0
+    for token in tokenize(text):
+        if token.kind == "name" and token.value in names:
+            out += [text[last : token.position], names[token.value]]
+            last = token.position + len(token.value)
+    return "".join(out) + text[last:]
+
+
 def expression_refs(text: str) -> set[str]:
     """The set names an expression references with ``+name``."""
     return {token.value for token in tokenize(text) if token.kind == "ref"}

@@ -38,8 +38,11 @@ def test_duo3060_pins_chat_small_and_splits_think_small() -> None:
     assert chat["env"] == ["CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES=0"]
     assert think["env"] == ["CUDA_DEVICE_ORDER=PCI_BUS_ID"]  # both cards
     assert "--tensor-split 1,1.5" in cmd_lines(think)
-    assert config["matrix"]["sets"] == {"voice": "chat-small & think-small", "coding": "think-big"}
-    assert config["matrix"]["evict_costs"] == {"chat-small": 3, "think-big": 18, "think-small": 18}
+    assert config["routing"]["router"]["use"] == "matrix" and "matrix" not in config  # current form
+    matrix = config["routing"]["router"]["settings"]["matrix"]
+    assert matrix["vars"] == {"chatsmal": "chat-small", "thinkbig": "think-big", "thinksma": "think-small"}
+    assert matrix["sets"] == {"voice": "chatsmal & thinksma", "coding": "thinkbig"}
+    assert matrix["evict_costs"] == {"chatsmal": 3, "thinkbig": 18, "thinksma": 18}
     assert think["metadata"]["vram_mib"] == 11900
     assert think["metadata"]["vram_mib_per_gpu"] == [3960, 7940]
 
