@@ -43,6 +43,10 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     asyncio.run(main)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # Deferred: the app pulls in aiohttp (~0.15 s), and every `homelab` command imports this
     # module to register its subcommands.
@@ -56,8 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{args.config}: ok, {len(config.models)} models"
             + (f", matrix with {len(config.matrix.sets)} sets" if config.matrix else "")
             + (f", {len(config.groups)} groups" if config.groups else "")
-            + (f", {len(config.selectors)} selectors" if config.selectors else "")
-            + (f", {len(config.profiles)} profiles" if config.profiles else "")
+            + (f", {plural(len(config.selectors), 'selector')}" if config.selectors else "")
+            + (f", {plural(len(config.profiles), 'profile')}" if config.profiles else "")
         )
         return 0
     host, port = parse_listen(args.listen)

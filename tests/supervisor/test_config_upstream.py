@@ -196,3 +196,12 @@ def test_unused_router_settings_and_selector_preload_are_warnings() -> None:
     assert config.hooks.preload == ("chat",)
     assert any("settings.matrix is unused" in w for w in config.warnings)
     assert any("'s' is a selector" in w for w in config.warnings)
+
+
+def test_group_member_that_is_no_model() -> None:
+    """Unlike a typo (an error, see test_config_load), a name like no model is ignored with a
+    warning, as llama-swap ignores it."""
+    config = parse(MODELS + "groups: {g: {members: [chat, placeholder-xyz]}}\n")
+    assert config.groups["g"].members == ("chat",)
+    assert any("'placeholder-xyz' is not a model" in w for w in config.warnings)
+    assert "did you mean 'coder'" in error_of(MODELS + "groups: {g: {members: [codr]}}\n")

@@ -28,7 +28,12 @@ VAR_NAME = re.compile(r"^[a-zA-Z0-9.-]{1,32}$")
 """llama-swap's var keys (its config-schema.json still says 1-8 letters or digits; the code allows this)."""
 
 
-def parse_groups(section: Value | None, models: Mapping[str, ModelConfig]) -> dict[str, GroupConfig]:
+def parse_groups(
+    section: Value | None, models: Mapping[str, ModelConfig], warnings: list[str] | None = None
+) -> dict[str, GroupConfig]:
+    """The groups. A member that is no model and resembles none is left out with a warning
+    (llama-swap accepts and ignores it; its own config.example.yaml has such illustrative
+    members); one that looks like a typo of a model ID stays an error with the suggestion."""
     groups: dict[str, GroupConfig] = {}
     member_of: dict[str, str] = {}
     if section is not None:
@@ -40,7 +45,14 @@ def parse_groups(section: Value | None, models: Mapping[str, ModelConfig]) -> di
             fields = value.mapping(GROUP_KEYS)
             members: list[str] = []
             for item in fields["members"].items() if "members" in fields else []:
-                member = resolve_model_name(item.string(), item, models, "group member")
+                name = item.string()
+                if name not in models and warnings is not None and not difflib.get_close_matches(name, list(models)):
+                    warnings.append(
+                        f"{item.source}:{item.line}: {item.path}: group member {name!r} is not a model, so it is "
+                        "ignored (as llama-swap does)"
+                    )
+                    continue
+                member = resolve_model_name(name, item, models, "group member")
                 if member in members:
                     raise item.error(f"{member!r} is listed twice in group {group_name!r}", "list it once")
                 if member in member_of:

@@ -76,7 +76,7 @@ def parse_routing(
         if legacy_matrix is not None:
             result.matrix = parse_matrix(legacy_matrix, models)
         else:
-            result.groups = parse_groups(top.get("groups"), models)
+            result.groups = parse_groups(top.get("groups"), models, result.warnings)
     elif use == "matrix":
         if settings_matrix is None:
             raise router["use"].error(
@@ -90,7 +90,7 @@ def parse_routing(
                 f"{settings['groups'].source}: routing.router.settings.groups is unused (use: matrix)"
             )
     else:
-        result.groups = parse_groups(settings.get("groups"), models)
+        result.groups = parse_groups(settings.get("groups"), models, result.warnings)
         if settings_matrix is not None:
             settings_matrix.mapping(MATRIX_KEYS)  # keys only: llama-swap does not read it either
             result.warnings.append(
