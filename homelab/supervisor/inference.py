@@ -80,7 +80,7 @@ async def proxy_request(
     model or peer ``requested`` means now, then it is proxied."""
     selection = selection_of(request.app)
     try:
-        choice = selection.choose(requested, model_states(request.app[SUPERVISOR_KEY]))
+        choice = selection.choose(requested, lambda: model_states(request.app[SUPERVISOR_KEY]))
     except SelectionError as exc:
         return error_response(exc.status, exc.message, exc.code)
     try:

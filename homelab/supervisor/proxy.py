@@ -9,6 +9,7 @@ once ``usage`` shows up) are kept, to read ``usage`` for the metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -188,6 +189,7 @@ RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 SEND_ATTEMPTS = 3
 
 
+@functools.lru_cache(maxsize=256)
 def client_timeout(timeouts: Timeouts, https: bool, connect_cap: float | None = None) -> aiohttp.ClientTimeout:
     """llama-swap's ``timeouts`` for one request: ``connect`` bounds the TCP connect (and, capped
     by ``connect_cap``, never exceeds the peer monitor's own); for https the TLS handshake gets
@@ -226,14 +228,15 @@ async def _send(
         header_limit = float(timeouts.response_header) or None
     for attempt in range(1, SEND_ATTEMPTS + 1):
         try:
+            sending = session.request(
+                method, url, data=body if body else None, headers=headers, allow_redirects=False, **options
+            )
+            if header_limit is None:
+                return await sending
             try:
                 async with asyncio.timeout(header_limit):
-                    return await session.request(
-                        method, url, data=body if body else None, headers=headers, allow_redirects=False, **options
-                    )
+                    return await sending
             except TimeoutError:
-                if header_limit is None:
-                    raise
                 message = f"no response headers within {header_limit:g}s (timeouts.responseHeader)"
                 raise ResponseHeaderTimeout(message) from None
         except aiohttp.ClientConnectorError:

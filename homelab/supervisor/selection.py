@@ -15,7 +15,7 @@ values as strings), so this module needs no clock and no supervisor.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .config import Config, ProfileConfig, SelectorConfig
@@ -92,12 +92,15 @@ class Selection:
         return (best, profile.pins[best]) if best is not None else None
 
     # ----------------------------------------------------------------- selectors
-    def choose(self, requested: str, states: Mapping[str, str]) -> Choice:
-        """Pin, then selector. ``states``: model ID -> state of every model not stopped."""
-        name = self.pin(requested)
+    def choose(self, requested: str, states: Mapping[str, str] | Callable[[], Mapping[str, str]]) -> Choice:
+        """Pin, then selector. ``states``: model ID -> state of every model not stopped (or a
+        function giving it, called only when a selector needs it: the common request pays nothing)."""
+        name = self.pin(requested) if self.active is not None else requested
         selector = self.config.selectors.get(name)
         if selector is None:
             return Choice(name)
+        if callable(states):
+            states = states()
         if selector.strategy == "pin":
             return Choice(selector.targets[0], selector.id)
         if selector.strategy == "warm":
