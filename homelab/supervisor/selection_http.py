@@ -55,10 +55,12 @@ async def handle_active_profile(request: web.Request) -> web.Response:
     if name is not None and not isinstance(name, str):
         return error_response(400, "profile name must be a string or null", "invalid_request")
     try:
-        selection.set_profile(name or None)  # "" deactivates, as upstream
+        changed = selection.set_profile(name or None)  # "" deactivates, as upstream
     except KeyError:
         known = ", ".join(sorted(selection.config.profiles)) or "none"
         return error_response(404, f"profile {name!r} not found (profiles: {known})", "profile_not_found")
+    if changed:  # llama-swap's /api/events message for its UI
+        request.app[SUPERVISOR_KEY].activity.publish("profileChanged", {"active": selection.active})
     return web.json_response({"active": selection.active})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import textwrap
 from dataclasses import replace
@@ -77,7 +78,14 @@ async def test_selectors_and_profiles_route_requests(serve) -> None:
 
         assert (await get_json(s, url + "/api/profiles")) == {
             "active": None, "profiles": [{"id": "night", "description": "quiet", "pins": {"x": "pick", "b": ""}}]}
+        events = running.sup.activity.subscribe()  # the /api/events feed
         assert await put_profile(s, url, {"name": "night"}) == (200, {"active": "night"})
+        messages = []
+        while not events.empty():
+            data_line = events.get_nowait().decode().split("data: ", 1)[1]
+            messages.append(json.loads(data_line))
+        changed = [json.loads(m["data"]) for m in messages if m["type"] == "profileChanged"]
+        assert changed == [{"active": "night"}]
         status, body = await chat(s, url, "x")  # pin -> selector -> a warm target
         assert status == 200 and body["x_server"] in ("a", "b")
         status, body = await chat(s, url, "b")
