@@ -1,4 +1,4 @@
-"""The llama-swap ``config.yaml`` (v250 format) that our supervisor and upstream llama-swap run.
+"""The llama-swap ``config.yaml`` (its current format) that our supervisor and upstream llama-swap run.
 
 Layout decisions:
 
@@ -16,8 +16,11 @@ Layout decisions:
   in ``metadata.vram_mib`` for people and llama-swap's UI);
 - the supervisor's prompt cache (``x-promptCache``) lives in the host's state folder; a recipe's
   or host model's ``prompt_cache`` becomes the model's ``x-promptCache``;
-- ``matrix.sets`` are the host's ``sets`` as written (model IDs are plain names, so no
-  ``vars`` are needed); ``matrix.evict_costs`` is one unit per GiB of weights (default 1);
+- the matrix is written in llama-swap's current form, ``routing.router`` with ``use: matrix``
+  (the top-level ``matrix:`` is its legacy spelling), with a short ``vars`` name (1-8 letters or
+  digits) for every model the sets name: llama-swap's code does not need them, but its
+  ``config-schema.json`` (which editors validate against) requires them; ``sets`` are the host's
+  ``sets`` with those names, ``evict_costs`` one unit per GiB of weights (default 1);
 - API keys are a ``${env.NAME}`` reference, resolved at start from the service's environment.
 """
 
@@ -31,7 +34,7 @@ from ..gpuarch import device_name
 from ..inventory.multihost import secret_names
 from ..inventory.resolved import ResolvedHost
 from ..inventory.schema import FlagValue
-from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names
+from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names, rename_expression
 from ..plan.estimate import MIB
 from ..plan.host import host_budget
 from ..suggest import did_you_mean
@@ -190,6 +193,40 @@ def evict_costs(inputs: RenderInputs, sets: dict[str, tuple[frozenset[str], ...]
     return {m: c for m, c in costs.items() if c > 1}
 
 
+VAR_LENGTH = 8
+"""llama-swap's config-schema.json: var names are 1-8 letters or digits."""
+
+
+def matrix_vars(model_ids: Sequence[str]) -> dict[str, str]:
+    """A short, stable var name per model: its letters and digits cut to 8, a digit suffix on a
+    clash (``think-big`` -> ``thinkbig``)."""
+    names: dict[str, str] = {}
+    for model_id in model_ids:
+        base = "".join(ch for ch in model_id if ch.isascii() and ch.isalnum()) or "m"
+        name = base[:VAR_LENGTH]
+        counter = 2
+        while name in names:
+            suffix = str(counter)
+            name = base[: VAR_LENGTH - len(suffix)] + suffix
+            counter += 1
+        names[name] = model_id
+    return names
+
+
+def matrix_view(inputs: RenderInputs, sets: dict[str, tuple[frozenset[str], ...]]) -> dict[str, Any] | None:
+    """``routing.router.settings.matrix``: vars, evict_costs and sets, all by var name."""
+    if not sets:
+        return None
+    in_sets = sorted({m for alternatives in sets.values() for alt in alternatives for m in alt})
+    variables = matrix_vars(in_sets)
+    short = {model_id: var for var, model_id in variables.items()}
+    return {
+        "vars": variables,
+        "evict_costs": {short[m]: cost for m, cost in evict_costs(inputs, sets).items()},
+        "sets": {name: rename_expression(text, short) for name, text in inputs.host.sets.items()},
+    }
+
+
 def peers_view(inputs: RenderInputs) -> list[dict[str, Any]]:
     """llama-swap ``peers:`` entries: ``proxy``, ``apiKey`` (a ``${env.X}`` reference), ``models``."""
     host = inputs.host
@@ -260,8 +297,7 @@ def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
         models=[
             _model_view(b, shared, bool(host.host.gpus), withheld, model_devices_mib(b, kind, budget)) for b in backends
         ],
-        sets=dict(host.sets),
-        evict_costs=evict_costs(inputs, sets),
+        matrix=matrix_view(inputs, sets),
         preload=sorted(b.id for b in backends if b.preload),
         peers=peers_view(inputs),
         prompt_cache_dir=str(inputs.paths.host_dir / PROMPT_CACHE_DIR),

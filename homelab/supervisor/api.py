@@ -10,61 +10,70 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import ModelConfig
 from .driver import SUPERVISOR_KEY, Supervisor
 from .inference import unknown_model
 from .logs import LogBuffer
 from .peers import PeerState
 from .scheduler import State
+from .selection_http import listing_record, selection_records
 
 
-def _model_entry(sup: Supervisor, model_id: str, cfg: ModelConfig, listed_id: str) -> dict[str, Any]:
+def _status_value(sup: Supervisor, model_id: str) -> str:
     state = sup.status_of(model_id)
-    value = {State.READY: "loaded", State.STARTING: "loading", State.STOPPING: "unloading"}.get(state, "unloaded")
-    entry: dict[str, Any] = {
-        "id": listed_id,
-        "object": "model",
-        "created": sup.started,
-        "owned_by": "homelab",
-        "status": {"value": value},
-    }
-    if cfg.name:
-        entry["name"] = cfg.name
-    if cfg.description:
-        entry["description"] = cfg.description
-    if cfg.metadata:
-        entry["meta"] = cfg.metadata
-    return entry
+    return {State.READY: "loaded", State.STARTING: "loading", State.STOPPING: "unloading"}.get(state, "unloaded")
 
 
 async def handle_models(request: web.Request) -> web.Response:
+    """llama-swap's listing: models (and aliases when asked), peer models, selectors and the
+    active profile's pins, sorted by ID; metadata under ``meta.llamaswap``."""
     sup = request.app[SUPERVISOR_KEY]
     data = []
+    listed: set[str] = set()
     for model_id, cfg in sup.config.models.items():
+        aliases = [alias for alias, target in sup.config.aliases.items() if target == model_id]
+        listed.update([model_id, *aliases])
         if cfg.unlisted:
             continue
-        data.append(_model_entry(sup, model_id, cfg, model_id))
+        status = _status_value(sup, model_id)
+        internal: dict[str, Any] = {"type": "model"}
+        if aliases:
+            internal["aliases"] = aliases
+        listed_ids = [(model_id, internal)]
         if sup.config.include_aliases_in_list:
-            for alias, target in sup.config.aliases.items():
-                if target == model_id:
-                    data.append(_model_entry(sup, model_id, cfg, alias))
+            listed_ids += [(alias, {"type": "alias", "modelID": model_id}) for alias in aliases]
+        for listed_id, facts in listed_ids:
+            record = listing_record(
+                sup,
+                listed_id,
+                status,
+                name=cfg.name,
+                description=cfg.description,
+                metadata=cfg.metadata,
+                capabilities=cfg.capabilities,
+                internal=facts,
+            )
+            data.append(record)
     for peer in sup.config.peers.values():
         health = sup.peers.health.get(peer.name)
         described = health.describe() if health is not None else {"state": PeerState.UNKNOWN.value}
         for model in peer.models:
             # Listed qualified (always routable and unique); a bare name also works when exactly
             # one peer lists it. status.value is the peer's health: up / down / unknown.
-            data.append(
-                {
-                    "id": f"{peer.name}/{model}",
-                    "object": "model",
-                    "created": sup.started,
-                    "owned_by": peer.name,
-                    "name": f"{peer.name}: {model}",
-                    "status": {"value": described["state"]},
-                    "meta": {"llamaswap": {"peerID": peer.name}, "peer": {"name": peer.name, **described}},
-                }
+            listed.add(f"{peer.name}/{model}")
+            if sup.config.peer_model(model) == (peer, model):
+                listed.add(model)
+            entry = listing_record(
+                sup,
+                f"{peer.name}/{model}",
+                str(described["state"]),
+                name=f"{peer.name}: {model}",
+                internal={"type": "peer", "peerID": peer.name},
+                owned_by=peer.name,
             )
+            entry["meta"]["peer"] = {"name": peer.name, **described}
+            data.append(entry)
+    data += selection_records(request.app, listed)
+    data.sort(key=lambda entry: entry["id"])
     return web.json_response({"object": "list", "data": data})
 
 

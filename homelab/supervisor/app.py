@@ -22,8 +22,11 @@ from .config import Config
 from .dashboard import add_dashboard_routes, is_public
 from .driver import SUPERVISOR_KEY, Loader, Supervisor
 from .http_errors import error_response
-from .inference import INFERENCE_ROUTES, handle_inference, handle_upstream
+from .inference import INFERENCE_ROUTES, handle_inference
 from .peers import ProbeTimings
+from .selection import Selection
+from .selection_http import SELECTION_KEY, handle_active_profile, handle_profiles
+from .upstream import handle_upstream, handle_upstream_index
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -74,9 +77,11 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) ->
 def create_app(sup: Supervisor) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
     app[SUPERVISOR_KEY] = sup
+    app[SELECTION_KEY] = Selection(sup.config)
     for route in INFERENCE_ROUTES:
         app.router.add_post(route, handle_inference)
     app.router.add_route("*", "/upstream/{tail:.+}", handle_upstream)
+    app.router.add_get("/upstream", handle_upstream_index)
     app.router.add_get("/v1/models", api.handle_models)
     app.router.add_get("/running", api.handle_running)
     app.router.add_route("*", "/unload", api.handle_unload)
@@ -88,6 +93,8 @@ def create_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/logs/stream/{model:.+}", api.handle_log_stream)
     app.router.add_get("/metrics", api.handle_metrics)
     app.router.add_post("/x-reload", api.handle_reload)
+    app.router.add_get("/api/profiles", handle_profiles)
+    app.router.add_put("/api/profiles/active", handle_active_profile)
     add_dashboard_routes(app, sup)
     return app
 

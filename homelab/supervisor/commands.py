@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,17 +43,25 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     asyncio.run(main)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # Deferred: the app pulls in aiohttp (~0.15 s), and every `homelab` command imports this
     # module to register its subcommands.
     from .app import serve
 
     config = load_config(Path(args.config))
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.check:
         print(
             f"{args.config}: ok, {len(config.models)} models"
             + (f", matrix with {len(config.matrix.sets)} sets" if config.matrix else "")
             + (f", {len(config.groups)} groups" if config.groups else "")
+            + (f", {plural(len(config.selectors), 'selector')}" if config.selectors else "")
+            + (f", {plural(len(config.profiles), 'profile')}" if config.profiles else "")
         )
         return 0
     host, port = parse_listen(args.listen)

@@ -11,6 +11,7 @@ substituted; ``cmd_stop`` keeps ``${PID}`` for the process layer to fill in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,44 @@ class Filters:
     set_params: dict[str, Any] = field(default_factory=dict)
     set_params_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Request-ID -> parameters. Every key except the model's own ID is also an alias."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """llama-swap's ``timeouts`` of a model or peer, in seconds; 0 disables one."""
+
+    connect: int = 30
+    """Opening the TCP connection."""
+    keepalive: int = 30
+    """TCP keep-alive probe interval on backend connections."""
+    response_header: int = 0
+    """From sending the request to the response headers."""
+    tls_handshake: int = 10
+    """Added to ``connect`` for https backends (aiohttp times the handshake within connect)."""
+    expect_continue: int = 1
+    """Accepted for llama-swap; never used: the supervisor does not send ``Expect: 100-continue``."""
+    idle_conn: int = 90
+    """How long an idle pooled connection is kept."""
+
+
+MODEL_TIMEOUTS = Timeouts()
+PEER_TIMEOUTS = Timeouts(response_header=60)
+"""llama-swap's peer default: headers within 60 s (models: no limit, a load can be slow)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """llama-swap's ``capabilities``: what ``/v1/models`` tells clients about a model."""
+
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    tools: bool = False
+    reranker: bool = False
+    context: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.inputs or self.outputs or self.tools or self.reranker or self.context)
 
 
 @dataclass(frozen=True)
@@ -56,6 +95,11 @@ class ModelConfig:
     checked against ``x-deviceBudgetMiB`` device by device."""
     prompt_cache: bool | None = None
     """``x-promptCache``: keep the KV cache across evictions; None = on for long contexts."""
+    timeouts: Timeouts = MODEL_TIMEOUTS
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    ignore_websockets: bool = False
+    """``compat.ignoreWebsockets``: a websocket through ``/upstream`` never starts the model and
+    is not counted as activity (concurrency, TTL, swaps)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +109,7 @@ class PeerConfig:
     models: tuple[str, ...]
     api_key: str | None = None
     filters: Filters = field(default_factory=Filters)
+    timeouts: Timeouts = PEER_TIMEOUTS
 
 
 @dataclass(frozen=True)
@@ -99,6 +144,46 @@ class PrefetchSettings:
 
 
 @dataclass(frozen=True)
+class SelectorConfig:
+    """llama-swap's ``selectors``: a virtual model ID resolved to one of ``targets`` per request."""
+
+    id: str
+    strategy: str
+    """``warm`` (first ready, else first starting, else the first), ``pin`` (always the first) or
+    ``spillover`` (fill targets in order up to ``spillover`` requests each)."""
+    targets: tuple[str, ...]
+    """As written: model IDs, aliases or peer models (never other selectors)."""
+    spillover: int = 1
+    name: str | None = None
+    description: str | None = None
+    unlisted: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """llama-swap's ``profiles``: model-ID rewrites switched at run time (``PUT /api/profiles/active``)."""
+
+    id: str
+    pins: dict[str, str]
+    """Requested ID -> target (a model, alias, peer model or selector); "" disables the ID (404)."""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PerformanceSettings:
+    """llama-swap's ``performance``: how often it samples CPU/RAM/GPU for its UI."""
+
+    disabled: bool = False
+    every: float = 5.0
+
+
+DEFAULT_IGNORE_PATHS = (re.compile(r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$"),)
+"""llama-swap's default ``upstream.ignorePaths``: static assets never start a model."""
+DEFAULT_SESSION_HEADERS = ("X-Session-ID", "X-Litellm-Session-Id")
+
+
+@dataclass(frozen=True)
 class Config:
     models: dict[str, ModelConfig]
     aliases: dict[str, str] = field(default_factory=dict)
@@ -129,9 +214,40 @@ class Config:
     """llama-swap's ``logRequests``."""
     prompt_cache: PromptCacheSettings = field(default_factory=PromptCacheSettings)
     prefetch: PrefetchSettings = field(default_factory=PrefetchSettings)
+    selectors: dict[str, SelectorConfig] = field(default_factory=dict)
+    profiles: dict[str, ProfileConfig] = field(default_factory=dict)
+    ignore_paths: tuple[re.Pattern[str], ...] = DEFAULT_IGNORE_PATHS
+    """``upstream.ignorePaths``: an ``/upstream/<model>/<path>`` matching one never starts a model."""
+    fifo_priority: dict[str, int] = field(default_factory=dict)
+    """``routing.scheduler.settings.fifo.priority``: model ID -> priority (default 0); a higher
+    priority's pending start goes first."""
+    session_headers: tuple[str, ...] = DEFAULT_SESSION_HEADERS
+    """``ui.activity.session_id``: headers whose first non-empty value names a request's session."""
+    performance: PerformanceSettings = field(default_factory=PerformanceSettings)
+    store_path: Path | None = None
+    """``store.path``: llama-swap's activity database; accepted, not written (see docs)."""
+    log_time_format: str = ""
+    metrics_max_in_memory: int = 1000
+    capture_buffer_mib: int = 5
+    warnings: tuple[str, ...] = ()
+    """Things llama-swap accepts silently that probably are not what was meant (``serve --check``
+    prints them)."""
 
     def resolve(self, requested: str) -> str | None:
         """Model ID for a requested name or alias, or None."""
         if requested in self.models:
             return requested
         return self.aliases.get(requested)
+
+    def peer_model(self, requested: str) -> tuple[PeerConfig, str] | None:
+        """``<peer>/<model>``, or a bare model name exactly one peer lists (llama-swap's rule;
+        local models and aliases come first, so callers resolve those before this)."""
+        return peer_model(self.peers, requested)
+
+
+def peer_model(peers: dict[str, PeerConfig], requested: str) -> tuple[PeerConfig, str] | None:
+    for peer in peers.values():
+        if requested.startswith(peer.name + "/") and requested[len(peer.name) + 1 :] in peer.models:
+            return peer, requested[len(peer.name) + 1 :]
+    serving = [peer for peer in peers.values() if requested in peer.models]
+    return (serving[0], requested) if len(serving) == 1 else None

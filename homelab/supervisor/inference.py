@@ -1,7 +1,7 @@
 """The inference path: model-dispatched routes, proxied to a local backend or to a peer.
 
-A request names its model (JSON ``model``, a multipart ``model`` field, ``?model=`` or the
-``/upstream/<model>/...`` path); a local model goes through the scheduler (admission, swap,
+A request names its model (JSON ``model``, a multipart ``model`` field, ``?model=``, or the
+``/upstream/<model>/...`` path: :mod:`.upstream`); a local model goes through the scheduler (admission, swap,
 ``sendLoadingState``) and is forwarded to its backend; a peer's model is forwarded to the peer.
 """
 
@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from .config import PeerConfig
 from .driver import SUPERVISOR_KEY, Supervisor
@@ -19,14 +20,18 @@ from .loading import finish_loading_state, stream_loading_state, wants_loading_s
 from .peers import PeerState
 from .proxy import (
     ForwardResult,
+    Relay,
     apply_filters,
     forward,
+    join_url,
     model_body,
     multipart_with_model,
     parse_body,
     upstream_headers,
 )
 from .scheduler import Reject
+from .selection import SelectionError
+from .selection_http import model_states, selection_of
 
 INFERENCE_ROUTES = (
     "/v1/chat/completions",
@@ -51,22 +56,6 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
     return await proxy_request(request, requested, request.path_qs, body, payload)
 
 
-async def handle_upstream(request: web.Request) -> web.StreamResponse:
-    sup = request.app[SUPERVISOR_KEY]
-    tail = request.match_info["tail"]
-    # model IDs may contain '/': take the longest prefix that names a model
-    parts = tail.split("/")
-    for i in range(len(parts), 0, -1):
-        candidate = "/".join(parts[:i])
-        if sup.config.resolve(candidate) or sup.find_peer(candidate):
-            path = "/" + "/".join(parts[i:])
-            if request.query_string:
-                path += "?" + request.query_string
-            body = await request.read()
-            return await proxy_request(request, candidate, path, body, None)
-    return unknown_model(sup, parts[0])
-
-
 def unknown_model(sup: Supervisor, requested: str) -> web.Response:
     serving = sup.peers_serving(requested)
     if len(serving) > 1:
@@ -87,12 +76,36 @@ def unknown_model(sup: Supervisor, requested: str) -> web.Response:
 async def proxy_request(
     request: web.Request, requested: str, path: str, body: bytes, payload: dict[str, Any] | None
 ) -> web.StreamResponse:
+    """Route a model-dispatched request: the active profile's pin and the selectors decide which
+    model or peer ``requested`` means now, then it is proxied."""
+    selection = selection_of(request.app)
+    try:
+        choice = selection.choose(requested, lambda: model_states(request.app[SUPERVISOR_KEY]))
+    except SelectionError as exc:
+        return error_response(exc.status, exc.message, exc.code)
+    try:
+        return await proxy_to(request, choice.name, path, body, payload)
+    finally:
+        selection.release(choice)
+
+
+async def proxy_to(
+    request: web.Request,
+    requested: str,
+    path: str | URL,
+    body: bytes,
+    payload: dict[str, Any] | None,
+    relay: Relay = forward,
+) -> web.StreamResponse:
+    """Proxy to the model or peer ``requested`` names (no profile or selector). ``path``: the
+    backend path, or an already-encoded URL path (``/upstream`` keeps the client's encoding);
+    ``relay``: how to pass the exchange on (HTTP, or a websocket for ``/upstream``)."""
     sup = request.app[SUPERVISOR_KEY]
     model_id = sup.config.resolve(requested)
     if model_id is None:
         peer = sup.find_peer(requested)
         if peer is not None:
-            return await proxy_peer(request, sup, peer[0], peer[1], path, body, payload)
+            return await proxy_peer(request, sup, peer[0], peer[1], path, body, payload, relay)
         return unknown_model(sup, requested)
     cfg = sup.config.models[model_id]
     body = model_body(cfg, requested, payload, body, request.headers.get("Content-Type", ""))
@@ -136,8 +149,16 @@ async def proxy_request(
             # llama-server closes the connection after a stream (while announcing keep-alive);
             # aiohttp would pool it the moment the body ends and a later request could pick it.
             headers["Connection"] = "close"
-        response = await forward(
-            request, sup.session, base + path, body, headers, outcome, prepared=prepared, same_backend=backend.alive
+        response = await relay(
+            request,
+            sup.session,
+            join_url(base, path),
+            body,
+            headers,
+            outcome,
+            prepared=prepared,
+            same_backend=backend.alive,
+            timeouts=cfg.timeouts,
         )
         metrics.requests.inc(model=model_id, code=str(outcome.status))
         if outcome.upstream_error or outcome.status >= 500:
@@ -170,9 +191,10 @@ async def proxy_peer(
     sup: Supervisor,
     peer: PeerConfig,
     model: str,
-    path: str,
+    path: str | URL,
     body: bytes,
     payload: dict[str, Any] | None,
+    relay: Relay = forward,
 ) -> web.StreamResponse:
     """Forward (streaming) to a peer. A peer the monitor knows to be down answers 503 at once; a
     request that cannot reach it answers 503 too (and counts as a failed probe); one that waits
@@ -197,8 +219,16 @@ async def proxy_peer(
         session = monitor.session(peer.name)
         # A pooled connection the peer closed under us is retried, unless the session was closed
         # because the peer went down.
-        response = await forward(
-            request, session, peer.proxy + path, body, headers, outcome, same_backend=lambda: not session.closed
+        response = await relay(
+            request,
+            session,
+            join_url(peer.proxy, path),
+            body,
+            headers,
+            outcome,
+            same_backend=lambda: not session.closed,
+            timeouts=peer.timeouts,
+            connect_cap=monitor.timings.connect_timeout,
         )
         code = str(outcome.status)
         if outcome.upstream_error and isinstance(response, web.Response) and not response.prepared:

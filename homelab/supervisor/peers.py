@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -31,8 +32,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import aiohttp
+from aiohappyeyeballs import AddrInfoType
 
-from .config import PeerConfig
+from .config import PeerConfig, Timeouts
 from .proxy import key_headers
 
 log = logging.getLogger("homelab.supervisor")
@@ -44,6 +46,32 @@ class PeerState(StrEnum):
     UNKNOWN = "unknown"
     UP = "up"
     DOWN = "down"
+
+
+def peer_connector(timeouts: Timeouts | None) -> aiohttp.TCPConnector:
+    """The pool for one peer: idle connections kept ``timeouts.idleConn`` seconds (0: no limit),
+    TCP keep-alive probes every ``timeouts.keepalive`` seconds (0: off), as llama-swap's
+    transport. Probes (no peer) keep short-lived connections."""
+    if timeouts is None:
+        return aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=3)
+    interval = timeouts.keepalive
+
+    def keepalive_socket(addr_info: AddrInfoType) -> socket.socket:
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        if interval > 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's interval applies
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, interval)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        return sock
+
+    return aiohttp.TCPConnector(
+        limit=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=float(timeouts.idle_conn) if timeouts.idle_conn else None,
+        socket_factory=keepalive_socket,
+    )
 
 
 @dataclass(frozen=True)
@@ -182,9 +210,10 @@ class PeerMonitor:
             trace = aiohttp.TraceConfig()
             trace.on_request_end.append(on_request_end)
             traces.append(trace)
+        timeouts = self.peers[peer].timeouts if peer is not None and peer in self.peers else None
         return aiohttp.ClientSession(
             trace_configs=traces,
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=3),
+            connector=peer_connector(timeouts),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=self.timings.connect_timeout, connect=self.timings.connect_timeout
             ),
@@ -219,7 +248,8 @@ class PeerMonitor:
     def reconfigure(self, peers: Mapping[str, PeerConfig]) -> None:
         """After a reload: keep the health of peers whose address is unchanged, probe the rest."""
         for name in list(self._tasks):
-            if name not in peers or peers[name].proxy != self.peers[name].proxy:
+            old, new = self.peers[name], peers.get(name)
+            if new is None or (new.proxy, new.timeouts) != (old.proxy, old.timeouts):
                 self._tasks.pop(name).cancel()
                 self.health.pop(name, None)
                 self._drop_session(name)

@@ -8,10 +8,12 @@ once ``usage`` shows up) are kept, to read ``usage`` for the metrics.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -20,8 +22,9 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
-from .config import Filters, ModelConfig
+from .config import Filters, ModelConfig, Timeouts
 from .http_errors import end_stream_with_error, error_response
 
 log = logging.getLogger("homelab.supervisor")
@@ -186,22 +189,56 @@ RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 SEND_ATTEMPTS = 3
 
 
+@functools.lru_cache(maxsize=256)
+def client_timeout(timeouts: Timeouts, https: bool, connect_cap: float | None = None) -> aiohttp.ClientTimeout:
+    """llama-swap's ``timeouts`` for one request: ``connect`` bounds the TCP connect (and, capped
+    by ``connect_cap``, never exceeds the peer monitor's own); for https the TLS handshake gets
+    ``tlsHandshake`` more. 0 disables a limit. No total limit: a load or a long answer may take long."""
+    connect: float | None = float(timeouts.connect) or None
+    if connect_cap is not None:
+        connect = min(connect, connect_cap) if connect is not None else connect_cap
+    whole = connect
+    if https and connect is not None:
+        whole = connect + timeouts.tls_handshake if timeouts.tls_handshake else None
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=whole)
+
+
+class ResponseHeaderTimeout(aiohttp.ClientError):
+    """No response headers within ``timeouts.responseHeader``."""
+
+
 async def _send(
     session: aiohttp.ClientSession,
     method: str,
-    url: str,
+    url: str | URL,
     body: bytes,
     headers: CIMultiDict[str],
     same_backend: Callable[[], bool] | None,
+    timeouts: Timeouts | None = None,
+    connect_cap: float | None = None,
 ) -> aiohttp.ClientResponse:
     """Retries when a pooled keep-alive connection turns out to be closed by the backend
     before it answered, and only while the same backend process is alive (after a crash the
-    port may already belong to its replacement). A refused fresh connection is not retried."""
+    port may already belong to its replacement). A refused fresh connection is not retried.
+    ``timeouts``: the model's or peer's (connect; responseHeader from sending to the headers)."""
+    options: dict[str, Any] = {}
+    header_limit: float | None = None
+    if timeouts is not None:
+        options["timeout"] = client_timeout(timeouts, str(url).startswith("https:"), connect_cap)
+        header_limit = float(timeouts.response_header) or None
     for attempt in range(1, SEND_ATTEMPTS + 1):
         try:
-            return await session.request(
-                method, url, data=body if body else None, headers=headers, allow_redirects=False
+            sending = session.request(
+                method, url, data=body if body else None, headers=headers, allow_redirects=False, **options
             )
+            if header_limit is None:
+                return await sending
+            try:
+                async with asyncio.timeout(header_limit):
+                    return await sending
+            except TimeoutError:
+                message = f"no response headers within {header_limit:g}s (timeouts.responseHeader)"
+                raise ResponseHeaderTimeout(message) from None
         except aiohttp.ClientConnectorError:
             raise
         except RETRYABLE as exc:
@@ -209,6 +246,13 @@ async def _send(
             if attempt == SEND_ATTEMPTS or same_backend is None or not same_backend():
                 raise
     raise AssertionError("unreachable")
+
+
+def join_url(base: str, path: str | URL) -> str | URL:
+    """The backend URL: ``base`` + a path, or + an already-encoded path (kept byte for byte)."""
+    if isinstance(path, URL):
+        return URL(base.rstrip("/") + str(path), encoded=True)
+    return base + path
 
 
 class ForwardResult:
@@ -221,13 +265,15 @@ class ForwardResult:
 async def forward(
     request: web.Request,
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | URL,
     body: bytes,
     headers: CIMultiDict[str],
     result: ForwardResult,
     *,
     prepared: web.StreamResponse | None = None,
     same_backend: Callable[[], bool] | None = None,
+    timeouts: Timeouts | None = None,
+    connect_cap: float | None = None,
 ) -> web.StreamResponse:
     """Send the request to ``url`` and stream the answer back chunk by chunk.
 
@@ -237,7 +283,7 @@ async def forward(
     the request was admitted to still runs (stale-connection retries and answers depend on it).
     """
     try:
-        upstream = await _send(session, request.method, url, body, headers, same_backend)
+        upstream = await _send(session, request.method, url, body, headers, same_backend, timeouts, connect_cap)
     except (aiohttp.ClientError, OSError) as exc:
         result.status = 502
         result.upstream_error = f"{type(exc).__name__}: {exc}"
@@ -335,3 +381,8 @@ async def forward(
         result.usage = _usage_from(tail) or (_usage_from(head) if keep else None)
         await response.write_eof()
         return response
+
+
+Relay = Callable[..., Awaitable[web.StreamResponse]]
+"""What passes an admitted exchange on: :func:`forward` (HTTP), or the websocket relay of
+:mod:`.upstream`; called as ``relay(request, session, url, body, headers, result, **options)``."""

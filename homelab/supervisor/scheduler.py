@@ -13,11 +13,13 @@ Policies:
   requests queue behind the swap (they restart it afterwards), so a queued model is not starved.
   Requests queued before that swap began are still served first. The swap itself still waits
   for the in-flight requests to finish.
-* Pending starts are served in arrival order (head of line). A start that must wait for
-  evictions reserves its place: the starts queued after it are planned as if it were already
-  resident (and busy), so they cannot take its room. A later start whose evictions are disjoint
-  from every waiting start's (and that does not evict a waiting target) goes ahead in parallel:
-  two swaps on different devices do not wait for each other. One that overlaps waits behind.
+* Pending starts are served in arrival order (head of line), except that a model with a higher
+  ``routing.scheduler.settings.fifo.priority`` goes before lower ones (llama-swap's queue order;
+  equal priorities keep arrival order). A start that must wait for evictions reserves its place:
+  the starts queued after it are planned as if it were already resident (and busy), so they
+  cannot take its room. A later start whose evictions are disjoint from every waiting start's
+  (and that does not evict a waiting target) goes ahead in parallel: two swaps on different
+  devices do not wait for each other. One that overlaps waits behind.
 * ``concurrencyLimit`` counts in-flight plus queued requests of a model; over it: 429.
 * TTL counts idle time from the end of the last request, or from ready.
 * A failed start (exit while loading, health timeout) rejects its waiters with 503 and the reason.
@@ -297,10 +299,12 @@ class Scheduler:
                 actions.append(self._stop(state, "unloaded (request or config change)"))
             elif ttl > 0 and not state.waiters and now >= state.last_used + ttl:
                 actions.append(self._stop(state, f"idle for {ttl:g}s (ttl)"))
-        # Pending starts, oldest first; a start that must wait holds back the ones after it.
+        # Pending starts, highest fifo priority first (routing.scheduler.settings.fifo.priority,
+        # default 0), then oldest first; a start that must wait reserves its place (module docstring).
+        priority = self.config.fifo_priority
         pending = sorted(
             (s for s in self.models.values() if s.waiters and s.state is State.STOPPED),
-            key=lambda s: next(iter(s.waiters.values())),
+            key=lambda s: (-priority.get(s.id, 0), next(iter(s.waiters.values()))),
         )
         blockers: set[str] = set()
         reserved: list[str] = []  # pending starts that wait, in arrival order

@@ -13,6 +13,8 @@ from homelab.matrix import (
     MatrixConfig,
     MatrixError,
     MatrixExpressionError,
+    can_contain_all,
+    compile_matrix,
     expand_sets,
     expression_names,
     expression_refs,
@@ -115,7 +117,7 @@ def test_expand_sets_rejects_cycles_and_unknown_refs() -> None:
 
 
 def matrix(sets: dict[str, str], costs: dict[str, int] | None = None) -> MatrixConfig:
-    return MatrixConfig(vars={}, evict_costs=costs or {}, sets=expand_sets(sets))
+    return compile_matrix(sets, evict_costs=costs)
 
 
 def test_solver_keeps_what_fits_and_evicts_the_rest() -> None:
@@ -157,15 +159,18 @@ names = st.sampled_from(MODELS)
 alternative_st = st.frozensets(names, min_size=1, max_size=4)
 
 
+def as_expression(alternatives: list[frozenset[str]]) -> str:
+    return " | ".join("(" + " & ".join(sorted(alt)) + ")" for alt in alternatives)
+
+
 @st.composite
 def matrices(draw: st.DrawFn) -> MatrixConfig:
     n_sets = draw(st.integers(1, 4))
-    sets = {
-        f"s{i}": tuple(dict.fromkeys(draw(st.lists(alternative_st, min_size=1, max_size=4))))
-        for i in range(n_sets)
-    }
+    sets = {f"s{i}": as_expression(draw(st.lists(alternative_st, min_size=1, max_size=4))) for i in range(n_sets)}
+    if n_sets > 1 and draw(st.booleans()):  # a reference, inlined by the solver
+        sets["s0"] = f"({sets['s0']}) & +s1" if draw(st.booleans()) else f"{sets['s0']} | +s1"
     costs = draw(st.dictionaries(names, st.integers(1, 5)))
-    return MatrixConfig(vars={}, evict_costs=costs, sets=sets)
+    return compile_matrix(sets, evict_costs=costs)
 
 
 def cost_of(m: MatrixConfig, running: frozenset[str], target: str, alternative: frozenset[str]) -> int:
@@ -175,31 +180,55 @@ def cost_of(m: MatrixConfig, running: frozenset[str], target: str, alternative: 
 @settings(max_examples=200, deadline=None)
 @given(m=matrices(), running=st.frozensets(names), target=names)
 def test_solver_properties(m: MatrixConfig, running: frozenset[str], target: str) -> None:
+    """The solver works on projected bit masks, never expanding; checked against brute force
+    over the expanded alternatives."""
     decision = solve(m, running, target)
-    candidates = [
-        (name, alt) for name, alts in m.sets.items() for alt in alts if target in alt
-    ]
-    # the target is never evicted, and only running models are
+    expanded = expand_sets(m.sets)
+    candidates = [(name, alt) for name, alts in expanded.items() for alt in alts if target in alt]
     assert target not in decision.evict
     assert decision.evict <= running
+    if target in running:
+        assert decision.evict == frozenset() and decision.cost == 0
+        return
     if not candidates:
         # a model in no set runs alone
         assert decision.set_name is None
         assert decision.evict == running - {target}
         return
-    # the chosen alternative contains the target and comes from the named set
+    # the chosen alternative contains the target and is one of the named set's alternatives
     assert target in decision.alternative
     assert decision.set_name is not None
-    assert decision.alternative in m.sets[decision.set_name]
+    assert decision.alternative in expanded[decision.set_name]
     # evicted = exactly the running models outside the chosen alternative
     assert decision.evict == running - {target} - decision.alternative
-    # what stays fits in the chosen alternative
-    assert (running - decision.evict) | {target} <= decision.alternative
-    # minimal cost over every alternative, ties to the first defined
-    costs = [cost_of(m, running, target, alt) for _, alt in candidates]
-    assert decision.cost == min(costs)
-    first = costs.index(min(costs))
-    assert (decision.set_name, decision.alternative) == candidates[first]
+    # minimal cost over every alternative
+    assert decision.cost == min(cost_of(m, running, target, alt) for _, alt in candidates)
+    assert decision.cost == sum(m.evict_costs.get(x, 1) for x in decision.evict)
+    # can_contain_all agrees with brute force on what stays
+    kept = (running - decision.evict) | {target}
+    assert can_contain_all(m, kept)
+    assert can_contain_all(m, running) == any(running <= alt for alts in expanded.values() for alt in alts)
+
+
+def test_no_cap_on_alternatives_when_solving() -> None:
+    """Ten groups of ten models describe 10^10 alternatives; the solver never expands them."""
+    groups = [" | ".join(f"g{i}m{j}" for j in range(10)) for i in range(10)]
+    m = matrix({"huge": " & ".join(f"({g})" for g in groups), "alone": "x"})
+    running = frozenset({"g0m3", "g5m7", "x"})
+    decision = solve(m, running, "g9m9")
+    assert decision.set_name == "huge"
+    assert decision.evict == frozenset({"x"})
+    assert {"g0m3", "g5m7", "g9m9"} <= decision.alternative and len(decision.alternative) == 10
+    assert not can_contain_all(m, {"g0m1", "g0m2"})  # two of one | group never run together
+    with pytest.raises(MatrixExpressionError, match=str(MAX_ALTERNATIVES)):
+        m.alternatives("huge")  # expanding (the planner's view) stays capped
+
+
+def test_referenced_sets_come_first_as_upstream_orders_them() -> None:
+    """llama-swap orders sets depth first by reference: a set after the sets it references, so a
+    tie goes to the referenced set."""
+    m = matrix({"combo": "+base | t & b", "base": "t & a"})
+    assert solve(m, fs("a", "b"), "t").set_name == "base"
 
 
 # --------------------------------------------------------------------------- groups

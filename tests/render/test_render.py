@@ -38,8 +38,11 @@ def test_duo3060_pins_chat_small_and_splits_think_small() -> None:
     assert chat["env"] == ["CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES=0"]
     assert think["env"] == ["CUDA_DEVICE_ORDER=PCI_BUS_ID"]  # both cards
     assert "--tensor-split 1,1.5" in cmd_lines(think)
-    assert config["matrix"]["sets"] == {"voice": "chat-small & think-small", "coding": "think-big"}
-    assert config["matrix"]["evict_costs"] == {"chat-small": 3, "think-big": 18, "think-small": 18}
+    assert config["routing"]["router"]["use"] == "matrix" and "matrix" not in config  # current form
+    matrix = config["routing"]["router"]["settings"]["matrix"]
+    assert matrix["vars"] == {"chatsmal": "chat-small", "thinkbig": "think-big", "thinksma": "think-small"}
+    assert matrix["sets"] == {"voice": "chatsmal & thinksma", "coding": "thinkbig"}
+    assert matrix["evict_costs"] == {"chatsmal": 3, "thinkbig": 18, "thinksma": 18}
     assert think["metadata"]["vram_mib"] == 11900
     # per device, as the supervisor admits them (#17): not one sum over both cards
     assert think["x-devices"] == {"CUDA0": 3960, "CUDA1": 7940}
@@ -90,7 +93,7 @@ def test_rendered_configs_load_in_the_supervisor(tmp_path: Path) -> None:
             for pid in profile_id:
                 assert config.resolve(pid) == pid.split(":")[0]
     duo = load_config(tmp_path / "duo3060.yaml", env={"HOMELAB_API_KEYS": "k"})
-    assert duo.matrix is not None and duo.matrix.sets["voice"] == (frozenset({"chat-small", "think-small"}),)
+    assert duo.matrix is not None and duo.matrix.alternatives("voice") == (frozenset({"chat-small", "think-small"}),)
     assert duo.models["think-small"].vram_mib == 11900
     assert duo.models["think-small"].devices_mib == {"CUDA0": 3960, "CUDA1": 7940}
     assert duo.device_budget_mib == {"CUDA0": 11427, "CUDA1": 11427}

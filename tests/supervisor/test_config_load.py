@@ -159,9 +159,8 @@ def test_x_keys_are_free_everywhere() -> None:
     assert config.vram_budget_mib == 8000
 
 
-def test_known_but_unsupported_llama_swap_keys_say_so() -> None:
-    assert "does not support" in error_of("profiles: {}\nmodels: {}\n")
-    assert "does not support" in error_of("models:\n  a:\n    cmd: x ${PORT}\n    timeouts: {}\n")
+def test_llama_swap_keys_that_are_not_ours_say_so() -> None:
+    assert "move it to the top level" in error_of("models:\n  a:\n    cmd: x ${PORT}\n    healthCheckTimeout: 5\n")
 
 
 def test_duplicate_keys_are_errors() -> None:
@@ -513,7 +512,7 @@ def test_matrix_vars_costs_sets_and_refs() -> None:
     assert matrix.vars == {"qwen": "Qwen/Qwen3-30B:Q4"}
     assert matrix.evict_costs == {"Qwen/Qwen3-30B:Q4": 10}
     assert list(matrix.sets) == ["rag", "helpers"]
-    assert matrix.sets["rag"] == (
+    assert matrix.alternatives("rag") == (
         frozenset({"Qwen/Qwen3-30B:Q4", "embed", "rerank"}),
         frozenset({"gemma", "embed", "rerank"}),
     )
@@ -544,7 +543,9 @@ def test_matrix_errors(sets: dict[str, str], words: str) -> None:
 
 def test_matrix_value_checks() -> None:
     base = "models:\n  gemma: {cmd: 'g ${PORT}'}\nmatrix:\n"
-    assert "1-8 letters or digits" in error_of(base + "  vars: {too_long_name: gemma}\n  sets: {s: gemma}\n")
+    assert "1-32 letters, digits" in error_of(base + "  vars: {too_long_name: gemma}\n  sets: {s: gemma}\n")
+    assert "1-32 letters, digits" in error_of(base + f"  vars: {{{'g' * 33}: gemma}}\n  sets: {{s: gemma}}\n")
+    assert parse(base + f"  vars: {{{'g.-' * 10}: gemma}}\n  sets: {{s: {'g.-' * 10}}}\n").matrix is not None
     assert "must be at least 1" in error_of(base + "  evict_costs: {gemma: 0}\n  sets: {s: gemma}\n")
     assert "at least one set" in error_of(base + "  sets: {}\n")
     both = base + "  vars: {g: gemma}\n  evict_costs: {g: 2, gemma: 3}\n  sets: {s: g}\n"

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from processes import descendants, executable
 
-from homelab.supervisor.config import Config, MatrixConfig, ModelConfig
+from homelab.matrix import compile_matrix
+from homelab.supervisor.config import Config, ModelConfig
 from homelab.supervisor.scheduler import State
 
 from .conftest import free_port
@@ -174,8 +175,7 @@ async def test_small_load_with_real_backends_and_kills(serve, llama_server_bin: 
     """The load test's smaller sibling on real llama-servers: 60 mixed requests over 3 models and
     2 sets, 3 random SIGKILLs; every request ends cleanly and no llama-server is left."""
     before = backend_pids(llama_server_bin)
-    matrix = MatrixConfig(vars={}, evict_costs={}, sets={"pair": (frozenset({"alpha", "beta"}),),
-                                                         "solo": (frozenset({"gamma"}),)})
+    matrix = compile_matrix({"pair": "alpha & beta", "solo": "gamma"})
     config = Config(models={m: real_model(m, llama_server_bin, p) for m, p in tiny_models.items()},
                     matrix=matrix, health_check_timeout=30, max_wait=0.5)
     running = await serve(config)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from homelab.supervisor.config import MatrixConfig
+from homelab.matrix import compile_matrix
 
 from .conftest import FAKE, fake_model, make_config
 from .helpers import alive
@@ -65,8 +65,7 @@ async def test_mixed_load_with_random_backend_kills(serve) -> None:
                          concurrency_limit=100)
               for m in ("a", "b", "c")]
     models = [type(m)(**{**m.__dict__, "cmd": m.cmd + ("--x-marker", marker)}) for m in models]
-    matrix = MatrixConfig(vars={}, evict_costs={"c": 2},
-                          sets={"pair": (frozenset({"a", "b"}),), "solo": (frozenset({"c"}),)})
+    matrix = compile_matrix({"pair": "a & b", "solo": "c"}, evict_costs={"c": 2})
     running = await serve(make_config(*models, matrix=matrix, max_wait=0.5))
     rng = random.Random(7)
     outcomes: dict[str, int] = {"ok": 0, "error": 0}

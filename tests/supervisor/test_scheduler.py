@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from homelab.supervisor.config import Config, GroupConfig, MatrixConfig, ModelConfig
+from homelab.matrix import compile_matrix
+from homelab.supervisor.config import Config, GroupConfig, ModelConfig
 from homelab.supervisor.scheduler import (
     Admit,
     Reject,
@@ -138,7 +139,7 @@ def test_unload_waits_for_in_flight() -> None:
 
 
 def test_matrix_keeps_compatible_models_resident() -> None:
-    matrix = MatrixConfig(vars={}, evict_costs={}, sets={"pair": (frozenset({"a", "b"}),), "solo": (frozenset({"c"}),)})
+    matrix = compile_matrix({"pair": "a & b", "solo": "c"})
     s = Scheduler(config(model("a"), model("b"), model("c"), matrix=matrix))
     s.request(1, "a", 0)
     s.ready("a", 0)
@@ -225,3 +226,22 @@ def test_unknown_model_404() -> None:
     out = s.request(1, "zzz", 0)
     assert isinstance(out[0], Reject) and out[0].status == 404
 
+
+
+def test_fifo_priority_orders_pending_starts() -> None:
+    """llama-swap's routing.scheduler.settings.fifo.priority: a higher priority's start goes first,
+    equal priorities keep arrival order."""
+    cfg = config(model("a"), model("low"), model("high"), model("mid"), fifo_priority={"high": 10, "mid": 5})
+    s = Scheduler(cfg)
+    s.request(1, "a", 0)
+    s.ready("a", 1)  # request 1 in flight: every other start waits for it
+    s.request(2, "low", 2)
+    s.request(3, "mid", 3)
+    s.request(4, "high", 4)
+    assert s.done(1, 5) == [Stop("a", "evicted to start 'high'")]
+    assert s.stopped("a", 6) == [Start("high", 4)]
+    s.ready("high", 7)
+    assert s.done(4, 8) == [Stop("high", "evicted to start 'mid'")]
+    assert s.stopped("high", 9) == [Start("mid", 3)]
+    s.ready("mid", 10)
+    assert s.done(3, 11) == [Stop("mid", "evicted to start 'low'")]

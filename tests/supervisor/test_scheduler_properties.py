@@ -11,8 +11,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from homelab.matrix import compile_matrix
 from homelab.supervisor.admission import evictions
-from homelab.supervisor.config import Config, MatrixConfig, ModelConfig
+from homelab.supervisor.config import Config, ModelConfig
 from homelab.supervisor.scheduler import Admit, Reject, Scheduler, Start, State, Stop
 
 MODELS = ("a", "b", "c")
@@ -25,8 +26,7 @@ def model(mid: str, **kw: object) -> ModelConfig:
 CONFIGS = [
     Config(models={m: model(m, concurrency_limit=3) for m in MODELS}, max_wait=2),
     Config(models={m: model(m, ttl=3) for m in MODELS}, max_wait=1,
-           matrix=MatrixConfig(vars={}, evict_costs={}, sets={"ab": (frozenset({"a", "b"}),),
-                                                               "c": (frozenset({"c"}),)})),
+           matrix=compile_matrix({"ab": "a & b", "c": "c"})),
     Config(models={m: model(m, vram_mib=10) for m in MODELS}, vram_budget_mib=20, max_wait=0),
 ]
 

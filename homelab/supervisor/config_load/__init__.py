@@ -3,7 +3,8 @@
 The format is llama-swap's (checked against its ``proxy/config`` / ``internal/config`` Go code);
 we differ in being strict: an unknown key is an error (with the nearest valid key suggested),
 except keys starting with ``x-``, which are free for extensions (ours: ``x-deviceBudgetMiB``,
-``x-devices``, ``x-vramBudgetMiB``, ``x-maxWait``). Every error names the file, the line and the key path, and says how to fix it.
+``x-devices``, ``x-vramBudgetMiB``, ``x-maxWait``, ``x-promptCache``, ``x-prefetch``). Every key of current
+llama-swap is accepted. Every error names the file, the line and the key path, and says how to fix it.
 
 Order of work, as llama-swap does it:
 
@@ -16,12 +17,16 @@ Order of work, as llama-swap does it:
    may use only macros defined before it.
 4. ``${PORT}`` is allocated from ``startPort`` in sorted model-ID order, for models whose ``cmd``
    uses it. ``${PID}`` stays in ``cmdStop`` for the process layer.
-5. Aliases, ``setParamsByID`` aliases, groups (or the matrix), peers and hooks are cross-checked.
+5. Aliases, ``setParamsByID`` aliases, peers, routing (groups or the matrix, legacy top-level
+   or ``routing.router``; the scheduler's priorities), selectors, profiles and hooks are
+   cross-checked.
 
 One module per part: :mod:`.values` (YAML values with their lines, ``${env.X}``),
-:mod:`.macros`, :mod:`.filters`, :mod:`.models` (and aliases), :mod:`.groups` (and the matrix),
-:mod:`.peers`, :mod:`.hooks`, :mod:`.document` (the top level, in this order); :mod:`.restart`
-says which models a reload restarts.
+:mod:`.macros`, :mod:`.filters`, :mod:`.models` (and aliases, timeouts, capabilities, compat),
+:mod:`.groups` (and the matrix), :mod:`.peers`, :mod:`.routing` (routing, selectors, profiles),
+:mod:`.settings` (ui, performance, store, logTimeFormat, upstream), :mod:`.hooks`,
+:mod:`.document` (the top level, in this order); :mod:`.restart` says which models a reload
+restarts. What llama-swap ignores silently and is not a typo becomes ``Config.warnings``.
 """
 
 from .document import load_config, parse_config

@@ -7,10 +7,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ...matrix import GroupConfig, MatrixConfig
 from ..config import Config
 from .devices import BUDGET_KEY, parse_device_budget, with_devices
-from .groups import parse_groups, parse_matrix
 from .hooks import parse_hooks
 from .macros import Macro, read_macros, resolve_macros
 from .models import (
@@ -23,18 +21,23 @@ from .models import (
     collect_aliases,
 )
 from .peers import parse_peers
+from .routing import parse_profiles, parse_routing, parse_selectors
+from .settings import (
+    parse_ignore_paths,
+    parse_log_time_format,
+    parse_performance,
+    parse_session_headers,
+    parse_store,
+)
 from .swap import parse_prefetch, parse_prompt_cache
-from .values import NOT_SUPPORTED, ConfigError, Value, compose, substitute_env
+from .values import ConfigError, Value, compose, substitute_env
 
 TOP_LEVEL_KEYS = (
     "models", "macros", "healthCheckTimeout", "startPort", "globalTTL", "unloadTimeout",
     "logLevel", "logToStdout", "logRequests", "logTimeFormat", "metricsMaxInMemory",
     "captureBuffer", "apiKeys", "includeAliasesInList", "sendLoadingState", "hooks", "groups",
-    "matrix", "peers",
+    "matrix", "peers", "routing", "selectors", "profiles", "upstream", "ui", "performance", "store",
 )  # fmt: skip
-UNSUPPORTED_TOP_LEVEL = {
-    key: NOT_SUPPORTED for key in ("profiles", "routing", "store", "ui", "performance", "upstream")
-}
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_TO_STDOUT = ("proxy", "upstream", "both", "none")
 DEFAULT_UNLOAD_TIMEOUT = 10
@@ -62,7 +65,7 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
     if node is None:
         raise ConfigError(f"{name}: the config is empty; it needs at least a models: section")
     root = Value(node, "", name)
-    top = root.mapping(TOP_LEVEL_KEYS, UNSUPPORTED_TOP_LEVEL)
+    top = root.mapping(TOP_LEVEL_KEYS)
     extensions = root.extensions()
 
     health_check_timeout = float(
@@ -82,11 +85,8 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
     for key in ("logRequests", "includeAliasesInList", "sendLoadingState"):
         if key in top:
             top[key].boolean()
-    for key in ("metricsMaxInMemory", "captureBuffer"):
-        if key in top:
-            top[key].integer(minimum=0)
-    if "logTimeFormat" in top:
-        top["logTimeFormat"].string()
+    metrics_max = top["metricsMaxInMemory"].integer(minimum=0) if "metricsMaxInMemory" in top else 1000
+    capture_buffer = top["captureBuffer"].integer(minimum=0) if "captureBuffer" in top else 5
     send_loading_state = top["sendLoadingState"].boolean() if "sendLoadingState" in top else False
 
     global_macros = read_macros(top["macros"]) if "macros" in top else []
@@ -121,19 +121,11 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
     models = with_devices(models, {m: raw.at for m, raw in raw_models.items()}, device_budget)
     aliases, models = collect_aliases(raw_models, models)
 
-    groups: dict[str, GroupConfig] = {}
-    matrix: MatrixConfig | None = None
-    if "matrix" in top and "groups" in top and not top["groups"].is_null:
-        raise first_line_of_key(root, "matrix").error(
-            "a config cannot use both groups and matrix", "keep one of them (matrix is the more general)"
-        )
-    if "matrix" in top:
-        matrix = parse_matrix(top["matrix"], models)
-    else:
-        groups = parse_groups(top.get("groups"), models)
-
     peers = parse_peers(top.get("peers"), global_macros, models, aliases)
-    hooks = parse_hooks(top.get("hooks"), models, aliases)
+    routing = parse_routing(root, top, models, aliases)
+    selectors = parse_selectors(top.get("selectors"), models, aliases, peers, routing)
+    profiles = parse_profiles(top.get("profiles"), models, aliases, peers, selectors)
+    hooks, skipped = parse_hooks(top.get("hooks"), models, aliases, selectors)
     api_keys = parse_api_keys(top.get("apiKeys"))
 
     vram_budget = None
@@ -144,8 +136,8 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
     return Config(
         models=models,
         aliases=aliases,
-        groups=groups,
-        matrix=matrix,
+        groups=routing.groups,
+        matrix=routing.matrix,
         peers=peers,
         hooks=hooks,
         health_check_timeout=health_check_timeout,
@@ -164,6 +156,17 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
         log_requests=top["logRequests"].boolean() if "logRequests" in top else False,
         prompt_cache=parse_prompt_cache(extensions.get("x-promptCache"), source),
         prefetch=parse_prefetch(extensions.get("x-prefetch"), models, aliases),
+        selectors=selectors,
+        profiles=profiles,
+        ignore_paths=parse_ignore_paths(top.get("upstream")),
+        fifo_priority=routing.fifo_priority,
+        session_headers=parse_session_headers(top.get("ui")),
+        performance=parse_performance(top.get("performance")),
+        store_path=parse_store(top.get("store"), source),
+        log_time_format=parse_log_time_format(top),
+        metrics_max_in_memory=metrics_max,
+        capture_buffer_mib=capture_buffer,
+        warnings=tuple(routing.warnings + skipped),
     )
 
 
@@ -179,10 +182,6 @@ def choice(top: Mapping[str, Value], key: str, allowed: tuple[str, ...], default
 def suggest_value(value: str, allowed: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(value, list(allowed), n=1)
     return f"did you mean {close[0]!r}?" if close else None
-
-
-def first_line_of_key(section: Value, key: str) -> Value:
-    return section.entries().get(key, (section, section))[0]
 
 
 def parse_api_keys(section: Value | None) -> tuple[str, ...]:

@@ -6,10 +6,9 @@ from typing import Any
 
 import yaml
 
-from .values import NOT_SUPPORTED, Value
+from .values import Value
 
 FILTER_KEYS = ("stripParams", "setParams", "setParamsByID")
-UNSUPPORTED_FILTERS = {"setParamsByMatch": NOT_SUPPORTED}
 PROTECTED_PARAMS = ("model",)
 """Request parameters filters may not touch (llama-swap routes on them)."""
 

@@ -12,7 +12,7 @@ from ...matrix import (
     MatrixConfig,
     MatrixError,
     MatrixExpressionError,
-    expand_sets,
+    compile_matrix,
     expression_names,
     expression_refs,
     is_name_char,
@@ -24,10 +24,16 @@ from .values import Value
 GROUP_KEYS = ("swap", "exclusive", "persistent", "members")
 MATRIX_KEYS = ("vars", "evict_costs", "sets")
 
-VAR_NAME = re.compile(r"^[a-zA-Z0-9]{1,8}$")
+VAR_NAME = re.compile(r"^[a-zA-Z0-9.-]{1,32}$")
+"""llama-swap's var keys (its config-schema.json still says 1-8 letters or digits; the code allows this)."""
 
 
-def parse_groups(section: Value | None, models: Mapping[str, ModelConfig]) -> dict[str, GroupConfig]:
+def parse_groups(
+    section: Value | None, models: Mapping[str, ModelConfig], warnings: list[str] | None = None
+) -> dict[str, GroupConfig]:
+    """The groups. A member that is no model and resembles none is left out with a warning
+    (llama-swap accepts and ignores it; its own config.example.yaml has such illustrative
+    members); one that looks like a typo of a model ID stays an error with the suggestion."""
     groups: dict[str, GroupConfig] = {}
     member_of: dict[str, str] = {}
     if section is not None:
@@ -39,7 +45,14 @@ def parse_groups(section: Value | None, models: Mapping[str, ModelConfig]) -> di
             fields = value.mapping(GROUP_KEYS)
             members: list[str] = []
             for item in fields["members"].items() if "members" in fields else []:
-                member = resolve_model_name(item.string(), item, models, "group member")
+                name = item.string()
+                if name not in models and warnings is not None and not difflib.get_close_matches(name, list(models)):
+                    warnings.append(
+                        f"{item.source}:{item.line}: {item.path}: group member {name!r} is not a model, so it is "
+                        "ignored (as llama-swap does)"
+                    )
+                    continue
+                member = resolve_model_name(name, item, models, "group member")
                 if member in members:
                     raise item.error(f"{member!r} is listed twice in group {group_name!r}", "list it once")
                 if member in member_of:
@@ -67,7 +80,7 @@ def parse_matrix(section: Value, models: Mapping[str, ModelConfig]) -> MatrixCon
     variables: dict[str, str] = {}
     for var, (key, value) in (fields["vars"].entries() if "vars" in fields else {}).items():
         if not VAR_NAME.match(var):
-            raise key.error(f"var {var!r} must be 1-8 letters or digits")
+            raise key.error(f"var {var!r} must be 1-32 letters, digits, '-' or '.'")
         variables[var] = resolve_model_name(value.string(), value, models, f"var {var!r} names")
 
     def resolve(name: str, at: Value, what: str) -> str:
@@ -110,7 +123,7 @@ def parse_matrix(section: Value, models: Mapping[str, ModelConfig]) -> MatrixCon
                 )
         expressions[set_name] = text
     try:
-        sets = expand_sets(expressions, variables)
+        # Compiled, never expanded: llama-swap puts no cap on the alternatives a matrix describes.
+        return compile_matrix(expressions, variables, costs)
     except (MatrixError, MatrixExpressionError) as exc:
         raise fields["sets"].error(str(exc)) from None
-    return MatrixConfig(vars=variables, evict_costs=costs, sets=sets)

@@ -11,10 +11,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..config import Filters, ModelConfig
+from ..config import MODEL_TIMEOUTS, Capabilities, Filters, ModelConfig, Timeouts
 from .filters import (
     FILTER_KEYS,
-    UNSUPPORTED_FILTERS,
     check_params,
     parse_by_id,
     parse_strip_params,
@@ -31,17 +30,26 @@ from .macros import (
     suggest_name,
 )
 from .swap import parse_model_prompt_cache
-from .values import NOT_SUPPORTED, Value
+from .values import Value
 
 MODEL_KEYS = (
     "cmd", "cmdStop", "proxy", "checkEndpoint", "ttl", "unloadTimeout", "env", "aliases",
     "useModelName", "name", "description", "unlisted", "concurrencyLimit", "metadata", "filters",
-    "macros", "sendLoadingState",
+    "macros", "sendLoadingState", "timeouts", "compat", "capabilities",
 )  # fmt: skip
-UNSUPPORTED_MODEL = {key: NOT_SUPPORTED for key in ("timeouts", "capabilities")}
-UNSUPPORTED_MODEL["healthCheckTimeout"] = (
-    "set by llama-swap from the top-level healthCheckTimeout; move it to the top level"
-)
+UNSUPPORTED_MODEL = {
+    "healthCheckTimeout": "set by llama-swap from the top-level healthCheckTimeout; move it to the top level"
+}
+TIMEOUT_KEYS = {
+    "connect": "connect", "keepalive": "keepalive", "responseHeader": "response_header",
+    "tlsHandshake": "tls_handshake", "expectContinue": "expect_continue", "idleConn": "idle_conn",
+}  # fmt: skip
+CAPABILITY_KEYS = ("in", "out", "tools", "reranker", "context")
+MODALITIES = ("text", "audio", "image")
+COMPAT_KEYS = ("ignoreWebsockets",)
+COMFYUI_MODEL_ID = "comfyui_auto"
+"""llama-swap's fixed ComfyUI model: at least 50 concurrent requests, websockets ignored."""
+COMFYUI_CONCURRENCY = 50
 
 DEFAULT_PROXY = "http://localhost:${PORT}"
 DEFAULT_CONCURRENCY_LIMIT = 10
@@ -166,7 +174,7 @@ def expand_model_text(raw: RawModel, macros: Mapping[str, Scalar]) -> ModelText:
     def text(key: str, default: str = "") -> str:
         return substitute(f[key].string() if key in f else default, macros)
 
-    filters = f["filters"].mapping(FILTER_KEYS + ("strip_params",), UNSUPPORTED_FILTERS) if "filters" in f else {}
+    filters = f["filters"].mapping(FILTER_KEYS + ("strip_params",)) if "filters" in f else {}
     strip_value = filters.get("stripParams") or filters.get("strip_params")
 
     def data(value: Value | None) -> Any:
@@ -277,6 +285,10 @@ def build_model(raw: RawModel, global_macros: list[Macro], defaults: Defaults, p
     concurrency = DEFAULT_CONCURRENCY_LIMIT
     if "concurrencyLimit" in f:  # 0 means the default (10), as upstream
         concurrency = f["concurrencyLimit"].integer(minimum=0) or DEFAULT_CONCURRENCY_LIMIT
+    ignore_websockets = parse_compat(f.get("compat"))
+    if raw.id == COMFYUI_MODEL_ID:  # as llama-swap: ComfyUI's UI holds many requests and a websocket
+        concurrency = max(concurrency, COMFYUI_CONCURRENCY)
+        ignore_websockets = True
 
     return ModelConfig(
         id=raw.id,
@@ -305,7 +317,48 @@ def build_model(raw: RawModel, global_macros: list[Macro], defaults: Defaults, p
         ),
         vram_mib=parse_vram_mib(text),
         prompt_cache=parse_model_prompt_cache(raw.at),
+        timeouts=parse_timeouts(f.get("timeouts"), MODEL_TIMEOUTS),
+        capabilities=parse_capabilities(f.get("capabilities")),
+        ignore_websockets=ignore_websockets,
     )
+
+
+def parse_timeouts(value: Value | None, defaults: Timeouts) -> Timeouts:
+    """llama-swap's ``timeouts``: whole seconds, 0 disables one; unset keys keep ``defaults``."""
+    if value is None or value.is_null:
+        return defaults
+    fields = value.mapping(TIMEOUT_KEYS)
+    return replace(defaults, **{TIMEOUT_KEYS[key]: item.integer(minimum=0) for key, item in fields.items()})
+
+
+def parse_capabilities(value: Value | None) -> Capabilities:
+    if value is None or value.is_null:
+        return Capabilities()
+    fields = value.mapping(CAPABILITY_KEYS)
+
+    def modalities(key: str) -> tuple[str, ...]:
+        found = []
+        for item in fields[key].items() if key in fields else []:
+            modality = item.string()
+            if modality not in MODALITIES:
+                raise item.error(f"invalid modality {modality!r}", f"use one of {', '.join(MODALITIES)}")
+            found.append(modality)
+        return tuple(found)
+
+    return Capabilities(
+        inputs=modalities("in"),
+        outputs=modalities("out"),
+        tools=fields["tools"].boolean() if "tools" in fields else False,
+        reranker=fields["reranker"].boolean() if "reranker" in fields else False,
+        context=fields["context"].integer(minimum=0) if "context" in fields else 0,
+    )
+
+
+def parse_compat(value: Value | None) -> bool:
+    if value is None or value.is_null:
+        return False
+    fields = value.mapping(COMPAT_KEYS)
+    return fields["ignoreWebsockets"].boolean() if "ignoreWebsockets" in fields else False
 
 
 def model_fields(raw_models: Mapping[str, RawModel], model_id: str, key: str) -> Value:

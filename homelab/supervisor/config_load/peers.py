@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from ..config import Filters, ModelConfig, PeerConfig
+from ..config import PEER_TIMEOUTS, Filters, ModelConfig, PeerConfig
 from .filters import (
     FILTER_KEYS,
-    UNSUPPORTED_FILTERS,
     check_params,
     parse_by_id,
     parse_strip_params,
@@ -22,10 +21,10 @@ from .macros import (
     substitute_typed,
     suggest_name,
 )
-from .values import NOT_SUPPORTED, Value
+from .models import parse_timeouts
+from .values import Value
 
-PEER_KEYS = ("proxy", "apiKey", "models", "filters")
-UNSUPPORTED_PEER = {key: NOT_SUPPORTED for key in ("timeouts", "tailcatKey")}
+PEER_KEYS = ("proxy", "apiKey", "models", "filters", "timeouts")
 
 
 def parse_peers(
@@ -39,7 +38,7 @@ def parse_peers(
         return peers
     macros = resolve_macros(global_macros)
     for peer_name, (_, value) in section.entries("a mapping of peer names to peers").items():
-        fields = value.mapping(PEER_KEYS, UNSUPPORTED_PEER)
+        fields = value.mapping(PEER_KEYS)
         if "proxy" not in fields:
             raise value.error("missing proxy", "add proxy: http://other-host:8080")
         proxy = fields["proxy"].string(allow_empty=False)
@@ -56,7 +55,7 @@ def parse_peers(
                     f"{routed!r} is both a peer model and a local model or alias", "rename one"
                 )
         api_key = substitute(fields["apiKey"].string(), macros) if "apiKey" in fields else None
-        filter_fields = fields["filters"].mapping(FILTER_KEYS, UNSUPPORTED_FILTERS) if "filters" in fields else {}
+        filter_fields = fields["filters"].mapping(FILTER_KEYS) if "filters" in fields else {}
         strip_value = filter_fields.get("stripParams")
         strip = substitute(parse_strip_params(strip_value), macros) if strip_value else ""
         set_params = (
@@ -85,5 +84,6 @@ def parse_peers(
                 set_params=check_params(set_params or {}, filter_fields.get("setParams", value)),
                 set_params_by_id=parse_by_id(by_id, filter_fields.get("setParamsByID", value)),
             ),
+            timeouts=parse_timeouts(fields.get("timeouts"), PEER_TIMEOUTS),
         )
     return peers

@@ -28,8 +28,6 @@ class ConfigError(HomelabError):
     """A supervisor config that cannot be used; the message has file:line, key path and fix."""
 
 
-NOT_SUPPORTED = "a llama-swap setting that homelab's supervisor does not support yet; remove it"
-"""Why a key llama-swap knows is refused (the ``unsupported`` entries of :meth:`Value.mapping`)."""
 ENV_MACRO = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}")
 
 YAML_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
