@@ -89,7 +89,16 @@ async def handle_running(request: web.Request) -> web.Response:
             continue
         ttl = cfg.ttl if cfg.ttl > 0 else sup.config.global_ttl
         running.append(
-            {"model": model_id, "state": state.state.value, "cmd": " ".join(cfg.cmd), "proxy": cfg.proxy, "ttl": ttl}
+            {
+                "model": model_id,
+                "state": state.state.value,
+                "cmd": " ".join(cfg.cmd),
+                "proxy": cfg.proxy,
+                "ttl": ttl,
+                # llama-swap's fields: empty strings when the config sets none
+                "name": cfg.name or "",
+                "description": cfg.description or "",
+            }
         )
     return web.json_response({"running": running, "peers": _peer_entries(sup)})
 
@@ -118,6 +127,8 @@ def _log_buffer(sup: Supervisor, name: str | None) -> LogBuffer | None:
         return sup.all_log
     if name in ("supervisor", "proxy"):
         return sup.supervisor_log
+    if name == "upstream":
+        return sup.upstream_log
     model_id = sup.config.resolve(name) or (name if name in sup.logs else None)
     return sup.model_log(model_id) if model_id else None
 

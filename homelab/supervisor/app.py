@@ -22,7 +22,15 @@ from .config import Config
 from .dashboard import add_dashboard_routes, is_public
 from .driver import SUPERVISOR_KEY, Loader, Supervisor
 from .http_errors import error_response
-from .inference import INFERENCE_ROUTES, handle_inference, handle_upstream
+from .inference import (
+    INFERENCE_ROUTES,
+    MODEL_GET_ROUTES,
+    STRIPPED_ROUTES,
+    handle_inference,
+    handle_model_get,
+    handle_stripped,
+    handle_upstream,
+)
 from .peers import ProbeTimings
 
 log = logging.getLogger("homelab.supervisor")
@@ -74,10 +82,16 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) ->
 def create_app(sup: Supervisor) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
     app[SUPERVISOR_KEY] = sup
+    # Plain paths: aiohttp finds them by a dict lookup, so more routes do not slow the hot path.
     for route in INFERENCE_ROUTES:
         app.router.add_post(route, handle_inference)
+    for route in STRIPPED_ROUTES:
+        app.router.add_post(route, handle_stripped)
+    for route in MODEL_GET_ROUTES:
+        app.router.add_get(route, handle_model_get)
     app.router.add_route("*", "/upstream/{tail:.+}", handle_upstream)
     app.router.add_get("/v1/models", api.handle_models)
+    app.router.add_get("/models", api.handle_models)
     app.router.add_get("/running", api.handle_running)
     app.router.add_route("*", "/unload", api.handle_unload)
     app.router.add_post("/api/models/unload", api.handle_unload)

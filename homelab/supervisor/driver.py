@@ -57,6 +57,8 @@ class Supervisor:
         self.backends: dict[str, Backend] = {}
         self.all_log = LogBuffer("all", max_bytes=1 << 20)
         self.supervisor_log = LogBuffer("supervisor", parent=self.all_log)
+        self.upstream_log = LogBuffer("upstream", max_bytes=1 << 20)
+        """Every backend's output, unprefixed (``/logs/stream/upstream``)."""
         self.logs: dict[str, LogBuffer] = {}
         self.metrics = Metrics()
         self.started = int(time.time())
@@ -203,7 +205,9 @@ class Supervisor:
     def model_log(self, model_id: str) -> LogBuffer:
         buffer = self.logs.get(model_id)
         if buffer is None:
-            buffer = self.logs[model_id] = LogBuffer(model_id, parent=self.all_log, prefix=model_id)
+            buffer = self.logs[model_id] = LogBuffer(
+                model_id, parent=self.all_log, prefix=model_id, tee=self.upstream_log
+            )
         # logToStdout: upstream | both copy backends' output to our stdout (read at each start)
         buffer.mirror = _write_stdout if self.config.log_to_stdout in ("upstream", "both") else None
         return buffer
