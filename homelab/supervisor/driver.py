@@ -302,7 +302,8 @@ class Supervisor:
             self.loop.call_soon_threadsafe(lambda: self.metrics.prefetch_bytes.inc(advised, model=model_id))
 
     async def unload(self, models: list[str] | None, wait: float = 30.0) -> list[str]:
-        """Unload models (all when None) and wait (bounded) until they have stopped."""
+        """Unload models (all when None) and wait (bounded) until they have stopped. Requests
+        still in flight after ``x-unloadGrace`` are cut: the model is stopped anyway."""
         targets = [
             m
             for m, s in self.scheduler.models.items()
@@ -310,11 +311,18 @@ class Supervisor:
         ]
         events = [self._stopped_events.setdefault(m, asyncio.Event()) for m in targets]
         self.dispatch(self.scheduler.unload(targets, self.now()))
-        if events:
-            waits = [asyncio.ensure_future(e.wait()) for e in events]
-            _, pending = await asyncio.wait(waits, timeout=wait)
-            for task in pending:
-                task.cancel()
+        if not events:
+            return targets
+        if not await _all_set(events, self.config.unload_grace):
+            busy = [m for m in targets if self.status_of(m) is State.READY]
+            if busy:
+                log.warning(
+                    "unload: %s still serving after %gs (x-unloadGrace); stopping anyway",
+                    ", ".join(busy),
+                    self.config.unload_grace,
+                )
+                self.dispatch(self.scheduler.force_stop(busy, self.now()))
+            await _all_set(events, wait)
         return targets
 
     async def reload(self) -> tuple[bool, str, list[str]]:
@@ -355,6 +363,15 @@ class Supervisor:
 
     def peers_serving(self, model: str) -> tuple[PeerConfig, ...]:
         return self.peers.serving(model)
+
+
+async def _all_set(events: list[asyncio.Event], timeout: float) -> bool:
+    """Wait until every event is set, at most ``timeout`` seconds; whether they all were."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    _, pending = await asyncio.wait(waits, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    return not pending
 
 
 def _write_stdout(data: bytes) -> None:

@@ -19,8 +19,6 @@ from homelab.supervisor import inference
 
 from .conftest import fake_model, make_config
 
-pytestmark = pytest.mark.asyncio
-
 
 class Sent:
     """The bodies the openai client put on the wire (read from its own request objects)."""
