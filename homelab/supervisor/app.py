@@ -32,6 +32,7 @@ from .inference import (
     handle_upstream,
 )
 from .peers import ProbeTimings
+from .watch import WatchTiming, watch_file
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -133,9 +134,13 @@ async def start_server(
     loader: Loader | None = None,
     drain_timeout: float = 30.0,
     peer_timings: ProbeTimings | None = None,
+    watch: WatchTiming | None = None,
 ) -> Running:
+    """``watch``: reload when the config file changes (``--watch-config``), polled this often."""
     sup = Supervisor(config, loader=loader, drain_timeout=drain_timeout, peer_timings=peer_timings)
     await sup.start()
+    if watch is not None and config.source is not None and loader is not None:
+        sup._spawn(watch_file(config.source, sup.reload, watch.interval, watch.debounce))
     runner = web.AppRunner(create_app(sup), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -153,9 +158,18 @@ async def start_server(
 
 
 async def serve(
-    config: Config, host: str, port: int, *, loader: Loader | None = None, drain_timeout: float = 30.0
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    loader: Loader | None = None,
+    drain_timeout: float = 30.0,
+    watch_config: bool = False,
 ) -> None:
-    running = await start_server(config, host, port, loader=loader, drain_timeout=drain_timeout)
+    watch = WatchTiming() if watch_config else None
+    running = await start_server(config, host, port, loader=loader, drain_timeout=drain_timeout, watch=watch)
+    if watch is not None:
+        log.info("watching %s for changes (polled every %gs)", config.source, watch.interval)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
