@@ -168,7 +168,9 @@ async def handle_metrics(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR_KEY]
     loaded = {m: sup.status_of(m) is State.READY for m in sup.config.models}
     peers_up = {name: health.state is PeerState.UP for name, health in sup.peers.health.items()}
-    return web.Response(text=sup.metrics.render(loaded, peers_up), content_type="text/plain")
+    # ours, then llama-swap's host gauges under its names (its Grafana dashboard reads them)
+    text = sup.metrics.render(loaded, peers_up) + await sup.host_metrics.render()
+    return web.Response(text=text, content_type="text/plain")
 
 
 async def handle_reload(request: web.Request) -> web.Response:

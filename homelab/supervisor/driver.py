@@ -27,6 +27,7 @@ from .activity import Activity
 from .config import Config, PeerConfig
 from .config_load import models_to_restart
 from .connect import backend_connector
+from .hostmetrics import HostMetrics
 from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
 from .peers import PeerMonitor, ProbeTimings
@@ -61,6 +62,7 @@ class Supervisor:
         """Every backend's output, unprefixed (``/logs/stream/upstream``)."""
         self.logs: dict[str, LogBuffer] = {}
         self.metrics = Metrics()
+        self.host_metrics = HostMetrics()
         self.started = int(time.time())
         self.accepting = True
         self.active = 0
