@@ -51,7 +51,7 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) ->
     sup = request.app[SUPERVISOR_KEY]
     if (
         sup.config.api_keys
-        and request.path != "/health"
+        and request.path not in ("/health", "/wol-health")
         and not is_public(request)
         and _api_key(request) not in sup.config.api_keys
     ):
@@ -98,6 +98,7 @@ def create_app(sup: Supervisor) -> web.Application:
     app.router.add_post("/api/models/unload", api.handle_unload)
     app.router.add_post("/api/models/unload/{model:.+}", api.handle_unload)
     app.router.add_get("/health", api.handle_health)
+    app.router.add_get("/wol-health", api.handle_health)  # llama-swap's, for wake-on-LAN proxies
     app.router.add_get("/logs", api.handle_logs)
     app.router.add_get("/logs/stream", api.handle_log_stream)
     app.router.add_get("/logs/stream/{model:.+}", api.handle_log_stream)
