@@ -112,7 +112,7 @@ class HostMetrics:
         )
         network = psutil.net_io_counters(pernic=True)
         if network:
-            samples = []
+            samples: list[tuple[str, float]] = []
             for iface, io in sorted(network.items()):
                 samples.append((f'{{interface="{_escape(iface)}",direction="recv"}}', io.bytes_recv))
                 samples.append((f'{{interface="{_escape(iface)}",direction="sent"}}', io.bytes_sent))
