@@ -17,7 +17,7 @@ from .config import PeerConfig
 from .driver import SUPERVISOR_KEY, Supervisor
 from .http_errors import end_stream_with_error, error_response
 from .loading import finish_loading_state, stream_loading_state, wants_loading_state
-from .multipart import FormTooLarge, StreamedForm, read_form_head
+from .multipart import StreamedForm, read_form_head
 from .peers import PeerState
 from .proxy import (
     Body,
@@ -103,16 +103,18 @@ async def _dispatch(request: web.Request, path: str) -> web.StreamResponse:
 
 async def _dispatch_form(request: web.Request, path: str, content_type: str) -> web.StreamResponse:
     """A multipart upload: read up to its model field, stream the rest (:mod:`.multipart`)."""
-    try:
-        form = await read_form_head(request.content, content_type, request.content_length, FORM_LIMIT)
-    except FormTooLarge as exc:
-        return error_response(
-            413, f"{exc}: send the 'model' field before the files, or ?model=", "model_field_too_late"
-        )
+    form = await read_form_head(request.content, content_type, request.content_length, FORM_LIMIT)
     requested = form.model or request.query.get("model")
-    if not requested:
-        return _no_model()
-    return await proxy_request(request, requested, path, form, None)
+    if requested:
+        return await proxy_request(request, requested, path, form, None)
+    if not form.searched:
+        return error_response(
+            413,
+            f"no 'model' field in the first {FORM_LIMIT} bytes of the form: "
+            "send the 'model' field before the files, or ?model=",
+            "model_field_too_late",
+        )
+    return _no_model()
 
 
 def _no_model() -> web.Response:

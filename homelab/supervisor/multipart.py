@@ -96,10 +96,6 @@ def replace_model(content_type: str, body: bytes, model: str) -> bytes:
     return body[: found.start] + model.encode() + body[found.end :]
 
 
-class FormTooLarge(Exception):
-    pass
-
-
 @dataclass
 class StreamedForm:
     """A multipart request read up to its ``model`` field; the rest is still with the client."""
@@ -110,6 +106,8 @@ class StreamedForm:
     """The unread remainder of the request body (None: ``head`` is the whole body)."""
     length: int | None
     """The body's length as forwarded, when the client sent a Content-Length."""
+    searched: bool = True
+    """False when the read stopped at the limit before the model field (or the body's end)."""
 
     @property
     def model(self) -> str | None:
@@ -123,7 +121,7 @@ class StreamedForm:
         value = model.encode()
         head = self.head[: found.start] + value + self.head[found.end :]
         length = None if self.length is None else self.length + len(value) - (found.end - found.start)
-        return StreamedForm(head, Field(model, found.start, found.start + len(value)), self.rest, length)
+        return StreamedForm(head, Field(model, found.start, found.start + len(value)), self.rest, length, self.searched)
 
     def body(self) -> bytes | AsyncIterator[bytes]:
         return self.head if self.rest is None else self._stream(self.rest)
@@ -135,11 +133,12 @@ class StreamedForm:
 
 
 async def read_form_head(content: StreamReader, content_type: str, length: int | None, limit: int) -> StreamedForm:
-    """Read ``content`` until its ``model`` field has been seen (or the body ended).
-    Raises :class:`FormTooLarge` past ``limit`` bytes without it."""
+    """Read ``content`` until its ``model`` field has been seen, the body ended, or ``limit``
+    bytes were read without either (then ``searched`` is False)."""
     boundary = boundary_of(content_type)
     scanner = ModelScanner(boundary) if boundary else None
     head = bytearray()
+    searched = True
     while scanner is None or not scanner.done:
         chunk = await content.readany()
         if not chunk:
@@ -147,7 +146,8 @@ async def read_form_head(content: StreamReader, content_type: str, length: int |
         head += chunk
         if scanner is not None:
             scanner.scan(head)
-        if len(head) > limit:
-            raise FormTooLarge(f"no 'model' field in the first {limit} bytes of the form")
+        if len(head) > limit and (scanner is None or not scanner.done):
+            searched = False
+            break
     rest = None if content.is_eof() else content
-    return StreamedForm(bytes(head), scanner.found if scanner else None, rest, length)
+    return StreamedForm(bytes(head), scanner.found if scanner else None, rest, length, searched)

@@ -111,7 +111,7 @@ async def test_multipart_model_from_query(serve) -> None:
     assert got["x_path"] == "/v1/audio/transcriptions?model=whisper" and got["x_sha256"] == sha(raw)
 
 
-async def test_multipart_without_model_field_within_the_limit(serve, monkeypatch) -> None:
+async def test_multipart_model_field_after_the_limit(serve, monkeypatch) -> None:
     monkeypatch.setattr(inference, "FORM_LIMIT", 64 << 10)
     running = await serve(make_config(fake_model("whisper")))
     form = aiohttp.FormData()
@@ -124,6 +124,11 @@ async def test_multipart_without_model_field_within_the_limit(serve, monkeypatch
         got = await resp.json()
     assert resp.status == 413 and "before the files" in got["error"]["message"]
     assert running.sup.status_of("whisper").value == "stopped"
+    # with ?model= the field need not be found: the whole form still goes through as it is
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/v1/audio/transcriptions?model=whisper",
+                                                    data=raw, headers={"Content-Type": writer.content_type}) as resp:
+        got = await resp.json()
+    assert resp.status == 200 and got["x_sha256"] == sha(raw)
 
 
 async def test_speech(serve) -> None:
