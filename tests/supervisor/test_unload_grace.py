@@ -56,3 +56,19 @@ def test_unload_grace_from_the_config() -> None:
     text = "x-unloadGrace: 2.5\nmodels:\n  a:\n    cmd: llama-server --port ${PORT}\n"
     assert parse_config(text).unload_grace == 2.5
     assert parse_config(text.replace("2.5", "0")).unload_grace == 0
+
+
+def test_force_stop_as_pure_state() -> None:
+    from homelab.supervisor.scheduler import Scheduler, Start, Stop
+
+    scheduler = Scheduler(make_config(fake_model("a"), fake_model("b")))
+    scheduler.request(1, "a", 0.0)
+    scheduler.ready("a", 1.0)
+    assert scheduler.models["a"].inflight == {1}
+    assert not [a for a in scheduler.unload(["a"], 2.0) if isinstance(a, Stop)]  # busy: held
+    assert scheduler.force_stop(["b"], 3.0) == []  # not asked to unload, not running
+    assert Stop("a", "unloaded (in-flight requests cut after the grace period)") in scheduler.force_stop(["a"], 3.0)
+    assert scheduler.models["a"].inflight == set()
+    assert scheduler.done(1, 4.0) == []  # the cut request ends later: nothing more to do
+    scheduler.stopped("a", 5.0)
+    assert scheduler.request(2, "a", 6.0) == [Start("a", requested_at=6.0)]  # starts it again
