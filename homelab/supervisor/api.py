@@ -98,7 +98,16 @@ async def handle_running(request: web.Request) -> web.Response:
             continue
         ttl = cfg.ttl if cfg.ttl > 0 else sup.config.global_ttl
         running.append(
-            {"model": model_id, "state": state.state.value, "cmd": " ".join(cfg.cmd), "proxy": cfg.proxy, "ttl": ttl}
+            {
+                "model": model_id,
+                "state": state.state.value,
+                "cmd": " ".join(cfg.cmd),
+                "proxy": cfg.proxy,
+                "ttl": ttl,
+                # llama-swap's fields: empty strings when the config sets none
+                "name": cfg.name or "",
+                "description": cfg.description or "",
+            }
         )
     return web.json_response({"running": running, "peers": _peer_entries(sup)})
 
@@ -127,6 +136,8 @@ def _log_buffer(sup: Supervisor, name: str | None) -> LogBuffer | None:
         return sup.all_log
     if name in ("supervisor", "proxy"):
         return sup.supervisor_log
+    if name == "upstream":
+        return sup.upstream_log
     model_id = sup.config.resolve(name) or (name if name in sup.logs else None)
     return sup.model_log(model_id) if model_id else None
 
@@ -166,7 +177,12 @@ async def handle_metrics(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR_KEY]
     loaded = {m: sup.status_of(m) is State.READY for m in sup.config.models}
     peers_up = {name: health.state is PeerState.UP for name, health in sup.peers.health.items()}
-    return web.Response(text=sup.metrics.render(loaded, peers_up), content_type="text/plain")
+    # ours, then llama-swap's host gauges under its names (its Grafana dashboard reads them),
+    # unless performance.disabled turns that sampling off as in llama-swap
+    text = sup.metrics.render(loaded, peers_up)
+    if not sup.config.performance.disabled:
+        text += await sup.host_metrics.render()
+    return web.Response(text=text, content_type="text/plain")
 
 
 async def handle_reload(request: web.Request) -> web.Response:

@@ -22,11 +22,19 @@ from .config import Config
 from .dashboard import add_dashboard_routes, is_public
 from .driver import SUPERVISOR_KEY, Loader, Supervisor
 from .http_errors import error_response
-from .inference import INFERENCE_ROUTES, handle_inference
+from .inference import (
+    INFERENCE_ROUTES,
+    MODEL_GET_ROUTES,
+    STRIPPED_ROUTES,
+    handle_inference,
+    handle_model_get,
+    handle_stripped,
+)
 from .peers import ProbeTimings
 from .selection import Selection
 from .selection_http import SELECTION_KEY, handle_active_profile, handle_profiles
 from .upstream import handle_upstream, handle_upstream_index
+from .watch import WatchTiming, watch_file
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -45,7 +53,7 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) ->
     sup = request.app[SUPERVISOR_KEY]
     if (
         sup.config.api_keys
-        and request.path != "/health"
+        and request.path not in ("/health", "/wol-health")
         and not is_public(request)
         and _api_key(request) not in sup.config.api_keys
     ):
@@ -78,16 +86,23 @@ def create_app(sup: Supervisor) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
     app[SUPERVISOR_KEY] = sup
     app[SELECTION_KEY] = Selection(sup.config)
+    # Plain paths: aiohttp finds them by a dict lookup, so more routes do not slow the hot path.
     for route in INFERENCE_ROUTES:
         app.router.add_post(route, handle_inference)
+    for route in STRIPPED_ROUTES:
+        app.router.add_post(route, handle_stripped)
+    for route in MODEL_GET_ROUTES:
+        app.router.add_get(route, handle_model_get)
     app.router.add_route("*", "/upstream/{tail:.+}", handle_upstream)
     app.router.add_get("/upstream", handle_upstream_index)
     app.router.add_get("/v1/models", api.handle_models)
+    app.router.add_get("/models", api.handle_models)
     app.router.add_get("/running", api.handle_running)
     app.router.add_route("*", "/unload", api.handle_unload)
     app.router.add_post("/api/models/unload", api.handle_unload)
     app.router.add_post("/api/models/unload/{model:.+}", api.handle_unload)
     app.router.add_get("/health", api.handle_health)
+    app.router.add_get("/wol-health", api.handle_health)  # llama-swap's, for wake-on-LAN proxies
     app.router.add_get("/logs", api.handle_logs)
     app.router.add_get("/logs/stream", api.handle_log_stream)
     app.router.add_get("/logs/stream/{model:.+}", api.handle_log_stream)
@@ -126,9 +141,13 @@ async def start_server(
     loader: Loader | None = None,
     drain_timeout: float = 30.0,
     peer_timings: ProbeTimings | None = None,
+    watch: WatchTiming | None = None,
 ) -> Running:
+    """``watch``: reload when the config file changes (``--watch-config``), polled this often."""
     sup = Supervisor(config, loader=loader, drain_timeout=drain_timeout, peer_timings=peer_timings)
     await sup.start()
+    if watch is not None and config.source is not None and loader is not None:
+        sup._spawn(watch_file(config.source, sup.reload, watch.interval, watch.debounce))
     runner = web.AppRunner(create_app(sup), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -146,9 +165,18 @@ async def start_server(
 
 
 async def serve(
-    config: Config, host: str, port: int, *, loader: Loader | None = None, drain_timeout: float = 30.0
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    loader: Loader | None = None,
+    drain_timeout: float = 30.0,
+    watch_config: bool = False,
 ) -> None:
-    running = await start_server(config, host, port, loader=loader, drain_timeout=drain_timeout)
+    watch = WatchTiming() if watch_config else None
+    running = await start_server(config, host, port, loader=loader, drain_timeout=drain_timeout, watch=watch)
+    if watch is not None:
+        log.info("watching %s for changes (polled every %gs)", config.source, watch.interval)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -70,7 +70,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tmp.write_text(f"{os.getpid()}\n")
         tmp.replace(args.pid_file)
     try:
-        run_loop(serve(config, host, port, loader=load_config, drain_timeout=args.drain_timeout))
+        run_loop(
+            serve(
+                config,
+                host,
+                port,
+                loader=load_config,
+                drain_timeout=args.drain_timeout,
+                watch_config=args.watch_config,
+            )
+        )
     finally:
         if args.pid_file:
             Path(args.pid_file).unlink(missing_ok=True)
@@ -113,6 +122,11 @@ def register(cli: CLI) -> None:
         type=float,
         default=30.0,
         help="seconds to let in-flight requests finish on SIGTERM (default 30)",
+    )
+    serve.add_argument(
+        "--watch-config",
+        action="store_true",
+        help="reload the config when its file changes (as SIGHUP does: only changed models restart)",
     )
     reload = cli.command("reload", cmd_reload, "make a running supervisor re-read its config")
     where = reload.add_mutually_exclusive_group()

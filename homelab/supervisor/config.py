@@ -207,6 +207,9 @@ class Config:
     """``x-deviceBudgetMiB``: device -> MiB its resident models may fill (with per-model ``x-devices``)."""
     max_wait: float = 30.0
     """``x-maxWait``: seconds a swap waits for in-flight requests of a model it must evict."""
+    unload_grace: float = 10.0
+    """``x-unloadGrace``: seconds ``/unload`` lets in-flight requests finish before it stops the
+    model anyway (llama-swap stops at once; a wedged request must not keep a model loaded)."""
     source: Path | None = None
     log_to_stdout: str = "proxy"
     """llama-swap's ``logToStdout``: proxy | upstream | both | none."""

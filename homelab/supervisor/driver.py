@@ -27,6 +27,7 @@ from .activity import Activity
 from .config import Config, PeerConfig
 from .config_load import models_to_restart
 from .connect import backend_connector
+from .hostmetrics import HostMetrics
 from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
 from .peers import PeerMonitor, ProbeTimings
@@ -57,8 +58,11 @@ class Supervisor:
         self.backends: dict[str, Backend] = {}
         self.all_log = LogBuffer("all", max_bytes=1 << 20)
         self.supervisor_log = LogBuffer("supervisor", parent=self.all_log)
+        self.upstream_log = LogBuffer("upstream", max_bytes=1 << 20)
+        """Every backend's output, unprefixed (``/logs/stream/upstream``)."""
         self.logs: dict[str, LogBuffer] = {}
         self.metrics = Metrics()
+        self.host_metrics = HostMetrics()
         self.started = int(time.time())
         self.accepting = True
         self.active = 0
@@ -203,7 +207,9 @@ class Supervisor:
     def model_log(self, model_id: str) -> LogBuffer:
         buffer = self.logs.get(model_id)
         if buffer is None:
-            buffer = self.logs[model_id] = LogBuffer(model_id, parent=self.all_log, prefix=model_id)
+            buffer = self.logs[model_id] = LogBuffer(
+                model_id, parent=self.all_log, prefix=model_id, tee=self.upstream_log
+            )
         # logToStdout: upstream | both copy backends' output to our stdout (read at each start)
         buffer.mirror = _write_stdout if self.config.log_to_stdout in ("upstream", "both") else None
         return buffer
@@ -298,7 +304,8 @@ class Supervisor:
             self.loop.call_soon_threadsafe(lambda: self.metrics.prefetch_bytes.inc(advised, model=model_id))
 
     async def unload(self, models: list[str] | None, wait: float = 30.0) -> list[str]:
-        """Unload models (all when None) and wait (bounded) until they have stopped."""
+        """Unload models (all when None) and wait (bounded) until they have stopped. Requests
+        still in flight after ``x-unloadGrace`` are cut: the model is stopped anyway."""
         targets = [
             m
             for m, s in self.scheduler.models.items()
@@ -306,11 +313,18 @@ class Supervisor:
         ]
         events = [self._stopped_events.setdefault(m, asyncio.Event()) for m in targets]
         self.dispatch(self.scheduler.unload(targets, self.now()))
-        if events:
-            waits = [asyncio.ensure_future(e.wait()) for e in events]
-            _, pending = await asyncio.wait(waits, timeout=wait)
-            for task in pending:
-                task.cancel()
+        if not events:
+            return targets
+        if not await _all_set(events, self.config.unload_grace):
+            busy = [m for m in targets if self.status_of(m) is State.READY]
+            if busy:
+                log.warning(
+                    "unload: %s still serving after %gs (x-unloadGrace); stopping anyway",
+                    ", ".join(busy),
+                    self.config.unload_grace,
+                )
+                self.dispatch(self.scheduler.force_stop(busy, self.now()))
+            await _all_set(events, wait)
         return targets
 
     async def reload(self) -> tuple[bool, str, list[str]]:
@@ -351,6 +365,15 @@ class Supervisor:
 
     def peers_serving(self, model: str) -> tuple[PeerConfig, ...]:
         return self.peers.serving(model)
+
+
+async def _all_set(events: list[asyncio.Event], timeout: float) -> bool:
+    """Wait until every event is set, at most ``timeout`` seconds; whether they all were."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    _, pending = await asyncio.wait(waits, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    return not pending
 
 
 def _write_stdout(data: bytes) -> None:

@@ -11,14 +11,17 @@ import time
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from .config import PeerConfig
 from .driver import SUPERVISOR_KEY, Supervisor
 from .http_errors import end_stream_with_error, error_response
 from .loading import finish_loading_state, stream_loading_state, wants_loading_state
+from .multipart import StreamedForm, read_form_head
 from .peers import PeerState
 from .proxy import (
+    Body,
     ForwardResult,
     Relay,
     apply_filters,
@@ -33,27 +36,104 @@ from .scheduler import Reject
 from .selection import SelectionError
 from .selection_http import model_states, selection_of
 
+# llama-swap's model-dispatched routes (its internal/server/server.go): the model is read from a
+# JSON body, a multipart form field or ``?model=``, and the path goes to the backend as it came.
 INFERENCE_ROUTES = (
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/responses",
     "/v1/rerank",
+    "/v1/reranking",
+    "/rerank",
+    "/reranking",
     "/v1/messages",
+    "/v1/messages/count_tokens",
     "/completion",
     "/infill",
+    "/v1/audio/speech",
+    "/v1/audio/voices",
+    "/v1/audio/transcriptions",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/sdapi/v1/txt2img",
+    "/sdapi/v1/img2img",
 )
+MODEL_GET_ROUTES = ("/v1/audio/voices", "/props", "/sdapi/v1/loras")
+"""GET routes whose model is ``?model=``."""
+STRIPPED_ROUTES = {
+    # llama-swap's versionless routes: /v/chat/completions reaches the backend as /chat/completions
+    **{
+        f"/v/{tail}": "/v"
+        for tail in (
+            "chat/completions",
+            "responses",
+            "completions",
+            "messages",
+            "messages/count_tokens",
+            "embeddings",
+            "rerank",
+            "reranking",
+        )
+    },
+    # audio.cpp's task API: /audioapi/v1/tasks/run reaches the backend as /v1/tasks/run
+    "/audioapi/v1/tasks/run": "/audioapi",
+}
+"""Route -> the prefix taken off before the request is forwarded."""
+FORM_LIMIT = 64 << 20
+"""Bytes of a multipart body read at most while looking for its model field (see :mod:`.multipart`)."""
 
 
 async def handle_inference(request: web.Request) -> web.StreamResponse:
+    return await _dispatch(request, request.path_qs)
+
+
+async def handle_stripped(request: web.Request) -> web.StreamResponse:
+    """A versionless (or /audioapi) route: forwarded without its prefix."""
+    path = request.path_qs[len(STRIPPED_ROUTES[request.path]) :]
+    return await _dispatch(request, path)
+
+
+async def _dispatch(request: web.Request, path: str) -> web.StreamResponse:
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await _dispatch_form(request, path, content_type)
     body = await request.read()
-    payload, requested = parse_body(request.headers.get("Content-Type", ""), body)
+    payload, requested = parse_body(content_type, body)
     requested = requested or request.query.get("model")
     if not requested:
+        return _no_model()
+    return await proxy_request(request, requested, path, body, payload)
+
+
+async def _dispatch_form(request: web.Request, path: str, content_type: str) -> web.StreamResponse:
+    """A multipart upload: read up to its model field, stream the rest (:mod:`.multipart`)."""
+    form = await read_form_head(request.content, content_type, request.content_length, FORM_LIMIT)
+    requested = form.model or request.query.get("model")
+    if requested:
+        return await proxy_request(request, requested, path, form, None)
+    if not form.searched:
         return error_response(
-            400, "no model in the request (JSON 'model', multipart 'model' field or ?model=)", "model_missing"
+            413,
+            f"no 'model' field in the first {FORM_LIMIT} bytes of the form: "
+            "send the 'model' field before the files, or ?model=",
+            "model_field_too_late",
         )
-    return await proxy_request(request, requested, request.path_qs, body, payload)
+    return _no_model()
+
+
+def _no_model() -> web.Response:
+    return error_response(
+        400, "no model in the request (JSON 'model', multipart 'model' field or ?model=)", "model_missing"
+    )
+
+
+async def handle_model_get(request: web.Request) -> web.StreamResponse:
+    """GET /props?model=..., /v1/audio/voices?model=...: the model comes from the query."""
+    requested = request.query.get("model")
+    if not requested:
+        return error_response(400, f"GET {request.path} needs ?model=<model>", "model_missing")
+    return await proxy_request(request, requested, request.path_qs, b"", None)
 
 
 def unknown_model(sup: Supervisor, requested: str) -> web.Response:
@@ -74,7 +154,7 @@ def unknown_model(sup: Supervisor, requested: str) -> web.Response:
 
 
 async def proxy_request(
-    request: web.Request, requested: str, path: str, body: bytes, payload: dict[str, Any] | None
+    request: web.Request, requested: str, path: str, body: bytes | StreamedForm, payload: dict[str, Any] | None
 ) -> web.StreamResponse:
     """Route a model-dispatched request: the active profile's pin and the selectors decide which
     model or peer ``requested`` means now, then it is proxied."""
@@ -93,7 +173,7 @@ async def proxy_to(
     request: web.Request,
     requested: str,
     path: str | URL,
-    body: bytes,
+    body: bytes | StreamedForm,
     payload: dict[str, Any] | None,
     relay: Relay = forward,
 ) -> web.StreamResponse:
@@ -108,7 +188,12 @@ async def proxy_to(
             return await proxy_peer(request, sup, peer[0], peer[1], path, body, payload, relay)
         return unknown_model(sup, requested)
     cfg = sup.config.models[model_id]
-    body = model_body(cfg, requested, payload, body, request.headers.get("Content-Type", ""))
+    upload: StreamedForm | None = None
+    if isinstance(body, StreamedForm):
+        upload = body.renamed(cfg.use_model_name) if cfg.use_model_name else body
+        whole = b""
+    else:
+        whole = model_body(cfg, requested, payload, body, request.headers.get("Content-Type", ""))
     started = time.perf_counter()
     started_mono = time.monotonic()
     metrics = sup.metrics
@@ -149,11 +234,12 @@ async def proxy_to(
             # llama-server closes the connection after a stream (while announcing keep-alive);
             # aiohttp would pool it the moment the body ends and a later request could pick it.
             headers["Connection"] = "close"
+        data = _form_data(upload, headers) if upload is not None else whole
         response = await relay(
             request,
             sup.session,
             join_url(base, path),
-            body,
+            data,
             headers,
             outcome,
             prepared=prepared,
@@ -175,6 +261,14 @@ async def proxy_to(
         sup.release(req)
 
 
+def _form_data(form: StreamedForm, headers: CIMultiDict[str]) -> Body:
+    """The upload's body; its length is sent when the client sent one (no chunked upload then:
+    not every backend reads chunked request bodies)."""
+    if form.length is not None:
+        headers["Content-Length"] = str(form.length)
+    return form.body()
+
+
 def _peer_down(peer: PeerConfig, reason: str | None) -> web.Response:
     return error_response(
         503,
@@ -192,7 +286,7 @@ async def proxy_peer(
     peer: PeerConfig,
     model: str,
     path: str | URL,
-    body: bytes,
+    body: bytes | StreamedForm,
     payload: dict[str, Any] | None,
     relay: Relay = forward,
 ) -> web.StreamResponse:
@@ -209,11 +303,16 @@ async def proxy_peer(
             sup.metrics.peer_requests.inc(peer=peer.name, code="503")
             sup.metrics.errors.inc(model=label, reason="peer_down")
             return _peer_down(peer, health.last_error)
-        if payload is not None:
-            body = apply_filters(payload, peer.filters, model, model, body)
-        elif (content_type := request.headers.get("Content-Type", "")).startswith("multipart/form-data"):
-            body = multipart_with_model(content_type, body, model)  # the peer knows it as `model`
         headers = upstream_headers(request, drop_auth=True, api_key=peer.api_key)
+        data: Body
+        if isinstance(body, StreamedForm):
+            data = _form_data(body.renamed(model), headers)  # the peer knows it as `model`
+        elif payload is not None:
+            data = apply_filters(payload, peer.filters, model, model, body)
+        elif (content_type := request.headers.get("Content-Type", "")).startswith("multipart/form-data"):
+            data = multipart_with_model(content_type, body, model)
+        else:
+            data = body
         outcome = ForwardResult()
         monitor.touch(peer.name)
         session = monitor.session(peer.name)
@@ -223,7 +322,7 @@ async def proxy_peer(
             request,
             session,
             join_url(peer.proxy, path),
-            body,
+            data,
             headers,
             outcome,
             same_backend=lambda: not session.closed,

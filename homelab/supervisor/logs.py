@@ -16,13 +16,20 @@ from collections.abc import Callable
 
 class LogBuffer:
     def __init__(
-        self, name: str, max_bytes: int = 256 * 1024, parent: LogBuffer | None = None, prefix: str | None = None
+        self,
+        name: str,
+        max_bytes: int = 256 * 1024,
+        parent: LogBuffer | None = None,
+        prefix: str | None = None,
+        tee: LogBuffer | None = None,
     ) -> None:
         self.name = name
         self.parent = parent
         """Receives a copy of everything appended here (the combined log)..."""
         self.prefix = f"[{prefix}] ".encode() if prefix else b""
         """...with this at the start of every line, so the combined log says whose line it is."""
+        self.tee = tee
+        """Also receives every chunk as it is (the backends' log, llama-swap's ``upstream``)."""
         self._line_start = True
         self.max_bytes = max_bytes
         self._chunks: deque[bytes] = deque()
@@ -43,6 +50,8 @@ class LogBuffer:
                 queue.put_nowait(data)
         if self.parent is not None:
             self.parent.append(self._prefixed(data) if self.prefix else data)
+        if self.tee is not None:
+            self.tee.append(data)
         if self.mirror is not None:
             self.mirror(data)
 

@@ -13,11 +13,8 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import HTTP
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +23,7 @@ from yarl import URL
 
 from .config import Filters, ModelConfig, Timeouts
 from .http_errors import end_stream_with_error, error_response
+from .multipart import find_model, replace_model
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -66,43 +64,20 @@ def parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any] | None, s
 
 
 def _multipart_model(content_type: str, body: bytes) -> str | None:
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
-    if not message.is_multipart():
-        return None
-    for part in message.iter_parts():
-        if part.get_param("name", header="content-disposition") == "model":
-            # decode=True gives bytes (or None) for a non-multipart part
-            value = cast(bytes, part.get_payload(decode=True) or b"")
-            return value.decode(errors="replace").strip()
-    return None
+    found = find_model(content_type, body)
+    return found.value if found else None
 
 
 def multipart_with_model(content_type: str, body: bytes, model: str) -> bytes:
-    """The multipart body with its ``model`` field's value replaced, every other byte as it was
-    (audio or image parts are never re-encoded). Unchanged when there is no such field."""
-    header = Message()
-    header["Content-Type"] = content_type
-    boundary = header.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        return body
-    delimiter = b"--" + boundary.encode()
-    parts = body.split(delimiter)
-    for index, part in enumerate(parts):
-        head, separator, value = part.partition(b"\r\n\r\n")
-        if separator and _MODEL_FIELD.search(head):
-            parts[index] = head + separator + model.encode() + (b"\r\n" if value.endswith(b"\r\n") else b"")
-            return delimiter.join(parts)
-    return body
-
-
-_MODEL_FIELD = re.compile(rb'(?im)^content-disposition:[^\r\n]*;\s*name="?model"?\s*(?:;|$)')
+    """The multipart body with its ``model`` field's value replaced, every other byte as it was."""
+    return replace_model(content_type, body, model)
 
 
 def apply_filters(
     payload: dict[str, Any], filters: Filters, requested: str, model_name: str | None, body: bytes
 ) -> bytes:
     """stripParams, setParams, then setParamsByID[requested]; the model field becomes
-    ``model_name`` (the model's ID or useModelName). Returns the original bytes when unchanged."""
+    ``model_name`` (useModelName, a peer's name) when given. Returns the original bytes when unchanged."""
     changed = False
     if model_name is not None and payload.get("model") != model_name:
         payload["model"] = model_name
@@ -129,7 +104,9 @@ def model_body(
         if model.use_model_name and content_type.startswith("multipart/form-data"):
             return multipart_with_model(content_type, body, model.use_model_name)
         return body
-    return apply_filters(payload, model.filters, requested, model.use_model_name or model.id, body)
+    # Without useModelName the model field goes out as the client wrote it (an alias stays the
+    # alias), as llama-swap does; a backend that must see one fixed name gets useModelName.
+    return apply_filters(payload, model.filters, requested, model.use_model_name, body)
 
 
 def key_headers(api_key: str | None) -> dict[str, str]:
@@ -185,6 +162,9 @@ def _usage_from(data: bytes) -> dict[str, Any] | None:
     return {"prompt_tokens": int(prompt.group(1)) if prompt else 0, "completion_tokens": int(found.group(1))}
 
 
+Body = bytes | AsyncIterator[bytes]
+"""A request body to forward: whole, or streamed from the client (an upload)."""
+
 RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 SEND_ATTEMPTS = 3
 
@@ -211,7 +191,7 @@ async def _send(
     session: aiohttp.ClientSession,
     method: str,
     url: str | URL,
-    body: bytes,
+    body: Body,
     headers: CIMultiDict[str],
     same_backend: Callable[[], bool] | None,
     timeouts: Timeouts | None = None,
@@ -243,7 +223,9 @@ async def _send(
             raise
         except RETRYABLE as exc:
             log.debug("retrying %s %s after a closed keep-alive connection: %s", method, url, exc)
-            if attempt == SEND_ATTEMPTS or same_backend is None or not same_backend():
+            # a streamed upload (multipart.StreamedForm) was consumed by the failed attempt
+            replayable = isinstance(body, bytes)
+            if attempt == SEND_ATTEMPTS or same_backend is None or not replayable or not same_backend():
                 raise
     raise AssertionError("unreachable")
 
@@ -266,7 +248,7 @@ async def forward(
     request: web.Request,
     session: aiohttp.ClientSession,
     url: str | URL,
-    body: bytes,
+    body: Body,
     headers: CIMultiDict[str],
     result: ForwardResult,
     *,

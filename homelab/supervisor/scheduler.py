@@ -26,7 +26,8 @@ Policies:
   After repeated failures (start failures or crashes within a minute of ready) a model is
   refused with 503 and ``Retry-After`` for a back-off of 1, 2, 4 ... 30 s.
 * ``unload`` and a reload that changed a model hold it (new requests queue) and stop it as soon
-  as it is idle; queued requests then start it again with the current config.
+  as it is idle; queued requests then start it again with the current config. ``force_stop``
+  (``unload`` after its grace period) stops it with requests still in flight.
 """
 
 from __future__ import annotations
@@ -201,6 +202,18 @@ class Scheduler:
             if state is not None and state.state is not State.STOPPED:
                 state.unload_requested = True
         return self._plan(now)
+
+    def force_stop(self, models: Collection[str], now: float) -> list[Action]:
+        """Stop models that ``unload`` asked to go and that still serve requests after the grace
+        period: their in-flight requests stop counting (they fail when the backend goes)."""
+        actions: list[Action] = []
+        for model_id in models:
+            state = self.models.get(model_id)
+            if state is not None and state.state is State.READY and state.unload_requested and state.inflight:
+                state.inflight.clear()
+                state.last_used = now
+                actions.append(self._stop(state, "unloaded (in-flight requests cut after the grace period)"))
+        return actions + self._plan(now)
 
     def reconfigure(self, config: Config, restart: Collection[str], now: float) -> list[Action]:
         """Swap in a new config; restart only the ``restart`` models (removed ones are stopped)."""

@@ -7,7 +7,9 @@
 Behaves like llama-server where the supervisor looks: ``/health`` answers 503 while "loading"
 and 200 when ready, prints ``server is listening`` / ``all slots are idle``, exits on a failed
 load, answers ``/v1/chat/completions`` (JSON and SSE at a set token rate), ``/v1/completions``,
-``/completion``, ``/v1/embeddings``, ``/v1/models``, ``/props``. Every JSON answer carries
+``/completion``, ``/v1/embeddings``, ``/v1/models``, ``/props``, and answers the routes in
+``RECORDED`` (audio, images, rerank, count_tokens, versionless) with the path, size and SHA-256
+of the body it received. Every JSON answer carries
 ``x_received`` (the request body as parsed) and ``x_server`` (the ``--name``), so tests can check
 what the supervisor forwarded.
 """
@@ -15,6 +17,7 @@ what the supervisor forwarded.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -26,6 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ARGS: argparse.Namespace
 READY_AT = 0.0
 REQUESTS = 0
+
+
+RECORDED = ("/v1/audio/", "/v1/images/", "/rerank", "/reranking", "/v1/rerank", "/v1/reranking",
+            "/v1/messages/count_tokens", "/sdapi/", "/chat/completions", "/completions", "/responses",
+            "/messages", "/embeddings", "/v1/tasks/")
+"""POST paths answered with what the fake received (path, body size and SHA-256)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,7 +94,9 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path.startswith("/v1/models") or self.path.startswith("/models"):
             self._json(200, {"object": "list", "data": [{"id": ARGS.name, "object": "model"}]})
         elif self.path.startswith("/props"):
-            self._json(200, {"model_path": ARGS.name, "total_slots": 1})
+            self._json(200, {"model_path": ARGS.name, "total_slots": 1, "x_path": self.path})
+        elif self.path.startswith(("/v1/audio/voices", "/sdapi/v1/loras")):
+            self._json(200, {"voices": ["fake"], "x_server": ARGS.name, "x_path": self.path})
         elif self.path.startswith("/echo"):
             self._json(200, {"x_server": ARGS.name, "path": self.path, "headers": dict(self.headers)})
         else:
@@ -116,6 +127,15 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/echo"):
             self._json(200, {"x_server": ARGS.name, "path": self.path, "headers": dict(self.headers),
                              "x_received": payload, "x_raw_bytes": len(raw)})
+            return
+        if self.path.startswith(RECORDED):
+            # one answer that the openai client can parse for each of these routes (transcription
+            # "text", count_tokens "input_tokens", rerank "results"), plus what arrived here
+            self._json(200, {"text": "fake transcript", "input_tokens": 7,
+                             "results": [{"index": 0, "relevance_score": 0.5}],
+                             "x_server": ARGS.name, "x_path": self.path, "x_raw_bytes": len(raw),
+                             "x_sha256": hashlib.sha256(raw).hexdigest(), "x_received": payload,
+                             "x_content_type": self.headers.get("Content-Type", "")})
             return
         if payload.get("stream"):
             self._stream(payload)

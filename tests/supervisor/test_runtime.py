@@ -18,14 +18,17 @@ from .helpers import alive, chat, wait_dead, wait_for_file
 
 
 async def test_swap_running_models_and_readiness(serve) -> None:
-    running = await serve(make_config(fake_model("a", "--load-time", "0.3"), fake_model("b")))
+    a = fake_model("a", "--load-time", "0.3", name="Alpha", description="the first")
+    running = await serve(make_config(a, fake_model("b")))
     async with aiohttp.ClientSession() as s:
         status, body = await chat(s, running.url, "a")
         assert status == 200 and body["x_server"] == "a"
         async with s.get(running.url + "/running") as resp:
             listed = (await resp.json())["running"]
         assert [(r["model"], r["state"]) for r in listed] == [("a", "ready")]
-        assert set(listed[0]) == {"model", "state", "cmd", "proxy", "ttl"}
+        # llama-swap's fields, name and description included
+        assert set(listed[0]) == {"model", "state", "cmd", "proxy", "ttl", "name", "description"}
+        assert (listed[0]["name"], listed[0]["description"]) == ("Alpha", "the first")
         status, body = await chat(s, running.url, "b")
         assert status == 200 and body["x_server"] == "b"
         async with s.get(running.url + "/v1/models") as resp:
@@ -354,7 +357,7 @@ async def test_aliases_listed_when_asked(serve) -> None:
             listed = [entry["id"] for entry in (await resp.json())["data"]]
         assert listed == ["a", "alpha"]
         status, body = await chat(s, running.url, "alpha")
-    assert status == 200 and body["x_received"]["model"] == "a"
+    assert status == 200 and body["x_received"]["model"] == "alpha"  # as requested, like llama-swap
 
 
 async def test_log_requests_and_upstream_to_stdout(serve, capfd) -> None:

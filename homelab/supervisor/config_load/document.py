@@ -132,6 +132,7 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
     if "x-vramBudgetMiB" in extensions:
         vram_budget = extensions["x-vramBudgetMiB"].integer(minimum=1)
     max_wait = extensions["x-maxWait"].number(minimum=0) if "x-maxWait" in extensions else 30.0
+    unload_grace = extensions["x-unloadGrace"].number(minimum=0) if "x-unloadGrace" in extensions else 10.0
 
     return Config(
         models=models,
@@ -151,6 +152,7 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
         vram_budget_mib=vram_budget,
         device_budget_mib=device_budget,
         max_wait=max_wait,
+        unload_grace=unload_grace,
         source=source,
         log_to_stdout=log_to_stdout,
         log_requests=top["logRequests"].boolean() if "logRequests" in top else False,
