@@ -96,6 +96,22 @@ class PrefetchSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """Top-level ``x-security``: who may talk to the supervisor, from where, and how much."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names answered besides loopback names, IP addresses, this machine's hostname and
+    the ``--listen`` host (lower case; ``*`` turns the check off)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins (``scheme://host[:port]``) allowed besides loopback origins and the
+    server's own; ``*`` (only with ``apiKeys``) allows every origin."""
+    max_body_mib: int = 64
+    max_json_depth: int = 64
+    body_timeout: float = 60.0
+    """Seconds a client may take to send a request body."""
+
+
+@dataclass(frozen=True)
 class Config:
     models: dict[str, ModelConfig]
     aliases: dict[str, str] = field(default_factory=dict)
@@ -123,6 +139,7 @@ class Config:
     """llama-swap's ``logRequests``."""
     prompt_cache: PromptCacheSettings = field(default_factory=PromptCacheSettings)
     prefetch: PrefetchSettings = field(default_factory=PrefetchSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def resolve(self, requested: str) -> str | None:
         """Model ID for a requested name or alias, or None."""

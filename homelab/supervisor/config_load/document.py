@@ -22,6 +22,7 @@ from .models import (
     collect_aliases,
 )
 from .peers import parse_peers
+from .security import parse_security
 from .swap import parse_prefetch, parse_prompt_cache
 from .values import NOT_SUPPORTED, ConfigError, Value, compose, substitute_env
 
@@ -160,6 +161,7 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
         log_requests=top["logRequests"].boolean() if "logRequests" in top else False,
         prompt_cache=parse_prompt_cache(extensions.get("x-promptCache"), source),
         prefetch=parse_prefetch(extensions.get("x-prefetch"), models, aliases),
+        security=parse_security(extensions.get("x-security"), api_keys),
     )
 
 
