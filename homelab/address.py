@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 ANY_ADDRESS = ("0.0.0.0", "::", "[::]", "*")
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
@@ -28,6 +28,15 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def is_ip(address: str) -> bool:
+    """An IPv4 or IPv6 address (without brackets), not a name."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def is_any_address(address: str) -> bool:

@@ -21,13 +21,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+from ..address import is_ip, is_loopback
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -42,23 +42,10 @@ def host_name(host: str) -> str:
     return host.rstrip(".")
 
 
-def is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 def is_loopback_name(name: str) -> bool:
-    """localhost, ``*.localhost`` (RFC 6761: browsers resolve it to loopback themselves) or a
-    loopback address."""
-    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    """localhost and its spellings, ``*.localhost`` (RFC 6761: browsers resolve it to loopback
+    themselves) or a loopback address."""
+    return is_loopback(name) or name.endswith(".localhost")
 
 
 def normalize_origin(origin: str) -> str | None:
