@@ -27,8 +27,9 @@ log = logging.getLogger("homelab.supervisor")
 def create_app(sup: Supervisor, listen_host: str | None = "127.0.0.1") -> web.Application:
     """``listen_host``: the address ``--listen`` names (None: every interface), one of the
     ``Host`` names the guard accepts."""
-    # Bodies are capped per request by the guard (x-security.maxBodyMiB, which a reload changes).
-    app = web.Application(client_max_size=0)
+    # The guard reads bodies under this cap (x-security.maxBodyMiB; after a reload that changes
+    # it, under the new one).
+    app = web.Application(client_max_size=sup.config.security.max_body_mib << 20)
     app[SUPERVISOR_KEY] = sup
     guard.install(app, listen_host)
     for route in INFERENCE_ROUTES:

@@ -154,7 +154,8 @@ async def _read_body(request: web.Request, config: Config) -> web.Request | web.
     cap = config.security.max_body_mib << 20
     if request.content_length is not None and request.content_length > cap:
         return _too_large(request, cap, config)
-    request = request.clone(client_max_size=cap)
+    if request.client_max_size != cap:  # a reload changed it (cloning costs tens of microseconds)
+        request = request.clone(client_max_size=cap)
     try:
         async with asyncio.timeout(config.security.body_timeout):
             await request.read()
