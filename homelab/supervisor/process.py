@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import aiohttp
 
@@ -54,6 +54,18 @@ BACKEND_KEY_ENV = "LLAMA_API_KEY"
 """llama-server reads API keys from this variable (besides ``--api-key``/``--api-key-file``)."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def backend_key_of(pid: int) -> str | None:
+    """The key a running backend was given, read from its environment: only its own user (the
+    supervisor's) can (a benchmark calling the backend directly needs it)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    prefix = BACKEND_KEY_ENV.encode() + b"="
+    found = [entry[len(prefix) :] for entry in environ if entry.startswith(prefix)]
+    return found[-1].decode() if found else None
 
 
 def is_llama_server(cmd: Sequence[str]) -> bool:
