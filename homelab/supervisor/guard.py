@@ -40,7 +40,8 @@ from .security import HttpPolicy, presented_keys
 log = logging.getLogger("homelab.supervisor")
 
 LISTEN_HOST_KEY = web.AppKey("listen_host", str)
-_POLICY_KEY = web.AppKey("http_policy", dict)
+_POLICY_KEY = web.AppKey("http_policy", list)
+"""``[config, policy]``: the policy built for that config object."""
 
 MULTIPART_ROUTES = frozenset(
     {"/v1/audio/transcriptions", "/v1/audio/translations", "/v1/images/edits", "/v1/images/variations"}
@@ -57,15 +58,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def http_policy(app: web.Application, config: Config) -> HttpPolicy:
-    """The policy for the config in force (rebuilt once after a reload)."""
-    cache = app[_POLICY_KEY]
-    policy = cache.get(id(config))
-    if policy is None:
-        cache.clear()
-        security = config.security
-        policy = cache[id(config)] = HttpPolicy.build(
-            security.allowed_hosts, security.allowed_origins, config.api_keys, app.get(LISTEN_HOST_KEY)
-        )
+    """The policy for the config in force (built again once after a reload)."""
+    cached = app[_POLICY_KEY]
+    if cached and cached[0] is config:  # identity: the cache holds the config, so no id reuse
+        return cached[1]
+    security = config.security
+    policy = HttpPolicy.build(
+        security.allowed_hosts, security.allowed_origins, config.api_keys, app.get(LISTEN_HOST_KEY)
+    )
+    cached[:] = [config, policy]
     return policy
 
 
@@ -262,6 +263,6 @@ def install(app: web.Application, listen_host: str | None) -> None:
     """Put the guard in front of every route of ``app``."""
     if listen_host:
         app[LISTEN_HOST_KEY] = listen_host
-    app[_POLICY_KEY] = {}
+    app[_POLICY_KEY] = []
     app.middlewares.append(guard)
     app.on_response_prepare.append(cors_on_prepare)

@@ -249,7 +249,7 @@ async def test_oversized_bodies_get_413_and_the_model_keeps_serving(serve) -> No
             assert resp.status == 200
 
 
-async def test_a_reload_that_changes_the_body_cap_takes_effect(serve) -> None:
+async def test_a_reload_changes_the_policy_from_the_next_request(serve) -> None:
     config = make_config(fake_model("a"))
     running = await serve(config)
     big = json.dumps({**CHAT, "pad": "x" * (2 << 20)}).encode()
@@ -261,11 +261,18 @@ async def test_a_reload_that_changes_the_body_cap_takes_effect(serve) -> None:
         async with s.post(running.url + "/v1/chat/completions", data=chunked()) as resp:
             assert resp.status == 200
     # what a reload does: the new config is in force from the next request
-    running.sup.config = dataclasses.replace(config, security=SecuritySettings(max_body_mib=1))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(running.url + "/v1/models", headers={"Host": "nas.lan"}) as resp:
+            assert resp.status == 421
+    running.sup.config = dataclasses.replace(
+        config, security=SecuritySettings(max_body_mib=1, allowed_hosts=("nas.lan",))
+    )
     async with aiohttp.ClientSession() as s:
         async with s.post(running.url + "/v1/chat/completions", data=chunked()) as resp:
             assert resp.status == 413
             assert "larger than 1 MiB" in error_of(await resp.json())["message"]
+        async with s.get(running.url + "/v1/models", headers={"Host": "nas.lan"}) as resp:
+            assert resp.status == 200
 
 
 async def test_invalid_and_deeply_nested_json_get_400_never_500(serve) -> None:
