@@ -14,7 +14,9 @@ In order, for every request:
    preflight, never JSON. Clients without ``Origin`` (curl ``-d``, SDKs) are not held to it;
 6. the body is read here, bounded: over ``x-security.maxBodyMiB`` is **413**, not received
    within ``x-security.bodyTimeout`` seconds is **408** (a client that trickles its body holds
-   nothing for longer than that).
+   nothing for longer than that). A multipart upload is only checked against the cap by its
+   ``Content-Length``: its route reads it (a large file is streamed to the backend, and waits
+   for a model to load), under the app's ``client_max_size`` when it reads it whole.
 
 Every refusal is a JSON error naming the setting that changes it. Responses carry CORS headers
 only for an allowed cross-origin page; a backend's own ``Access-Control-*`` headers are always
@@ -152,9 +154,9 @@ def _content_type_refused(request: web.Request) -> web.Response | None:
 
 async def _read_body(request: web.Request, config: Config) -> web.Request | web.Response:
     """The request with its body read (handlers' ``read()`` returns it), or the refusal."""
+    if (refused := _over_cap(request, config)) is not None:
+        return refused
     cap = config.security.max_body_mib << 20
-    if request.content_length is not None and request.content_length > cap:
-        return _too_large(request, cap, config)
     if request.client_max_size != cap:  # a reload changed it (cloning costs tens of microseconds)
         request = request.clone(client_max_size=cap)
     try:
@@ -173,6 +175,18 @@ async def _read_body(request: web.Request, config: Config) -> web.Request | web.
         refused.force_close()  # the rest of the body is not coming: close after the answer
         return refused
     return request
+
+
+def _streamed(request: web.Request) -> bool:
+    return request.content_type == "multipart/form-data"
+
+
+def _over_cap(request: web.Request, config: Config) -> web.Response | None:
+    """413 for a body whose announced length is over the cap (nothing of it is read)."""
+    cap = config.security.max_body_mib << 20
+    if request.content_length is not None and request.content_length > cap:
+        return _too_large(request, cap, config)
+    return None
 
 
 def _too_large(request: web.Request, cap: int, config: Config) -> web.Response:
@@ -218,7 +232,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
     try:
         if request.method in BODY_METHODS and request.body_exists:
-            read = await _read_body(request, config)
+            read = (_over_cap(request, config) or request) if _streamed(request) else await _read_body(request, config)
             if isinstance(read, web.Response):
                 status = read.status
                 return read

@@ -366,3 +366,25 @@ def test_normalize_origin() -> None:
     assert normalize_origin("http://[::1]:3000") == "http://[::1]:3000"
     for bad in ("null", "file:///etc", "http://", "http://a.lan/x", "http://a.lan:99999"):
         assert normalize_origin(bad) is None
+
+
+async def test_multipart_uploads_are_left_to_their_route_but_capped(serve) -> None:
+    """Multipart bodies are not read by the front door (routes stream files to the backend), but
+    their announced length is held to the cap, and a page may send them only where files go."""
+    running = await serve(make_config(fake_model("a"), security=SecuritySettings(max_body_mib=1)))
+
+    def form(size: int) -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("model", "a")
+        data.add_field("file", b"\0" * size, filename="clip.wav", content_type="audio/wav")
+        return data
+
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + "/v1/chat/completions", data=form(1000)) as resp:
+            assert resp.status == 200  # no Origin (an SDK): reaches the backend
+            assert (await resp.json())["x_received"]["x_raw_bytes"] > 1000
+        async with s.post(running.url + "/v1/chat/completions", data=form(2 << 20)) as resp:
+            assert resp.status == 413
+        async with s.post(running.url + "/v1/chat/completions", data=form(10),
+                          headers={"Origin": "http://localhost:3000"}) as resp:
+            assert resp.status == 415  # chat takes JSON from a page
