@@ -190,12 +190,14 @@ def _over_cap(request: web.Request, config: Config) -> web.Response | None:
 
 
 def _too_large(request: web.Request, cap: int, config: Config) -> web.Response:
-    return error_response(
+    refused = error_response(
         413,
         f"the request body is larger than {cap >> 20} MiB (x-security.maxBodyMiB{_where(config)})",
         "body_too_large",
         setting="x-security.maxBodyMiB",
     )
+    refused.force_close()  # rather than reading (and dropping) the rest of the body
+    return refused
 
 
 @web.middleware
