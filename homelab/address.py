@@ -33,6 +33,15 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def is_ip(address: str) -> bool:
+    """An IPv4 or IPv6 address (without brackets), not a name."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
 def is_any_address(address: str) -> bool:
     return address in ANY_ADDRESS or address.strip("[]") in ("::", "0.0.0.0")
 

@@ -47,7 +47,7 @@ import aiohttp
 
 from ..address import free_loopback_port
 from ..errors import HomelabError
-from ..supervisor.process import spawn_guarded
+from ..supervisor.process import backend_key_of, spawn_guarded
 
 if TYPE_CHECKING:
     from ..cli import CLI
@@ -433,7 +433,13 @@ async def _supervisor_front(s: aiohttp.ClientSession, setup: Setup, sup: subproc
     await _short(s, url, "m0")  # loads the model
     async with s.get(url + "/running") as resp:
         direct = (await resp.json())["running"][0]["proxy"]
-    return Front("supervisor", url, direct, sup.pid, _child_running(sup.pid, setup.server))
+    backend = _child_running(sup.pid, setup.server)
+    key = backend_key_of(backend)
+    if key:
+        # The backend takes only the supervisor's key. Sent on every path: the supervisor replaces
+        # it with its own, router mode and its children have no keys and ignore it.
+        s.headers["Authorization"] = f"Bearer {key}"
+    return Front("supervisor", url, direct, sup.pid, backend)
 
 
 async def _router_front(s: aiohttp.ClientSession, setup: Setup, router: subprocess.Popen[bytes], url: str) -> Front:

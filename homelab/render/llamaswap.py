@@ -30,8 +30,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..address import is_ip, is_loopback, split_host_port
 from ..gpuarch import device_name
-from ..inventory.multihost import secret_names
+from ..inventory.multihost import secret_names, ssh_host
 from ..inventory.resolved import ResolvedHost
 from ..inventory.schema import FlagValue
 from ..matrix import MatrixError, MatrixExpressionError, expand_sets, expression_names, rename_expression
@@ -270,6 +271,17 @@ def backend_key_flags(inputs: RenderInputs) -> list[tuple[str, FlagValue]]:
     return [("api-key-file", str(inputs.paths.api_key_file))]
 
 
+def allowed_host_names(host: ResolvedHost) -> list[str]:
+    """``x-security.allowedHosts``: the names other machines reach this endpoint by (its
+    ``lan_address`` and ssh host, when they are names). ``homelab serve`` answers only to loopback
+    names, IP addresses, its own hostname and these (a foreign ``Host`` is DNS rebinding)."""
+    address, _port = split_host_port(host.host.runtime.listen)
+    if is_loopback(address):
+        return []
+    names = {name.lower() for name in (host.host.lan_address, ssh_host(host.host)) if name}
+    return sorted(name for name in names if not is_loopback(name) and not is_ip(name))
+
+
 def backends_names(host: ResolvedHost) -> list[str]:
     return [name for m in host.models for name in m.names()]
 
@@ -301,4 +313,5 @@ def render_config(inputs: RenderInputs, backends: Sequence[Backend]) -> str:
         preload=sorted(b.id for b in backends if b.preload),
         peers=peers_view(inputs),
         prompt_cache_dir=str(inputs.paths.host_dir / PROMPT_CACHE_DIR),
+        allowed_hosts=allowed_host_names(host),
     )

@@ -1,7 +1,7 @@
 """The supervisor's application wiring and start-up.
 
-:func:`create_app` builds the aiohttp application (llama-swap's routes, behind the API-key and
-drain middleware); :func:`start_server` starts the driver and listens; :func:`serve` runs it with
+:func:`create_app` builds the aiohttp application (llama-swap's routes, behind the
+:mod:`.guard` middleware: Host and Origin policy, CORS, API keys, body limits, drain); :func:`start_server` starts the driver and listens; :func:`serve` runs it with
 signals (SIGHUP reload, SIGTERM/SIGINT drain and stop) and systemd notifications.
 """
 
@@ -10,18 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
-from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
 from ..errors import HomelabError
-from . import api, notify
+from . import api, guard, notify
 from .config import Config
-from .dashboard import add_dashboard_routes, is_public
+from .dashboard import add_dashboard_routes
 from .driver import SUPERVISOR_KEY, Loader, Supervisor
-from .http_errors import error_response
 from .inference import (
     INFERENCE_ROUTES,
     MODEL_GET_ROUTES,
@@ -38,54 +34,16 @@ from .watch import WatchTiming, watch_file
 
 log = logging.getLogger("homelab.supervisor")
 
-MAX_BODY = 1 << 30
 
-
-def _api_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-api-key")
-
-
-@web.middleware
-async def _guard(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-    sup = request.app[SUPERVISOR_KEY]
-    if (
-        sup.config.api_keys
-        and request.path not in ("/health", "/wol-health")
-        and not is_public(request)
-        and _api_key(request) not in sup.config.api_keys
-    ):
-        return error_response(
-            401, "invalid or missing API key (Authorization: Bearer KEY or x-api-key)", "invalid_api_key"
-        )
-    if not sup.accepting:
-        return error_response(503, "the supervisor is shutting down", "shutting_down", retry_after=5)
-    sup.active += 1
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        sup.active -= 1
-        if sup.config.log_requests:
-            log.info(
-                "%s %s %s %d %.1fms",
-                request.remote,
-                request.method,
-                request.path_qs,
-                status,
-                1000 * (time.perf_counter() - started),
-            )
-
-
-def create_app(sup: Supervisor) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
+def create_app(sup: Supervisor, listen_host: str | None = "127.0.0.1") -> web.Application:
+    """``listen_host``: the address ``--listen`` names (None: every interface), one of the
+    ``Host`` names the guard accepts."""
+    # The guard reads bodies under this cap (x-security.maxBodyMiB; after a reload that changes
+    # it, under the new one).
+    app = web.Application(client_max_size=sup.config.security.max_body_mib << 20)
     app[SUPERVISOR_KEY] = sup
     app[SELECTION_KEY] = Selection(sup.config)
+    guard.install(app, listen_host)
     # Plain paths: aiohttp finds them by a dict lookup, so more routes do not slow the hot path.
     for route in INFERENCE_ROUTES:
         app.router.add_post(route, handle_inference)
@@ -135,7 +93,7 @@ class Running:
 
 async def start_server(
     config: Config,
-    host: str = "127.0.0.1",
+    host: str | None = "127.0.0.1",
     port: int = 0,
     *,
     loader: Loader | None = None,
@@ -148,7 +106,7 @@ async def start_server(
     await sup.start()
     if watch is not None and config.source is not None and loader is not None:
         sup._spawn(watch_file(config.source, sup.reload, watch.interval, watch.debounce))
-    runner = web.AppRunner(create_app(sup), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(create_app(sup, host), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
@@ -157,7 +115,7 @@ async def start_server(
         await sup.close()
         await runner.cleanup()
         raise HomelabError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server there? pick another --listen)"
+            f"cannot listen on {host or '*'}:{port}: {exc.strerror or exc} (another server there? pick another --listen)"
         ) from None
     server = site._server
     bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[attr-defined]  # site._server is an asyncio.Server; AbstractServer lacks .sockets
@@ -166,7 +124,7 @@ async def start_server(
 
 async def serve(
     config: Config,
-    host: str,
+    host: str | None,
     port: int,
     *,
     loader: Loader | None = None,
@@ -182,8 +140,9 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: running.sup._spawn(running.sup.reload()))
-    log.info("homelab serve: listening on http://%s:%d (%d models)", host, running.port, len(config.models))
-    notify.notify("READY=1", f"STATUS=serving {len(config.models)} models on {host}:{running.port}")
+    where = f"http://{host}:{running.port}" if host else f"every interface, port {running.port}"
+    log.info("homelab serve: listening on %s (%d models)", where, len(config.models))
+    notify.notify("READY=1", f"STATUS=serving {len(config.models)} models on {where}")
     try:
         await stop.wait()
     finally:

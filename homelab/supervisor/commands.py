@@ -12,7 +12,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..address import is_any_address, is_loopback
 from ..errors import HomelabError
+from ..files import atomic_write_text
+from .config import Config
 from .config_load import load_config
 
 if TYPE_CHECKING:
@@ -21,11 +24,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("homelab.supervisor")
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str) -> tuple[str | None, int]:
+    """``HOST:PORT`` -> (host, port); ``:PORT`` is every interface (host None), as llama-swap's
+    ``--listen`` reads it."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise HomelabError(f"--listen {value!r}: expected HOST:PORT, for example 127.0.0.1:12434")
-    return (host.strip("[]") or "127.0.0.1"), int(port)
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise HomelabError(f"--listen {value!r}: expected HOST:PORT or :PORT, for example 127.0.0.1:12434")
+    return (host.strip("[]") or None), int(port)
+
+
+def no_key_warning(host: str | None, port: int, config: Config) -> str | None:
+    """The warning ``homelab serve`` prints when it listens beyond loopback without API keys."""
+    if config.api_keys or (host is not None and is_loopback(host)):
+        return None
+    where = f"{host}:{port}" if host else f"every interface (:{port})"
+    return (
+        f"warning: homelab serve listens on {where} without API keys: anyone who can reach this port "
+        f"can use every model and read other users' prompts. Set apiKeys in {config.source or 'the config'} "
+        "(runtime.api_key_env in the host file), or listen on 127.0.0.1"
+    )
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -53,8 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
 
     config = load_config(Path(args.config))
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    for note in config.warnings:
+        print(f"warning: {note}", file=sys.stderr)
     if args.check:
         print(
             f"{args.config}: ok, {len(config.models)} models"
@@ -65,10 +82,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 0
     host, port = parse_listen(args.listen)
+    if (warning := no_key_warning(host, port, config)) is not None:
+        print(warning, file=sys.stderr, flush=True)
     if args.pid_file:
-        tmp = Path(args.pid_file).with_suffix(".tmp")
-        tmp.write_text(f"{os.getpid()}\n")
-        tmp.replace(args.pid_file)
+        atomic_write_text(Path(args.pid_file), f"{os.getpid()}\n")
     try:
         run_loop(
             serve(
@@ -99,6 +116,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     import requests
 
     host, port = parse_listen(args.listen)
+    host = "127.0.0.1" if host is None or is_any_address(host) else host
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
         resp = requests.post(f"http://{host}:{port}/x-reload", headers=headers, timeout=30)
@@ -114,7 +132,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def register(cli: CLI) -> None:
     serve = cli.command("serve", cmd_serve, "run the supervisor: one OpenAI endpoint, models swapped on demand")
     serve.add_argument("--config", required=True, help="llama-swap config.yaml")
-    serve.add_argument("--listen", default="127.0.0.1:12434", help="HOST:PORT (default 127.0.0.1:12434)")
+    serve.add_argument(
+        "--listen", default="127.0.0.1:12434", help="HOST:PORT, or :PORT for every interface (default 127.0.0.1:12434)"
+    )
     serve.add_argument("--check", action="store_true", help="validate the config and exit")
     serve.add_argument("--pid-file", help="write the supervisor's PID here (for homelab reload)")
     serve.add_argument(

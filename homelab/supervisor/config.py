@@ -184,6 +184,22 @@ DEFAULT_SESSION_HEADERS = ("X-Session-ID", "X-Litellm-Session-Id")
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """Top-level ``x-security``: who may talk to the supervisor, from where, and how much."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names answered besides loopback names, IP addresses, this machine's hostname and
+    the ``--listen`` host (lower case; ``*`` turns the check off)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins (``scheme://host[:port]``) allowed besides loopback origins and the
+    server's own; ``*`` (only with ``apiKeys``) allows every origin."""
+    max_body_mib: int = 64
+    max_json_depth: int = 64
+    body_timeout: float = 60.0
+    """Seconds a client may take to send a request body."""
+
+
+@dataclass(frozen=True)
 class Config:
     models: dict[str, ModelConfig]
     aliases: dict[str, str] = field(default_factory=dict)
@@ -235,6 +251,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     """Things llama-swap accepts silently that probably are not what was meant (``serve --check``
     prints them)."""
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def resolve(self, requested: str) -> str | None:
         """Model ID for a requested name or alias, or None."""

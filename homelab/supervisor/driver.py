@@ -244,7 +244,8 @@ class Supervisor:
             backend.kill()
             raise
         if self.prompt_cache is not None and self.prompt_cache.active_for(backend.model):
-            await self.prompt_cache.restore(backend.model, self.session)  # before any request is admitted
+            # before any request is admitted
+            await self.prompt_cache.restore(backend.model, self.session, backend.auth_headers or None)
         now = self.now()
         self.metrics.swaps.inc(model=model_id, outcome="ready")
         self.metrics.time_to_ready.observe(time_to_ready, model=model_id)
@@ -283,7 +284,7 @@ class Supervisor:
         """Before a stop: keep the backend's slots (bounded by x-promptCache.saveTimeout)."""
         cache = self.prompt_cache
         if cache is not None and self.session is not None and backend.alive() and cache.active_for(backend.model):
-            await cache.save(backend.model, self.session)
+            await cache.save(backend.model, self.session, backend.auth_headers or None)
 
     def _prefetch(self, model_id: str) -> None:
         """A swap to ``model_id`` was decided: read its files ahead (x-prefetch)."""

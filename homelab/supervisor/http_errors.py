@@ -23,11 +23,25 @@ from aiohttp import web
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    421: "permission_error",
     429: "rate_limit_error",
     502: "server_error",
     503: "server_error",
 }
+
+
+class RequestError(Exception):
+    """A request the supervisor cannot take (bad body, ...): raised anywhere below a handler,
+    answered by the guard middleware as the JSON error, never as a 500."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
 
 
 def _error_body(status: int, message: str, code: str, *, source: str = "supervisor", **extra: Any) -> dict[str, Any]:

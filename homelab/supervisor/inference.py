@@ -29,7 +29,7 @@ from .proxy import (
     join_url,
     model_body,
     multipart_with_model,
-    parse_body,
+    parse_body_off_loop,
     upstream_headers,
 )
 from .scheduler import Reject
@@ -99,7 +99,8 @@ async def _dispatch(request: web.Request, path: str) -> web.StreamResponse:
     if content_type.startswith("multipart/form-data"):
         return await _dispatch_form(request, path, content_type)
     body = await request.read()
-    payload, requested = parse_body(content_type, body)
+    max_depth = request.app[SUPERVISOR_KEY].config.security.max_json_depth
+    payload, requested = await parse_body_off_loop(content_type, body, max_depth)
     requested = requested or request.query.get("model")
     if not requested:
         return _no_model()
@@ -229,7 +230,10 @@ async def proxy_to(
         base = backend.model.proxy.rstrip("/")
         assert sup.session is not None
         outcome = ForwardResult()
-        headers = upstream_headers(request, drop_auth=bool(sup.config.api_keys))
+        # The client's credentials stay here; a backend with its own secret gets that instead.
+        headers = upstream_headers(
+            request, drop_auth=bool(sup.config.api_keys) or backend.secret is not None, api_key=backend.secret
+        )
         if payload is not None and payload.get("stream") is True:
             # llama-server closes the connection after a stream (while announcing keep-alive);
             # aiohttp would pool it the moment the body ends and a later request could pick it.

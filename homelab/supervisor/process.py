@@ -14,6 +14,13 @@ No orphans, ever, even when the supervisor is SIGKILLed:
 * when a backend's main process exits (stopped or crashed) its group is SIGKILLed before the
   main process is reaped, so the group ID cannot have been reused yet.
 
+Only the supervisor can use a backend: a ``llama-server`` backend gets a random key of its own
+at every start, in its environment (``LLAMA_API_KEY``: never on the command line, which every
+local user can read in ``/proc/<pid>/cmdline``; ``/proc/<pid>/environ`` is readable only by the
+same user). The supervisor adds the key to every request it sends there, so another local user,
+or a web page that finds the port, gets 401. Other commands (a wrapper script, vLLM, a test
+double) are not ours to extend: they get no key, and their ports are as open as they make them.
+
 Readiness is detected within tens of milliseconds: ``checkEndpoint`` is polled every 10 ms growing
 to 100 ms, and the wait wakes at once when the process exits or prints a "ready" log line.
 """
@@ -25,11 +32,13 @@ import ctypes
 import functools
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePath
 
 import aiohttp
 
@@ -41,7 +50,27 @@ log = logging.getLogger("homelab.supervisor")
 PR_SET_PDEATHSIG = 1
 READY_HINTS = (b"listening on", b"server is listening", b"all slots are idle", b"model loaded")
 
+BACKEND_KEY_ENV = "LLAMA_API_KEY"
+"""llama-server reads API keys from this variable (besides ``--api-key``/``--api-key-file``)."""
+
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def backend_key_of(pid: int) -> str | None:
+    """The key a running backend was given, read from its environment: only its own user (the
+    supervisor's) can (a benchmark calling the backend directly needs it)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    prefix = BACKEND_KEY_ENV.encode() + b"="
+    found = [entry[len(prefix) :] for entry in environ if entry.startswith(prefix)]
+    return found[-1].decode() if found else None
+
+
+def is_llama_server(cmd: Sequence[str]) -> bool:
+    """The command runs llama-server itself (a wrapper script would not pass our key on)."""
+    return bool(cmd) and PurePath(cmd[0]).name == "llama-server"
 
 
 def _child_setup(parent_pid: int) -> None:
@@ -158,6 +187,13 @@ class Backend:
         self._output_closed = asyncio.Event()
         self._pidfd: int | None = None
         self._loop = asyncio.get_running_loop()
+        self.secret: str | None = secrets.token_urlsafe(32) if is_llama_server(model.cmd) else None
+        """The key only this supervisor knows (a new one per start); None: not a llama-server."""
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What every request the supervisor sends to this backend carries."""
+        return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
 
     @property
     def pid(self) -> int | None:
@@ -165,6 +201,8 @@ class Backend:
 
     async def spawn(self) -> None:
         env = {**os.environ, **self.model.env}
+        if self.secret is not None:
+            env[BACKEND_KEY_ENV] = self.secret
         self.log.append(f"[homelab] starting {self.model.id}: {' '.join(self.model.cmd)}\n".encode())
         self.started_at = time.monotonic()
         try:
@@ -227,7 +265,7 @@ class Backend:
 
     async def _probe(self, url: str) -> bool:
         try:
-            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            async with self.session.get(url, headers=self.auth_headers, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 await resp.read()
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):

@@ -33,7 +33,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -308,13 +308,16 @@ class PromptCache:
 
     # -- save
 
-    async def save(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
-        """Save every slot that holds tokens; bounded by ``saveTimeout`` in all."""
+    async def save(
+        self, model: ModelConfig, session: aiohttp.ClientSession, auth: Mapping[str, str] | None = None
+    ) -> None:
+        """Save every slot that holds tokens; bounded by ``saveTimeout`` in all. ``auth``: the
+        backend's own key (:attr:`Backend.auth_headers`), else one from its ``--api-key``."""
         key = self.key_of(model)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.save_timeout):
-                saved = await self._save_slots(model, session, key)
+                saved = await self._save_slots(model, session, key, _auth(model.cmd) if auth is None else auth)
         except TimeoutError:
             log.warning(
                 "prompt cache: saving %s's slots took over %gs; stopping it without the rest",
@@ -331,9 +334,10 @@ class PromptCache:
         self._enforce_caps()  # slots saved before a timeout or failure are kept
         self._write_index()
 
-    async def _save_slots(self, model: ModelConfig, session: aiohttp.ClientSession, key: str) -> int:
+    async def _save_slots(
+        self, model: ModelConfig, session: aiohttp.ClientSession, key: str, headers: Mapping[str, str]
+    ) -> int:
         base = model.proxy.rstrip("/")
-        headers = _auth(model.cmd)
         async with session.get(base + "/slots", headers=headers) as resp:
             if resp.status != 200:
                 raise ValueError(f"GET /slots answered {resp.status}")
@@ -380,7 +384,9 @@ class PromptCache:
 
     # -- restore
 
-    async def restore(self, model: ModelConfig, session: aiohttp.ClientSession) -> int:
+    async def restore(
+        self, model: ModelConfig, session: aiohttp.ClientSession, auth: Mapping[str, str] | None = None
+    ) -> int:
         """Restore the slots saved under this model's current key (bounded by
         ``restoreTimeout``); refuse, count and delete those saved under another key. Returns
         how many slots were restored. Failures only cost the prefill they would have saved."""
@@ -398,7 +404,9 @@ class PromptCache:
         try:
             async with asyncio.timeout(self.settings.restore_timeout):
                 for entry in sorted(matching, key=lambda e: e.slot):
-                    restored += await self._restore_one(model, session, entry)
+                    restored += await self._restore_one(
+                        model, session, entry, _auth(model.cmd) if auth is None else auth
+                    )
         except TimeoutError:
             log.warning(
                 "prompt cache: restoring %s took over %gs; serving without the rest",
@@ -413,10 +421,12 @@ class PromptCache:
             self._write_index()
         return restored
 
-    async def _restore_one(self, model: ModelConfig, session: aiohttp.ClientSession, entry: Entry) -> int:
+    async def _restore_one(
+        self, model: ModelConfig, session: aiohttp.ClientSession, entry: Entry, headers: Mapping[str, str]
+    ) -> int:
         async with session.post(
             f"{model.proxy.rstrip('/')}/slots/{entry.slot}?action=restore",
-            headers=_auth(model.cmd),
+            headers=headers,
             json={"filename": Path(entry.file).name},
         ) as resp:
             body = await resp.json(content_type=None)

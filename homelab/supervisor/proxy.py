@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Filters, ModelConfig, Timeouts
-from .http_errors import end_stream_with_error, error_response
+from .http_errors import RequestError, end_stream_with_error, error_response
 from .multipart import find_model, replace_model
 
 log = logging.getLogger("homelab.supervisor")
@@ -46,21 +46,70 @@ SMALL_BODY = 256 * 1024
 """Answers with a Content-Length up to this are read whole and sent in one write."""
 
 
-def parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """The JSON payload (if the body is a JSON object) and the requested model name."""
+def parse_body(content_type: str, body: bytes, max_depth: int = 64) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON payload (if the body is a JSON object) and the requested model name. A body
+    that is meant as JSON (by its type, or a ``{`` from ``curl -d``) but is not valid, or is
+    nested deeper than ``max_depth``, raises :class:`RequestError` (400)."""
     if not body:
         return None, None
     if content_type.startswith("multipart/form-data"):
         return None, _multipart_model(content_type, body)
-    if content_type.split(";")[0].strip() in ("application/json", "") or body[:1] in (b"{", b" ", b"\n"):
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return None, None
+    if content_type.split(";")[0].strip() in ("application/json", "") or body.lstrip()[:1] in (b"{", b"["):
+        payload = parse_json(body, max_depth)
         if isinstance(payload, dict):
             model = payload.get("model")
             return payload, model if isinstance(model, str) else None
     return None, None
+
+
+LARGE_BODY = 1 << 20
+"""Bodies above this are parsed in a thread: the event loop keeps relaying other streams."""
+
+
+async def parse_body_off_loop(
+    content_type: str, body: bytes, max_depth: int = 64
+) -> tuple[dict[str, Any] | None, str | None]:
+    if len(body) <= LARGE_BODY:
+        return parse_body(content_type, body, max_depth)
+    return await asyncio.to_thread(parse_body, content_type, body, max_depth)
+
+
+def parse_json(body: bytes, max_depth: int) -> Any:
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise _too_deep(max_depth) from None
+    except ValueError as exc:
+        raise RequestError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
+    # A JSON value cannot nest deeper than it has brackets: most bodies need no further look.
+    if body.count(b"{") + body.count(b"[") > max_depth and json_depth(body, max_depth + 1) > max_depth:
+        raise _too_deep(max_depth)
+    return payload
+
+
+def _too_deep(max_depth: int) -> RequestError:
+    return RequestError(
+        400,
+        f"the request body's JSON is nested more than {max_depth} levels deep (x-security.maxJsonDepth)",
+        "json_too_deep",
+    )
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_INNERMOST = re.compile(rb"\{[^{}\[\]]*\}|\[[^{}\[\]]*\]")
+
+
+def json_depth(body: bytes, stop_at: int) -> int:
+    """How deeply valid JSON text nests (counted up to ``stop_at``): strings removed, then the
+    innermost brackets peeled one level per pass (in the regex engine, not byte by byte)."""
+    text = _JSON_STRING.sub(b'""', body)
+    depth = 0
+    while depth < stop_at:
+        text, peeled = _INNERMOST.subn(b"", text)
+        if not peeled:
+            return depth
+        depth += 1
+    return depth
 
 
 def _multipart_model(content_type: str, body: bytes) -> str | None:
@@ -104,9 +153,12 @@ def model_body(
         if model.use_model_name and content_type.startswith("multipart/form-data"):
             return multipart_with_model(content_type, body, model.use_model_name)
         return body
-    # Without useModelName the model field goes out as the client wrote it (an alias stays the
-    # alias), as llama-swap does; a backend that must see one fixed name gets useModelName.
-    return apply_filters(payload, model.filters, requested, model.use_model_name, body)
+    # Without useModelName the model field goes out as the name it was routed by, as llama-swap
+    # does: the client's own (an alias stays the alias), or the target a selector or profile pin
+    # chose in its place. A backend that must see one fixed name gets useModelName.
+    sent = payload.get("model")
+    routed = requested if sent is not None and sent != requested else None
+    return apply_filters(payload, model.filters, requested, model.use_model_name or routed, body)
 
 
 def key_headers(api_key: str | None) -> dict[str, str]:

@@ -116,7 +116,10 @@ async def ignored_websocket(request: web.Request, sup: Supervisor, model_id: str
         return error_response(
             409, f"model {model_id} is not loaded; ignored websocket requests cannot start it", "model_not_loaded"
         )
-    headers = upstream_headers(request, drop_auth=bool(sup.config.api_keys))
+    # The client's credentials stay here; a backend with its own secret gets that instead.
+    headers = upstream_headers(
+        request, drop_auth=bool(sup.config.api_keys) or backend.secret is not None, api_key=backend.secret
+    )
     url = join_url(backend.model.proxy.rstrip("/"), path)
     return await relay_websocket(request, sup.session, url, b"", headers, ForwardResult())
 

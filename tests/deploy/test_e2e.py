@@ -342,3 +342,50 @@ def test_deploy_all_starts_the_rpc_worker_first_and_leaves_it_running(lab) -> No
         subprocess.run([sys.executable, "-m", "homelab.cli", "stop", "w"], env=env, cwd=src,
                        capture_output=True, timeout=60)
     assert not (state / "w" / "homelab-rpc-w.pid").exists()
+
+
+def _request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+    """(status, headers, JSON body) without raising on an error status."""
+    req = urllib.request.Request(url, body, headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, dict(resp.headers), json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
+
+
+def test_deploy_is_safe_by_default(lab) -> None:
+    """#14's probes against what `doit deploy` leaves running with no key: a foreign Host, a
+    foreign Origin sending text/plain, and a direct call to a backend's port are refused, while
+    curl-style calls, the openai client and an allowed browser origin work."""
+    first = deploy(lab["env"])
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    url = f"http://{lab['listen']}"
+    chat = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+
+    status, _, body = _request(f"{url}/v1/chat/completions", chat, {"Host": "evil.example",
+                                                                    "Content-Type": "application/json"})
+    assert status == 421 and body["error"]["code"] == "host_not_allowed"
+    status, headers, body = _request(f"{url}/v1/chat/completions", chat, {"Origin": "http://evil.example",
+                                                                          "Content-Type": "text/plain"})
+    assert status == 403 and body["error"]["code"] == "origin_not_allowed"
+    assert not [h for h in headers if h.lower().startswith("access-control-")]
+
+    running = _request(f"{url}/running")[2]["running"]
+    backends = {entry["model"]: entry["proxy"] for entry in running}
+    assert set(backends) == {"alpha", "beta"}  # both preloaded
+    for proxy in backends.values():
+        assert _request(f"{proxy}/v1/chat/completions", chat, {"Content-Type": "application/json"})[0] == 401
+        assert _request(f"{proxy}/slots")[0] == 401
+
+    status, _, body = _request(f"{url}/v1/chat/completions", chat, {"Content-Type": "application/json"})
+    assert status == 200, body
+    status, _, body = _request(f"{url}/upstream/beta/slots")
+    assert status == 200 and isinstance(body, list)
+    status, headers, _ = _request(f"{url}/v1/chat/completions", chat, {"Origin": "http://localhost:3000",
+                                                                       "Content-Type": "application/json"})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    answer = client.chat.completions.create(model="beta", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert answer.choices[0].message is not None

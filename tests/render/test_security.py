@@ -105,3 +105,17 @@ def test_a_cpu_host_denies_writable_executable_memory_and_needs_no_gpu_groups() 
     assert "MemoryDenyWriteExecute=yes" in lines and not any(line.startswith("SupplementaryGroups") for line in lines)
     gpu = render_host(fake_inputs(with_runtime(example_host("xtx"), service="system")))["units/homelab-xtx.service"]
     assert "MemoryDenyWriteExecute=yes" not in gpu.splitlines() and "SupplementaryGroups=render video" in gpu
+
+
+def test_the_names_peers_use_are_the_hosts_the_supervisor_answers_to(tmp_path: Path) -> None:
+    """nas listens on every interface and rig4090 reaches it as nas.lan: the rendered config
+    lets `homelab serve` answer to that name (any other name is refused: DNS rebinding)."""
+    text = render_host(fake_inputs(example_host("nas")))["config.yaml"]
+    assert yaml.safe_load(text)["x-security"] == {"allowedHosts": ["nas.lan"]}
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert load_config(path, env={"HOMELAB_API_KEYS": "k"}).security.allowed_hosts == ("nas.lan",)
+    # loopback-only endpoints, and addresses given as IPs, need no names
+    assert "x-security" not in yaml.safe_load(render_host(fake_inputs(example_host("xtx")))["config.yaml"])
+    lan_ip = with_runtime(example_host("rig4090"), listen="0.0.0.0:12434")
+    assert "x-security" not in yaml.safe_load(render_host(fake_inputs(lan_ip))["config.yaml"])

@@ -2,7 +2,7 @@
 
     python fake_llama_server.py --port 5800 [--name NAME] [--load-time S] [--crash-on-start]
         [--crash-after S] [--hang-health] [--ignore-sigterm] [--fork-child] [--child-pid-file F]
-        [--token-rate R] [--tokens N] [--die-mid-stream K] [--pid-file F] [--listen-delay S]
+        [--token-rate R] [--tokens N] [--die-mid-stream K] [--pid-file F] [--listen-delay S] [--cors]
 
 Behaves like llama-server where the supervisor looks: ``/health`` answers 503 while "loading"
 and 200 when ready, prints ``server is listening`` / ``all slots are idle``, exits on a failed
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--die-on-request", action="store_true", help="exit while answering a POST")
     p.add_argument("--x-marker", help="ignored: lets a test find its own processes")
     p.add_argument("-m", "--model", help="ignored: a file the supervisor may read ahead")
+    p.add_argument("--cors", action="store_true", help="send Access-Control-Allow-Origin: * as llama-server does")
     return p.parse_args(argv)
 
 
@@ -77,6 +78,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if ARGS.cors:
+            self.send_header("Access-Control-Allow-Origin", "*")
         self.end_headers()
         self.wfile.write(body)
 
@@ -157,6 +160,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
+        if ARGS.cors:
+            self.send_header("Access-Control-Allow-Origin", "*")
         self.end_headers()
         n = int(payload.get("max_tokens") or ARGS.tokens)
         for i in range(n):

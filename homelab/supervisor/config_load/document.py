@@ -22,6 +22,7 @@ from .models import (
 )
 from .peers import parse_peers
 from .routing import parse_profiles, parse_routing, parse_selectors
+from .security import parse_security
 from .settings import (
     parse_ignore_paths,
     parse_log_time_format,
@@ -169,6 +170,7 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
         metrics_max_in_memory=metrics_max,
         capture_buffer_mib=capture_buffer,
         warnings=tuple(routing.warnings + skipped),
+        security=parse_security(extensions.get("x-security"), api_keys),
     )
 
 
