@@ -26,6 +26,7 @@ from .proxy import (
     parse_body,
     upstream_headers,
 )
+from .relay import relay, relayable
 from .scheduler import Reject
 
 INFERENCE_ROUTES = (
@@ -136,9 +137,22 @@ async def proxy_request(
             # llama-server closes the connection after a stream (while announcing keep-alive);
             # aiohttp would pool it the moment the body ends and a later request could pick it.
             headers["Connection"] = "close"
-        response = await forward(
-            request, sup.session, base + path, body, headers, outcome, prepared=prepared, same_backend=backend.alive
-        )
+        url = base + path
+        if payload is not None and relayable(url):
+            response = await relay(
+                request,
+                url,
+                body,
+                headers,
+                outcome,
+                connect_timeout=sup.session.timeout.sock_connect,
+                prepared=prepared,
+                same_backend=backend.alive,
+            )
+        else:
+            response = await forward(
+                request, sup.session, url, body, headers, outcome, prepared=prepared, same_backend=backend.alive
+            )
         metrics.requests.inc(model=model_id, code=str(outcome.status))
         if outcome.upstream_error or outcome.status >= 500:
             metrics.errors.inc(model=model_id, reason="backend")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -145,11 +145,47 @@ def upstream_headers(request: web.Request, *, drop_auth: bool, api_key: str | No
     return headers
 
 
+def response_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """A backend's answer headers as the client gets them: hop-by-hop ones dropped (aiohttp sets
+    the framing itself)."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in items:
+        if key.lower() not in HOP_BY_HOP:
+            headers.add(key, value)
+    return headers
+
+
+async def failed_before_answer(
+    url: str, result: ForwardResult, exc: BaseException | str, prepared: web.StreamResponse | None
+) -> web.StreamResponse:
+    """The backend could not be reached, or broke off before its answer's head: 502, or the last
+    event of a started stream."""
+    result.status = 502
+    result.upstream_error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    message = f"backend at {url} failed before answering: {result.upstream_error}"
+    if prepared is not None:
+        return await end_stream_with_error(prepared, message, "backend_failed")
+    return error_response(502, message, "backend_failed")
+
+
+async def exited_before_answer(
+    url: str, result: ForwardResult, prepared: web.StreamResponse | None
+) -> web.StreamResponse:
+    """The process the request was admitted to is gone, so whoever answered on its port is its
+    replacement (possibly still loading): not an answer to this request."""
+    result.status = 502
+    result.upstream_error = "backend exited before answering"
+    message = f"the backend at {url} exited before answering; retry"
+    if prepared is not None:
+        return await end_stream_with_error(prepared, message, "backend_failed")
+    return error_response(502, message, "backend_failed")
+
+
 _DECODER = json.JSONDecoder()
 _COUNT = re.compile(rb'"tokens_(?:predicted|evaluated)"\s*:\s*(\d+)')
 
 
-def _usage_from(data: bytes) -> dict[str, Any] | None:
+def usage_from(data: bytes) -> dict[str, Any] | None:
     """The last ``usage`` object (OpenAI) in a body or SSE tail, else llama.cpp's
     ``tokens_evaluated`` / ``tokens_predicted`` (/completion). Searched from the end and only
     that small object is parsed: an embeddings answer runs to megabytes, and parsing it all a
@@ -239,22 +275,10 @@ async def forward(
     try:
         upstream = await _send(session, request.method, url, body, headers, same_backend)
     except (aiohttp.ClientError, OSError) as exc:
-        result.status = 502
-        result.upstream_error = f"{type(exc).__name__}: {exc}"
-        message = f"backend at {url} failed before answering: {result.upstream_error}"
-        if prepared is not None:
-            return await end_stream_with_error(prepared, message, "backend_failed")
-        return error_response(502, message, "backend_failed")
+        return await failed_before_answer(url, result, exc, prepared)
     if same_backend is not None and not same_backend():
-        # The process this request was admitted to is gone, so whoever answered on its port is
-        # its replacement (possibly still loading): not an answer to this request.
         upstream.close()
-        result.status = 502
-        result.upstream_error = "backend exited before answering"
-        message = f"the backend at {url} exited before answering; retry"
-        if prepared is not None:
-            return await end_stream_with_error(prepared, message, "backend_failed")
-        return error_response(502, message, "backend_failed")
+        return await exited_before_answer(url, result, prepared)
     async with upstream:
         result.status = upstream.status
         content_type = upstream.headers.get("Content-Type", "")
@@ -278,17 +302,13 @@ async def forward(
                     502, f"backend at {url} failed while answering: {result.upstream_error}", "backend_failed"
                 )
             small = web.Response(body=data, status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    small.headers.add(key, value)
+            small.headers.extend(response_headers(upstream.headers.items()))
             if "json" in content_type:
-                result.usage = _usage_from(data)
+                result.usage = usage_from(data)
             return small
         else:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    response.headers.add(key, value)
+            response.headers.extend(response_headers(upstream.headers.items()))
             if upstream.content_length is not None and not streaming:
                 response.content_length = upstream.content_length
             if streaming:
@@ -332,6 +352,6 @@ async def forward(
             if request.transport:
                 request.transport.close()
             return response
-        result.usage = _usage_from(tail) or (_usage_from(head) if keep else None)
+        result.usage = usage_from(tail) or (usage_from(head) if keep else None)
         await response.write_eof()
         return response
