@@ -325,8 +325,10 @@ async def relay(
             return await exited_before_answer(url, result, prepared)
         result.status = head.status
         streaming = head.content_type.startswith("text/event-stream")
-        if prepared is not None and head.status >= 400 or (
-            prepared is None and not streaming and head.length is not None and head.length <= SMALL_BODY
+        if (
+            prepared is not None
+            and head.status >= 400
+            or (prepared is None and not streaming and head.length is not None and head.length <= SMALL_BODY)
         ):
             return await _whole(request, url, proto, head, result, prepared)
         return await _stream(request, url, proto, head, result, prepared, streaming)
