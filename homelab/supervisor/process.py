@@ -155,6 +155,7 @@ class Backend:
         self.started_at = 0.0
         self.exited = asyncio.Event()
         self._wake = asyncio.Event()
+        self.ready = False
         self._output_closed = asyncio.Event()
         self._pidfd: int | None = None
         self._loop = asyncio.get_running_loop()
@@ -186,7 +187,7 @@ class Backend:
 
     def _on_output(self, data: bytes) -> None:
         self.log.append(data)
-        if not self.exited.is_set() and any(hint in data for hint in READY_HINTS):
+        if not self.ready and not self.exited.is_set() and any(hint in data for hint in READY_HINTS):
             self._wake.set()
 
     def _on_process_exit(self) -> None:
@@ -247,6 +248,7 @@ class Backend:
                 )
             if self.model.check_endpoint is None or await self._probe(url):
                 if not self.exited.is_set():
+                    self.ready = True  # no more scanning its output for the hints
                     return time.monotonic() - self.started_at
                 continue
             remaining = deadline - self._loop.time()
