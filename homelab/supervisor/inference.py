@@ -138,7 +138,7 @@ async def proxy_request(
             # aiohttp would pool it the moment the body ends and a later request could pick it.
             headers["Connection"] = "close"
         url = base + path
-        if payload is not None and relayable(url):
+        if payload is not None and relayable(request, url):
             response = await relay(
                 request,
                 url,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -127,17 +127,21 @@ class _Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._head is None:
             self._pending += data
-            end = self._pending.find(b"\r\n\r\n")
-            if end == -1:
-                if len(self._pending) > HEAD_LIMIT:
-                    self._fail_head(BackendFailed(f"answer head over {HEAD_LIMIT} bytes"))
-                return
-            try:
-                self._head = _parse_head(self._pending[:end])
-            except BackendFailed as exc:
-                self._fail_head(exc)
-                return
-            data, self._pending = self._pending[end + 4 :], b""
+            while self._head is None:
+                end = self._pending.find(b"\r\n\r\n")
+                if end == -1:
+                    if len(self._pending) > HEAD_LIMIT:
+                        self._fail_head(BackendFailed(f"answer head over {HEAD_LIMIT} bytes"))
+                    return
+                try:
+                    head = _parse_head(self._pending[:end])
+                except BackendFailed as exc:
+                    self._fail_head(exc)
+                    return
+                self._pending = self._pending[end + 4 :]
+                if not 100 <= head.status < 200:  # an interim answer (100 Continue) precedes the real one
+                    self._head = head
+            data, self._pending = self._pending, b""
             self.head.set_result(self._head)
         if self.done.done():
             return
@@ -272,9 +276,14 @@ def _unchunk(region: bytes) -> bytes:
     return b"".join(out)
 
 
+def relayable(request: web.Request, url: str) -> bool:
+    """Where the relay speaks for aiohttp's client: plain HTTP to an IP address, for an HTTP/1.1
+    client (the relayed chunks need chunked framing towards the client)."""
+    return request.version >= HttpVersion11 and _plain_http_to_ip(url)
+
+
 @lru_cache(maxsize=256)
-def relayable(url: str) -> bool:
-    """Plain HTTP to an IP address: where the relay speaks for aiohttp's client."""
+def _plain_http_to_ip(url: str) -> bool:
     parsed = URL(url)
     if parsed.scheme != "http" or parsed.raw_host is None:
         return False

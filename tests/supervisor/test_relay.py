@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.test_utils import make_mocked_request
 
 from homelab.supervisor.proxy import SMALL_BODY, ForwardResult, upstream_headers
-from homelab.supervisor.relay import relay
+from homelab.supervisor.relay import relay, relayable
 
 Step = bytes | float | None
 """bytes: written (and drained); float: a pause in seconds; None: close the connection."""
@@ -162,6 +163,13 @@ async def test_short_json_answer_keeps_its_headers_and_usage(backend: Backend, f
     assert results[0].usage == {"prompt_tokens": 3, "completion_tokens": 1}
 
 
+async def test_an_interim_answer_is_skipped(backend: Backend, front) -> None:
+    url, _ = front
+    backend.script = [b"HTTP/1.1 100 Continue\r\n\r\n" + SSE_HEAD + chunk(EVENTS[0]), 0.02, b"0\r\n\r\n"]
+    status, body, _ = await post(url)
+    assert (status, body) == (200, EVENTS[0])
+
+
 async def test_error_status_is_passed_through(backend: Backend, front) -> None:
     url, results = front
     answer = b'{"error":{"code":400,"message":"bad"}}'
@@ -223,3 +231,13 @@ async def test_no_backend_or_a_broken_head_is_a_502_before_answering(backend: Ba
     status, body, _ = await post(url)
     assert status == 502 and "before answering" in json.loads(body)["error"]["message"]
     assert all(r.status == 502 and r.upstream_error for r in results)
+
+
+def test_only_plain_http_to_an_ip_for_an_http11_client_is_relayed() -> None:
+    eleven = make_mocked_request("POST", "/v1/chat/completions", version=HttpVersion11)
+    assert relayable(eleven, "http://127.0.0.1:8080/v1/chat/completions")
+    assert relayable(eleven, "http://[::1]:8080/completion")
+    assert not relayable(eleven, "https://127.0.0.1:8080/completion")  # TLS: aiohttp's client
+    assert not relayable(eleven, "http://gpu-box.lan:8080/completion")  # a host name: aiohttp's resolver
+    ten = make_mocked_request("POST", "/v1/chat/completions", version=HttpVersion10)
+    assert not relayable(ten, "http://127.0.0.1:8080/completion")  # no chunked framing towards it
