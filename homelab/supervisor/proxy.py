@@ -1,4 +1,8 @@
-"""Request parsing, filters and the streaming forwarder.
+"""Request parsing, filters, the headers both ways, and the forwarder through aiohttp's client.
+
+JSON inference requests to a local backend take the lean relay (:mod:`.relay`) instead of
+:func:`forward`; peers, TLS, host names and ``/upstream`` come here. Both build the backend's
+request headers with :func:`upstream_headers` and filter its answer's with :func:`response_headers`.
 
 The forwarder never holds a whole response: it copies the backend's body chunk by chunk as it
 arrives (``iter_any``), so SSE tokens reach the client as soon as the backend writes them.

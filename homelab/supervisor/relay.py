@@ -110,6 +110,8 @@ class _Upstream(asyncio.Protocol):
         self._pending = b""
         self._head: _Head | None = None
         self._attached = False
+        self._lost: tuple[Exception | None] | None = None
+        """The connection closed before attach() (with this exception, if any)."""
         self._chunked = False
         self._sink: asyncio.Transport | None = None
         self._remaining: int | None = None
@@ -155,8 +157,15 @@ class _Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.head.done():
             self._fail_head(BackendFailed(f"{type(exc).__name__}: {exc}" if exc else "connection closed"))
-        elif not self._chunked and self._remaining is None and self._attached:
-            self._finish(None)  # a body that ends with the connection
+        elif not self._attached:
+            self._lost = (exc,)  # the whole answer may be in _pending already: decided in attach()
+        else:
+            self._ended(exc)
+
+    def _ended(self, exc: Exception | None) -> None:
+        """The connection closed after the head: the end of a body without a length, else too early."""
+        if not self._chunked and self._remaining is None:
+            self._finish(None)
         else:
             self._finish(f"{type(exc).__name__}: {exc}" if exc else "backend closed the connection early")
 
@@ -168,10 +177,12 @@ class _Upstream(asyncio.Protocol):
         self._chunked = self._head.chunked
         self._remaining = None if self._chunked else self._head.length
         pending, self._pending = self._pending, b""
-        if self.transport is not None:
+        if self.transport is not None and self._lost is None:
             self.transport.resume_reading()
         if pending or self._remaining == 0:
             self._feed(pending)
+        if self._lost is not None and not self.done.done():
+            self._ended(self._lost[0])
 
     def wait(self) -> asyncio.Future[None]:
         """Resolves when the body is done or reading paused for a full client socket."""
