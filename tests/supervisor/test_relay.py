@@ -173,8 +173,9 @@ async def test_an_interim_answer_is_skipped(backend: Backend, front) -> None:
 async def test_error_status_is_passed_through(backend: Backend, front) -> None:
     url, results = front
     answer = b'{"error":{"code":400,"message":"bad"}}'
+    # all in one write and closed at once, as llama-server does with Connection: close
     backend.script = [b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (
-        len(answer), answer)]
+        len(answer), answer), None]
     status, body, _ = await post(url)
     assert (status, body) == (400, answer)
     assert results[0].status == 400
