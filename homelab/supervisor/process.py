@@ -131,8 +131,8 @@ class _OutputProtocol(asyncio.Protocol):
     """The backend's stdout and stderr. Until it is ready every line is read at once (the
     readiness hints); after that, reading pauses for :data:`OUTPUT_BATCH` after each read:
     llama-server writes ~10 lines per request, one write each, and a wake-up and ``read`` per line
-    cost the supervisor ~20% of its CPU per streamed token (``homelab bench proxy``). Its log
-    thread, not inference, waits if the 64 KiB pipe fills meanwhile."""
+    cost ~10% of the supervisor's CPU per short request (measured with the backend's logging off).
+    Its log thread, not inference, waits if the 64 KiB pipe fills meanwhile."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
