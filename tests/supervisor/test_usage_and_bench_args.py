@@ -1,15 +1,16 @@
-"""Token usage read from relayed answers (metrics), and ``bench proxy --pin`` parsing."""
+"""Token usage read from relayed answers (metrics), and ``bench proxy --pin`` / ``--baseline`` parsing."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
-from homelab.bench.supervisor import Pinning, _pinning
+from homelab.bench.supervisor import Pinning, _baseline_env, _pinning
 from homelab.errors import HomelabError
-from homelab.supervisor.proxy import usage_from, multipart_with_model, parse_body
+from homelab.supervisor.proxy import multipart_with_model, parse_body, usage_from
 
 
 def test_usage_of_a_json_answer_is_its_usage_object() -> None:
@@ -61,3 +62,10 @@ def test_multipart_model_field_is_replaced_and_nothing_else() -> None:
     no_field = body.replace(b'name="model"\r\n\r\nnas/whisper', b'name="language"\r\n\r\nen')
     assert multipart_with_model(content_type, no_field, "whisper") == no_field
     assert multipart_with_model("multipart/form-data", body, "whisper") == body  # no boundary: as is
+
+
+def test_baseline_must_be_a_source_tree(tmp_path: Path) -> None:
+    with pytest.raises(HomelabError, match="not a homelab source tree.*git worktree add"):
+        _baseline_env(tmp_path)
+    tree = Path(__file__).resolve().parents[2]  # this checkout
+    assert _baseline_env(tree)["PYTHONPATH"] == str(tree)
