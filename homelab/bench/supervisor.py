@@ -167,9 +167,9 @@ def _presets(setup: Setup, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = spawn_guarded(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = spawn_guarded(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         yield proc
     finally:
@@ -428,8 +428,10 @@ async def _measure(
     return out
 
 
-async def _supervisor_front(s: aiohttp.ClientSession, setup: Setup, sup: subprocess.Popen[bytes], url: str) -> Front:
-    await _wait_healthy(s, url, sup, setup.workdir / "serve.log", poll=0.05)
+async def _supervisor_front(
+    s: aiohttp.ClientSession, setup: Setup, sup: subprocess.Popen[bytes], url: str, name: str = "supervisor"
+) -> Front:
+    await _wait_healthy(s, url, sup, setup.workdir / f"{name}.log", poll=0.05)
     await _short(s, url, "m0")  # loads the model
     async with s.get(url + "/running") as resp:
         direct = (await resp.json())["running"][0]["proxy"]
@@ -439,7 +441,21 @@ async def _supervisor_front(s: aiohttp.ClientSession, setup: Setup, sup: subproc
         # The backend takes only the supervisor's key. Sent on every path: the supervisor replaces
         # it with its own, router mode and its children have no keys and ignore it.
         s.headers["Authorization"] = f"Bearer {key}"
-    return Front("supervisor", url, direct, sup.pid, backend)
+    return Front(name, url, direct, sup.pid, backend)
+
+
+async def _baseline_front(s: aiohttp.ClientSession, setup: Setup, sup: subprocess.Popen[bytes], url: str) -> Front:
+    return await _supervisor_front(s, setup, sup, url, "baseline")
+
+
+def _baseline_env(source: Path) -> dict[str, str]:
+    """The environment that runs ``homelab serve`` from another source tree (``--baseline``)."""
+    if not (source / "homelab" / "supervisor").is_dir():
+        raise HomelabError(
+            f"--baseline {source}: not a homelab source tree (no homelab/supervisor/ in it); "
+            "make one with: git worktree add /tmp/homelab-base <commit>"
+        )
+    return {**os.environ, "PYTHONPATH": str(source.resolve())}
 
 
 async def _router_front(s: aiohttp.ClientSession, setup: Setup, router: subprocess.Popen[bytes], url: str) -> Front:
@@ -476,26 +492,38 @@ async def bench_proxy(
     pinning: Pinning | None,
     one_at_a_time: bool,
     dashboard: bool = False,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
     """Both fronts resident at once and every path interleaved (default), or, with
     ``one_at_a_time`` (two copies of a big model do not fit), the supervisor's phase and then
-    router mode's phase, each interleaved with its own backend."""
+    router mode's phase, each interleaved with its own backend. ``baseline``: a third front,
+    ``homelab serve`` from that source tree (the code before a change), in the same rounds."""
     w = setup.workdir
     config, presets = w / "config.yaml", w / "presets.ini"
     _supervisor_config(setup, config)
     _presets(setup, presets)
-    ports = {"supervisor": free_port(), "router": free_port()}
+    ports = {"supervisor": free_port(), "router": free_port(), "baseline": free_port()}
     urls = {m: f"http://127.0.0.1:{p}" for m, p in ports.items()}
-    starts = {
-        "supervisor": (_serve_argv(config, ports["supervisor"]), w / "serve.log", _supervisor_front),
-        "router": (_router_argv(setup, presets, ports["router"], 1), w / "router.log", _router_front),
+    starts: dict[str, tuple[list[str], Path, Any, dict[str, str] | None]] = {
+        "supervisor": (_serve_argv(config, ports["supervisor"]), w / "supervisor.log", _supervisor_front, None),
+        "router": (_router_argv(setup, presets, ports["router"], 1), w / "router.log", _router_front, None),
     }
+    if baseline is not None:
+        _supervisor_config(setup, w / "baseline.yaml")
+        starts["baseline"] = (
+            _serve_argv(w / "baseline.yaml", ports["baseline"]),
+            w / "baseline.log",
+            _baseline_front,
+            _baseline_env(baseline),
+        )
     async with _session() as s:
 
         async def phase(names: list[str]) -> dict[str, Any]:
             """Start these fronts (all processes first), then measure them interleaved."""
             with contextlib.ExitStack() as stack:
-                procs = [stack.enter_context(_process(*starts[name][:2])) for name in names]
+                procs = [
+                    stack.enter_context(_process(starts[name][0], starts[name][1], starts[name][3])) for name in names
+                ]
                 fronts = [
                     await starts[name][2](s, setup, proc, urls[name]) for name, proc in zip(names, procs, strict=True)
                 ]
@@ -661,7 +689,15 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
             os.sched_setaffinity(0, pinning.front)
         r = asyncio.run(
             bench_proxy(
-                setup, args.requests, levels, args.tokens, args.rounds, pinning, args.one_at_a_time, args.dashboard
+                setup,
+                args.requests,
+                levels,
+                args.tokens,
+                args.rounds,
+                pinning,
+                args.one_at_a_time,
+                args.dashboard,
+                Path(args.baseline).expanduser() if args.baseline else None,
             )
         )
     _print_proxy(r, args, levels)
@@ -669,7 +705,7 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
 
 
 def _print_proxy(r: dict[str, Any], args: argparse.Namespace, levels: list[int]) -> None:
-    fronts = [f for f in ("supervisor", "router") if f in r["short_cpu_us"]]
+    fronts = [f for f in ("supervisor", "baseline", "router") if f in r["short_cpu_us"]]
     lat = r["latency_ms"]
     print(
         f"\nshort non-streaming requests ({args.requests} per path, max_tokens 1), ms; "
@@ -790,6 +826,12 @@ def register(cli: CLI) -> None:
         action="store_true",
         help="one resident model at a time (supervisor phase, then router phase) for models "
         "that do not fit twice; default: both fronts resident, all paths interleaved",
+    )
+    proxy.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also run `homelab serve` from this homelab source tree (e.g. a `git worktree` of the "
+        "commit before a change) as a third front, 'baseline', in the same interleaved rounds",
     )
     proxy.add_argument(
         "--dashboard",

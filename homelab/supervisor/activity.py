@@ -130,7 +130,8 @@ class Activity:
             swap=swap,
         )
         self.requests.append(record)
-        self.publish("metrics", [asdict(record)])
+        if self.listeners:  # asdict() deep-copies: not paid per request while no page is open
+            self.publish("metrics", [asdict(record)])
 
     # ------------------------------------------------------------ swaps
     def _began(self, scheduler: Scheduler, model_id: str) -> None:

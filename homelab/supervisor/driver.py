@@ -33,7 +33,7 @@ from .metrics import Metrics
 from .peers import PeerMonitor, ProbeTimings
 from .prefetch import Prefetcher, read_mem_available, swap_plan
 from .process import Backend, StartFailed, Watchdog
-from .promptcache import PromptCache
+from .promptcache import PromptCache, cache_dir
 from .scheduler import Admit, Reject, Scheduler, Start, State, Stop
 
 log = logging.getLogger("homelab.supervisor")
@@ -79,6 +79,8 @@ class Supervisor:
         # Swap costs (promptcache / prefetch): slots kept across evictions, the incoming model's
         # files read ahead while the outgoing one drains.
         self.prompt_cache = PromptCache.for_config(config, self.metrics)
+        self._retired_caches: list[PromptCache] = []
+        """Caches of an earlier ``x-promptCache.dir``: backends started with them save there."""
         self.prefetcher = Prefetcher(on_done=self._prefetched)
         self.activity = Activity(lambda: self.scheduler, self.now)  # the dashboard's records and live feed
 
@@ -276,15 +278,33 @@ class Supervisor:
             await backend.stop()
             if self.backends.get(model_id) is backend:
                 del self.backends[model_id]
-            if self.prompt_cache is not None:
-                self.prompt_cache.sweep(model_id)
+            cache = self._cache_of(backend)
+            if cache is not None:
+                cache.sweep(model_id)
+            running = [b.model for b in self.backends.values()]
+            self._retired_caches = [c for c in self._retired_caches if any(c.active_for(m) for m in running)]
         self.dispatch(self.scheduler.stopped(model_id, self.now()))
+
+    def _cache_of(self, backend: Backend) -> PromptCache | None:
+        """The prompt cache whose folder the backend was started with, if any."""
+        return next((c for c in (self.prompt_cache, *self._retired_caches) if c and c.active_for(backend.model)), None)
 
     async def _save_prompt_cache(self, backend: Backend) -> None:
         """Before a stop: keep the backend's slots (bounded by x-promptCache.saveTimeout)."""
-        cache = self.prompt_cache
-        if cache is not None and self.session is not None and backend.alive() and cache.active_for(backend.model):
+        cache = self._cache_of(backend)
+        if cache is not None and self.session is not None and backend.alive():
             await cache.save(backend.model, self.session, backend.auth_headers or None)
+
+    def _reconfigure_prompt_cache(self, new: Config) -> None:
+        """``x-promptCache`` from a reload. Another ``dir``: models started from now on use the new
+        folder; running ones still save into the folder they were started with when they stop."""
+        cache = self.prompt_cache
+        if cache is not None and cache.root == cache_dir(new):
+            cache.reconfigure(new.prompt_cache)
+            return
+        if cache is not None and any(cache.active_for(b.model) for b in self.backends.values()):
+            self._retired_caches.append(cache)
+        self.prompt_cache = PromptCache.for_config(new, self.metrics)
 
     def _prefetch(self, model_id: str) -> None:
         """A swap to ``model_id`` was decided: read its files ahead (x-prefetch)."""
@@ -343,6 +363,7 @@ class Supervisor:
         restarting = sorted(models_to_restart(self.config, new))
         self.config = new
         self.apply_log_settings()
+        self._reconfigure_prompt_cache(new)
         self.peers.reconfigure(new.peers)
         self.dispatch(self.scheduler.reconfigure(new, restarting, self.now()))
         log.info("reloaded %s; restarting changed models: %s", new.source, ", ".join(restarting) or "none")

@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import PeerConfig
+from .config import PeerConfig, Timeouts
 from .driver import SUPERVISOR_KEY, Supervisor
 from .http_errors import end_stream_with_error, error_response
 from .loading import finish_loading_state, stream_loading_state, wants_loading_state
@@ -32,6 +32,8 @@ from .proxy import (
     parse_body_off_loop,
     upstream_headers,
 )
+from .relay import relay as relay_stream
+from .relay import relayable
 from .scheduler import Reject
 from .selection import SelectionError
 from .selection_http import model_states, selection_of
@@ -239,17 +241,31 @@ async def proxy_to(
             # aiohttp would pool it the moment the body ends and a later request could pick it.
             headers["Connection"] = "close"
         data = _form_data(upload, headers) if upload is not None else whole
-        response = await relay(
-            request,
-            sup.session,
-            join_url(base, path),
-            data,
-            headers,
-            outcome,
-            prepared=prepared,
-            same_backend=backend.alive,
-            timeouts=cfg.timeouts,
-        )
+        url = join_url(base, path)
+        if lean_relay_fits(request, url, data, relay, cfg.timeouts):
+            assert isinstance(url, str) and isinstance(data, bytes)  # lean_relay_fits
+            response = await relay_stream(
+                request,
+                url,
+                data,
+                headers,
+                outcome,
+                connect_timeout=float(cfg.timeouts.connect) or None,
+                prepared=prepared,
+                same_backend=backend.alive,
+            )
+        else:
+            response = await relay(
+                request,
+                sup.session,
+                url,
+                data,
+                headers,
+                outcome,
+                prepared=prepared,
+                same_backend=backend.alive,
+                timeouts=cfg.timeouts,
+            )
         metrics.requests.inc(model=model_id, code=str(outcome.status))
         if outcome.upstream_error or outcome.status >= 500:
             metrics.errors.inc(model=model_id, reason="backend")
@@ -263,6 +279,19 @@ async def proxy_to(
     finally:
         metrics.latency.observe(time.perf_counter() - started, model=model_id)
         sup.release(req)
+
+
+def lean_relay_fits(request: web.Request, url: str | URL, body: Body, relay: Relay, timeouts: Timeouts) -> bool:
+    """Whether :func:`.relay.relay` may carry this exchange instead of ``relay`` (aiohttp's
+    client): a whole body over plain HTTP to an IP address, no websocket, and no
+    ``timeouts.responseHeader`` (the lean relay bounds only the connect)."""
+    return (
+        relay is forward
+        and isinstance(url, str)
+        and isinstance(body, bytes)
+        and not timeouts.response_header
+        and relayable(request, url)
+    )
 
 
 def _form_data(form: StreamedForm, headers: CIMultiDict[str]) -> Body:

@@ -60,6 +60,11 @@ is part of the key: an unknown flag only ever costs a refused restore, never a w
 
 CTX_FLAGS = ("-c", "--ctx-size")
 SLOTS_OFF = ("--no-slots",)
+KV_UNIFIED_FLAGS = {"-kvu": True, "--kv-unified": True, "-no-kvu": False, "--no-kv-unified": False}
+PARALLEL_FLAGS = ("-np", "--parallel")
+IDLE_SLOTS_ENV = "LLAMA_ARG_CACHE_IDLE_SLOTS"
+"""llama-server's variable for ``--cache-idle-slots`` (b11434; ``LLAMA_ARG_NO_...`` turns it off too)."""
+TRUTHY = ("1", "true", "on", "enabled")
 
 
 # --------------------------------------------------------------------------- pure core
@@ -100,6 +105,38 @@ def enabled_for(model: ModelConfig, settings: PromptCacheSettings) -> bool:
         return model.prompt_cache
     ctx = ctx_size(cmd)
     return ctx is not None and ctx >= settings.min_ctx
+
+
+def kv_unified(cmd: Sequence[str], env: Mapping[str, str]) -> bool:
+    """Whether llama-server runs one KV buffer shared by all slots: ``-kvu``, or, by default,
+    when the number of slots is automatic (no ``-np``, or ``-np -1``; b11434 ``--help``). The
+    command line wins over ``LLAMA_ARG_*`` variables, as in llama-server."""
+    chosen = None
+    for word in cmd:
+        chosen = KV_UNIFIED_FLAGS.get(word, chosen)
+    if chosen is not None:
+        return chosen
+    if "LLAMA_ARG_NO_KV_UNIFIED" in env:
+        return False
+    if "LLAMA_ARG_KV_UNIFIED" in env:
+        return env["LLAMA_ARG_KV_UNIFIED"].strip().lower() in TRUTHY
+    slots = flag_value(cmd, PARALLEL_FLAGS) or env.get("LLAMA_ARG_N_PARALLEL")
+    return slots is None or slots.strip() in ("-1", "auto")
+
+
+def keep_idle_slots(model: ModelConfig) -> dict[str, str]:
+    """The backend's environment, with idle slots kept in a unified KV cache.
+
+    With a unified KV buffer, llama-server (``--cache-idle-slots``, on by default) copies every
+    idle slot into its RAM prompt cache and clears its cells whenever another slot starts a task,
+    so at eviction only the last used slot would still hold tokens to save. Idle slots that keep
+    their cells can all be saved; when the shared buffer runs full, llama-server still purges
+    idle slots one by one to make room. Set as a variable, not a flag: a build without the option
+    ignores it, and a ``--cache-idle-slots`` on the command line still wins."""
+    env = model.env
+    if not kv_unified(model.cmd, env) or IDLE_SLOTS_ENV in env or IDLE_SLOTS_ENV.replace("_ARG_", "_ARG_NO_") in env:
+        return env
+    return {**env, IDLE_SLOTS_ENV: "0"}
 
 
 StatFn = Callable[[str], "str | None"]
@@ -285,12 +322,22 @@ class PromptCache:
     def enabled_for(self, model: ModelConfig) -> bool:
         return enabled_for(model, self.settings)
 
+    def reconfigure(self, settings: PromptCacheSettings) -> None:
+        """``x-promptCache`` from a reload (same folder): the caps apply at once (least recently
+        used slots dropped), the time bounds from the next save or restore, ``minCtx`` from the
+        next start (a running backend keeps what it was started with)."""
+        self.settings = settings
+        self._enforce_caps()
+        self._write_index()
+
     def model_dir(self, model_id: str) -> Path:
         return self.root / model_dir_name(model_id)
 
     def launch_config(self, model: ModelConfig) -> ModelConfig:
         """The model as it is started: with ``--slot-save-path`` when the cache is on for it (the
-        supervisor owns the folder); unchanged when it is off or the folder cannot be made."""
+        supervisor owns the folder) and idle slots kept in a unified KV cache (every occupied slot
+        can then be saved, see :func:`keep_idle_slots`); unchanged when it is off or the folder
+        cannot be made."""
         if not self.enabled_for(model):
             return model
         self._keys[model.id] = cache_key(model.cmd)
@@ -300,7 +347,7 @@ class PromptCache:
         except OSError as exc:
             log.warning("prompt cache: cannot use %s (%s); %s starts without it", self.root, exc, model.id)
             return model
-        return replace(model, cmd=(*model.cmd, SLOT_SAVE_PATH, str(folder)))
+        return replace(model, cmd=(*model.cmd, SLOT_SAVE_PATH, str(folder)), env=keep_idle_slots(model))
 
     def active_for(self, model: ModelConfig) -> bool:
         """The backend was started with our ``--slot-save-path``."""

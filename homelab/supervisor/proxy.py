@@ -1,4 +1,8 @@
-"""Request parsing, filters and the streaming forwarder.
+"""Request parsing, filters, the headers both ways, and the forwarder through aiohttp's client.
+
+JSON inference requests to a local backend take the lean relay (:mod:`.relay`) instead of
+:func:`forward`; peers, TLS, host names and ``/upstream`` come here. Both build the backend's
+request headers with :func:`upstream_headers` and filter its answer's with :func:`response_headers`.
 
 The forwarder never holds a whole response: it copies the backend's body chunk by chunk as it
 arrives (``iter_any``), so SSE tokens reach the client as soon as the backend writes them.
@@ -13,7 +17,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -177,11 +181,47 @@ def upstream_headers(request: web.Request, *, drop_auth: bool, api_key: str | No
     return headers
 
 
+def response_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """A backend's answer headers as the client gets them: hop-by-hop ones dropped (aiohttp sets
+    the framing itself)."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in items:
+        if key.lower() not in HOP_BY_HOP:
+            headers.add(key, value)
+    return headers
+
+
+async def failed_before_answer(
+    url: str | URL, result: ForwardResult, exc: BaseException | str, prepared: web.StreamResponse | None
+) -> web.StreamResponse:
+    """The backend could not be reached, or broke off before its answer's head: 502, or the last
+    event of a started stream."""
+    result.status = 502
+    result.upstream_error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    message = f"backend at {url} failed before answering: {result.upstream_error}"
+    if prepared is not None:
+        return await end_stream_with_error(prepared, message, "backend_failed")
+    return error_response(502, message, "backend_failed")
+
+
+async def exited_before_answer(
+    url: str | URL, result: ForwardResult, prepared: web.StreamResponse | None
+) -> web.StreamResponse:
+    """The process the request was admitted to is gone, so whoever answered on its port is its
+    replacement (possibly still loading): not an answer to this request."""
+    result.status = 502
+    result.upstream_error = "backend exited before answering"
+    message = f"the backend at {url} exited before answering; retry"
+    if prepared is not None:
+        return await end_stream_with_error(prepared, message, "backend_failed")
+    return error_response(502, message, "backend_failed")
+
+
 _DECODER = json.JSONDecoder()
 _COUNT = re.compile(rb'"tokens_(?:predicted|evaluated)"\s*:\s*(\d+)')
 
 
-def _usage_from(data: bytes) -> dict[str, Any] | None:
+def usage_from(data: bytes) -> dict[str, Any] | None:
     """The last ``usage`` object (OpenAI) in a body or SSE tail, else llama.cpp's
     ``tokens_evaluated`` / ``tokens_predicted`` (/completion). Searched from the end and only
     that small object is parsed: an embeddings answer runs to megabytes, and parsing it all a
@@ -319,22 +359,10 @@ async def forward(
     try:
         upstream = await _send(session, request.method, url, body, headers, same_backend, timeouts, connect_cap)
     except (aiohttp.ClientError, OSError) as exc:
-        result.status = 502
-        result.upstream_error = f"{type(exc).__name__}: {exc}"
-        message = f"backend at {url} failed before answering: {result.upstream_error}"
-        if prepared is not None:
-            return await end_stream_with_error(prepared, message, "backend_failed")
-        return error_response(502, message, "backend_failed")
+        return await failed_before_answer(url, result, exc, prepared)
     if same_backend is not None and not same_backend():
-        # The process this request was admitted to is gone, so whoever answered on its port is
-        # its replacement (possibly still loading): not an answer to this request.
         upstream.close()
-        result.status = 502
-        result.upstream_error = "backend exited before answering"
-        message = f"the backend at {url} exited before answering; retry"
-        if prepared is not None:
-            return await end_stream_with_error(prepared, message, "backend_failed")
-        return error_response(502, message, "backend_failed")
+        return await exited_before_answer(url, result, prepared)
     async with upstream:
         result.status = upstream.status
         content_type = upstream.headers.get("Content-Type", "")
@@ -358,17 +386,13 @@ async def forward(
                     502, f"backend at {url} failed while answering: {result.upstream_error}", "backend_failed"
                 )
             small = web.Response(body=data, status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    small.headers.add(key, value)
+            small.headers.extend(response_headers(upstream.headers.items()))
             if "json" in content_type:
-                result.usage = _usage_from(data)
+                result.usage = usage_from(data)
             return small
         else:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    response.headers.add(key, value)
+            response.headers.extend(response_headers(upstream.headers.items()))
             if upstream.content_length is not None and not streaming:
                 response.content_length = upstream.content_length
             if streaming:
@@ -412,7 +436,7 @@ async def forward(
             if request.transport:
                 request.transport.close()
             return response
-        result.usage = _usage_from(tail) or (_usage_from(head) if keep else None)
+        result.usage = usage_from(tail) or (usage_from(head) if keep else None)
         await response.write_eof()
         return response
 

@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     say("srv  update_slots: all slots are idle")
     if ARGS.crash_after:
         time.sleep(ARGS.crash_after)
+        say("fake crash coming")  # two writes: the second lands while the supervisor batches reads
+        time.sleep(0.005)
         say("fake crash")
         os._exit(3)
     while True:

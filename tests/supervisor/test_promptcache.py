@@ -3,6 +3,7 @@ swap settings in config.yaml."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import textwrap
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from homelab.supervisor.config import Config, ModelConfig, PromptCacheSettings
 from homelab.supervisor.config_load import ConfigError, models_to_restart, parse_config
+from homelab.supervisor.metrics import Metrics
 from homelab.supervisor.prefetch import (
     mem_available,
     model_files,
@@ -20,8 +22,11 @@ from homelab.supervisor.prefetch import (
 from homelab.supervisor.promptcache import (
     CacheIndex,
     Entry,
+    PromptCache,
     cache_key,
     enabled_for,
+    keep_idle_slots,
+    kv_unified,
     model_dir_name,
     write_private,
 )
@@ -230,3 +235,68 @@ def test_the_key_is_taken_when_the_backend_starts(tmp_path: Path) -> None:
     weights.write_bytes(b"GGUF22")  # a new download lands while the backend runs
     assert cache.key_of(launched) == started_with != cache_key(model.cmd)
     assert cache.key_of(cache.launch_config(model)) == cache_key(model.cmd)  # the next start
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "unified"),
+    [
+        ((), {}, True),  # llama-server's default: automatic slots, one shared buffer
+        (("-np", "-1"), {}, True),
+        (("-np", "2"), {}, False),
+        (("--parallel=4",), {}, False),
+        (("-np", "2", "-kvu"), {}, True),
+        (("-kvu", "--no-kv-unified"), {}, False),  # the last word wins
+        (("-np", "2"), {"LLAMA_ARG_KV_UNIFIED": "on"}, True),
+        ((), {"LLAMA_ARG_NO_KV_UNIFIED": "1"}, False),
+        ((), {"LLAMA_ARG_N_PARALLEL": "3"}, False),
+        (("-no-kvu",), {"LLAMA_ARG_KV_UNIFIED": "1"}, False),  # the command line wins over the environment
+    ],
+)
+def test_unified_kv_cache_as_llama_server_decides_it(flags: tuple[str, ...], env: dict[str, str],
+                                                    unified: bool) -> None:
+    assert kv_unified(("llama-server", "-m", "m.gguf", *flags), env) is unified
+
+
+def test_idle_slots_are_kept_only_in_a_unified_kv_cache_and_never_against_the_user(tmp_path: Path) -> None:
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF1")
+
+    def model(*flags: str, **env: str) -> ModelConfig:
+        return ModelConfig(id="a", cmd=_cmd(weights, *flags), proxy="http://127.0.0.1:1", port=1,
+                           prompt_cache=True, env=env)
+
+    assert keep_idle_slots(model("-np", "2", "-kvu")) == {"LLAMA_ARG_CACHE_IDLE_SLOTS": "0"}
+    assert keep_idle_slots(model("-np", "2")) == {}
+    assert keep_idle_slots(model("-kvu", LLAMA_ARG_CACHE_IDLE_SLOTS="1")) == {"LLAMA_ARG_CACHE_IDLE_SLOTS": "1"}
+    assert keep_idle_slots(model("-kvu", LLAMA_ARG_NO_CACHE_IDLE_SLOTS="1")) == {"LLAMA_ARG_NO_CACHE_IDLE_SLOTS": "1"}
+    cache = PromptCache(tmp_path / "cache", PromptCacheSettings(), Metrics())
+    launched = cache.launch_config(model("-kvu", HOME="/h"))
+    assert launched.env == {"HOME": "/h", "LLAMA_ARG_CACHE_IDLE_SLOTS": "0"}
+    assert cache.key_of(launched) == cache_key(model("-kvu").cmd)  # not part of what a KV cell means
+    off = dataclasses.replace(model("-kvu"), prompt_cache=False)
+    assert cache.launch_config(off).env == {}  # no cache, no change
+
+
+def _saved_slot(cache: PromptCache, model: str, slot: int, used: float, size: int) -> Entry:
+    folder = cache.model_dir(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"k-slot{slot}.bin"
+    (folder / name).write_bytes(b"x" * size)
+    entry = Entry(model, "k", slot, f"{folder.name}/{name}", size, 100, used)
+    cache.index.record(entry)
+    return entry
+
+
+def test_reload_applies_new_caps_and_bounds_at_once(tmp_path: Path) -> None:
+    metrics = Metrics()
+    cache = PromptCache(tmp_path / "cache", PromptCacheSettings(max_mib_per_model=8), metrics)
+    older = _saved_slot(cache, "a", 0, used=100.0, size=700_000)
+    newer = _saved_slot(cache, "a", 1, used=200.0, size=700_000)
+    cache.reconfigure(PromptCacheSettings(max_mib_per_model=1, save_timeout=0.5, min_ctx=1024))
+    assert cache.index.entries == [newer]  # the least recently used slot went to fit the new cap
+    assert not (cache.root / older.file).exists() and (cache.root / newer.file).exists()
+    assert metrics.prompt_cache_dropped.values[()] == 1
+    assert cache.settings.save_timeout == 0.5
+    short = ModelConfig(id="b", cmd=_cmd(tmp_path / "m.gguf", "-c", "2048"), proxy="http://h:1", port=1)
+    assert cache.enabled_for(short)  # minCtx 1024 now
+    assert CacheIndex.from_json((cache.root / "index.json").read_text()).entries == [newer]

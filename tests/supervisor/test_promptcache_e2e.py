@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from homelab.supervisor.config_load import parse_config
+from homelab.supervisor.config_load import load_config, parse_config
 
 from .conftest import free_port
 
@@ -23,7 +23,7 @@ PREFIX = "".join(f"line {i}: the agent's long shared context goes on and on. " f
 
 
 def write_config(path: Path, server: Path, models: dict[str, Path], *, alpha_flags: str = "-c 4096 -np 1",
-                 cache: str = "{}") -> Path:
+                 cache: str = "{}", alpha_cache: str = "true") -> Path:
     """alpha (prompt cache on) and beta, which cannot be resident together (one default group)."""
     a, b = free_port(), free_port()
     path.write_text(textwrap.dedent(f"""\
@@ -33,7 +33,7 @@ def write_config(path: Path, server: Path, models: dict[str, Path], *, alpha_fla
           alpha:
             cmd: {server} -m {models['alpha']} --host 127.0.0.1 --port {a} -t 1 --no-webui {alpha_flags}
             proxy: http://127.0.0.1:{a}
-            x-promptCache: true
+            x-promptCache: {alpha_cache}
           beta:
             cmd: {server} -m {models['beta']} --host 127.0.0.1 --port {b} -t 1 -c 512 --no-webui
             proxy: http://127.0.0.1:{b}
@@ -130,3 +130,50 @@ async def test_a_save_over_its_time_bound_does_not_hold_the_eviction(serve, llam
         again = await ask(s, running.url, "alpha", PREFIX + "two")
         assert again["timings"].get("cache_n", 0) == 0  # nothing was restored
     assert not list((tmp_path / "prompt-cache").rglob("*.bin"))  # no partial file left
+
+
+async def test_every_occupied_slot_is_saved_with_a_unified_kv_cache(serve, llama_server_bin: Path,
+                                                                   tiny_models: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """With one KV buffer for all slots, llama-server clears an idle slot when another one starts
+    a task (its copy goes to the RAM prompt cache, which dies with the process): the supervisor
+    keeps idle slots, so both conversations survive the eviction."""
+    config_path = write_config(tmp_path / "config.yaml", llama_server_bin, tiny_models,
+                               alpha_flags="-c 8192 -np 2 -kvu")
+    running = await serve(parse_config(config_path.read_text(), config_path))
+    other = "z" + PREFIX[::-1]  # nothing in common with PREFIX: the other slot
+    async with aiohttp.ClientSession() as s:
+        await ask(s, running.url, "alpha", PREFIX + "one")
+        await ask(s, running.url, "alpha", other + "one")
+        await ask(s, running.url, "beta", "hello")  # evicts alpha
+        assert await metric(s, running.url, "homelab_prompt_cache_saves_total", model="alpha", outcome="saved") == 2
+        for prompt in (PREFIX, other):
+            again = await ask(s, running.url, "alpha", prompt + "two")
+            assert again["timings"]["cache_n"] > 1400 and again["timings"]["prompt_n"] < 40
+        assert await metric(s, running.url, "homelab_prompt_cache_restores_total",
+                            model="alpha", outcome="restored") == 2
+
+
+async def test_reload_applies_the_prompt_cache_settings(serve, llama_server_bin: Path,
+                                                        tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """x-promptCache read again on reload: a lower minCtx turns the cache on for alpha's next
+    start, and a new dir is where it saves."""
+    path = tmp_path / "config.yaml"
+    write_config(path, llama_server_bin, tiny_models, alpha_cache="null")  # -c 4096 < minCtx 16384: off
+    running = await serve(load_config(path), loader=load_config)
+    moved = tmp_path / "moved-cache"
+    async with aiohttp.ClientSession() as s:
+        await ask(s, running.url, "alpha", PREFIX + "one")
+        await ask(s, running.url, "beta", "hello")
+        assert await metric(s, running.url, "homelab_prompt_cache_saves_total", model="alpha", outcome="saved") == 0
+        text = path.read_text().replace("x-promptCache: {}", f"x-promptCache: {{minCtx: 1024, dir: {moved}}}")
+        path.write_text(text)
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is True
+        first = await ask(s, running.url, "alpha", PREFIX + "two")  # started with the cache now
+        assert first["timings"]["prompt_n"] > 1400
+        await ask(s, running.url, "beta", "hello")
+        assert await metric(s, running.url, "homelab_prompt_cache_saves_total", model="alpha", outcome="saved") == 1
+        assert list(moved.rglob("*.bin")) and not (tmp_path / "prompt-cache").exists()
+        again = await ask(s, running.url, "alpha", PREFIX + "three")
+        assert again["timings"]["cache_n"] > 1400 and again["timings"]["prompt_n"] < 40

@@ -1,44 +1,45 @@
-"""Token usage read from relayed answers (metrics), and ``bench proxy --pin`` parsing."""
+"""Token usage read from relayed answers (metrics), and ``bench proxy --pin`` / ``--baseline`` parsing."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
-from homelab.bench.supervisor import Pinning, _pinning
+from homelab.bench.supervisor import Pinning, _baseline_env, _pinning
 from homelab.errors import HomelabError
-from homelab.supervisor.proxy import _usage_from, multipart_with_model, parse_body
+from homelab.supervisor.proxy import multipart_with_model, parse_body, usage_from
 
 
 def test_usage_of_a_json_answer_is_its_usage_object() -> None:
     body = json.dumps({"choices": [{"message": {"content": 'say "usage": {"x": 1}'}}],
                        "usage": {"prompt_tokens": 20, "completion_tokens": 3}, "timings": {"predicted_n": 3}})
-    assert _usage_from(body.encode()) == {"prompt_tokens": 20, "completion_tokens": 3}
+    assert usage_from(body.encode()) == {"prompt_tokens": 20, "completion_tokens": 3}
 
 
 def test_usage_of_a_stream_is_the_last_usage_object_not_null_or_text() -> None:
     tail = (b'data: {"choices":[{"delta":{"content":"\\"usage\\": {"}}],"usage":null}\n\n'
             b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7}}\n\n'
             b'data: {"choices":[{"delta":{}}],"usage": null}\n\ndata: [DONE]\n\n')
-    assert _usage_from(tail) == {"prompt_tokens": 3, "completion_tokens": 7}
+    assert usage_from(tail) == {"prompt_tokens": 3, "completion_tokens": 7}
 
 
 def test_llama_cpp_completion_counts_without_usage() -> None:
     tail = b'data: {"content":"a","stop":true,"tokens_predicted":12,"tokens_evaluated":5}\n\n'
-    assert _usage_from(tail) == {"prompt_tokens": 5, "completion_tokens": 12}
+    assert usage_from(tail) == {"prompt_tokens": 5, "completion_tokens": 12}
 
 
 def test_no_usage_gives_none() -> None:
-    assert _usage_from(b"") is None
-    assert _usage_from(b'{"usage": null}') is None
-    assert _usage_from(b'{"usage": {"prompt_tokens": 1') is None  # cut off
+    assert usage_from(b"") is None
+    assert usage_from(b'{"usage": null}') is None
+    assert usage_from(b'{"usage": {"prompt_tokens": 1') is None  # cut off
 
 
 def test_usage_after_megabytes_of_embeddings_is_found() -> None:
     body = json.dumps({"data": [{"embedding": [0.125] * 300_000}], "usage": {"prompt_tokens": 9}})
-    assert _usage_from(body.encode()) == {"prompt_tokens": 9}
+    assert usage_from(body.encode()) == {"prompt_tokens": 9}
 
 
 def test_pin_parsing() -> None:
@@ -61,3 +62,10 @@ def test_multipart_model_field_is_replaced_and_nothing_else() -> None:
     no_field = body.replace(b'name="model"\r\n\r\nnas/whisper', b'name="language"\r\n\r\nen')
     assert multipart_with_model(content_type, no_field, "whisper") == no_field
     assert multipart_with_model("multipart/form-data", body, "whisper") == body  # no boundary: as is
+
+
+def test_baseline_must_be_a_source_tree(tmp_path: Path) -> None:
+    with pytest.raises(HomelabError, match="not a homelab source tree.*git worktree add"):
+        _baseline_env(tmp_path)
+    tree = Path(__file__).resolve().parents[2]  # this checkout
+    assert _baseline_env(tree)["PYTHONPATH"] == str(tree)

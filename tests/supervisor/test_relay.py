@@ -1,0 +1,244 @@
+"""The lean relay (homelab.supervisor.relay) against a scripted backend on a real loopback socket:
+byte-exact chunked streams whatever the read boundaries, the usage tail, the error event on a
+backend that breaks off (a partial chunk never reaches the client), close-delimited and long
+bodies, a client that stops reading or leaves, and the errors before an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.test_utils import make_mocked_request
+
+from homelab.supervisor.proxy import SMALL_BODY, ForwardResult, upstream_headers
+from homelab.supervisor.relay import relay, relayable
+
+Step = bytes | float | None
+"""bytes: written (and drained); float: a pause in seconds; None: close the connection."""
+
+
+@dataclass
+class Backend:
+    port: int
+    script: list[Step] = field(default_factory=list)
+    requests: list[bytes] = field(default_factory=list)
+    client_closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n"
+EVENTS = [
+    b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n',
+    b'data: {"choices":[{"delta":{"content":"lo"}}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    state = Backend(port=0)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+            0,
+        )
+        state.requests.append(head + await reader.readexactly(length))
+        try:
+            for step in state.script:
+                if step is None:
+                    break
+                if isinstance(step, float):
+                    await asyncio.sleep(step)
+                    continue
+                writer.write(step)
+                await writer.drain()
+            else:
+                # the whole script was sent: like llama-server, wait for the client to go
+                await reader.read()
+                state.client_closed.set()
+        except (ConnectionError, OSError):
+            state.client_closed.set()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    yield state
+    server.close()
+
+
+Front = Callable[[], Awaitable[tuple[str, list[ForwardResult]]]]
+
+
+@pytest.fixture
+async def front(backend: Backend) -> AsyncIterator[tuple[str, list[ForwardResult]]]:
+    """An aiohttp server whose one route relays to the scripted backend."""
+    results: list[ForwardResult] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        result = ForwardResult()
+        results.append(result)
+        url = f"http://127.0.0.1:{backend.port}{request.path_qs}"
+        return await relay(
+            request, url, await request.read(), upstream_headers(request, drop_auth=False), result, connect_timeout=5
+        )
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", results  # type: ignore[union-attr]
+    await runner.cleanup()
+
+
+async def post(url: str, body: object = None) -> tuple[int, bytes, aiohttp.ClientResponse]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s,
+        s.post(url + "/v1/chat/completions?x=1", json=body or {"model": "m", "stream": True}) as resp,
+    ):
+        return resp.status, await resp.read(), resp
+
+
+async def test_chunked_stream_is_relayed_byte_exact_across_any_read_boundary(backend: Backend, front) -> None:
+    url, results = front
+    framed = b"".join(chunk(e) for e in EVENTS)
+    # the head split in two, a chunk header apart from its data, a chunk split in its middle
+    backend.script = [SSE_HEAD[:20], 0.02, SSE_HEAD[20:] + framed[:3], 0.02, framed[3:40], 0.02, framed[40:]]
+    backend.script += [b"0\r\n\r\n"]
+    status, body, resp = await post(url)
+    assert status == 200
+    assert body == b"".join(EVENTS)
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    assert "Keep-Alive" not in resp.headers  # hop-by-hop: not the backend's to set
+    assert results[0].usage == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+    assert results[0].status == 200 and results[0].upstream_error is None
+    sent = backend.requests[0]
+    assert sent.startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n")
+    assert b"\r\nConnection: close\r\n" in sent
+    assert json.loads(sent.split(b"\r\n\r\n", 1)[1]) == {"model": "m", "stream": True}
+
+
+async def test_backend_breaking_off_mid_chunk_ends_with_the_error_event_and_no_done(backend: Backend, front) -> None:
+    url, results = front
+    backend.script = [SSE_HEAD + chunk(EVENTS[0]) + chunk(EVENTS[1])[:12], 0.02, None]
+    status, body, _ = await post(url)
+    assert status == 200
+    first, error = body.split(b"\n\n", 1)
+    assert first + b"\n\n" == EVENTS[0]
+    # the half-sent event never reached the client: the error is a whole event of its own
+    assert b'"lo"' not in body
+    event = json.loads(error.removeprefix(b"data: "))
+    assert event["error"]["code"] == "backend_failed"
+    assert b"[DONE]" not in body
+    assert results[0].upstream_error is not None
+
+
+async def test_short_json_answer_keeps_its_headers_and_usage(backend: Backend, front) -> None:
+    url, results = front
+    answer = json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
+    backend.script = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Trace: abc\r\n"
+        b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(answer),
+        answer[:10],
+        0.02,
+        answer[10:],
+    ]
+    status, body, resp = await post(url, {"model": "m"})
+    assert (status, body) == (200, answer)
+    assert resp.headers["X-Trace"] == "abc" and resp.headers["Content-Length"] == str(len(answer))
+    assert results[0].usage == {"prompt_tokens": 3, "completion_tokens": 1}
+
+
+async def test_an_interim_answer_is_skipped(backend: Backend, front) -> None:
+    url, _ = front
+    backend.script = [b"HTTP/1.1 100 Continue\r\n\r\n" + SSE_HEAD + chunk(EVENTS[0]), 0.02, b"0\r\n\r\n"]
+    status, body, _ = await post(url)
+    assert (status, body) == (200, EVENTS[0])
+
+
+async def test_error_status_is_passed_through(backend: Backend, front) -> None:
+    url, results = front
+    answer = b'{"error":{"code":400,"message":"bad"}}'
+    # all in one write and closed at once, as llama-server does with Connection: close
+    backend.script = [b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (
+        len(answer), answer), None]
+    status, body, _ = await post(url)
+    assert (status, body) == (400, answer)
+    assert results[0].status == 400
+
+
+async def test_close_delimited_and_long_bodies_are_streamed_whole(backend: Backend, front) -> None:
+    url, _ = front
+    backend.script = [b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + EVENTS[0], 0.02, EVENTS[1], None]
+    status, body, _ = await post(url)
+    assert (status, body) == (200, EVENTS[0] + EVENTS[1])
+
+    long = bytes(range(256)) * (SMALL_BODY // 256 * 3)
+    backend.script = [b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % len(long)]
+    backend.script += [long[i : i + 50_000] for i in range(0, len(long), 50_000)]
+    status, body, _ = await post(url)
+    assert status == 200 and body == long
+
+
+async def test_a_client_that_reads_slowly_gets_every_byte(backend: Backend, front) -> None:
+    """The backend writes much more than the socket buffers hold while the client does not read:
+    reading from the backend pauses and resumes, nothing is lost or reordered."""
+    url, _ = front
+    events = [b"data: %d %s\n\n" % (i, b"x" * 900) for i in range(4000)]
+    backend.script = [SSE_HEAD, *(b"".join(chunk(e) for e in events[i : i + 100]) for i in range(0, 4000, 100))]
+    backend.script += [b"0\r\n\r\n"]
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s,
+        s.post(url + "/v1/chat/completions", json={"stream": True}, read_bufsize=2**12) as resp,
+    ):
+        received = []
+        while data := await resp.content.read(2**15):
+            received.append(data)
+            if len(received) < 20:
+                await asyncio.sleep(0.01)
+    assert b"".join(received) == b"".join(events)
+
+
+async def test_a_client_that_leaves_closes_the_backend_connection(backend: Backend, front) -> None:
+    url, _ = front
+    backend.script = [SSE_HEAD + chunk(EVENTS[0])] + [x for _ in range(600) for x in (0.05, chunk(EVENTS[1]))]
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/chat/completions", json={"stream": True}) as resp:
+        assert await resp.content.readuntil(b"\n\n") == EVENTS[0]
+    # llama-server stops generating when its connection closes
+    await asyncio.wait_for(backend.client_closed.wait(), 20)
+
+
+async def test_no_backend_or_a_broken_head_is_a_502_before_answering(backend: Backend, front) -> None:
+    url, results = front
+    backend.script = [b"SPDY/9 200 OK\r\n\r\n"]
+    status, body, _ = await post(url)
+    assert status == 502 and json.loads(body)["error"]["code"] == "backend_failed"
+
+    backend.script = [None]  # closes without answering
+    status, body, _ = await post(url)
+    assert status == 502 and "before answering" in json.loads(body)["error"]["message"]
+    assert all(r.status == 502 and r.upstream_error for r in results)
+
+
+def test_only_plain_http_to_an_ip_for_an_http11_client_is_relayed() -> None:
+    eleven = make_mocked_request("POST", "/v1/chat/completions", version=HttpVersion11)
+    assert relayable(eleven, "http://127.0.0.1:8080/v1/chat/completions")
+    assert relayable(eleven, "http://[::1]:8080/completion")
+    assert not relayable(eleven, "https://127.0.0.1:8080/completion")  # TLS: aiohttp's client
+    assert not relayable(eleven, "http://gpu-box.lan:8080/completion")  # a host name: aiohttp's resolver
+    ten = make_mocked_request("POST", "/v1/chat/completions", version=HttpVersion10)
+    assert not relayable(ten, "http://127.0.0.1:8080/completion")  # no chunked framing towards it
