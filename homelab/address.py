@@ -11,6 +11,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from .errors import HomelabError
+
 ANY_ADDRESS = ("0.0.0.0", "::", "[::]", "*")
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 
@@ -19,6 +21,15 @@ def split_host_port(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` -> (host without IPv6 brackets, port); the last colon separates the port."""
     address, port = listen.rsplit(":", 1)
     return address.strip("[]"), int(port)
+
+
+def parse_listen(value: str, option: str = "--listen") -> tuple[str | None, int]:
+    """A server's ``HOST:PORT`` -> (host without IPv6 brackets, port); ``:PORT`` means every
+    interface (host None), as llama-swap's ``--listen`` reads it."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise HomelabError(f"{option} {value!r}: expected HOST:PORT or :PORT, for example 127.0.0.1:12434")
+    return (host.strip("[]") or None), int(port)
 
 
 def is_loopback(address: str) -> bool:

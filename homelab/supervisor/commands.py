@@ -12,9 +12,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..address import is_any_address, is_loopback
+from ..address import is_any_address, is_loopback, parse_listen
 from ..errors import HomelabError
 from ..files import atomic_write_text
+from ..http_client import http_session
 from .config import Config
 from .config_load import load_config
 
@@ -22,15 +23,6 @@ if TYPE_CHECKING:
     from ..cli import CLI
 
 log = logging.getLogger("homelab.supervisor")
-
-
-def parse_listen(value: str) -> tuple[str | None, int]:
-    """``HOST:PORT`` -> (host, port); ``:PORT`` is every interface (host None), as llama-swap's
-    ``--listen`` reads it."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise HomelabError(f"--listen {value!r}: expected HOST:PORT or :PORT, for example 127.0.0.1:12434")
-    return (host.strip("[]") or None), int(port)
 
 
 def no_key_warning(host: str | None, port: int, config: Config) -> str | None:
@@ -119,7 +111,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if host is None or is_any_address(host) else host
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
-        resp = requests.post(f"http://{host}:{port}/x-reload", headers=headers, timeout=30)
+        with http_session() as session:
+            resp = session.post(f"http://{host}:{port}/x-reload", headers=headers, timeout=30)
     except requests.RequestException as exc:
         raise HomelabError(f"cannot reach the supervisor at {host}:{port}: {exc}") from None
     body = resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}

@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ..files import atomic_write_text
 from .config import Config, ModelConfig, PromptCacheSettings
 from .metrics import Metrics
 
@@ -272,22 +272,6 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, text: str) -> None:
-    """Atomically (temp, fsync, rename), mode 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def cache_dir(config: Config) -> Path | None:
     if config.prompt_cache.dir is not None:
         return config.prompt_cache.dir
@@ -518,7 +502,7 @@ class PromptCache:
 
     def _write_index(self) -> None:
         try:
-            write_private(self.root / INDEX_NAME, self.index.to_json())
+            atomic_write_text(self.root / INDEX_NAME, self.index.to_json(), mode=0o600)
         except OSError as exc:
             log.warning("prompt cache: cannot write %s: %s", self.root / INDEX_NAME, exc)
 

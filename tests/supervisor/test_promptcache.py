@@ -28,7 +28,6 @@ from homelab.supervisor.promptcache import (
     keep_idle_slots,
     kv_unified,
     model_dir_name,
-    write_private,
 )
 
 
@@ -121,13 +120,6 @@ def test_index_round_trip_and_refuses_paths_outside_the_cache() -> None:
     assert CacheIndex.from_json(evil.to_json()).entries == []
     assert CacheIndex.from_json("not json").entries == []
     assert CacheIndex.from_json('{"version": 1, "entries": [{"model": "a"}]}').entries == []
-
-
-def test_index_file_is_private(tmp_path: Path) -> None:
-    path = tmp_path / "index.json"
-    write_private(path, "{}")
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert list(tmp_path.iterdir()) == [path]  # no temporary left
 
 
 def test_model_dir_names_are_safe_and_distinct() -> None:

@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from homelab.errors import HomelabError
-from homelab.supervisor.commands import no_key_warning, parse_listen
+from homelab.address import parse_listen
+from homelab.supervisor.commands import no_key_warning
 from homelab.supervisor.config import Config
 
 from .conftest import FAKE, free_port

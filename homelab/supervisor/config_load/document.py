@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from ...suggest import closest
 from ..config import Config
 from .devices import BUDGET_KEY, parse_device_budget, with_devices
 from .hooks import parse_hooks
@@ -184,8 +184,8 @@ def choice(top: Mapping[str, Value], key: str, allowed: tuple[str, ...], default
 
 
 def suggest_value(value: str, allowed: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(value, list(allowed), n=1)
-    return f"did you mean {close[0]!r}?" if close else None
+    near = closest(value, allowed)
+    return f"did you mean {near!r}?" if near else None
 
 
 def parse_api_keys(section: Value | None) -> tuple[str, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 
@@ -17,6 +16,7 @@ from ...matrix import (
     expression_refs,
     is_name_char,
 )
+from ...suggest import closest
 from ..config import ModelConfig
 from .models import resolve_model_name
 from .values import Value
@@ -46,7 +46,7 @@ def parse_groups(
             members: list[str] = []
             for item in fields["members"].items() if "members" in fields else []:
                 name = item.string()
-                if name not in models and warnings is not None and not difflib.get_close_matches(name, list(models)):
+                if name not in models and warnings is not None and closest(name, models) is None:
                     warnings.append(
                         f"{item.source}:{item.line}: {item.path}: group member {name!r} is not a model, so it is "
                         "ignored (as llama-swap does)"
@@ -88,8 +88,8 @@ def parse_matrix(section: Value, models: Mapping[str, ModelConfig]) -> MatrixCon
             return variables[name]
         if name in models:
             return name
-        close = difflib.get_close_matches(name, list(variables) + list(models), n=1)
-        fix = f"did you mean {close[0]!r}?" if close else "use a model ID or a name from matrix.vars"
+        near = closest(name, [*variables, *models])
+        fix = f"did you mean {near!r}?" if near else "use a model ID or a name from matrix.vars"
         if any(not all(is_name_char(c) for c in model_id) for model_id in models):
             fix += " (model IDs with '/' or ':' need a short name in matrix.vars)"
         raise at.error(f"{what} {name!r} is neither a matrix var nor a model", fix)

@@ -8,7 +8,6 @@ macros, ``${PID}`` is filled in by the process layer when it runs ``cmdStop``.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ...suggest import closest
 from .values import Value
 
 MACRO_REF = re.compile(r"\$\{([a-zA-Z0-9_-]+)\}")
@@ -98,9 +98,9 @@ def resolve_macros(ordered: list[Macro]) -> dict[str, Scalar]:
 
 def suggest_name(name: str, known: Iterable[str]) -> str:
     known = list(known)
-    close = difflib.get_close_matches(name, known, n=1)
-    if close:
-        return f"did you mean ${{{close[0]}}}?"
+    near = closest(name, known)
+    if near:
+        return f"did you mean ${{{near}}}?"
     return f"define it under macros (defined: {', '.join(known) or 'none'})"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ...suggest import closest
 from ..config import MODEL_TIMEOUTS, Capabilities, Filters, ModelConfig, Timeouts
 from .filters import (
     FILTER_KEYS,
@@ -412,6 +412,10 @@ def resolve_model_name(
         return name
     if aliases and name in aliases:
         return aliases[name]
-    close = difflib.get_close_matches(name, list(models) + list(aliases or {}), n=1)
-    fix = f"did you mean {close[0]!r}?" if close else f"known models: {', '.join(models) or 'none'}"
-    raise at.error(f"{what} {name!r} is not a model in this config", fix)
+    raise at.error(f"{what} {name!r} is not a model in this config", suggest_model(name, models, aliases or {}))
+
+
+def suggest_model(name: str, models: Mapping[str, object], aliases: Mapping[str, str]) -> str:
+    """The fix for a name that is not a model: the nearest model or alias, else the models."""
+    near = closest(name, [*models, *aliases])
+    return f"did you mean {near!r}?" if near else f"known models: {', '.join(models) or 'none'}"

@@ -8,14 +8,14 @@ valid, but a config may not mix them with ``routing.router`` (as upstream).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ...matrix import GroupConfig, MatrixConfig, can_contain_all
+from ...suggest import closest
 from ..config import PeerConfig, ProfileConfig, SelectorConfig, peer_model
 from .groups import GROUP_KEYS, MATRIX_KEYS, parse_groups, parse_matrix
-from .models import ModelConfig
+from .models import ModelConfig, suggest_model
 from .values import Value
 
 ROUTING_KEYS = ("router", "scheduler")
@@ -44,9 +44,9 @@ def non_empty(value: Value | None) -> bool:
 def pick(value: Value, allowed: tuple[str, ...]) -> str:
     text = value.string()
     if text not in allowed:
-        close = difflib.get_close_matches(text, allowed, n=1)
+        near = closest(text, allowed)
         raise value.error(
-            f"unknown value {text!r}", f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(allowed)}"
+            f"unknown value {text!r}", f"did you mean {near!r}?" if near else f"use one of {', '.join(allowed)}"
         )
     return text
 
@@ -111,11 +111,6 @@ def parse_routing(
             )
         result.fifo_priority[model_id] = value.integer()
     return result
-
-
-def suggest_model(name: str, models: Mapping[str, object], aliases: Mapping[str, str]) -> str:
-    close = difflib.get_close_matches(name, [*models, *aliases], n=1)
-    return f"did you mean {close[0]!r}?" if close else f"known models: {', '.join(models) or 'none'}"
 
 
 def known_target(

@@ -12,7 +12,6 @@ for the scalar's quoting style.
 from __future__ import annotations
 
 import datetime
-import difflib
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from ...errors import HomelabError
+from ...suggest import closest
 
 
 class ConfigError(HomelabError):
@@ -185,12 +185,9 @@ def kind_of(node: yaml.Node) -> str:
 
 def suggest(key: str, valid: Iterable[str]) -> str:
     valid = list(valid)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    if not close:
-        lowered = {v.lower(): v for v in valid}
-        close = [lowered[key.lower()]] if key.lower() in lowered else []
-    if close:
-        return f"did you mean {close[0]!r}? (keys starting with 'x-' are free for extensions)"
+    near = closest(key, valid)
+    if near:
+        return f"did you mean {near!r}? (keys starting with 'x-' are free for extensions)"
     return f"valid keys here: {', '.join(valid)} (or an 'x-' extension key)"
 
 
