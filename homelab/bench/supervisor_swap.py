@@ -331,6 +331,7 @@ async def bench_prefetch(setup: Setup, rounds: int, drain_tokens: int) -> dict[s
 def run_scenarios(args: argparse.Namespace, workdir: Path) -> None:
     import asyncio
 
+    # lazily: bench.supervisor pulls in aiohttp, and every `homelab` command imports this module
     from .supervisor import _setup
 
     server = _setup(args, workdir, 0).server  # checks --server (and --model)

@@ -17,6 +17,7 @@ from ..errors import HomelabError
 from ..gguf.facts import ModelFacts
 from ..gpuarch import device_name
 from ..inventory.resolved import ResolvedHost, ResolvedModel
+from ..matrix import expand_sets
 from .draft import DraftInput, with_draft
 from .estimate import (
     CPU,
@@ -496,7 +497,6 @@ def largest_ctx(
 def _alternatives(host: ResolvedHost) -> list[tuple[str, tuple[str, ...]]]:
     if not host.sets:
         return []
-    from ..matrix import expand_sets
 
     expanded = expand_sets(host.sets)
     known = {m.id for m in host.models}

@@ -200,6 +200,7 @@ def _mtp_archs(host: ResolvedHost, server: Path | None) -> frozenset[str] | None
     """What the host's build recorded about MTP (None for ``--server`` or an older build)."""
     if server is not None or not any(m.mtp is not None for m in host.models):
         return None
+    # lazily: the build stage loads GitPython, which a render without mtp: never needs
     from ..llamacpp.stage import current_build
 
     build = current_build(host.name)

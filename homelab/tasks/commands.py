@@ -29,6 +29,7 @@ def run_doit(args: list[str]) -> int:
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
+    # lazily, with doit: the task table imports every stage; `homelab --help` needs none of it
     from .. import tasks
     from .config import DOIT_CONFIG
 
