@@ -26,6 +26,7 @@ from .estimate import (
     Estimate,
     EstimateError,
     Override,
+    RpcDevice,
     Settings,
     estimate,
     settings_from_flags,
@@ -377,15 +378,23 @@ def estimate_for(host: ResolvedHost, inp: ModelInput, settings: Settings) -> tup
     if inp.model.draft is not None and inp.draft is None:
         raise PlanError(f"model {inp.model.id}: its draft model's facts were not read (a bug: see plan.sources)")
     try:
-        est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes, rpc=rpc)
-        if inp.draft is not None:
-            est = with_draft(
-                est, inp.draft, inp.model.server, mtp=inp.model.mtp is not None, backend=host.host.backend,
-                gpus=sizes, rpc=rpc,
-            )  # fmt: skip
+        est = _model_estimate(host, inp, settings, sizes, rpc)
     except EstimateError as exc:
         raise PlanError(f"model {inp.model.id}: {exc}") from None
     return est, index
+
+
+def _model_estimate(
+    host: ResolvedHost, inp: ModelInput, settings: Settings, sizes: Sequence[float], rpc: Sequence[RpcDevice]
+) -> Estimate:
+    """The model's estimate with its draft (if any) on the devices the draft flags give it."""
+    est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes, rpc=rpc)
+    if inp.draft is None:
+        return est
+    return with_draft(
+        est, inp.draft, inp.model.server, mtp=inp.model.mtp is not None, backend=host.host.backend, gpus=sizes,
+        rpc=rpc,
+    )  # fmt: skip
 
 
 def device_index(host: ResolvedHost, inp: ModelInput) -> dict[str, int | str]:
@@ -413,7 +422,9 @@ def choose_split(
 
     Start in proportion to each device's budget, then move single layers from a device over
     its budget to the one with the most room while that lowers the worst overuse (fixed costs,
-    compute buffers and runtime overhead, are not proportional to layers)."""
+    compute buffers and runtime overhead, are not proportional to layers). The draft model
+    counts where its flags put it (pinned by ``spec-draft-device``, or split with the main
+    model), so the split leaves room for it."""
     gpus = model_gpus(host, inp.model)
     sizes = [float(host.host.gpus[i].vram_mib) for i in gpus]
     rpc = [d.as_estimate_device() for d in inp.rpc]
@@ -428,7 +439,7 @@ def choose_split(
     def overuse(counts: Sequence[int]) -> list[float]:
         trial = replace(settings, tensor_split=tuple(float(c) for c in counts) if any(counts) else ())
         try:
-            est = estimate(inp.facts, trial, backend=host.host.backend, gpus=sizes, rpc=rpc)
+            est = _model_estimate(host, inp, trial, sizes, rpc)
         except EstimateError:
             return [0.0] * len(counts)  # reported by the caller's own estimate
         used = {d: t["total"] for d, t in est.devices.items()}

@@ -15,6 +15,7 @@ from homelab.inventory.schema import Draft
 from homelab.plan.draft import DraftInput
 from homelab.plan.estimate import CPU, estimate, settings_from_flags
 from homelab.plan.host import ModelInput, PlanError, plan_host
+from homelab.plan.rpc import load_workers
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = Draft.model_validate({"hf": {"repo": "unsloth/Qwen3-0.6B-GGUF", "file": "Qwen3-0.6B-Q8_0.gguf"}})
@@ -133,3 +134,33 @@ def test_an_mtp_head_file_counts_its_weights_and_mtp_context_not_a_trunk(standin
     assert any(n.startswith("MTP head file stand-in") for n in as_head.notes)
     facts = facts_from_file(standin_dir / "qwen3.6-35b-a3b.gguf")
     assert as_head.draft >= facts.weights_bytes - sum(t.n_bytes for t in facts.tensors if t.name == "token_embd.weight")
+
+
+def test_the_rpc_split_leaves_room_for_a_draft_pinned_to_a_local_gpu(standin_dir: Path) -> None:
+    """rig4090's think-split over its RTX 4090 and rpc3090's card, with a 0.6B draft pinned to
+    the 4090 (``spec-draft-device: CUDA0``): the split the plan chooses without the draft puts
+    half the layers on the 4090 and overflows it once the draft is there; the plan's split counts
+    the draft and moves layers to the worker."""
+    rig = load_host("rig4090", REPO)
+    workers = load_workers(rig)
+    plain = plan_host(rig, inputs_for(rig, standin_dir), workers)
+    assert plain.fits, plain.problems
+    old_split = plain.models["think-split"].tensor_split
+    pinned = edit(rig, "think-split", draft=SMALL, **{"spec-draft-device": "CUDA0"})
+    # the draft-blind split, as the plan chose it before: the 4090 overflows
+    blind = edit(pinned, "think-split", **{"tensor-split": ",".join(map(str, old_split))})
+    overflow = plan_host(blind, inputs_for(blind, standin_dir), workers)
+    assert not overflow.models["think-split"].fits_alone
+    assert "gpu0 (RTX 4090, CUDA0)" in overflow.problems[0] and "rpc3090:gpu0" not in overflow.problems[0]
+    # the plan's own split with the draft counted fits every device
+    plan = plan_host(pinned, inputs_for(pinned, standin_dir), workers)
+    assert plan.fits, plan.problems
+    mp = plan.models["think-split"]
+    rpc_layers, gpu_layers = mp.tensor_split
+    assert rpc_layers > old_split[0] and gpu_layers < old_split[1]
+    assert sum(mp.tensor_split) == sum(old_split)
+    data = plan.to_json()
+    devices = data["models"]["think-split"]["devices"]
+    assert devices["gpu0"]["draft"] > 0 and devices["rpc3090:gpu0"]["draft"] == 0
+    for dev in ("gpu0", "rpc3090:gpu0"):
+        assert -(-devices[dev]["total"] // (1 << 20)) <= data["devices"][dev]["budget_mib"]
