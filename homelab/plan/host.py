@@ -378,22 +378,29 @@ def estimate_for(host: ResolvedHost, inp: ModelInput, settings: Settings) -> tup
     if inp.model.draft is not None and inp.draft is None:
         raise PlanError(f"model {inp.model.id}: its draft model's facts were not read (a bug: see plan.sources)")
     try:
-        est = _model_estimate(host, inp, settings, sizes, rpc)
+        est = _model_estimate(host, inp, settings, sizes, rpc, index)
     except EstimateError as exc:
         raise PlanError(f"model {inp.model.id}: {exc}") from None
     return est, index
 
 
 def _model_estimate(
-    host: ResolvedHost, inp: ModelInput, settings: Settings, sizes: Sequence[float], rpc: Sequence[RpcDevice]
+    host: ResolvedHost,
+    inp: ModelInput,
+    settings: Settings,
+    sizes: Sequence[float],
+    rpc: Sequence[RpcDevice],
+    index: Mapping[str, int | str],
 ) -> Estimate:
-    """The model's estimate with its draft (if any) on the devices the draft flags give it."""
+    """The model's estimate with its draft (if any) on the devices the draft flags give it; the
+    draft's note names devices as the rest of the plan does (``gpu0``, ``cpu``, ``w1:gpu0``)."""
     est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes, rpc=rpc)
     if inp.draft is None:
         return est
+    labels = {d: host_device(d, index) for d in [CPU, *index]}
     return with_draft(
         est, inp.draft, inp.model.server, mtp=inp.model.mtp is not None, backend=host.host.backend, gpus=sizes,
-        rpc=rpc,
+        rpc=rpc, labels=labels,
     )  # fmt: skip
 
 
@@ -439,7 +446,7 @@ def choose_split(
     def overuse(counts: Sequence[int]) -> list[float]:
         trial = replace(settings, tensor_split=tuple(float(c) for c in counts) if any(counts) else ())
         try:
-            est = _model_estimate(host, inp, trial, sizes, rpc)
+            est = _model_estimate(host, inp, trial, sizes, rpc, index)
         except EstimateError:
             return [0.0] * len(counts)  # reported by the caller's own estimate
         used = {d: t["total"] for d, t in est.devices.items()}

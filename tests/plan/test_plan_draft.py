@@ -164,3 +164,17 @@ def test_the_rpc_split_leaves_room_for_a_draft_pinned_to_a_local_gpu(standin_dir
     assert devices["gpu0"]["draft"] > 0 and devices["rpc3090:gpu0"]["draft"] == 0
     for dev in ("gpu0", "rpc3090:gpu0"):
         assert -(-devices[dev]["total"] // (1 << 20)) <= data["devices"][dev]["budget_mib"]
+
+
+@pytest.mark.parametrize("gpu", [0, 1])
+def test_the_draft_note_names_devices_as_the_plan_does(standin_dir: Path, gpu: int) -> None:
+    """The note says where the draft went in the plan's own device names (``gpu1``, ``cpu``), the
+    names of its tables, sets and problems, not the process's GPU0 (which is host gpu1 under
+    ``gpus: [1]``)."""
+    duo = load_host("duo3060", REPO)
+    host = replace(duo, models=tuple(replace(m, gpus=(gpu,)) if m.id == "chat-small" else m for m in duo.models))
+    data = plan_host(host, inputs_for(host, standin_dir)).to_json()["models"]["chat-small"]
+    note = next(n for n in data["notes"] if n.startswith("draft model "))
+    where = dict(part.rsplit(" ", 2)[:2] for part in note.split(": ", 1)[1].split(", "))
+    assert where == {d: f"{t['draft'] / (1 << 20):,.0f}" for d, t in data["devices"].items() if t["draft"]}
+    assert set(where) == {"cpu", f"gpu{gpu}"}
