@@ -197,16 +197,28 @@ class HostPlan:
                 )
         return out
 
+    def llama_cpp_device(self, d: str) -> str | None:
+        """llama.cpp's name of this host's device ``d`` with every card visible (``gpu1`` ->
+        ``CUDA1``, ``cpu`` -> ``CPU``): the name the rendered config's ``x-devices`` and
+        ``x-deviceBudgetMiB`` use. None for a remote device (``w1:gpu0``)."""
+        if d == "cpu":
+            return "CPU"
+        if d.startswith("gpu") and d[3:].isdigit():
+            return device_name(self.backend, int(d[3:]))
+        return None
+
     def labels(self) -> dict[str, str]:
         """Problem texts name a local GPU by card and llama.cpp device: ``gpu0 (RTX 3060, CUDA0)``."""
         return {
-            d: f"{d} ({self.device_names.get(d, d)}, {device_name(self.backend, int(d[3:]))})"
+            d: f"{d} ({self.device_names.get(d, d)}, {self.llama_cpp_device(d)})"
             for d in self.budget
             if d.startswith("gpu") and d[3:].isdigit()
         }
 
     def device_json(self, d: str, b: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.device_names.get(d, d), "budget_mib": b // MIB}
+        if (llama_cpp := self.llama_cpp_device(d)) is not None:
+            entry["llama_cpp"] = llama_cpp
         if d in self.reserved:
             r = self.reserved[d]
             entry["rpc_reserved_mib"] = _mib(r.bytes)
