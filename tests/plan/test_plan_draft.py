@@ -136,7 +136,8 @@ def test_an_mtp_head_file_counts_its_weights_and_mtp_context_not_a_trunk(standin
     assert as_head.draft >= facts.weights_bytes - sum(t.n_bytes for t in facts.tensors if t.name == "token_embd.weight")
 
 
-def test_the_rpc_split_leaves_room_for_a_draft_pinned_to_a_local_gpu(standin_dir: Path) -> None:
+@pytest.mark.parametrize("pin", ["spec-draft-device", "devd"])
+def test_the_rpc_split_leaves_room_for_a_draft_pinned_to_a_local_gpu(standin_dir: Path, pin: str) -> None:
     """rig4090's think-split over its RTX 4090 and rpc3090's card, with a 0.6B draft pinned to
     the 4090 (``spec-draft-device: CUDA0``): the split the plan chooses without the draft puts
     half the layers on the 4090 and overflows it once the draft is there; the plan's split counts
@@ -146,7 +147,7 @@ def test_the_rpc_split_leaves_room_for_a_draft_pinned_to_a_local_gpu(standin_dir
     plain = plan_host(rig, inputs_for(rig, standin_dir), workers)
     assert plain.fits, plain.problems
     old_split = plain.models["think-split"].tensor_split
-    pinned = edit(rig, "think-split", draft=SMALL, **{"spec-draft-device": "CUDA0"})
+    pinned = edit(rig, "think-split", draft=SMALL, **{pin: "CUDA0"})
     # the draft-blind split, as the plan chose it before: the 4090 overflows
     blind = edit(pinned, "think-split", **{"tensor-split": ",".join(map(str, old_split))})
     overflow = plan_host(blind, inputs_for(blind, standin_dir), workers)
@@ -178,3 +179,18 @@ def test_the_draft_note_names_devices_as_the_plan_does(standin_dir: Path, gpu: i
     where = dict(part.rsplit(" ", 2)[:2] for part in note.split(": ", 1)[1].split(", "))
     assert where == {d: f"{t['draft'] / (1 << 20):,.0f}" for d, t in data["devices"].items() if t["draft"]}
     assert set(where) == {"cpu", f"gpu{gpu}"}
+
+
+def test_a_draft_kept_in_system_ram_leaves_the_rpc_split_as_it_was(standin_dir: Path) -> None:
+    """``spec-draft-ngl: 0``: the draft's layers stay in the head's RAM, so no GPU needs room
+    for it and the split is the draft-free one."""
+    rig = load_host("rig4090", REPO)
+    workers = load_workers(rig)
+    plain = plan_host(rig, inputs_for(rig, standin_dir), workers).models["think-split"]
+    host = edit(rig, "think-split", draft=SMALL, **{"spec-draft-device": "CUDA0", "spec-draft-ngl": 0})
+    plan = plan_host(host, inputs_for(host, standin_dir), workers)
+    assert plan.fits, plan.problems
+    mp = plan.models["think-split"]
+    assert mp.tensor_split == plain.tensor_split
+    devices = plan.to_json()["models"]["think-split"]["devices"]
+    assert devices["cpu"]["draft"] > 0 and devices["gpu0"]["draft"] == devices["rpc3090:gpu0"]["draft"] == 0
