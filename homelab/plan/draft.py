@@ -121,11 +121,14 @@ def with_draft(
     backend: str,
     gpus: Sequence[float],
     rpc: Sequence[RpcDevice] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> Estimate:
     """``main`` with its draft's bytes added per device (the ``draft`` term).
 
     ``flags``: the model's merged ``server:`` flags; ``mtp``: the model asks for MTP, so the
-    draft is a head file when it has MTP layers; ``gpus``/``rpc``: as for the main estimate."""
+    draft is a head file when it has MTP layers; ``gpus``/``rpc``: as for the main estimate;
+    ``labels``: how the note names each estimate device (the plan's ``gpu0``, ``cpu``,
+    ``w1:gpu0``; default: the estimate's own names)."""
     head = mtp and draft.facts.has_mtp
     devices = draft_devices(flags, len(gpus) if backend != "cpu" else 0)
     s = draft_settings(main.settings, main.geometry.n_ctx, flags, head=head)
@@ -152,7 +155,7 @@ def with_draft(
         entry["total"] = sum(entry[t] for t in TERM_NAMES)
     sums = {t: sum(d[t] for d in devs.values()) for t in TERM_NAMES}
     kind = "MTP head file" if head else "draft model"
-    where = ", ".join(f"{d} {b / (1 << 20):,.0f} MiB" for d, b in shares.items() if b)
+    where = ", ".join(f"{(labels or {}).get(d, d)} {b / (1 << 20):,.0f} MiB" for d, b in shares.items() if b)
     notes = [n for n in main.notes if not (head and n.startswith(_MTP_WITHOUT_HEADS))]
     notes.append(f"{kind} {draft.source}: {where}")
     return replace(main, **sums, total=sum(sums.values()), devices=devs, notes=tuple(notes))  # type: ignore[arg-type]  # sums holds only the int term fields

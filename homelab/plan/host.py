@@ -26,6 +26,7 @@ from .estimate import (
     Estimate,
     EstimateError,
     Override,
+    RpcDevice,
     Settings,
     estimate,
     settings_from_flags,
@@ -196,16 +197,28 @@ class HostPlan:
                 )
         return out
 
+    def llama_cpp_device(self, d: str) -> str | None:
+        """llama.cpp's name of this host's device ``d`` with every card visible (``gpu1`` ->
+        ``CUDA1``, ``cpu`` -> ``CPU``): the name the rendered config's ``x-devices`` and
+        ``x-deviceBudgetMiB`` use. None for a remote device (``w1:gpu0``)."""
+        if d == "cpu":
+            return "CPU"
+        if d.startswith("gpu") and d[3:].isdigit():
+            return device_name(self.backend, int(d[3:]))
+        return None
+
     def labels(self) -> dict[str, str]:
         """Problem texts name a local GPU by card and llama.cpp device: ``gpu0 (RTX 3060, CUDA0)``."""
         return {
-            d: f"{d} ({self.device_names.get(d, d)}, {device_name(self.backend, int(d[3:]))})"
+            d: f"{d} ({self.device_names.get(d, d)}, {self.llama_cpp_device(d)})"
             for d in self.budget
             if d.startswith("gpu") and d[3:].isdigit()
         }
 
     def device_json(self, d: str, b: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.device_names.get(d, d), "budget_mib": b // MIB}
+        if (llama_cpp := self.llama_cpp_device(d)) is not None:
+            entry["llama_cpp"] = llama_cpp
         if d in self.reserved:
             r = self.reserved[d]
             entry["rpc_reserved_mib"] = _mib(r.bytes)
@@ -377,15 +390,30 @@ def estimate_for(host: ResolvedHost, inp: ModelInput, settings: Settings) -> tup
     if inp.model.draft is not None and inp.draft is None:
         raise PlanError(f"model {inp.model.id}: its draft model's facts were not read (a bug: see plan.sources)")
     try:
-        est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes, rpc=rpc)
-        if inp.draft is not None:
-            est = with_draft(
-                est, inp.draft, inp.model.server, mtp=inp.model.mtp is not None, backend=host.host.backend,
-                gpus=sizes, rpc=rpc,
-            )  # fmt: skip
+        est = _model_estimate(host, inp, settings, sizes, rpc, index)
     except EstimateError as exc:
         raise PlanError(f"model {inp.model.id}: {exc}") from None
     return est, index
+
+
+def _model_estimate(
+    host: ResolvedHost,
+    inp: ModelInput,
+    settings: Settings,
+    sizes: Sequence[float],
+    rpc: Sequence[RpcDevice],
+    index: Mapping[str, int | str],
+) -> Estimate:
+    """The model's estimate with its draft (if any) on the devices the draft flags give it; the
+    draft's note names devices as the rest of the plan does (``gpu0``, ``cpu``, ``w1:gpu0``)."""
+    est = estimate(inp.facts, settings, backend=host.host.backend, gpus=sizes, rpc=rpc)
+    if inp.draft is None:
+        return est
+    labels = {d: host_device(d, index) for d in [CPU, *index]}
+    return with_draft(
+        est, inp.draft, inp.model.server, mtp=inp.model.mtp is not None, backend=host.host.backend, gpus=sizes,
+        rpc=rpc, labels=labels,
+    )  # fmt: skip
 
 
 def device_index(host: ResolvedHost, inp: ModelInput) -> dict[str, int | str]:
@@ -413,7 +441,9 @@ def choose_split(
 
     Start in proportion to each device's budget, then move single layers from a device over
     its budget to the one with the most room while that lowers the worst overuse (fixed costs,
-    compute buffers and runtime overhead, are not proportional to layers)."""
+    compute buffers and runtime overhead, are not proportional to layers). The draft model
+    counts where its flags put it (pinned by ``spec-draft-device``, or split with the main
+    model), so the split leaves room for it."""
     gpus = model_gpus(host, inp.model)
     sizes = [float(host.host.gpus[i].vram_mib) for i in gpus]
     rpc = [d.as_estimate_device() for d in inp.rpc]
@@ -428,7 +458,7 @@ def choose_split(
     def overuse(counts: Sequence[int]) -> list[float]:
         trial = replace(settings, tensor_split=tuple(float(c) for c in counts) if any(counts) else ())
         try:
-            est = estimate(inp.facts, trial, backend=host.host.backend, gpus=sizes, rpc=rpc)
+            est = _model_estimate(host, inp, trial, sizes, rpc, index)
         except EstimateError:
             return [0.0] * len(counts)  # reported by the caller's own estimate
         used = {d: t["total"] for d, t in est.devices.items()}

@@ -67,7 +67,9 @@ def vram_picture(
     plan = read_json(config_file.resolve().parent / PLAN) if config_file is not None else None
     if plan and isinstance(plan.get("devices"), dict) and isinstance(plan.get("models"), dict):
         devices = {
+            # llama_cpp: the device's name in the config (CUDA0, CPU), shown beside the plan's gpu0
             d: {"name": v.get("name", d), "budget_mib": v.get("budget_mib")}
+            | ({"llama_cpp": v["llama_cpp"]} if isinstance(v.get("llama_cpp"), str) else {})
             for d, v in plan["devices"].items()
             if isinstance(v, dict)
         }

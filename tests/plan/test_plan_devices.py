@@ -176,3 +176,30 @@ def test_agreement_counts() -> None:
     print(f"\nplan vs supervisor: {COUNTS['hosts']} hosts ({COUNTS['cpu']} with RAM budgeted), {COUNTS['sets']} sets, "
           f"{COUNTS['refused']} refused by both")
     assert COUNTS["refused"] > 0 and COUNTS["refused"] < COUNTS["sets"]
+
+
+# ------------------------------------------------------------------ one naming for dashboard and config
+
+
+@pytest.mark.parametrize(("backend", "prefix"), [("cuda", "CUDA"), ("hip", "ROCm"), ("vulkan", "Vulkan")])
+def test_plan_devices_carry_the_llama_cpp_names_the_rendered_config_uses(
+    standin_dir: Path, backend: str, prefix: str
+) -> None:
+    """plan.json's devices (gpu0.., cpu) each name their llama.cpp device, and through it the
+    plan's budgets and per-model figures are exactly the rendered config's ``x-deviceBudgetMiB``
+    and ``x-devices`` (the dashboard reads the first, the supervisor admits by the second)."""
+    duo = load_host("duo3060", REPO)
+    duo = replace(duo, host=duo.host.model_copy(update={"backend": backend, "ram_mib": 32768}))
+    models = (chat_model(duo, "on-gpu1", 8192, gpus=(1,)), chat_model(duo, "split", 8192, gpus=None))
+    host = replace(duo, models=models, sets={})
+    plan = plan_of(host, standin_dir)
+    data = plan.to_json()
+    names = {d: v.get("llama_cpp") for d, v in data["devices"].items()}
+    assert names == {"gpu0": f"{prefix}0", "gpu1": f"{prefix}1", "cpu": "CPU"}
+    cfg = supervisor_config(host, plan)
+    assert {names[d]: v["budget_mib"] for d, v in data["devices"].items()} == cfg.device_budget_mib
+    for mid, m in data["models"].items():
+        planned = {names[d]: -(-t["total"] // (1 << 20)) for d, t in m["devices"].items() if names.get(d)}
+        assert {d: mib for d, mib in planned.items() if d in cfg.device_budget_mib} == cfg.models[mid].devices_mib
+    assert set(plan.to_json()["models"]["on-gpu1"]["devices"]) <= {"gpu1", "cpu"}
+    assert f"{prefix}1" in cfg.models["on-gpu1"].devices_mib

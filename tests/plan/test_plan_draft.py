@@ -15,6 +15,7 @@ from homelab.inventory.schema import Draft
 from homelab.plan.draft import DraftInput
 from homelab.plan.estimate import CPU, estimate, settings_from_flags
 from homelab.plan.host import ModelInput, PlanError, plan_host
+from homelab.plan.rpc import load_workers
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = Draft.model_validate({"hf": {"repo": "unsloth/Qwen3-0.6B-GGUF", "file": "Qwen3-0.6B-Q8_0.gguf"}})
@@ -133,3 +134,63 @@ def test_an_mtp_head_file_counts_its_weights_and_mtp_context_not_a_trunk(standin
     assert any(n.startswith("MTP head file stand-in") for n in as_head.notes)
     facts = facts_from_file(standin_dir / "qwen3.6-35b-a3b.gguf")
     assert as_head.draft >= facts.weights_bytes - sum(t.n_bytes for t in facts.tensors if t.name == "token_embd.weight")
+
+
+@pytest.mark.parametrize("pin", ["spec-draft-device", "devd"])
+def test_the_rpc_split_leaves_room_for_a_draft_pinned_to_a_local_gpu(standin_dir: Path, pin: str) -> None:
+    """rig4090's think-split over its RTX 4090 and rpc3090's card, with a 0.6B draft pinned to
+    the 4090 (``spec-draft-device: CUDA0``): the split the plan chooses without the draft puts
+    half the layers on the 4090 and overflows it once the draft is there; the plan's split counts
+    the draft and moves layers to the worker."""
+    rig = load_host("rig4090", REPO)
+    workers = load_workers(rig)
+    plain = plan_host(rig, inputs_for(rig, standin_dir), workers)
+    assert plain.fits, plain.problems
+    old_split = plain.models["think-split"].tensor_split
+    pinned = edit(rig, "think-split", draft=SMALL, **{pin: "CUDA0"})
+    # the draft-blind split, as the plan chose it before: the 4090 overflows
+    blind = edit(pinned, "think-split", **{"tensor-split": ",".join(map(str, old_split))})
+    overflow = plan_host(blind, inputs_for(blind, standin_dir), workers)
+    assert not overflow.models["think-split"].fits_alone
+    assert "gpu0 (RTX 4090, CUDA0)" in overflow.problems[0] and "rpc3090:gpu0" not in overflow.problems[0]
+    # the plan's own split with the draft counted fits every device
+    plan = plan_host(pinned, inputs_for(pinned, standin_dir), workers)
+    assert plan.fits, plan.problems
+    mp = plan.models["think-split"]
+    rpc_layers, gpu_layers = mp.tensor_split
+    assert rpc_layers > old_split[0] and gpu_layers < old_split[1]
+    assert sum(mp.tensor_split) == sum(old_split)
+    data = plan.to_json()
+    devices = data["models"]["think-split"]["devices"]
+    assert devices["gpu0"]["draft"] > 0 and devices["rpc3090:gpu0"]["draft"] == 0
+    for dev in ("gpu0", "rpc3090:gpu0"):
+        assert -(-devices[dev]["total"] // (1 << 20)) <= data["devices"][dev]["budget_mib"]
+
+
+@pytest.mark.parametrize("gpu", [0, 1])
+def test_the_draft_note_names_devices_as_the_plan_does(standin_dir: Path, gpu: int) -> None:
+    """The note says where the draft went in the plan's own device names (``gpu1``, ``cpu``), the
+    names of its tables, sets and problems, not the process's GPU0 (which is host gpu1 under
+    ``gpus: [1]``)."""
+    duo = load_host("duo3060", REPO)
+    host = replace(duo, models=tuple(replace(m, gpus=(gpu,)) if m.id == "chat-small" else m for m in duo.models))
+    data = plan_host(host, inputs_for(host, standin_dir)).to_json()["models"]["chat-small"]
+    note = next(n for n in data["notes"] if n.startswith("draft model "))
+    where = dict(part.rsplit(" ", 2)[:2] for part in note.split(": ", 1)[1].split(", "))
+    assert where == {d: f"{t['draft'] / (1 << 20):,.0f}" for d, t in data["devices"].items() if t["draft"]}
+    assert set(where) == {"cpu", f"gpu{gpu}"}
+
+
+def test_a_draft_kept_in_system_ram_leaves_the_rpc_split_as_it_was(standin_dir: Path) -> None:
+    """``spec-draft-ngl: 0``: the draft's layers stay in the head's RAM, so no GPU needs room
+    for it and the split is the draft-free one."""
+    rig = load_host("rig4090", REPO)
+    workers = load_workers(rig)
+    plain = plan_host(rig, inputs_for(rig, standin_dir), workers).models["think-split"]
+    host = edit(rig, "think-split", draft=SMALL, **{"spec-draft-device": "CUDA0", "spec-draft-ngl": 0})
+    plan = plan_host(host, inputs_for(host, standin_dir), workers)
+    assert plan.fits, plan.problems
+    mp = plan.models["think-split"]
+    assert mp.tensor_split == plain.tensor_split
+    devices = plan.to_json()["models"]["think-split"]["devices"]
+    assert devices["cpu"]["draft"] > 0 and devices["gpu0"]["draft"] == devices["rpc3090:gpu0"]["draft"] == 0

@@ -209,7 +209,7 @@ async def test_vram_and_deploy_facts_from_the_generation(serve, tmp_path: Path) 
              "overhead": 300 * mib, "total": 5810 * mib}
     (tmp_path / "plan.json").write_text(json.dumps({
         "version": 1, "host": "box", "backend": "vulkan",
-        "devices": {"gpu0": {"name": "Radeon RX 7900 XTX", "budget_mib": 23000}},
+        "devices": {"gpu0": {"name": "Radeon RX 7900 XTX", "budget_mib": 23000, "llama_cpp": "Vulkan0"}},
         "models": {"a": {"devices": {"gpu0": terms}, "source": "hf://org/a@abc"},
                    "b": {"devices": {"gpu0": terms, "cpu": {"weights": 100 * mib, "total": 100 * mib}}}},
     }))
@@ -223,8 +223,9 @@ async def test_vram_and_deploy_facts_from_the_generation(serve, tmp_path: Path) 
         st = await state(s, running.url)
     vram = st["vram"]
     assert vram["source"] == "plan"
-    assert vram["devices"]["gpu0"] == {"name": "Radeon RX 7900 XTX", "budget_mib": 23000}
-    assert vram["devices"]["cpu"]["budget_mib"] is None
+    # the plan's device with the config's name for it (x-devices, x-deviceBudgetMiB say Vulkan0)
+    assert vram["devices"]["gpu0"] == {"name": "Radeon RX 7900 XTX", "budget_mib": 23000, "llama_cpp": "Vulkan0"}
+    assert vram["devices"]["cpu"] == {"name": "system RAM", "budget_mib": None}
     assert vram["models"]["a"]["gpu0"] == {"weights": 4000, "kv": 1000, "compute": 500, "other": 310, "total": 5810}
     deploy = st["deploy"]
     assert deploy["generation"] == 4 and deploy["deployed"] == 1700000000.0 and deploy["backend"] == "vulkan"

@@ -73,7 +73,7 @@ def write_generation(directory: Path, extra: str = "") -> Path:
 
     (directory / "plan.json").write_text(json.dumps({
         "version": 1, "host": "box", "backend": "vulkan",
-        "devices": {"gpu0": {"name": "Radeon RX 7900 XTX", "budget_mib": 23500}},
+        "devices": {"gpu0": {"name": "Radeon RX 7900 XTX", "budget_mib": 23500, "llama_cpp": "Vulkan0"}},
         "models": {"small": {"devices": {"gpu0": terms(5200, 1500, 600)}, "source": "hf://org/small-GGUF@1a2b3c"},
                    "big": {"devices": {"gpu0": terms(14800, 4000, 1200)}, "source": "hf://org/big-GGUF@4d5e6f"}},
     }))
@@ -211,6 +211,9 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, serve_process, browser, art
 
     # the VRAM picture: small resident; asking about big shows small would be evicted
     assert js(browser, "return document.querySelector(`[data-device='gpu0'] .seg[data-model='small']`) !== null")
+    # the plan's gpu0 with the name the config and the supervisor's messages use
+    caption = browser.find_element(By.CSS_SELECTOR, "[data-device='gpu0'] figcaption").text
+    assert caption.startswith("gpu0 (Vulkan0) · Radeon RX 7900 XTX · ")
     Select(browser.find_element(By.ID, "target")).select_by_value("big")
     until(browser, lambda d: "would evict: small" in d.find_element(By.ID, "evict-note").text, "the eviction preview")
     assert js(browser, "return document.querySelector(`.seg[data-model='small']`).classList.contains('evict')")

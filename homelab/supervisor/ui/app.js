@@ -108,7 +108,7 @@ function renderVram() {
       h("em", {}, `${id} ${t.total}`)));
     const budget = d.budget_mib ? h("div", { class: "budget", style: `left:${pct(d.budget_mib)}`, title: `budget ${d.budget_mib} MiB` }) : null;
     return h("figure", { class: "device", "data-device": dev },
-      h("figcaption", {}, `${dev} · ${d.name} · ${used} MiB in use` + (d.budget_mib ? ` of ${d.budget_mib} MiB budget` : "") + (after !== used ? ` · ${after} MiB after the swap` : "")),
+      h("figcaption", {}, `${dev}${d.llama_cpp ? ` (${d.llama_cpp})` : ""} · ${d.name} · ${used} MiB in use` + (d.budget_mib ? ` of ${d.budget_mib} MiB budget` : "") + (after !== used ? ` · ${after} MiB after the swap` : "")),
       h("div", { class: "bar", role: "img", "aria-label": `${dev}: ${parts.map((p) => `${p[0]} ${p[1].total} MiB${p[2] ? " (" + p[2] + ")" : ""}`).join(", ") || "empty"}` }, ...segs, budget));
   });
   box.replaceChildren(...bars);
