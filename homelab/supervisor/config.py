@@ -223,6 +223,10 @@ class Config:
     """``x-deviceBudgetMiB``: device -> MiB its resident models may fill (with per-model ``x-devices``)."""
     max_wait: float = 30.0
     """``x-maxWait``: seconds a swap waits for in-flight requests of a model it must evict."""
+    max_hold: float = 600.0
+    """``x-maxHold``: seconds past ``max_wait`` a swap waits for in-flight requests of a model it
+    must evict before it cuts them (a backend that never answers cannot hold every swap); 0: wait
+    as long as they take."""
     unload_grace: float = 10.0
     """``x-unloadGrace``: seconds ``/unload`` lets in-flight requests finish before it stops the
     model anyway (llama-swap stops at once; a wedged request must not keep a model loaded)."""

@@ -178,7 +178,7 @@ class Supervisor:
         self.activity.dispatched(actions)
 
     def _arm_timer(self) -> None:
-        deadline = self.scheduler.next_deadline()
+        deadline = self.scheduler.next_deadline(self.now())
         if self._timer is not None:
             if deadline is not None and self._timer.when() == deadline + 0.001:
                 return  # unchanged (the common case on the request path)

@@ -11,8 +11,9 @@ Policies:
 * A model with requests in flight is never evicted. The swap waits. For ``max_wait`` seconds
   (``x-maxWait``) the busy model keeps admitting new requests; after that it is *held*: its new
   requests queue behind the swap (they restart it afterwards), so a queued model is not starved.
-  Requests queued before that swap began are still served first. The swap itself still waits
-  for the in-flight requests to finish.
+  Requests queued before that swap began are still served first. The swap itself waits for the
+  in-flight requests to finish, for ``max_hold`` seconds more (``x-maxHold``) at most: then they
+  are cut and the model is stopped, so a request that never ends cannot hold every swap.
 * Pending starts are served in arrival order (head of line), except that a model with a higher
   ``routing.scheduler.settings.fifo.priority`` goes before lower ones (llama-swap's queue order;
   equal priorities keep arrival order). A start that must wait for evictions reserves its place:
@@ -235,12 +236,19 @@ class Scheduler:
     def tick(self, now: float) -> list[Action]:
         return self._plan(now)
 
-    def next_deadline(self) -> float | None:
+    def next_deadline(self, now: float | None = None) -> float | None:
+        """When :meth:`tick` has something to do next; with ``now``, only deadlines after it (a
+        hold that began stays in ``blocked_since``, and its passed deadline must not re-arm the
+        driver's timer at once, over and over)."""
         deadlines = [since + self.config.max_wait for since in self.blocked_since.values()]
+        if self.config.max_hold > 0:
+            deadlines += [since + self.config.max_wait + self.config.max_hold for since in self.blocked_since.values()]
         for state in self.models.values():
             ttl = self._ttl(state.id)
             if state.state is State.READY and ttl > 0 and not state.inflight and not state.waiters:
                 deadlines.append(state.last_used + ttl)
+        if now is not None:
+            deadlines = [d for d in deadlines if d > now]
         return min(deadlines) if deadlines else None
 
     def would_evict(self, model: str, reserved: Sequence[str] = ()) -> frozenset[str]:
@@ -268,6 +276,16 @@ class Scheduler:
             return True
         since = self.blocked_since.get(state.id)
         return since is not None and now >= since + self.config.max_wait
+
+    def _hold_expired(self, state: ModelState, now: float) -> bool:
+        """A ready model that has blocked a swap for ``max_wait + max_hold`` seconds."""
+        since = self.blocked_since.get(state.id)
+        return (
+            self.config.max_hold > 0
+            and state.state is State.READY
+            and since is not None
+            and now >= since + self.config.max_wait + self.config.max_hold
+        )
 
     def _count_failure(self, state: ModelState, reason: str, now: float) -> None:
         state.failures += 1
@@ -355,7 +373,12 @@ class Scheduler:
                 must_wait = True
                 if victim.state is State.STOPPING:
                     continue
-                if victim.busy:
+                if victim.busy and self._hold_expired(victim, now):
+                    victim.inflight.clear()  # they fail when the backend goes (as force_stop)
+                    victim.last_used = now
+                    reason = self._eviction_reason(state.id, reserved)
+                    actions.append(self._stop(victim, f"{reason} (requests in flight cut after x-maxHold)"))
+                elif victim.busy:
                     blockers.add(victim_id)
                 else:
                     why = why or self._eviction_reason(state.id, reserved)

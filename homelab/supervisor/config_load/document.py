@@ -133,6 +133,7 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
     if "x-vramBudgetMiB" in extensions:
         vram_budget = extensions["x-vramBudgetMiB"].integer(minimum=1)
     max_wait = extensions["x-maxWait"].number(minimum=0) if "x-maxWait" in extensions else 30.0
+    max_hold = extensions["x-maxHold"].number(minimum=0) if "x-maxHold" in extensions else 600.0
     unload_grace = extensions["x-unloadGrace"].number(minimum=0) if "x-unloadGrace" in extensions else 10.0
 
     return Config(
@@ -153,6 +154,7 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
         vram_budget_mib=vram_budget,
         device_budget_mib=device_budget,
         max_wait=max_wait,
+        max_hold=max_hold,
         unload_grace=unload_grace,
         source=source,
         log_to_stdout=log_to_stdout,
