@@ -17,9 +17,10 @@ from yarl import URL
 
 from .config import PeerConfig, Timeouts
 from .driver import SUPERVISOR_KEY, Supervisor
+from .guard import body_timed_out, body_too_large
 from .http_errors import end_stream_with_error, error_response
 from .loading import finish_loading_state, stream_loading_state, wants_loading_state
-from .multipart import StreamedForm, read_form_head
+from .multipart import StreamedForm, UploadLimits, UploadRefused, read_form_head
 from .peers import PeerState
 from .proxy import (
     WRITE_TIMEOUT_REASON,
@@ -114,11 +115,24 @@ async def _dispatch(request: web.Request, path: str) -> web.StreamResponse:
 
 
 async def _dispatch_form(request: web.Request, path: str, content_type: str) -> web.StreamResponse:
-    """A multipart upload: read up to its model field, stream the rest (:mod:`.multipart`)."""
-    form = await read_form_head(request.content, content_type, request.content_length, FORM_LIMIT)
-    requested = form.model or request.query.get("model")
-    if requested:
-        return await proxy_request(request, requested, path, form, None)
+    """A multipart upload: read up to its model field, stream the rest (:mod:`.multipart`), held
+    to ``x-security.maxBodyMiB`` and ``bodyTimeout`` as it arrives. A limit broken before the
+    answer started gets 413 / 408 (the backend's request, if sent, is aborted)."""
+    sup = request.app[SUPERVISOR_KEY]
+    security = sup.config.security
+    limits = UploadLimits(security.max_body_mib << 20, security.body_timeout)
+    requested: str | None = request.query.get("model")
+    try:
+        form = await read_form_head(request.content, content_type, request.content_length, FORM_LIMIT, limits)
+        requested = form.model or requested
+        if requested:
+            return await proxy_request(request, requested, path, form, None)
+    except UploadRefused as exc:
+        if requested:  # by model, as every error; a form without one is only answered
+            sup.metrics.errors.inc(model=requested, reason=exc.code)
+        if exc.code == "body_timeout":
+            return body_timed_out(sup.config, between_pieces=True)
+        return body_too_large(sup.config)
     if not form.searched:
         return error_response(
             413,

@@ -27,7 +27,7 @@ from yarl import URL
 
 from .config import Filters, ModelConfig, Timeouts
 from .http_errors import RequestError, end_stream_with_error, error_response
-from .multipart import find_model, replace_model
+from .multipart import UploadRefused, find_model, replace_model
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -391,6 +391,8 @@ async def forward(
     try:
         upstream = await _send(session, request.method, url, body, headers, same_backend, timeouts, connect_cap)
     except (aiohttp.ClientError, OSError) as exc:
+        if isinstance(exc.__cause__, UploadRefused) and prepared is None:
+            raise exc.__cause__ from None  # the client's fault, answered 413/408 (inference._dispatch_form)
         return await failed_before_answer(url, result, exc, prepared)
     if same_backend is not None and not same_backend():
         upstream.close()

@@ -429,3 +429,68 @@ async def test_multipart_uploads_are_left_to_their_route_but_capped(serve) -> No
         async with s.post(running.url + "/v1/chat/completions", data=form(10),
                           headers={"Origin": "http://localhost:3000"}) as resp:
             assert resp.status == 415  # chat takes JSON from a page
+
+
+def upload_parts(file_size: int, *, model_first: bool = True) -> tuple[str, list[bytes]]:
+    """A multipart body (model field, then a file, or the other way round) in 64 KiB pieces."""
+    boundary = "upload-boundary"
+    model = b'--upload-boundary\r\nContent-Disposition: form-data; name="model"\r\n\r\na\r\n'
+    file = (b'--upload-boundary\r\nContent-Disposition: form-data; name="file"; filename="clip.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\n" + b"\0" * file_size + b"\r\n")
+    body = (model + file if model_first else file + model) + b"--upload-boundary--\r\n"
+    return f"multipart/form-data; boundary={boundary}", [body[i:i + (1 << 16)] for i in range(0, len(body), 1 << 16)]
+
+
+async def test_a_streamed_upload_is_held_to_the_cap_whatever_its_length_said(serve) -> None:
+    """A chunked upload (no Content-Length) is counted as it arrives: over maxBodyMiB it gets 413,
+    whether the cap is broken while looking for the model field or after the backend's request
+    started (that request is aborted); one under the cap reaches the backend whole."""
+    model = fake_model("a", concurrency_limit=1)
+    running = await serve(make_config(model, security=SecuritySettings(max_body_mib=1)))
+
+    async def send(parts: list[bytes]):
+        for part in parts:
+            yield part
+
+    async with aiohttp.ClientSession() as s:
+        kind, parts = upload_parts(500 << 10)
+        async with s.post(running.url + "/v1/audio/transcriptions", data=send(parts),
+                          headers={"Content-Type": kind}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["x_raw_bytes"] == sum(map(len, parts))
+        for model_first in (True, False):
+            kind, parts = upload_parts(2 << 20, model_first=model_first)
+            async with s.post(running.url + "/v1/audio/transcriptions", data=send(parts),
+                              headers={"Content-Type": kind}) as resp:
+                assert resp.status == 413, model_first
+                error = error_of(await resp.json())
+                assert error["code"] == "body_too_large" and "x-security.maxBodyMiB" in error["message"]
+        assert not running.sup.scheduler.models["a"].inflight
+        async with s.post(running.url + "/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200
+        async with s.get(running.url + "/metrics") as resp:
+            assert 'homelab_errors_total{model="a",reason="body_too_large"} 1' in await resp.text()
+
+
+async def test_an_upload_that_stalls_between_pieces_is_cut_off(serve) -> None:
+    """A raw socket sends a chunked upload's model field and the start of its file, then nothing:
+    bodyTimeout later it gets 408 and its connection closes, the backend's request is aborted,
+    and the model's only slot serves the next request."""
+    running = await serve(make_config(fake_model("a", concurrency_limit=1), security=SecuritySettings(body_timeout=1)))
+    kind, parts = upload_parts(200 << 10)
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    for part in parts[:2]:
+        writer.write(b"%x\r\n%b\r\n" % (len(part), part))
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(), timeout=30)  # read() waits for the close
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"x-security.bodyTimeout" in answer and b"next piece of the upload" in answer
+        assert not running.sup.scheduler.models["a"].inflight
+        async with aiohttp.ClientSession() as s:
+            async with s.post(running.url + "/v1/chat/completions", json=CHAT) as resp:
+                assert resp.status == 200
+    finally:
+        writer.close()
