@@ -196,7 +196,9 @@ class SecuritySettings:
     max_body_mib: int = 64
     max_json_depth: int = 64
     body_timeout: float = 60.0
-    """Seconds a client may take to send a request body."""
+    """Seconds a client may take to send a request body (between chunks, for a streamed upload)."""
+    write_timeout: float = 60.0
+    """Seconds a client may leave a streamed answer unread before its connection is closed."""
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ In order, for every request:
    preflight, never JSON. Clients without ``Origin`` (curl ``-d``, SDKs) are not held to it;
 6. the body is read here, bounded: over ``x-security.maxBodyMiB`` is **413**, not received
    within ``x-security.bodyTimeout`` seconds is **408** (a client that trickles its body holds
-   nothing for longer than that). A multipart upload is only checked against the cap by its
+   nothing for longer than that). A multipart upload is checked here only by its
    ``Content-Length``: its route reads it (a large file is streamed to the backend, and waits
-   for a model to load), under the app's ``client_max_size`` when it reads it whole.
+   for a model to load), under the same cap on what actually arrives and with ``bodyTimeout``
+   between two pieces (:class:`.multipart.UploadLimits`).
 
 Every refusal is a JSON error naming the setting that changes it. Responses carry CORS headers
 only for an allowed cross-origin page; a backend's own ``Access-Control-*`` headers are always
@@ -163,18 +164,24 @@ async def _read_body(request: web.Request, config: Config) -> web.Request | web.
         async with asyncio.timeout(config.security.body_timeout):
             await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _too_large(request, cap, config)
+        return body_too_large(config)
     except TimeoutError:
-        refused = error_response(
-            408,
-            f"the request body did not arrive within {config.security.body_timeout:g}s; "
-            f"a slower client needs a larger x-security.bodyTimeout{_where(config)}",
-            "body_timeout",
-            setting="x-security.bodyTimeout",
-        )
-        refused.force_close()  # the rest of the body is not coming: close after the answer
-        return refused
+        return body_timed_out(config)
     return request
+
+
+def body_timed_out(config: Config, *, between_pieces: bool = False) -> web.Response:
+    """408 for a body that did not arrive in time (``between_pieces``: an upload that stalled)."""
+    what = "the next piece of the upload" if between_pieces else "the request body"
+    refused = error_response(
+        408,
+        f"{what} did not arrive within {config.security.body_timeout:g}s; "
+        f"a slower client needs a larger x-security.bodyTimeout{_where(config)}",
+        "body_timeout",
+        setting="x-security.bodyTimeout",
+    )
+    refused.force_close()  # the rest of the body is not coming: close after the answer
+    return refused
 
 
 def _streamed(request: web.Request) -> bool:
@@ -185,14 +192,15 @@ def _over_cap(request: web.Request, config: Config) -> web.Response | None:
     """413 for a body whose announced length is over the cap (nothing of it is read)."""
     cap = config.security.max_body_mib << 20
     if request.content_length is not None and request.content_length > cap:
-        return _too_large(request, cap, config)
+        return body_too_large(config)
     return None
 
 
-def _too_large(request: web.Request, cap: int, config: Config) -> web.Response:
+def body_too_large(config: Config) -> web.Response:
+    """413 for a body over ``x-security.maxBodyMiB`` (announced, read, or streamed)."""
     refused = error_response(
         413,
-        f"the request body is larger than {cap >> 20} MiB (x-security.maxBodyMiB{_where(config)})",
+        f"the request body is larger than {config.security.max_body_mib} MiB (x-security.maxBodyMiB{_where(config)})",
         "body_too_large",
         setting="x-security.maxBodyMiB",
     )

@@ -7,6 +7,7 @@ A request names its model (JSON ``model``, a multipart ``model`` field, ``?model
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,11 +17,13 @@ from yarl import URL
 
 from .config import PeerConfig, Timeouts
 from .driver import SUPERVISOR_KEY, Supervisor
+from .guard import body_timed_out, body_too_large
 from .http_errors import end_stream_with_error, error_response
 from .loading import finish_loading_state, stream_loading_state, wants_loading_state
-from .multipart import StreamedForm, read_form_head
+from .multipart import StreamedForm, UploadLimits, UploadRefused, read_form_head
 from .peers import PeerState
 from .proxy import (
+    WRITE_TIMEOUT_REASON,
     Body,
     ForwardResult,
     Relay,
@@ -37,6 +40,8 @@ from .relay import relayable
 from .scheduler import Reject
 from .selection import SelectionError
 from .selection_http import model_states, selection_of
+
+log = logging.getLogger("homelab.supervisor")
 
 # llama-swap's model-dispatched routes (its internal/server/server.go): the model is read from a
 # JSON body, a multipart form field or ``?model=``, and the path goes to the backend as it came.
@@ -110,11 +115,24 @@ async def _dispatch(request: web.Request, path: str) -> web.StreamResponse:
 
 
 async def _dispatch_form(request: web.Request, path: str, content_type: str) -> web.StreamResponse:
-    """A multipart upload: read up to its model field, stream the rest (:mod:`.multipart`)."""
-    form = await read_form_head(request.content, content_type, request.content_length, FORM_LIMIT)
-    requested = form.model or request.query.get("model")
-    if requested:
-        return await proxy_request(request, requested, path, form, None)
+    """A multipart upload: read up to its model field, stream the rest (:mod:`.multipart`), held
+    to ``x-security.maxBodyMiB`` and ``bodyTimeout`` as it arrives. A limit broken before the
+    answer started gets 413 / 408 (the backend's request, if sent, is aborted)."""
+    sup = request.app[SUPERVISOR_KEY]
+    security = sup.config.security
+    limits = UploadLimits(security.max_body_mib << 20, security.body_timeout)
+    requested: str | None = request.query.get("model")
+    try:
+        form = await read_form_head(request.content, content_type, request.content_length, FORM_LIMIT, limits)
+        requested = form.model or requested
+        if requested:
+            return await proxy_request(request, requested, path, form, None)
+    except UploadRefused as exc:
+        if requested:  # by model, as every error; a form without one is only answered
+            sup.metrics.errors.inc(model=requested, reason=exc.code)
+        if exc.code == "body_timeout":
+            return body_timed_out(sup.config, between_pieces=True)
+        return body_too_large(sup.config)
     if not form.searched:
         return error_response(
             413,
@@ -242,6 +260,7 @@ async def proxy_to(
             headers["Connection"] = "close"
         data = _form_data(upload, headers) if upload is not None else whole
         url = join_url(base, path)
+        write_timeout = sup.config.security.write_timeout
         if lean_relay_fits(request, url, data, relay, cfg.timeouts):
             assert isinstance(url, str) and isinstance(data, bytes)  # lean_relay_fits
             response = await relay_stream(
@@ -253,6 +272,7 @@ async def proxy_to(
                 connect_timeout=float(cfg.timeouts.connect) or None,
                 prepared=prepared,
                 same_backend=backend.alive,
+                write_timeout=write_timeout,
             )
         else:
             response = await relay(
@@ -265,10 +285,12 @@ async def proxy_to(
                 prepared=prepared,
                 same_backend=backend.alive,
                 timeouts=cfg.timeouts,
+                write_timeout=write_timeout,
             )
         metrics.requests.inc(model=model_id, code=str(outcome.status))
         if outcome.upstream_error or outcome.status >= 500:
             metrics.errors.inc(model=model_id, reason="backend")
+        _note_stalled_client(sup, request, model_id, outcome)
         if outcome.usage:
             for kind in ("prompt_tokens", "completion_tokens"):
                 value = outcome.usage.get(kind)
@@ -279,6 +301,17 @@ async def proxy_to(
     finally:
         metrics.latency.observe(time.perf_counter() - started, model=model_id)
         sup.release(req)
+
+
+def _note_stalled_client(sup: Supervisor, request: web.Request, model: str, outcome: ForwardResult) -> None:
+    """One log line and ``homelab_errors_total{reason="write_timeout"}`` for a client whose
+    connection was closed because it stopped reading (:func:`.proxy.cut_off_stalled_client`)."""
+    if outcome.client_stalled is None:
+        return
+    sup.metrics.errors.inc(model=model, reason=WRITE_TIMEOUT_REASON)
+    log.warning(
+        "%s: closed the connection of client %s and the backend's: %s", model, request.remote, outcome.client_stalled
+    )
 
 
 def lean_relay_fits(request: web.Request, url: str | URL, body: Body, relay: Relay, timeouts: Timeouts) -> bool:
@@ -361,7 +394,9 @@ async def proxy_peer(
             same_backend=lambda: not session.closed,
             timeouts=peer.timeouts,
             connect_cap=monitor.timings.connect_timeout,
+            write_timeout=sup.config.security.write_timeout,
         )
+        _note_stalled_client(sup, request, label, outcome)
         code = str(outcome.status)
         if outcome.upstream_error and isinstance(response, web.Response) and not response.prepared:
             # Nothing reached the client yet: the peer could not be reached, or it was marked down

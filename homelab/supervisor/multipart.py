@@ -8,10 +8,17 @@ client that sends the file first makes us buffer up to the field (bounded by ``l
 llama-swap reads every form whole (32 MiB in memory, the rest in temporary files).
 
 Renaming the model (``useModelName``, a peer's own name for it) replaces only the field's value.
+
+An upload is bounded as the front door bounds other bodies (:class:`UploadLimits`): its total as
+received (``x-security.maxBodyMiB``, whatever its ``Content-Length`` said or did not say) and the
+wait for each next piece (``x-security.bodyTimeout``). A broken limit raises :class:`UploadRefused`
+from the read, or from the body's iterator while it is being sent, which aborts the backend's
+request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -96,6 +103,36 @@ def replace_model(content_type: str, body: bytes, model: str) -> bytes:
     return body[: found.start] + model.encode() + body[found.end :]
 
 
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int
+    """The most bytes the client may send in all."""
+    idle_timeout: float | None
+    """Seconds the client may take to send the next piece (None: no limit)."""
+
+
+class UploadRefused(Exception):
+    """The client's upload broke a limit; ``code`` is ``body_too_large`` or ``body_timeout``."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+async def _next_piece(content: StreamReader, limits: UploadLimits | None, received: int) -> bytes:
+    """The next piece of the body (empty at its end), within ``limits``."""
+    if limits is None:
+        return await content.readany()
+    try:
+        async with asyncio.timeout(limits.idle_timeout):
+            piece = await content.readany()
+    except TimeoutError:
+        raise UploadRefused("body_timeout") from None
+    if received + len(piece) > limits.max_bytes:
+        raise UploadRefused("body_too_large")
+    return piece
+
+
 @dataclass
 class StreamedForm:
     """A multipart request read up to its ``model`` field; the rest is still with the client."""
@@ -108,6 +145,9 @@ class StreamedForm:
     """The body's length as forwarded, when the client sent a Content-Length."""
     searched: bool = True
     """False when the read stopped at the limit before the model field (or the body's end)."""
+    received: int = 0
+    """Bytes read from the client so far (``head`` as it arrived)."""
+    limits: UploadLimits | None = None
 
     @property
     def model(self) -> str | None:
@@ -121,28 +161,34 @@ class StreamedForm:
         value = model.encode()
         head = self.head[: found.start] + value + self.head[found.end :]
         length = None if self.length is None else self.length + len(value) - (found.end - found.start)
-        return StreamedForm(head, Field(model, found.start, found.start + len(value)), self.rest, length, self.searched)
+        field = Field(model, found.start, found.start + len(value))
+        return StreamedForm(head, field, self.rest, length, self.searched, self.received, self.limits)
 
     def body(self) -> bytes | AsyncIterator[bytes]:
         return self.head if self.rest is None else self._stream(self.rest)
 
     async def _stream(self, rest: StreamReader) -> AsyncIterator[bytes]:
         yield self.head
-        async for chunk in rest.iter_any():
+        received = self.received
+        while chunk := await _next_piece(rest, self.limits, received):
+            received += len(chunk)
             yield chunk
 
 
-async def read_form_head(content: StreamReader, content_type: str, length: int | None, limit: int) -> StreamedForm:
+async def read_form_head(
+    content: StreamReader, content_type: str, length: int | None, limit: int, limits: UploadLimits | None = None
+) -> StreamedForm:
     """Read ``content`` until its ``model`` field has been seen, the body ended, or ``limit``
-    bytes were read without either (then ``searched`` is False)."""
+    bytes were read without either (then ``searched`` is False). ``limits`` bound the whole
+    upload, this read and the rest (:class:`UploadRefused`)."""
     boundary = boundary_of(content_type)
     scanner = ModelScanner(boundary) if boundary else None
     head = bytearray()
     searched = True
     while scanner is None or not scanner.done:
-        chunk = await content.readany()
+        chunk = await _next_piece(content, limits, len(head))
         if not chunk:
-            return StreamedForm(bytes(head), None, None, length)
+            return StreamedForm(bytes(head), None, None, length, received=len(head), limits=limits)
         head += chunk
         if scanner is not None:
             scanner.scan(head)
@@ -150,4 +196,5 @@ async def read_form_head(content: StreamReader, content_type: str, length: int |
             searched = False
             break
     rest = None if content.is_eof() else content
-    return StreamedForm(bytes(head), scanner.found if scanner else None, rest, length, searched)
+    found = scanner.found if scanner else None
+    return StreamedForm(bytes(head), found, rest, length, searched, len(head), limits)

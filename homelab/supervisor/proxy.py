@@ -27,7 +27,7 @@ from yarl import URL
 
 from .config import Filters, ModelConfig, Timeouts
 from .http_errors import RequestError, end_stream_with_error, error_response
-from .multipart import find_model, replace_model
+from .multipart import UploadRefused, find_model, replace_model
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -334,6 +334,36 @@ class ForwardResult:
         self.status = 0
         self.upstream_error: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.client_stalled: str | None = None
+        """Why the client's connection was closed: it stopped reading (``x-security.writeTimeout``)."""
+
+
+WRITE_TIMEOUT_REASON = "write_timeout"
+"""The ``reason`` label of ``homelab_errors_total`` for a client cut off by :func:`cut_off_stalled_client`."""
+
+
+def cut_off_stalled_client(request: web.Request, result: ForwardResult, write_timeout: float | None) -> None:
+    """A client left the answer unread for ``write_timeout`` seconds: drop its connection at once
+    (``abort``: a ``close`` would wait for the unread bytes to leave) so that it holds no model.
+    The caller closes the backend's connection, and the request's owner logs and counts it."""
+    result.client_stalled = f"it read nothing for {write_timeout:g}s (x-security.writeTimeout)"
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def write_bounded(
+    response: web.StreamResponse, chunk: bytes, transport: asyncio.Transport | None, write_timeout: float | None
+) -> None:
+    """``response.write(chunk)``, given at most ``write_timeout`` seconds when the client's socket
+    is full. Only a write that may pause the transport (something is queued already, or the chunk
+    alone is half its high-water mark) gets the timer: a token to a client that reads costs none."""
+    if transport is None or write_timeout is None:
+        await response.write(chunk)
+    elif transport.get_write_buffer_size() or 2 * len(chunk) > transport.get_write_buffer_limits()[1]:
+        async with asyncio.timeout(write_timeout):
+            await response.write(chunk)
+    else:
+        await response.write(chunk)
 
 
 async def forward(
@@ -348,6 +378,7 @@ async def forward(
     same_backend: Callable[[], bool] | None = None,
     timeouts: Timeouts | None = None,
     connect_cap: float | None = None,
+    write_timeout: float | None = None,
 ) -> web.StreamResponse:
     """Send the request to ``url`` and stream the answer back chunk by chunk.
 
@@ -355,10 +386,13 @@ async def forward(
     is appended to it. A backend that fails before answering gives 502; one that dies in the
     middle of a stream gets a final SSE error event. ``same_backend`` says whether the process
     the request was admitted to still runs (stale-connection retries and answers depend on it).
+    ``write_timeout``: how long a client that stops reading may hold the answer (and the backend).
     """
     try:
         upstream = await _send(session, request.method, url, body, headers, same_backend, timeouts, connect_cap)
     except (aiohttp.ClientError, OSError) as exc:
+        if isinstance(exc.__cause__, UploadRefused) and prepared is None:
+            raise exc.__cause__ from None  # the client's fault, answered 413/408 (inference._dispatch_form)
         return await failed_before_answer(url, result, exc, prepared)
     if same_backend is not None and not same_backend():
         upstream.close()
@@ -403,6 +437,7 @@ async def forward(
         head = b""  # a long JSON answer: its first and last 64 KiB hold "usage" (key order varies)
         tail = b""
         content = upstream.content
+        sink = request.transport
         while True:
             try:
                 chunk = await content.readany()
@@ -411,7 +446,12 @@ async def forward(
                 break
             if not chunk:
                 break
-            await response.write(chunk)
+            try:
+                await write_bounded(response, chunk, sink, write_timeout)
+            except TimeoutError:
+                upstream.close()
+                cut_off_stalled_client(request, result, write_timeout)
+                return response
             if keep:
                 if len(head) < USAGE_KEEP:
                     head += chunk[: USAGE_KEEP - len(head)]
@@ -437,7 +477,11 @@ async def forward(
                 request.transport.close()
             return response
         result.usage = usage_from(tail) or (usage_from(head) if keep else None)
-        await response.write_eof()
+        try:
+            async with asyncio.timeout(write_timeout):
+                await response.write_eof()
+        except TimeoutError:
+            cut_off_stalled_client(request, result, write_timeout)
         return response
 
 

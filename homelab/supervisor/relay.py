@@ -22,7 +22,8 @@ per request; the CPU per streamed token (~20 us) stayed within the run-to-run sp
 before: it goes to the event loop and the two system calls per token, not to Python.
 
 A client that is gone closes the backend connection at the next write (llama-server then stops
-generating); a full client socket pauses reading from the backend until it drains. Peers, TLS,
+generating); a full client socket pauses reading from the backend until it drains, for at most
+``x-security.writeTimeout`` seconds (then both connections are closed). Peers, TLS,
 host names and the ``/upstream`` pass-through keep aiohttp's client (:func:`.proxy.forward`).
 """
 
@@ -44,6 +45,7 @@ from .proxy import (
     SMALL_BODY,
     USAGE_KEEP,
     ForwardResult,
+    cut_off_stalled_client,
     exited_before_answer,
     failed_before_answer,
     response_headers,
@@ -60,6 +62,7 @@ ERROR_PREVIEW = 4000
 USAGE_MARKERS = (b'"usage"', b'"tokens_predicted"')
 
 CLIENT_GONE = "the client went away"
+CLIENT_STALLED = "the client stopped reading"
 
 
 class BackendFailed(Exception):
@@ -328,9 +331,10 @@ async def relay(
     connect_timeout: float | None,
     prepared: web.StreamResponse | None = None,
     same_backend: Callable[[], bool] | None = None,
+    write_timeout: float | None = None,
 ) -> web.StreamResponse:
     """Send the request to ``url`` (see :func:`relayable`) and relay the answer; the same
-    answers and errors as :func:`.proxy.forward`."""
+    answers and errors as :func:`.proxy.forward` (``write_timeout`` too)."""
     loop = asyncio.get_running_loop()
     target = URL(url)
     host, port = target.raw_host, target.port
@@ -355,7 +359,7 @@ async def relay(
             or (prepared is None and not streaming and head.length is not None and head.length <= SMALL_BODY)
         ):
             return await _whole(request, url, proto, head, result, prepared)
-        return await _stream(request, url, proto, head, result, prepared, streaming)
+        return await _stream(request, url, proto, head, result, prepared, streaming, write_timeout)
     finally:
         if proto.transport is not None:
             proto.transport.close()
@@ -398,6 +402,7 @@ async def _stream(
     result: ForwardResult,
     prepared: web.StreamResponse | None,
     streaming: bool,
+    write_timeout: float | None,
 ) -> web.StreamResponse:
     if prepared is not None:
         response = prepared
@@ -419,7 +424,13 @@ async def _stream(
     while not proto.done.done():
         await proto.wait()
         if proto.paused and not proto.done.done():
-            await writer.drain()
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await writer.drain()
+            except TimeoutError:
+                proto._finish(CLIENT_STALLED)  # closes the backend's connection: it stops generating
+                cut_off_stalled_client(request, result, write_timeout)
+                return response
             proto.resume()
     error = proto.done.result()
     if error == CLIENT_GONE:
@@ -431,5 +442,9 @@ async def _stream(
             response, f"backend failed in the middle of the response: {error}", "backend_failed"
         )
     result.usage = usage_from(proto.tail) if proto.tail else None
-    await response.write_eof()
+    try:
+        async with asyncio.timeout(write_timeout):  # the last bytes may still wait for the client
+            await response.write_eof()
+    except TimeoutError:
+        cut_off_stalled_client(request, result, write_timeout)
     return response

@@ -6,7 +6,8 @@
 
 Behaves like llama-server where the supervisor looks: ``/health`` answers 503 while "loading"
 and 200 when ready, prints ``server is listening`` / ``all slots are idle``, exits on a failed
-load, answers ``/v1/chat/completions`` (JSON and SSE at a set token rate), ``/v1/completions``,
+load, answers ``/v1/chat/completions`` (JSON and SSE at a set token rate; request bodies with a
+Content-Length or chunked), ``/v1/completions``,
 ``/completion``, ``/v1/embeddings``, ``/v1/models``, ``/props``, and answers the routes in
 ``RECORDED`` (audio, images, rerank, count_tokens, versionless) with the path, size and SHA-256
 of the body it received. Every JSON answer carries
@@ -107,8 +108,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         global REQUESTS
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raw = self._read_chunked()  # a streamed upload without Content-Length
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:
@@ -151,6 +155,15 @@ class Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": 5, "completion_tokens": ARGS.tokens, "total_tokens": 5 + ARGS.tokens},
             "x_server": ARGS.name, "x_received": payload,
         })
+
+    def _read_chunked(self) -> bytes:
+        parts = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b""):  # trailer fields
+            pass
+        return b"".join(parts)
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

@@ -8,12 +8,13 @@ import asyncio
 import base64
 import dataclasses
 import json
+import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from homelab.supervisor.config import SecuritySettings
+from homelab.supervisor.config import SecuritySettings, Timeouts
 from homelab.supervisor.config_load import parse_config
 from homelab.supervisor.config_load.values import ConfigError
 from homelab.supervisor.http_errors import RequestError
@@ -340,15 +341,55 @@ async def test_a_client_that_trickles_its_body_is_cut_off(serve) -> None:
         writer.close()
 
 
+@pytest.mark.parametrize("path", ["lean relay", "aiohttp client"])
+async def test_a_client_that_stops_reading_a_stream_frees_the_model(serve, caplog, path: str) -> None:
+    """A raw socket asks for a long stream and never reads it. Once the client's socket and the
+    supervisor's buffers are full, writeTimeout later both connections are closed, the error is
+    counted and logged, and the model's only slot serves the next request. ``responseHeader``
+    sends the request through aiohttp's client (proxy.forward) instead of the lean relay."""
+    timeouts = Timeouts(response_header=30) if path == "aiohttp client" else Timeouts()
+    model = fake_model("a", "--tokens", "200000", concurrency_limit=1, timeouts=timeouts)
+    running = await serve(make_config(model, security=SecuritySettings(write_timeout=1)))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # full after a few tokens
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", running.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+    await writer.drain()
+    state = running.sup.scheduler.models
+    try:
+        for _ in range(600):  # the stream is admitted, then cut off
+            if "a" in state and not state["a"].inflight and running.sup.metrics.errors.values:
+                break
+            await asyncio.sleep(0.05)
+        assert not state["a"].inflight
+        async with aiohttp.ClientSession() as s:
+            async with s.post(running.url + "/v1/chat/completions", json=CHAT) as resp:
+                assert resp.status == 200  # not 429: the slot is free
+            async with s.get(running.url + "/metrics") as resp:
+                assert 'homelab_errors_total{model="a",reason="write_timeout"} 1' in await resp.text()
+        assert any("client" in r.message and "x-security.writeTimeout" in r.message and r.message.startswith("a:")
+                   for r in caplog.records)
+        received = b""  # what the client gets when it reads at last: a cut stream, then the end
+        while data := await asyncio.wait_for(reader.read(1 << 20), timeout=30):
+            received += data
+        assert received.startswith(b"HTTP/1.1 200") and b"[DONE]" not in received
+    finally:
+        writer.close()
+
+
 # ---------------------------------------------------------------- config
 
 
 def test_x_security_config(tmp_path: Path) -> None:
     config = parse_config(
         "x-security:\n  allowedHosts: [NAS.lan]\n  allowedOrigins: ['http://webui.lan:3000']\n"
-        "  maxBodyMiB: 8\n  maxJsonDepth: 16\n  bodyTimeout: 5\nmodels: {}\n"
+        "  maxBodyMiB: 8\n  maxJsonDepth: 16\n  bodyTimeout: 5\n  writeTimeout: 7\nmodels: {}\n"
     )
-    assert config.security == SecuritySettings(("nas.lan",), ("http://webui.lan:3000",), 8, 16, 5.0)
+    assert config.security == SecuritySettings(("nas.lan",), ("http://webui.lan:3000",), 8, 16, 5.0, 7.0)
     with pytest.raises(ConfigError, match=r"<config>:3: x-security.allowedOrigins\[0\]: '\*' lets a page .*apiKeys"):
         parse_config("models: {}\nx-security:\n  allowedOrigins: ['*']\n")
     assert parse_config("apiKeys: [k]\nx-security:\n  allowedOrigins: ['*']\n").security.allowed_origins == ("*",)
@@ -388,3 +429,68 @@ async def test_multipart_uploads_are_left_to_their_route_but_capped(serve) -> No
         async with s.post(running.url + "/v1/chat/completions", data=form(10),
                           headers={"Origin": "http://localhost:3000"}) as resp:
             assert resp.status == 415  # chat takes JSON from a page
+
+
+def upload_parts(file_size: int, *, model_first: bool = True) -> tuple[str, list[bytes]]:
+    """A multipart body (model field, then a file, or the other way round) in 64 KiB pieces."""
+    boundary = "upload-boundary"
+    model = b'--upload-boundary\r\nContent-Disposition: form-data; name="model"\r\n\r\na\r\n'
+    file = (b'--upload-boundary\r\nContent-Disposition: form-data; name="file"; filename="clip.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\n" + b"\0" * file_size + b"\r\n")
+    body = (model + file if model_first else file + model) + b"--upload-boundary--\r\n"
+    return f"multipart/form-data; boundary={boundary}", [body[i:i + (1 << 16)] for i in range(0, len(body), 1 << 16)]
+
+
+async def test_a_streamed_upload_is_held_to_the_cap_whatever_its_length_said(serve) -> None:
+    """A chunked upload (no Content-Length) is counted as it arrives: over maxBodyMiB it gets 413,
+    whether the cap is broken while looking for the model field or after the backend's request
+    started (that request is aborted); one under the cap reaches the backend whole."""
+    model = fake_model("a", concurrency_limit=1)
+    running = await serve(make_config(model, security=SecuritySettings(max_body_mib=1)))
+
+    async def send(parts: list[bytes]):
+        for part in parts:
+            yield part
+
+    async with aiohttp.ClientSession() as s:
+        kind, parts = upload_parts(500 << 10)
+        async with s.post(running.url + "/v1/audio/transcriptions", data=send(parts),
+                          headers={"Content-Type": kind}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["x_raw_bytes"] == sum(map(len, parts))
+        for model_first in (True, False):
+            kind, parts = upload_parts(2 << 20, model_first=model_first)
+            async with s.post(running.url + "/v1/audio/transcriptions", data=send(parts),
+                              headers={"Content-Type": kind}) as resp:
+                assert resp.status == 413, model_first
+                error = error_of(await resp.json())
+                assert error["code"] == "body_too_large" and "x-security.maxBodyMiB" in error["message"]
+        assert not running.sup.scheduler.models["a"].inflight
+        async with s.post(running.url + "/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200
+        async with s.get(running.url + "/metrics") as resp:
+            assert 'homelab_errors_total{model="a",reason="body_too_large"} 1' in await resp.text()
+
+
+async def test_an_upload_that_stalls_between_pieces_is_cut_off(serve) -> None:
+    """A raw socket sends a chunked upload's model field and the start of its file, then nothing:
+    bodyTimeout later it gets 408 and its connection closes, the backend's request is aborted,
+    and the model's only slot serves the next request."""
+    running = await serve(make_config(fake_model("a", concurrency_limit=1), security=SecuritySettings(body_timeout=1)))
+    kind, parts = upload_parts(200 << 10)
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    for part in parts[:2]:
+        writer.write(b"%x\r\n%b\r\n" % (len(part), part))
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(), timeout=30)  # read() waits for the close
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"x-security.bodyTimeout" in answer and b"next piece of the upload" in answer
+        assert not running.sup.scheduler.models["a"].inflight
+        async with aiohttp.ClientSession() as s:
+            async with s.post(running.url + "/v1/chat/completions", json=CHAT) as resp:
+                assert resp.status == 200
+    finally:
+        writer.close()

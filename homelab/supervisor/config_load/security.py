@@ -7,6 +7,8 @@
       maxBodyMiB: 64                     # request bodies above this get 413
       maxJsonDepth: 64                   # JSON nested deeper gets 400
       bodyTimeout: 60                    # seconds a client may take to send a request body
+                                         # (between two pieces of a streamed upload)
+      writeTimeout: 60                   # seconds a client may leave an answer unread
 
 ``allowedOrigins: ["*"]`` is accepted only with ``apiKeys`` (a page on any site could otherwise
 use every model); ``allowedHosts: ["*"]`` turns the DNS-rebinding check off.
@@ -18,7 +20,7 @@ from ..config import SecuritySettings
 from ..security import normalize_origin
 from .values import Value
 
-SECURITY_KEYS = ("allowedHosts", "allowedOrigins", "maxBodyMiB", "maxJsonDepth", "bodyTimeout")
+SECURITY_KEYS = ("allowedHosts", "allowedOrigins", "maxBodyMiB", "maxJsonDepth", "bodyTimeout", "writeTimeout")
 
 
 def parse_security(value: Value | None, api_keys: tuple[str, ...]) -> SecuritySettings:
@@ -53,4 +55,5 @@ def parse_security(value: Value | None, api_keys: tuple[str, ...]) -> SecuritySe
         max_body_mib=f["maxBodyMiB"].integer(minimum=1) if "maxBodyMiB" in f else defaults.max_body_mib,
         max_json_depth=f["maxJsonDepth"].integer(minimum=2) if "maxJsonDepth" in f else defaults.max_json_depth,
         body_timeout=f["bodyTimeout"].number(minimum=1) if "bodyTimeout" in f else defaults.body_timeout,
+        write_timeout=f["writeTimeout"].number(minimum=1) if "writeTimeout" in f else defaults.write_timeout,
     )
