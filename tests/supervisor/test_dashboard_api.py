@@ -13,9 +13,11 @@ import aiohttp
 
 from homelab.supervisor.config import Filters, PeerConfig
 from homelab.supervisor.scheduler import Scheduler, State
+from homelab.supervisor.selection import Selection
 
 from .conftest import fake_model, make_config
 from .helpers import chat
+from .test_selection_e2e import config_with, put_profile
 
 TIMEOUT = 15.0
 
@@ -266,3 +268,68 @@ async def test_vram_per_device_from_the_config_without_a_plan(serve) -> None:
                                       "CUDA1": {"name": "CUDA1", "budget_mib": 11427}},
                           "models": {"a": {"CUDA0": {"total": 6000}},
                                      "b": {"CUDA0": {"total": 2000}, "CUDA1": {"total": 7000}}}}
+
+
+SELECTION_YAML = """
+    routing: {router: {settings: {groups: {both: {swap: false, members: [a, b]}}}}}
+    selectors:
+      pick: {strategy: warm, targets: [a, b]}
+      spill: {strategy: spillover, targets: [a, b], settings: {spillover: 2}}
+      solo: {strategy: pin, targets: [b], unlisted: true}
+    profiles:
+      night: {description: quiet, pins: {pick: b, solo: ""}}
+    """
+
+
+async def test_state_shows_selectors_and_profiles_live(serve) -> None:
+    """/api/state's ``selection``: each selector's pick now (after warm state and pins) and the
+    profiles; the event stream sends it again on a profile switch and on a load."""
+    running = await serve(config_with({"a": "", "b": ""}, SELECTION_YAML))
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events") as events:
+        sel = (await state(s, running.url))["selection"]
+        assert sel["active"] is None
+        assert sel["profiles"] == [{"id": "night", "description": "quiet", "pins": {"pick": "b", "solo": ""}}]
+        selectors = {x["id"]: x for x in sel["selectors"]}
+        assert selectors["pick"] == {"id": "pick", "name": "", "strategy": "warm", "targets": ["a", "b"],
+                                     "unlisted": False, "status": "unloaded", "picks": "a"}
+        assert selectors["spill"]["spillover"] == 2 and selectors["spill"]["picks"] == "a"
+        assert selectors["solo"]["picks"] == "b" and selectors["solo"]["unlisted"] is True
+        first = await read_events(events, lambda seen: any(k == "selection" for k, _ in seen))
+        assert dict(first)["selection"] == sel
+
+        # b warm: the warm selector and the spillover one now pick b (asking reserved nothing)
+        async with s.post(running.url + "/api/models/load/b") as resp:
+            assert resp.status == 200
+        loaded = await read_events(events, lambda seen: any(
+            k == "selection" and d["selectors"][0]["picks"] == "b" for k, d in seen))
+        latest = {x["id"]: x for x in [d for k, d in loaded if k == "selection"][-1]["selectors"]}
+        assert latest["pick"]["status"] == "loaded" and latest["spill"]["picks"] == "b"
+        status, body = await chat(s, running.url, "spill")
+        assert status == 200 and body["x_server"] == "b"
+
+        status, _ = await put_profile(s, running.url, {"name": "night"})
+        assert status == 200
+        switched = await read_events(events, lambda seen: any(k == "selection" for k, _ in seen))
+        kinds = [k for k, _ in switched]
+        assert kinds.index("profileChanged") < kinds.index("selection")
+        assert dict(switched)["profileChanged"] == {"active": "night"}
+        sel = dict(switched)["selection"]
+        picks = {x["id"]: (x["picks"], x.get("error")) for x in sel["selectors"]}
+        assert sel["active"] == "night"
+        assert picks["pick"] == ("b", None) and picks["spill"] == ("b", None)
+        assert picks["solo"] == (None, "model 'solo' is disabled by profile 'night'")
+        assert (await state(s, running.url))["selection"] == sel
+
+
+def test_preview_reserves_nothing() -> None:
+    """The dashboard asks what a request would reach on every status message: asking must not
+    move the spillover's reservations or its round-robin turn."""
+    config = config_with({"a": "", "b": ""}, SELECTION_YAML)
+    selection = Selection(config)
+    states = {"a": "ready", "b": "ready"}
+    first = selection.preview("spill", states)
+    assert [selection.preview("spill", states) for _ in range(3)] == [first] * 3
+    assert selection.spills == {}
+    chosen = [selection.choose("spill", states).name for _ in range(2)]
+    assert chosen == ["a", "b"] and selection.preview("spill", states) == "a"
+    assert {k: dict(v.inflight) for k, v in selection.spills.items()} == {"spill": {"a": 1, "b": 1}}
