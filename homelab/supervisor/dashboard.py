@@ -232,6 +232,7 @@ class Dashboard:
         buffers: list[tuple[LogBuffer, dict[str, str]]] = [(sup.supervisor_log, {"source": "proxy"})]
         buffers += [(sup.model_log(m), {"source": "upstream", "model": m}) for m in sup.config.models]
         forwarders = [asyncio.ensure_future(_forward_log(buffer, tags, queue)) for buffer, tags in buffers]
+        config, followed = sup.config, set(sup.config.models)
         sup.active -= 1  # an open page never holds up shutdown
         try:
             for buffer, tags in buffers:
@@ -247,6 +248,12 @@ class Dashboard:
             await response.write(envelope("inflight", {"total": sum(m["inflight"] for m in models)}))
             idle = 0.0
             while sup.accepting:
+                if sup.config is not config:  # a reload: follow the logs of models it added
+                    config = sup.config
+                    for model_id in config.models.keys() - followed:
+                        followed.add(model_id)
+                        tags = {"source": "upstream", "model": model_id}
+                        forwarders.append(asyncio.ensure_future(_forward_log(sup.model_log(model_id), tags, queue)))
                 try:
                     message = await asyncio.wait_for(queue.get(), timeout=1.0)
                 except TimeoutError:

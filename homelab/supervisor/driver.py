@@ -367,6 +367,7 @@ class Supervisor:
         self.peers.reconfigure(new.peers)
         self.dispatch(self.scheduler.reconfigure(new, restarting, self.now()))
         log.info("reloaded %s; restarting changed models: %s", new.source, ", ".join(restarting) or "none")
+        self.activity.refresh()  # open dashboards see added and removed models now
         notify.notify("READY=1", "STATUS=reloaded")
         return True, "", restarting
 

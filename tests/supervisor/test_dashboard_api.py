@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +13,11 @@ from typing import Any
 import aiohttp
 
 from homelab.supervisor.config import Filters, PeerConfig
+from homelab.supervisor.config_load import load_config
 from homelab.supervisor.scheduler import Scheduler, State
 from homelab.supervisor.selection import Selection
 
-from .conftest import fake_model, make_config
+from .conftest import FAKE, fake_model, free_port, make_config
 from .helpers import chat
 from .test_selection_e2e import config_with, put_profile
 
@@ -333,3 +335,55 @@ def test_preview_reserves_nothing() -> None:
     chosen = [selection.choose("spill", states).name for _ in range(2)]
     assert chosen == ["a", "b"] and selection.preview("spill", states) == "a"
     assert {k: dict(v.inflight) for k, v in selection.spills.items()} == {"spill": {"a": 1, "b": 1}}
+
+
+def write_models(path: Path, ports: dict[str, int], *model_ids: str, described: str = "") -> None:
+    """The config file with these fake models (``ports`` keeps each model's command the same
+    across rewrites, so a reload does not restart it)."""
+    lines = ["healthCheckTimeout: 15", "models:"]
+    for model_id in model_ids:
+        port = ports.setdefault(model_id, free_port())
+        lines += [f"  {model_id}:", f'    cmd: "{sys.executable} -S {FAKE} --port {port} --name {model_id}"',
+                  f"    proxy: http://127.0.0.1:{port}", "    unloadTimeout: 2"]
+        if model_id == described:
+            lines.append(f"    description: {model_id} described")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def last_status(seen: list[tuple[str, Any]]) -> list[tuple[str, str, str]]:
+    (*_, models) = [d for k, d in seen if k == "modelStatus"]
+    return [(m["id"], m["status"], m["description"]) for m in models]
+
+
+async def test_reload_reaches_an_open_event_stream(serve, tmp_path: Path) -> None:
+    """A reload shows on a page that stays connected: added, changed and removed models at
+    once, an added model's log lines once it runs (before, the page had to reconnect)."""
+    path, ports = tmp_path / "config.yaml", {}
+    write_models(path, ports, "a")
+    running = await serve(load_config(path), loader=load_config)
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events") as events:
+        first = await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
+        assert last_status(first) == [("a", "unloaded", "")]
+        write_models(path, ports, "a", "b", "c")
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is True
+        after = await read_events(events, lambda seen: any(k == "modelStatus" for k, _ in seen))
+        assert last_status(after) == [("a", "unloaded", ""), ("b", "unloaded", ""), ("c", "unloaded", "")]
+
+        async with s.post(running.url + "/api/models/load/b") as resp:
+            assert resp.status == 200
+
+        def b_ready_and_logged(seen: list[tuple[str, Any]]) -> bool:
+            return any(k == "logData" and d.get("model") == "b" for k, d in seen) and any(
+                k == "modelStatus" and ("b", "ready") in [(m["id"], m["status"]) for m in d] for k, d in seen)
+
+        logs = await read_events(events, b_ready_and_logged)
+        (b_log, *_) = [d for k, d in logs if k == "logData" and d.get("model") == "b"]
+        assert b_log["source"] == "upstream" and "--name b" in b_log["data"]
+
+        # c never ran and a only gains a description: no scheduler state changes, the reload tells
+        write_models(path, ports, "a", "b", described="a")
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is True
+        removed = await read_events(events, lambda seen: any(k == "modelStatus" for k, _ in seen))
+        assert last_status(removed) == [("a", "unloaded", "a described"), ("b", "ready", "")]
