@@ -337,7 +337,7 @@ def test_preview_reserves_nothing() -> None:
     assert {k: dict(v.inflight) for k, v in selection.spills.items()} == {"spill": {"a": 1, "b": 1}}
 
 
-def write_models(path: Path, ports: dict[str, int], *model_ids: str, described: str = "") -> None:
+def write_models(path: Path, ports: dict[str, int], *model_ids: str, described: str = "", extra: str = "") -> None:
     """The config file with these fake models (``ports`` keeps each model's command the same
     across rewrites, so a reload does not restart it)."""
     lines = ["healthCheckTimeout: 15", "models:"]
@@ -347,7 +347,7 @@ def write_models(path: Path, ports: dict[str, int], *model_ids: str, described: 
                   f"    proxy: http://127.0.0.1:{port}", "    unloadTimeout: 2"]
         if model_id == described:
             lines.append(f"    description: {model_id} described")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra)
 
 
 def last_status(seen: list[tuple[str, Any]]) -> list[tuple[str, str, str]]:
@@ -387,3 +387,26 @@ async def test_reload_reaches_an_open_event_stream(serve, tmp_path: Path) -> Non
             assert (await resp.json())["reloaded"] is True
         removed = await read_events(events, lambda seen: any(k == "modelStatus" for k, _ in seen))
         assert last_status(removed) == [("a", "unloaded", "a described"), ("b", "ready", "")]
+
+
+async def test_reload_logs_the_config_warnings(serve, tmp_path: Path) -> None:
+    """What ``serve`` prints at start about keys llama-swap ignores, a reload logs (before, a
+    reload that brought such a key in said nothing); a rejected reload logs only its error."""
+    path, ports = tmp_path / "config.yaml", {}
+    write_models(path, ports, "a")
+    running = await serve(load_config(path), loader=load_config)
+    ghost = "routing: {router: {settings: {groups: {pair: {members: [a, zzqqxx]}}}}}\n"
+    write_models(path, ports, "a", extra=ghost)
+    (note,) = load_config(path).warnings
+    assert "group member 'zzqqxx' is not a model, so it is ignored" in note
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is True
+        async with s.get(running.url + "/logs") as resp:
+            logs = await resp.text()
+        assert f"reload: {note}" in logs
+        path.write_text("models: [")
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is False
+        async with s.get(running.url + "/logs") as resp:
+            assert (await resp.text()).count(note) == 1
