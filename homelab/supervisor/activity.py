@@ -85,6 +85,8 @@ class Activity:
         self.listeners: set[asyncio.Queue[bytes]] = set()
         self.status: Callable[[], list[dict[str, Any]]] | None = None
         """Builds the model-status payload (set by the dashboard routes)."""
+        self.selection: Callable[[], dict[str, Any]] | None = None
+        """Builds the dashboard's selectors-and-profiles payload (set by the dashboard routes)."""
         self._flush: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ hooks
@@ -191,6 +193,11 @@ class Activity:
             if not queue.full():  # a stalled page loses messages rather than holding memory
                 queue.put_nowait(message)
 
+    def refresh(self) -> None:
+        """Something the status messages show changed outside the scheduler (a reload, a
+        profile switch): send them again, coalesced like every other change."""
+        self._schedule_flush()
+
     def _schedule_flush(self) -> None:
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._send_status)
@@ -201,6 +208,8 @@ class Activity:
             models = self.status()
             self.publish("modelStatus", models)
             self.publish("inflight", {"total": sum(m.get("inflight", 0) for m in models)})
+        if self.selection is not None and self.listeners:
+            self.publish("selection", self.selection())
 
     def close(self) -> None:
         if self._flush is not None:

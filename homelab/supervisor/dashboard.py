@@ -9,8 +9,9 @@ Routes:
 * ``GET /`` from a browser (``Accept: text/html``) redirects to ``/ui/``; other clients get the
   404 they always got.
 * ``GET /api/state``: every model (and peer model) with its scheduler state, what starting it
-  would evict now, the VRAM picture, the deployed generation's facts, recent requests and swaps.
-* ``GET /api/events``: Server-Sent Events in llama-swap's envelope (see :mod:`.activity`).
+  would evict now, the selectors and profiles (``selection``), the VRAM picture, the deployed generation's facts, recent requests and swaps.
+* ``GET /api/events``: Server-Sent Events in llama-swap's envelope (see :mod:`.activity`); our
+  ``selection`` message follows each ``modelStatus``.
 * ``POST /api/models/load/{model}``: start a model as a request for it would (no request sent).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,8 @@ from .admission import AdmissionError
 from .deployed import deploy_facts, vram_picture
 from .http_errors import error_response
 from .scheduler import State
+from .selection import Selection
+from .selection_http import model_states, profile_records, selection_of, selector_records
 
 if TYPE_CHECKING:
     from .driver import Supervisor
@@ -61,9 +65,21 @@ def ui_file(name: str) -> bytes:
 
 
 class Dashboard:
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Supervisor, selection: Callable[[], Selection]) -> None:
         self.sup = sup
+        self.current_selection = selection
         sup.activity.status = self.model_status
+        sup.activity.selection = self.selection
+
+    def selection(self) -> dict[str, Any]:
+        """Selectors (strategy, targets, the target a request would reach now) and profiles
+        (pins, the active one): the ``selection`` part of /api/state and its live message."""
+        selection = self.current_selection()
+        return {
+            "active": selection.active,
+            "selectors": selector_records(selection, model_states(self.sup)),
+            "profiles": profile_records(selection),
+        }
 
     # ------------------------------------------------------------ state
     def model_status(self) -> list[dict[str, Any]]:
@@ -148,6 +164,7 @@ class Dashboard:
         source = sup.config.source
         return {
             "models": self.model_status(),
+            "selection": self.selection(),
             "vram": vram_picture(
                 source,
                 sup.config.vram_budget_mib,
@@ -215,6 +232,7 @@ class Dashboard:
         buffers: list[tuple[LogBuffer, dict[str, str]]] = [(sup.supervisor_log, {"source": "proxy"})]
         buffers += [(sup.model_log(m), {"source": "upstream", "model": m}) for m in sup.config.models]
         forwarders = [asyncio.ensure_future(_forward_log(buffer, tags, queue)) for buffer, tags in buffers]
+        config, followed = sup.config, set(sup.config.models)
         sup.active -= 1  # an open page never holds up shutdown
         try:
             for buffer, tags in buffers:
@@ -223,12 +241,19 @@ class Dashboard:
                     await response.write(envelope("logData", {**tags, "data": history.decode("utf-8", "replace")}))
             models = self.model_status()
             await response.write(envelope("modelStatus", models))
+            await response.write(envelope("selection", self.selection()))
             await response.write(envelope("metrics", [asdict(r) for r in sup.activity.requests]))
             for swap in sup.activity.swaps:
                 await response.write(envelope("swap", asdict(swap)))
             await response.write(envelope("inflight", {"total": sum(m["inflight"] for m in models)}))
             idle = 0.0
             while sup.accepting:
+                if sup.config is not config:  # a reload: follow the logs of models it added
+                    config = sup.config
+                    for model_id in config.models.keys() - followed:
+                        followed.add(model_id)
+                        tags = {"source": "upstream", "model": model_id}
+                        forwarders.append(asyncio.ensure_future(_forward_log(sup.model_log(model_id), tags, queue)))
                 try:
                     message = await asyncio.wait_for(queue.get(), timeout=1.0)
                 except TimeoutError:
@@ -265,7 +290,7 @@ async def _forward_log(buffer: LogBuffer, tags: dict[str, str], out: asyncio.Que
 
 
 def add_dashboard_routes(app: web.Application, sup: Supervisor) -> None:
-    dashboard = Dashboard(sup)
+    dashboard = Dashboard(sup, lambda: selection_of(app))
     app.router.add_route("*", "/", dashboard.handle_root)
     app.router.add_get(PUBLIC_PREFIX, dashboard.handle_ui)
     app.router.add_get(PUBLIC_PREFIX + "/", dashboard.handle_ui)

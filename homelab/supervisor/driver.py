@@ -366,7 +366,10 @@ class Supervisor:
         self._reconfigure_prompt_cache(new)
         self.peers.reconfigure(new.peers)
         self.dispatch(self.scheduler.reconfigure(new, restarting, self.now()))
+        for note in new.warnings:  # what `serve` prints at start, so a reload does not hide it
+            log.warning("reload: %s", note)
         log.info("reloaded %s; restarting changed models: %s", new.source, ", ".join(restarting) or "none")
+        self.activity.refresh()  # open dashboards see added and removed models now
         notify.notify("READY=1", "STATUS=reloaded")
         return True, "", restarting
 

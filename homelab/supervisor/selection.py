@@ -124,6 +124,16 @@ class Selection:
 
     def spillover(self, selector: SelectorConfig, states: Mapping[str, str]) -> Choice:
         spill = self.spills.setdefault(selector.id, Spill())
+        pair, rotated = self.spill_pick(selector, spill, states)
+        if rotated:
+            spill.turn += 1
+        return self.reserve(selector.id, spill, pair)
+
+    def spill_pick(
+        self, selector: SelectorConfig, spill: Spill, states: Mapping[str, str]
+    ) -> tuple[tuple[str, str], bool]:
+        """The spillover choice as (target, model key) and whether it took the round-robin turn;
+        reserves nothing (the dashboard's preview asks it too)."""
         active: list[tuple[str, str]] = []
         cold: list[tuple[str, str]] = []
         for target in selector.targets:
@@ -141,14 +151,12 @@ class Selection:
                 503, f"selector {selector.id!r} has no target available (all stopping)", "model_unavailable"
             )
         if not active:
-            return self.reserve(selector.id, spill, cold[0])
+            return cold[0], False
         fewest = min(spill.inflight.get(key, 0) for _, key in active)
         if fewest >= selector.spillover and cold:
-            return self.reserve(selector.id, spill, cold[0])
+            return cold[0], False
         tied = [pair for pair in active if spill.inflight.get(pair[1], 0) == fewest]
-        pair = tied[spill.turn % len(tied)]
-        spill.turn += 1
-        return self.reserve(selector.id, spill, pair)
+        return tied[spill.turn % len(tied)], True
 
     @staticmethod
     def reserve(selector_id: str, spill: Spill, pair: tuple[str, str]) -> Choice:
@@ -162,6 +170,19 @@ class Selection:
         spill = self.spills.get(choice.selector)
         if spill is not None and spill.inflight.get(choice.reserved, 0) > 0:
             spill.inflight[choice.reserved] -= 1
+
+    def preview(self, requested: str, states: Mapping[str, str]) -> str:
+        """What :meth:`choose` would route ``requested`` to now, reserving nothing and moving no
+        round-robin turn; SelectionError as :meth:`choose` raises it."""
+        name = self.pin(requested)
+        selector = self.config.selectors.get(name)
+        if selector is None:
+            return name
+        if selector.strategy == "pin":
+            return selector.targets[0]
+        if selector.strategy == "warm":
+            return self.warm(selector, states)
+        return self.spill_pick(selector, self.spills.get(selector.id, Spill()), states)[0][0]
 
     # ----------------------------------------------------------------- reload
     def reconfigure(self, config: Config) -> None:

@@ -13,7 +13,7 @@ from .config import Capabilities
 from .driver import SUPERVISOR_KEY, Supervisor
 from .http_errors import error_response
 from .scheduler import State
-from .selection import Selection
+from .selection import Selection, SelectionError
 
 SELECTION_KEY = web.AppKey("selection", Selection)
 
@@ -32,13 +32,40 @@ def model_states(sup: Supervisor) -> dict[str, str]:
     return {model_id: s.state.value for model_id, s in sup.scheduler.models.items() if s.state is not State.STOPPED}
 
 
-async def handle_profiles(request: web.Request) -> web.Response:
-    selection = selection_of(request.app)
-    profiles = [
+def profile_records(selection: Selection) -> list[dict[str, Any]]:
+    """The profiles as ``GET /api/profiles`` lists them (the dashboard shows the same)."""
+    return [
         {"id": p.id, "description": p.description, "pins": p.pins}
         for p in sorted(selection.config.profiles.values(), key=lambda p: p.id)
     ]
-    return web.json_response({"active": selection.active, "profiles": profiles})
+
+
+def selector_records(selection: Selection, states: dict[str, str]) -> list[dict[str, Any]]:
+    """Each selector with the target a request for its name would reach now (after the active
+    profile's pins; None with ``error`` when that request would be refused)."""
+    records = []
+    for selector in selection.config.selectors.values():
+        record: dict[str, Any] = {
+            "id": selector.id,
+            "name": selector.name or "",
+            "strategy": selector.strategy,
+            "targets": list(selector.targets),
+            "unlisted": selector.unlisted,
+            "status": selection.selector_status(selector, states),
+        }
+        if selector.strategy == "spillover":
+            record["spillover"] = selector.spillover
+        try:
+            record["picks"] = selection.preview(selector.id, states)
+        except SelectionError as exc:
+            record["picks"], record["error"] = None, exc.message
+        records.append(record)
+    return records
+
+
+async def handle_profiles(request: web.Request) -> web.Response:
+    selection = selection_of(request.app)
+    return web.json_response({"active": selection.active, "profiles": profile_records(selection)})
 
 
 async def handle_active_profile(request: web.Request) -> web.Response:
@@ -60,7 +87,9 @@ async def handle_active_profile(request: web.Request) -> web.Response:
         known = ", ".join(sorted(selection.config.profiles)) or "none"
         return error_response(404, f"profile {name!r} not found (profiles: {known})", "profile_not_found")
     if changed:  # llama-swap's /api/events message for its UI
-        request.app[SUPERVISOR_KEY].activity.publish("profileChanged", {"active": selection.active})
+        activity = request.app[SUPERVISOR_KEY].activity
+        activity.publish("profileChanged", {"active": selection.active})
+        activity.refresh()  # the dashboard's selectors now pick through the new pins
     return web.json_response({"active": selection.active})
 
 

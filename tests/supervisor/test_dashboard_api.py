@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +13,13 @@ from typing import Any
 import aiohttp
 
 from homelab.supervisor.config import Filters, PeerConfig
+from homelab.supervisor.config_load import load_config
 from homelab.supervisor.scheduler import Scheduler, State
+from homelab.supervisor.selection import Selection
 
-from .conftest import fake_model, make_config
+from .conftest import FAKE, fake_model, free_port, make_config
 from .helpers import chat
+from .test_selection_e2e import config_with, put_profile
 
 TIMEOUT = 15.0
 
@@ -267,3 +271,143 @@ async def test_vram_per_device_from_the_config_without_a_plan(serve) -> None:
                                       "CUDA1": {"name": "CUDA1", "budget_mib": 11427}},
                           "models": {"a": {"CUDA0": {"total": 6000}},
                                      "b": {"CUDA0": {"total": 2000}, "CUDA1": {"total": 7000}}}}
+
+
+SELECTION_YAML = """
+    routing: {router: {settings: {groups: {both: {swap: false, members: [a, b]}}}}}
+    selectors:
+      pick: {strategy: warm, targets: [a, b]}
+      spill: {strategy: spillover, targets: [a, b], settings: {spillover: 2}}
+      solo: {strategy: pin, targets: [b], unlisted: true}
+    profiles:
+      night: {description: quiet, pins: {pick: b, solo: ""}}
+    """
+
+
+async def test_state_shows_selectors_and_profiles_live(serve) -> None:
+    """/api/state's ``selection``: each selector's pick now (after warm state and pins) and the
+    profiles; the event stream sends it again on a profile switch and on a load."""
+    running = await serve(config_with({"a": "", "b": ""}, SELECTION_YAML))
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events") as events:
+        sel = (await state(s, running.url))["selection"]
+        assert sel["active"] is None
+        assert sel["profiles"] == [{"id": "night", "description": "quiet", "pins": {"pick": "b", "solo": ""}}]
+        selectors = {x["id"]: x for x in sel["selectors"]}
+        assert selectors["pick"] == {"id": "pick", "name": "", "strategy": "warm", "targets": ["a", "b"],
+                                     "unlisted": False, "status": "unloaded", "picks": "a"}
+        assert selectors["spill"]["spillover"] == 2 and selectors["spill"]["picks"] == "a"
+        assert selectors["solo"]["picks"] == "b" and selectors["solo"]["unlisted"] is True
+        first = await read_events(events, lambda seen: any(k == "selection" for k, _ in seen))
+        assert dict(first)["selection"] == sel
+
+        # b warm: the warm selector and the spillover one now pick b (asking reserved nothing)
+        async with s.post(running.url + "/api/models/load/b") as resp:
+            assert resp.status == 200
+        loaded = await read_events(events, lambda seen: any(
+            k == "selection" and d["selectors"][0]["picks"] == "b" for k, d in seen))
+        latest = {x["id"]: x for x in [d for k, d in loaded if k == "selection"][-1]["selectors"]}
+        assert latest["pick"]["status"] == "loaded" and latest["spill"]["picks"] == "b"
+        status, body = await chat(s, running.url, "spill")
+        assert status == 200 and body["x_server"] == "b"
+
+        status, _ = await put_profile(s, running.url, {"name": "night"})
+        assert status == 200
+        switched = await read_events(events, lambda seen: any(k == "selection" for k, _ in seen))
+        kinds = [k for k, _ in switched]
+        assert kinds.index("profileChanged") < kinds.index("selection")
+        assert dict(switched)["profileChanged"] == {"active": "night"}
+        sel = dict(switched)["selection"]
+        picks = {x["id"]: (x["picks"], x.get("error")) for x in sel["selectors"]}
+        assert sel["active"] == "night"
+        assert picks["pick"] == ("b", None) and picks["spill"] == ("b", None)
+        assert picks["solo"] == (None, "model 'solo' is disabled by profile 'night'")
+        assert (await state(s, running.url))["selection"] == sel
+
+
+def test_preview_reserves_nothing() -> None:
+    """The dashboard asks what a request would reach on every status message: asking must not
+    move the spillover's reservations or its round-robin turn."""
+    config = config_with({"a": "", "b": ""}, SELECTION_YAML)
+    selection = Selection(config)
+    states = {"a": "ready", "b": "ready"}
+    first = selection.preview("spill", states)
+    assert [selection.preview("spill", states) for _ in range(3)] == [first] * 3
+    assert selection.spills == {}
+    chosen = [selection.choose("spill", states).name for _ in range(2)]
+    assert chosen == ["a", "b"] and selection.preview("spill", states) == "a"
+    assert {k: dict(v.inflight) for k, v in selection.spills.items()} == {"spill": {"a": 1, "b": 1}}
+
+
+def write_models(path: Path, ports: dict[str, int], *model_ids: str, described: str = "", extra: str = "") -> None:
+    """The config file with these fake models (``ports`` keeps each model's command the same
+    across rewrites, so a reload does not restart it)."""
+    lines = ["healthCheckTimeout: 15", "models:"]
+    for model_id in model_ids:
+        port = ports.setdefault(model_id, free_port())
+        lines += [f"  {model_id}:", f'    cmd: "{sys.executable} -S {FAKE} --port {port} --name {model_id}"',
+                  f"    proxy: http://127.0.0.1:{port}", "    unloadTimeout: 2"]
+        if model_id == described:
+            lines.append(f"    description: {model_id} described")
+    path.write_text("\n".join(lines) + "\n" + extra)
+
+
+def last_status(seen: list[tuple[str, Any]]) -> list[tuple[str, str, str]]:
+    (*_, models) = [d for k, d in seen if k == "modelStatus"]
+    return [(m["id"], m["status"], m["description"]) for m in models]
+
+
+async def test_reload_reaches_an_open_event_stream(serve, tmp_path: Path) -> None:
+    """A reload shows on a page that stays connected: added, changed and removed models at
+    once, an added model's log lines once it runs (before, the page had to reconnect)."""
+    path, ports = tmp_path / "config.yaml", {}
+    write_models(path, ports, "a")
+    running = await serve(load_config(path), loader=load_config)
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events") as events:
+        first = await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
+        assert last_status(first) == [("a", "unloaded", "")]
+        write_models(path, ports, "a", "b", "c")
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is True
+        after = await read_events(events, lambda seen: any(k == "modelStatus" for k, _ in seen))
+        assert last_status(after) == [("a", "unloaded", ""), ("b", "unloaded", ""), ("c", "unloaded", "")]
+
+        async with s.post(running.url + "/api/models/load/b") as resp:
+            assert resp.status == 200
+
+        def b_ready_and_logged(seen: list[tuple[str, Any]]) -> bool:
+            return any(k == "logData" and d.get("model") == "b" for k, d in seen) and any(
+                k == "modelStatus" and ("b", "ready") in [(m["id"], m["status"]) for m in d] for k, d in seen)
+
+        logs = await read_events(events, b_ready_and_logged)
+        (b_log, *_) = [d for k, d in logs if k == "logData" and d.get("model") == "b"]
+        assert b_log["source"] == "upstream" and "--name b" in b_log["data"]
+
+        # c never ran and a only gains a description: no scheduler state changes, the reload tells
+        write_models(path, ports, "a", "b", described="a")
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is True
+        removed = await read_events(events, lambda seen: any(k == "modelStatus" for k, _ in seen))
+        assert last_status(removed) == [("a", "unloaded", "a described"), ("b", "ready", "")]
+
+
+async def test_reload_logs_the_config_warnings(serve, tmp_path: Path) -> None:
+    """What ``serve`` prints at start about keys llama-swap ignores, a reload logs (before, a
+    reload that brought such a key in said nothing); a rejected reload logs only its error."""
+    path, ports = tmp_path / "config.yaml", {}
+    write_models(path, ports, "a")
+    running = await serve(load_config(path), loader=load_config)
+    ghost = "routing: {router: {settings: {groups: {pair: {members: [a, zzqqxx]}}}}}\n"
+    write_models(path, ports, "a", extra=ghost)
+    (note,) = load_config(path).warnings
+    assert "group member 'zzqqxx' is not a model, so it is ignored" in note
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is True
+        async with s.get(running.url + "/logs") as resp:
+            logs = await resp.text()
+        assert f"reload: {note}" in logs
+        path.write_text("models: [")
+        async with s.post(running.url + "/x-reload") as resp:
+            assert (await resp.json())["reloaded"] is False
+        async with s.get(running.url + "/logs") as resp:
+            assert (await resp.text()).count(note) == 1

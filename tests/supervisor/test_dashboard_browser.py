@@ -172,6 +172,14 @@ def click(driver: Any, selector: str) -> None:
     until(driver, attempt, f"a clickable {selector}")
 
 
+def choose(driver: Any, select_id: str, value: str) -> None:
+    """Pick an option; the page refills its selects on live messages, so retry a stale one."""
+    def attempt(d: Any) -> bool:
+        Select(d.find_element(By.ID, select_id)).select_by_value(value)
+        return bool(d.find_element(By.ID, select_id).get_attribute("value") == value)
+    until(driver, attempt, f"{value} chosen in #{select_id}")
+
+
 def severe_console(driver: Any) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
@@ -285,3 +293,44 @@ def test_dashboard_asks_for_the_api_key_once(tmp_path: Path, serve_process, brow
     assert browser.find_element(By.ID, "keydialog").get_attribute("open") is None
     # the 401s before the key was given are the only console errors
     assert all("401" in message for message in severe_console(browser))
+
+
+def test_dashboard_switches_the_profile(tmp_path: Path, serve_process, browser, artifacts: Path) -> None:
+    """The Models section's selectors and profiles; switching the profile in the page routes the
+    pinned name to the new target (small and big cannot run together, so the swap shows it)."""
+    extra = ("selectors: {pick: {strategy: warm, targets: [small, big]}}\n        "
+             "profiles: {fast: {description: the small one, pins: {chat: small}}, quality: {pins: {chat: big}}}")
+    url = serve_process(write_generation(tmp_path, extra=extra))
+    browser.get(url + "/ui/")
+    until(browser, lambda d: d.find_element(By.ID, "conn").text == "live", "the event stream")
+    assert browser.find_element(By.ID, "selection").is_displayed()
+    pick = browser.find_element(By.CSS_SELECTOR, "tr[data-selector='pick']").text
+    assert "warm" in pick and pick.endswith("small")  # nothing warm: the first target
+    assert "chat → small" in browser.find_element(By.CSS_SELECTOR, "tr[data-profile='fast']").text
+    assert Select(browser.find_element(By.ID, "profile")).first_selected_option.text == "(none)"
+
+    def send(name: str, target: str) -> None:
+        until(browser, lambda d: js(d, "return [...document.getElementById('playmodel').options]"
+                                       ".some(o => o.value === arguments[0])", name), f"{name} in the playground")
+        choose(browser, "playmodel", name)
+        browser.find_element(By.ID, "send").click()
+        until(browser, lambda d: "tok/s" in d.find_element(By.ID, "playstats").text, f"the answer for {name}")
+        until(browser, lambda d: state_of(d, target) == "ready", f"{name} to reach {target}")
+
+    choose(browser, "profile", "quality")
+    until(browser, lambda d: "(active)" in d.find_element(By.CSS_SELECTOR, "tr[data-profile='quality']").text,
+          "the switch to arrive over the event stream")
+    send("chat", "big")
+    assert state_of(browser, "small") == "unloaded"
+    until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "tr[data-selector='pick'] .picks").text == "big",
+          "the warm selector to follow big")
+    browser.find_element(By.ID, "models").screenshot(str(artifacts / "profiles.png"))
+
+    choose(browser, "profile", "fast")
+    until(browser, lambda d: "(active)" in d.find_element(By.CSS_SELECTOR, "tr[data-profile='fast']").text,
+          "the second switch")
+    send("chat", "small")
+    until(browser, lambda d: state_of(d, "big") == "unloaded", "big evicted for small")
+    timeline = browser.find_element(By.ID, "timeline").text
+    assert "load big for request #" in timeline and "load small for request #" in timeline
+    assert severe_console(browser) == []

@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const KEY = "homelab-api-key";
 const MAX_LOG_LINES = 3000;
-const S = { models: [], vram: null, swaps: new Map(), requests: [], logs: [], target: "", at: 0, deploy: null };
+const S = { models: [], selection: { active: null, selectors: [], profiles: [] }, vram: null, swaps: new Map(), requests: [], logs: [], target: "", at: 0, deploy: null };
 
 function h(tag, attrs = {}, ...kids) {
   const el = document.createElement(tag);
@@ -73,12 +73,44 @@ function renderModels() {
       ] : null));
   });
   $("model-rows").replaceChildren(...rows);
-  for (const id of ["target", "playmodel"]) {
-    const sel = $(id), keep = sel.value;
-    const opts = S.models.filter((m) => id === "playmodel" || !m.peerID).map((m) => h("option", { value: m.id }, m.id));
-    sel.replaceChildren(...(id === "target" ? [h("option", { value: "" }, "(pick a model, or hover one)")] : []), ...opts);
-    sel.value = keep || (id === "playmodel" && opts.length ? opts[0].value : "");
-  }
+  fill("target", S.models.filter((m) => !m.peerID).map((m) => m.id), "(pick a model, or hover one)");
+  fill("playmodel", playNames());
+}
+
+function fill(id, names, none) {
+  const sel = $(id), keep = sel.value;
+  sel.replaceChildren(...(none ? [h("option", { value: "" }, none)] : []), ...names.map((n) => h("option", { value: n }, n)));
+  sel.value = names.includes(keep) ? keep : none ? "" : names[0] ?? "";
+}
+
+// every name a request may use: models, listed selectors, the active profile's pins
+function playNames() {
+  const sel = S.selection, active = sel.profiles.find((p) => p.id === sel.active);
+  return [...new Set([...S.models.map((m) => m.id), ...sel.selectors.filter((x) => !x.unlisted).map((x) => x.id),
+    ...Object.entries(active ? active.pins : {}).filter(([, v]) => v).map(([k]) => k)])];
+}
+
+// ---------------------------------------------------------------- selectors and profiles
+function renderSelection() {
+  const sel = S.selection;
+  $("selection").hidden = !sel.selectors.length && !sel.profiles.length;
+  $("selector-rows").replaceChildren(...sel.selectors.map((x) => h("tr", { "data-selector": x.id },
+    h("th", { scope: "row" }, x.id, x.unlisted ? h("small", {}, " unlisted") : null),
+    h("td", {}, x.strategy + (x.spillover != null ? ` (${x.spillover} each)` : "")),
+    h("td", {}, x.targets.map((t) => h("code", { class: t === x.picks ? "pick" : null }, t))),
+    h("td", { class: "picks" }, x.picks ?? x.error))));
+  $("profile-rows").replaceChildren(...sel.profiles.map((p) => h("tr", { "data-profile": p.id, class: p.id === sel.active ? "active" : null },
+    h("th", { scope: "row" }, p.id, p.id === sel.active ? " (active)" : "", p.description ? h("small", {}, ` ${p.description}`) : null),
+    h("td", {}, Object.entries(p.pins).map(([k, v]) => h("code", {}, `${k} → ${v || "disabled"}`))))));
+  fill("profile", sel.profiles.map((p) => p.id), "(none)");
+  $("profile").value = sel.active ?? "";
+  fill("playmodel", playNames());
+}
+
+async function switchProfile() {
+  const name = $("profile").value || null;
+  const resp = await api("/api/profiles/active", { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name }) });
+  if (!resp.ok) $("conn").textContent = `profile ${name}: HTTP ${resp.status}`;
 }
 
 async function act(action, id) {
@@ -208,6 +240,8 @@ async function sse(resp, onData) {
 function onEvent(raw) {
   const env = JSON.parse(raw), d = JSON.parse(env.data);
   if (env.type === "modelStatus") { S.models = d; S.at = performance.now(); renderModels(); renderVram(); }
+  else if (env.type === "selection") { S.selection = d; renderSelection(); }
+  else if (env.type === "profileChanged") { S.selection.active = d.active; renderSelection(); }
   else if (env.type === "logData") addLog(d);
   else if (env.type === "metrics") { const seen = new Set(S.requests.map((r) => r.id)); S.requests.push(...d.filter((r) => !seen.has(r.id))); S.requests = S.requests.slice(-200); renderActivity(); }
   else if (env.type === "swap") { S.swaps.set(d.id, d); renderActivity(); }
@@ -232,9 +266,10 @@ async function follow() {
 async function start() {
   const resp = await api("/api/state");
   const st = await resp.json();
-  Object.assign(S, { models: st.models, vram: st.vram, deploy: st.deploy, requests: st.requests, at: performance.now() });
+  Object.assign(S, { models: st.models, selection: st.selection, vram: st.vram, deploy: st.deploy, requests: st.requests, at: performance.now() });
   for (const s of st.swaps) S.swaps.set(s.id, s);
-  renderModels(); renderVram(); renderActivity(); renderDeploy();
+  renderModels(); renderSelection(); renderVram(); renderActivity(); renderDeploy();
+  $("profile").addEventListener("change", switchProfile);
   $("target").addEventListener("change", (e) => { S.target = e.target.value; renderVram(); });
   for (const id of ["logsource", "logsearch", "logpause"]) for (const ev of ["input", "change"]) $(id).addEventListener(ev, renderLogs);
   $("playform").addEventListener("submit", play);
