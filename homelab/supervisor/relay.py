@@ -31,10 +31,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
-import select
-import socket
-import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, cast
@@ -64,7 +60,6 @@ ERROR_PREVIEW = 4000
 USAGE_MARKERS = (b'"usage"', b'"tokens_predicted"')
 
 CLIENT_GONE = "the client went away"
-PUMP = os.environ.get("HOMELAB_RELAY_PUMP", "1") != "0"  # experiment switch (#18)
 
 
 class BackendFailed(Exception):
@@ -129,7 +124,6 @@ class _Upstream(asyncio.Protocol):
         self._collected = 0
         self.tail = b""
         """The last :data:`USAGE_KEEP` payload bytes, once a usage marker has been seen."""
-        self._handed_over = False
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -137,8 +131,6 @@ class _Upstream(asyncio.Protocol):
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        if self._handed_over:
-            return
         if self._head is None:
             self._pending += data
             while self._head is None:
@@ -167,8 +159,6 @@ class _Upstream(asyncio.Protocol):
         self._feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._handed_over:
-            return
         if not self.head.done():
             self._fail_head(BackendFailed(f"{type(exc).__name__}: {exc}" if exc else "connection closed"))
         elif not self._attached:
@@ -198,21 +188,6 @@ class _Upstream(asyncio.Protocol):
         if self._lost is not None and not self.done.done():
             self._ended(self._lost[0])
 
-    def hand_over(self) -> tuple[socket.socket, bytes] | None:
-        """The backend's socket (a duplicate, this transport closed) and the body bytes already
-        read, for :func:`_pump`; None where the connection is already gone or has no socket."""
-        raw = self.transport.get_extra_info("socket") if self.transport is not None else None
-        if raw is None or self._lost is not None or self.done.done():
-            return None
-        assert self.transport is not None
-        self.transport.pause_reading()
-        sock = socket.socket(fileno=os.dup(raw.fileno()))
-        self._handed_over = True
-        self.done.set_result(None)
-        self.transport.close()
-        pending, self._pending = self._pending, b""
-        return sock, pending
-
     def wait(self) -> asyncio.Future[None]:
         """Resolves when the body is done or reading paused for a full client socket."""
         self._waiter = self._loop.create_future()
@@ -241,16 +216,30 @@ class _Upstream(asyncio.Protocol):
 
     def _feed_chunked(self, buf: bytes) -> None:
         """Forward every complete chunk of ``buf`` as it is; keep a partial one for later."""
-        pos, last, error = complete_chunks(buf)
-        if error is not None:
-            self._finish(error)
-            return
+        pos, size, end = 0, -1, len(buf)
+        while (eol := buf.find(b"\r\n", pos)) != -1:
+            try:
+                size = int(buf[pos:eol].split(b";", 1)[0], 16)
+            except ValueError:
+                self._finish(f"bad chunk header {buf[pos : pos + 40]!r}")
+                return
+            if size == 0:
+                break
+            stop = eol + 4 + size
+            if stop > end:
+                size = -1
+                break
+            if buf[stop - 2 : stop] != b"\r\n":
+                self._finish("a chunk without its CRLF")
+                return
+            pos, size = stop, -1
         if pos:
             region = buf[:pos]
-            self.tail = keep_tail(self.tail, region)
+            if self.tail or any(marker in region for marker in USAGE_MARKERS):
+                self._keep_tail(_unchunk(region))
             self._emit(region)
         self._pending = buf[pos:]
-        if last:
+        if size == 0:
             self._finish(None)  # the backend's last chunk: aiohttp's write_eof() sends ours
 
     def _keep_tail(self, payload: bytes) -> None:
@@ -291,33 +280,6 @@ class _Upstream(asyncio.Protocol):
         self._finish(str(exc))
 
 
-def complete_chunks(buf: bytes) -> tuple[int, bool, str | None]:
-    """Where the complete chunks at the start of ``buf`` end, whether the last chunk (size 0)
-    follows them, and what is wrong with the framing, if anything."""
-    pos, end = 0, len(buf)
-    while (eol := buf.find(b"\r\n", pos)) != -1:
-        try:
-            size = int(buf[pos:eol].split(b";", 1)[0], 16)
-        except ValueError:
-            return pos, False, f"bad chunk header {buf[pos : pos + 40]!r}"
-        if size == 0:
-            return pos, True, None
-        stop = eol + 4 + size
-        if stop > end:
-            break
-        if buf[stop - 2 : stop] != b"\r\n":
-            return pos, False, "a chunk without its CRLF"
-        pos = stop
-    return pos, False, None
-
-
-def keep_tail(tail: bytes, region: bytes) -> bytes:
-    """The usage tail after the complete chunks ``region``: kept once a usage marker shows up."""
-    if tail or any(marker in region for marker in USAGE_MARKERS):
-        return (tail + _unchunk(region))[-USAGE_KEEP:]
-    return tail
-
-
 def _unchunk(region: bytes) -> bytes:
     """The payload of complete chunks (for the usage tail only)."""
     out = []
@@ -327,90 +289,6 @@ def _unchunk(region: bytes) -> bytes:
         out.append(region[eol + 2 : eol + 2 + size])
         pos = eol + 4 + size
     return b"".join(out)
-
-
-RECV_SIZE = 1 << 16
-
-
-def _send_all(fd: int, data: bytes, stop: threading.Event) -> bool:
-    """Write ``data`` to the client's (non-blocking) socket; False once the client is gone."""
-    view = memoryview(data)
-    poller: select.poll | None = None
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            if poller is None:
-                poller = select.poll()
-                poller.register(fd, select.POLLOUT)
-            while not poller.poll(500):
-                if stop.is_set():
-                    return False
-        except OSError:
-            return False
-    return True
-
-
-def _pump(backend: socket.socket, client: int, buf: bytes, stop: threading.Event) -> tuple[str | None, bytes]:
-    """Copy the backend's complete chunks to the client on this thread, blocking in recv and
-    write; returns why it broke off (None at the backend's last chunk) and the usage tail."""
-    tail = b""
-    try:
-        backend.setblocking(True)
-        while True:
-            pos, last, error = complete_chunks(buf)
-            if error is not None:
-                return error, tail
-            if pos:
-                tail = keep_tail(tail, buf[:pos])
-                if not _send_all(client, buf[:pos], stop):
-                    return CLIENT_GONE, tail
-                buf = buf[pos:]
-            if last:
-                return None, tail
-            try:
-                data = backend.recv(RECV_SIZE)
-            except OSError as exc:
-                return f"{type(exc).__name__}: {exc}", tail
-            if not data:
-                return (CLIENT_GONE if stop.is_set() else "backend closed the connection early"), tail
-            buf = buf + data if buf else data
-    finally:
-        backend.close()
-        os.close(client)
-
-
-async def _pumped(proto: _Upstream, sink: asyncio.Transport) -> tuple[str | None, bytes] | None:
-    """The chunked body relayed by :func:`_pump` on its own thread (None: not possible here)."""
-    raw = sink.get_extra_info("socket")
-    if raw is None or sink.get_write_buffer_size() or sink.is_closing():
-        return None
-    taken = proto.hand_over()
-    if taken is None:
-        return None
-    backend, pending = taken
-    client = os.dup(raw.fileno())
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[tuple[str | None, bytes]] = loop.create_future()
-    stop = threading.Event()
-
-    def run() -> None:
-        outcome = _pump(backend, client, pending, stop)
-        try:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(outcome))
-        except RuntimeError:  # the loop is closed
-            pass
-
-    threading.Thread(target=run, name="homelab-relay", daemon=True).start()
-    try:
-        return await asyncio.shield(done)
-    except asyncio.CancelledError:
-        stop.set()
-        try:
-            backend.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        raise
 
 
 def relayable(request: web.Request, url: str) -> bool:
@@ -537,22 +415,13 @@ async def _stream(
     send_headers: Any = getattr(writer, "send_headers", None)
     if send_headers is not None:  # newer aiohttp holds them back to join them with the first write
         send_headers()
-    if head.chunked and streaming and PUMP:
-        pumped = await _pumped(proto, sink)
-        if pumped is not None:
-            return await _end(response, url, result, *pumped)
     proto.attach(sink)
     while not proto.done.done():
         await proto.wait()
         if proto.paused and not proto.done.done():
             await writer.drain()
             proto.resume()
-    return await _end(response, url, result, proto.done.result(), proto.tail)
-
-
-async def _end(
-    response: web.StreamResponse, url: str, result: ForwardResult, error: str | None, tail: bytes
-) -> web.StreamResponse:
+    error = proto.done.result()
     if error == CLIENT_GONE:
         raise ConnectionResetError(error)
     if error is not None:
@@ -561,6 +430,6 @@ async def _end(
         return await end_stream_with_error(
             response, f"backend failed in the middle of the response: {error}", "backend_failed"
         )
-    result.usage = usage_from(tail) if tail else None
+    result.usage = usage_from(proto.tail) if proto.tail else None
     await response.write_eof()
     return response
