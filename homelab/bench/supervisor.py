@@ -204,16 +204,20 @@ async def _wait_healthy(
     raise HomelabError(f"{url} not healthy after {timeout}s; see {log}")
 
 
-async def _short(s: aiohttp.ClientSession, url: str, model: str) -> float:
+async def _short(s: aiohttp.ClientSession, url: str, model: str, auth: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    async with s.post(url + "/v1/chat/completions", json={"model": model, "messages": PROMPT, "max_tokens": 1}) as resp:
+    async with s.post(
+        url + "/v1/chat/completions", json={"model": model, "messages": PROMPT, "max_tokens": 1}, headers=auth
+    ) as resp:
         await resp.read()
         if resp.status != 200:
             raise HomelabError(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
     return time.perf_counter() - started
 
 
-async def _stream(s: aiohttp.ClientSession, url: str, model: str, max_tokens: int) -> tuple[int, float]:
+async def _stream(
+    s: aiohttp.ClientSession, url: str, model: str, max_tokens: int, auth: dict[str, str] | None = None
+) -> tuple[int, float]:
     """(tokens generated, seconds to the first content event). Tokens come from the final
     ``usage`` event: content events undercount them (llama-server holds back the bytes of an
     incomplete UTF-8 character), and every path must be credited the same work."""
@@ -231,7 +235,7 @@ async def _stream(s: aiohttp.ClientSession, url: str, model: str, max_tokens: in
             "stream_options": {"include_usage": True},
             "ignore_eos": True,
         },
-        headers=STREAM_HEADERS,
+        headers={**STREAM_HEADERS, **(auth or {})},
     ) as resp:
         if resp.status != 200:
             raise HomelabError(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
@@ -251,13 +255,19 @@ async def _stream(s: aiohttp.ClientSession, url: str, model: str, max_tokens: in
 
 
 async def _throughput(
-    s: aiohttp.ClientSession, url: str, model: str, clients: int, per_client: int, max_tokens: int
+    s: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    clients: int,
+    per_client: int,
+    max_tokens: int,
+    auth: dict[str, str] | None = None,
 ) -> tuple[float, int]:
     """(tokens per second, tokens) of ``clients`` concurrent clients, each streaming
     ``per_client`` answers one after the other."""
 
     async def client() -> int:
-        return sum([(await _stream(s, url, model, max_tokens))[0] for _ in range(per_client)])
+        return sum([(await _stream(s, url, model, max_tokens, auth))[0] for _ in range(per_client)])
 
     started = time.perf_counter()
     total = sum(await asyncio.gather(*(client() for _ in range(clients))))
@@ -310,22 +320,35 @@ class Front:
     direct: str
     pid: int
     backend_pid: int
+    key: str | None = None
+    """The key the backend takes (a supervisor's backend); sent on its direct path only."""
+
+
+def _ticks(stat: Path) -> int:
+    """utime + stime of a /proc stat file, in clock ticks."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time of one process's threads (not its children): the nanosecond on-CPU counters of
-    /proc/<pid>/task/*/schedstat; utime + stime from /proc/<pid>/stat (10 ms ticks) without them."""
-    total = 0
+    """CPU time of one process (not its children): the nanosecond on-CPU counters of its live
+    threads (/proc/<pid>/task/*/schedstat) plus, in clock ticks, what threads that have exited
+    used (the process's utime + stime less its live threads'): a thread that ends between two
+    readings (a relay thread per stream) must still be counted. Ticks only without schedstat."""
+    hz = os.sysconf("SC_CLK_TCK")
+    process = _ticks(Path(f"/proc/{pid}/stat"))
+    live_ns = live_ticks = 0
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError, ValueError, IndexError):
-                total += int((task / "schedstat").read_text().split()[0])
+                ns = int((task / "schedstat").read_text().split()[0])
+                live_ticks += _ticks(task / "stat")
+                live_ns += ns
     except OSError:
-        total = 0
-    if total:
-        return total / 1e9
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        live_ns = 0
+    if not live_ns:
+        return process / hz
+    return live_ns / 1e9 + max(0, process - live_ticks) / hz
 
 
 def _child_running(parent: int, exe: Path) -> int:
@@ -379,14 +402,16 @@ async def _measure(
     position effects hit all paths alike. CPU seconds are read from /proc for the front
     processes (and the backends, for scale) around the phases that used them."""
     paths = [(f.name + " direct", f.direct) for f in fronts] + [(f.name, f.url) for f in fronts]
+    # each supervisor's backend has its own key: two supervisors (--baseline) cannot share one header
+    auth = {f.direct: {"Authorization": f"Bearer {f.key}"} for f in fronts if f.key}
     for _, url in paths:  # warm connections and caches
         for _ in range(10):
-            await _short(s, url, "m0")
+            await _short(s, url, "m0", auth.get(url))
     lat: dict[str, list[float]] = {p: [] for p, _ in paths}
     cpu0 = {f.name: _cpu_seconds(f.pid) for f in fronts}
     for i in range(requests):
         for name, url in _rotated(paths, i):
-            lat[name].append(await _short(s, url, "m0"))
+            lat[name].append(await _short(s, url, "m0", auth.get(url)))
     out: dict[str, Any] = {
         "latency_ms": {p: {"p50": 1000 * percentile(v, 50), "p99": 1000 * percentile(v, 99)} for p, v in lat.items()},
         "short_cpu_us": {f.name: 1e6 * (_cpu_seconds(f.pid) - cpu0[f.name]) / requests for f in fronts},
@@ -403,7 +428,7 @@ async def _measure(
             for name, url in _rotated(paths, r):
                 front = owner[name]
                 before = _cpu_seconds(front.pid), _cpu_seconds(front.backend_pid)
-                rate, count = await _throughput(s, url, "m0", clients, per_client, max_tokens)
+                rate, count = await _throughput(s, url, "m0", clients, per_client, max_tokens, auth.get(url))
                 rates[name].append(rate)
                 tokens[name] += count
                 cpu[name] += _cpu_seconds(front.pid) - before[0]
@@ -436,12 +461,7 @@ async def _supervisor_front(
     async with s.get(url + "/running") as resp:
         direct = (await resp.json())["running"][0]["proxy"]
     backend = _child_running(sup.pid, setup.server)
-    key = backend_key_of(backend)
-    if key:
-        # The backend takes only the supervisor's key. Sent on every path: the supervisor replaces
-        # it with its own, router mode and its children have no keys and ignore it.
-        s.headers["Authorization"] = f"Bearer {key}"
-    return Front(name, url, direct, sup.pid, backend)
+    return Front(name, url, direct, sup.pid, backend, backend_key_of(backend))
 
 
 async def _baseline_front(s: aiohttp.ClientSession, setup: Setup, sup: subprocess.Popen[bytes], url: str) -> Front:

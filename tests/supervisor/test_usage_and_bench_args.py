@@ -1,14 +1,18 @@
-"""Token usage read from relayed answers (metrics), and ``bench proxy --pin`` / ``--baseline`` parsing."""
+"""Token usage read from relayed answers (metrics), ``bench proxy --pin`` / ``--baseline`` parsing, and
+the bench's CPU accounting of a front process."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from homelab.bench.supervisor import Pinning, _baseline_env, _pinning
+from homelab.bench.supervisor import Pinning, _baseline_env, _cpu_seconds, _pinning
 from homelab.errors import HomelabError
 from homelab.supervisor.proxy import multipart_with_model, parse_body, usage_from
 
@@ -69,3 +73,24 @@ def test_baseline_must_be_a_source_tree(tmp_path: Path) -> None:
         _baseline_env(tmp_path)
     tree = Path(__file__).resolve().parents[2]  # this checkout
     assert _baseline_env(tree)["PYTHONPATH"] == str(tree)
+
+
+def test_cpu_of_threads_that_have_exited_is_still_counted() -> None:
+    """A front that runs work on short-lived threads (router mode's connection threads, a relay
+    thread per stream) must not look cheaper: the live threads' counters alone lose it."""
+    burned: list[float] = []
+
+    def burn() -> None:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.2:
+            pass
+        burned.append(time.thread_time() - start)
+
+    before = _cpu_seconds(os.getpid())
+    for _ in range(2):
+        thread = threading.Thread(target=burn)
+        thread.start()
+        thread.join()
+    counted = _cpu_seconds(os.getpid()) - before
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert counted >= sum(burned) - 3 * tick  # exited threads are counted in clock ticks
