@@ -17,6 +17,7 @@ from doit.exceptions import TaskFailed
 
 from ..errors import HomelabError
 from ..inventory import ResolvedHost, list_hosts, load_host
+from ..inventory.multihost import load_related
 from ..settings import inventory_dir
 
 
@@ -38,10 +39,7 @@ def _load(inventory: str, names: tuple[str, ...]) -> tuple[ResolvedHost, ...]:
     hosts = tuple(load_host(name, inventory) for name in names)
     for host in hosts:
         if host.peer_names or host.depends_on:
-            # the hosts it names are checked before any task runs, not first at render:<host>
-            from ..inventory.multihost import load_related
-
-            load_related(host)
+            load_related(host)  # the hosts it names are checked before any task runs, not at render
     return hosts
 
 
