@@ -88,6 +88,9 @@ class Activity:
         self.selection: Callable[[], dict[str, Any]] | None = None
         """Builds the dashboard's selectors-and-profiles payload (set by the dashboard routes)."""
         self._flush: asyncio.TimerHandle | None = None
+        self._status_changed = False
+        self._finished_requests: list[RequestRecord] = []
+        """Requests done since the last flush, sent to open pages as one ``metrics`` message."""
 
     # ------------------------------------------------------------ hooks
     def dispatched(self, actions: Iterable[Action]) -> None:
@@ -111,6 +114,7 @@ class Activity:
             if before is not None and before[0] is State.STARTING and state.state is not State.STARTING:
                 self._finished(model_id, state.state is State.READY, state.last_error)
         if changed and self.listeners:
+            self._status_changed = True
             self._schedule_flush()
 
     def request_done(self, req: int, model: str, status: int, duration: float, usage: dict[str, Any] | None) -> None:
@@ -132,8 +136,9 @@ class Activity:
             swap=swap,
         )
         self.requests.append(record)
-        if self.listeners:  # asdict() deep-copies: not paid per request while no page is open
-            self.publish("metrics", [asdict(record)])
+        if self.listeners:  # batched: an open page costs a message per FLUSH_DELAY, not per request
+            self._finished_requests.append(record)
+            self._schedule_flush()
 
     # ------------------------------------------------------------ swaps
     def _began(self, scheduler: Scheduler, model_id: str) -> None:
@@ -196,6 +201,7 @@ class Activity:
     def refresh(self) -> None:
         """Something the status messages show changed outside the scheduler (a reload, a
         profile switch): send them again, coalesced like every other change."""
+        self._status_changed = True
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -203,7 +209,15 @@ class Activity:
             self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._send_status)
 
     def _send_status(self) -> None:
+        """What changed since the last flush: the requests that ended (one ``metrics`` message),
+        then the models' status."""
         self._flush = None
+        if self._finished_requests:
+            self.publish("metrics", [asdict(r) for r in self._finished_requests])
+            self._finished_requests.clear()
+        if not self._status_changed:
+            return
+        self._status_changed = False
         if self.status is not None:
             models = self.status()
             self.publish("modelStatus", models)

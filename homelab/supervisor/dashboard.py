@@ -263,6 +263,8 @@ class Dashboard:
                         await response.write(b": keepalive\n\n")
                     continue
                 idle = 0.0
+                while not queue.empty():  # what piled up goes out in one write
+                    message += queue.get_nowait()
                 await response.write(message)
         finally:
             for task in forwarders:
