@@ -142,7 +142,9 @@ step install install
 step source source_repo
 step inventory homelab bench gpu-host --smi "$OUT/smi.csv" --inventory "$INVENTORY" \
     --repo "$(cat "$WORK/repo.txt" 2> /dev/null)" --jobs "$(nproc)"
-step lock homelab lock gpucheck --inventory "$INVENTORY"
+# The inventory was written just now, so its lockfile must be resolved, also where CI=true
+# (which would freeze it).
+step lock env -u CI "$PY" -m homelab.cli lock gpucheck --inventory "$INVENTORY"
 step build build
 SERVER=$(cat "$WORK/server.txt" 2> /dev/null || true)
 step check homelab bench gpu --inventory "$INVENTORY" --server "$SERVER" --out "$OUT" \
