@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -40,7 +40,7 @@ import aiohttp
 
 from ..files import atomic_write_text
 from .config import Config, ModelConfig, PromptCacheSettings
-from .metrics import Metrics
+from .metrics import Counter, Metrics
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -346,22 +346,18 @@ class PromptCache:
         backend's own key (:attr:`Backend.auth_headers`), else one from its ``--api-key``."""
         key = self.key_of(model)
         started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.settings.save_timeout):
-                saved = await self._save_slots(model, session, key, _auth(model.cmd) if auth is None else auth)
-        except TimeoutError:
-            log.warning(
-                "prompt cache: saving %s's slots took over %gs; stopping it without the rest",
-                model.id,
-                self.settings.save_timeout,
-            )
-            self.metrics.prompt_cache_saves.inc(model=model.id, outcome="timeout")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            log.warning("prompt cache: cannot save %s's slots: %s", model.id, exc)
-            self.metrics.prompt_cache_saves.inc(model=model.id, outcome="failed")
-        else:
-            if saved:
-                log.info("prompt cache: saved %d slot(s) of %s in %.3fs", saved, model.id, time.monotonic() - started)
+        saved = 0
+        async with _bounded(
+            self.settings.save_timeout,
+            self.metrics.prompt_cache_saves,
+            model.id,
+            doing=f"saving {model.id}'s slots",
+            then="stopping it without the rest",
+            failed=f"save {model.id}'s slots",
+        ):
+            saved = await self._save_slots(model, session, key, _auth(model, auth))
+        if saved:
+            log.info("prompt cache: saved %d slot(s) of %s in %.3fs", saved, model.id, time.monotonic() - started)
         self._enforce_caps()  # slots saved before a timeout or failure are kept
         self._write_index()
 
@@ -432,22 +428,17 @@ class PromptCache:
             self.metrics.prompt_cache_restores.inc(len(stale), model=model.id, outcome="refused")
             self._drop(stale)
         restored = 0
-        try:
-            async with asyncio.timeout(self.settings.restore_timeout):
-                for entry in sorted(matching, key=lambda e: e.slot):
-                    restored += await self._restore_one(
-                        model, session, entry, _auth(model.cmd) if auth is None else auth
-                    )
-        except TimeoutError:
-            log.warning(
-                "prompt cache: restoring %s took over %gs; serving without the rest",
-                model.id,
-                self.settings.restore_timeout,
-            )
-            self.metrics.prompt_cache_restores.inc(model=model.id, outcome="timeout")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            log.warning("prompt cache: cannot restore %s: %s", model.id, exc)
-            self.metrics.prompt_cache_restores.inc(model=model.id, outcome="failed")
+        async with _bounded(
+            self.settings.restore_timeout,
+            self.metrics.prompt_cache_restores,
+            model.id,
+            doing=f"restoring {model.id}",
+            then="serving without the rest",
+            failed=f"restore {model.id}",
+        ):
+            headers = _auth(model, auth)
+            for entry in sorted(matching, key=lambda e: e.slot):
+                restored += await self._restore_one(model, session, entry, headers)
         if matching or stale:
             self._write_index()
         return restored
@@ -507,7 +498,27 @@ class PromptCache:
             log.warning("prompt cache: cannot write %s: %s", self.root / INDEX_NAME, exc)
 
 
-def _auth(cmd: Sequence[str]) -> dict[str, str]:
-    """The backend's own API key, when it was started with one, for the slot endpoints."""
-    key = flag_value(cmd, ("--api-key",))
+@contextlib.asynccontextmanager
+async def _bounded(
+    timeout: float, counter: Counter, model_id: str, *, doing: str, then: str, failed: str
+) -> AsyncIterator[None]:
+    """A save or restore within ``timeout``; a timeout or a failure is logged and counted, never
+    raised: it only costs the prefill the cache would have saved."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        log.warning("prompt cache: %s took over %gs; %s", doing, timeout, then)
+        counter.inc(model=model_id, outcome="timeout")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        log.warning("prompt cache: cannot %s: %s", failed, exc)
+        counter.inc(model=model_id, outcome="failed")
+
+
+def _auth(model: ModelConfig, given: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The headers for the slot endpoints: ``given`` (the supervisor's per-start key), else the
+    backend's own ``--api-key`` when it was started with one."""
+    if given is not None:
+        return given
+    key = flag_value(model.cmd, ("--api-key",))
     return {"Authorization": f"Bearer {key.split(',')[0]}"} if key else {}

@@ -129,12 +129,10 @@ def parse_config(text: str, source: Path | None = None, env: Mapping[str, str] |
     hooks, skipped = parse_hooks(top.get("hooks"), models, aliases, selectors)
     api_keys = parse_api_keys(top.get("apiKeys"))
 
-    vram_budget = None
-    if "x-vramBudgetMiB" in extensions:
-        vram_budget = extensions["x-vramBudgetMiB"].integer(minimum=1)
-    max_wait = extensions["x-maxWait"].number(minimum=0) if "x-maxWait" in extensions else 30.0
-    max_hold = extensions["x-maxHold"].number(minimum=0) if "x-maxHold" in extensions else 600.0
-    unload_grace = extensions["x-unloadGrace"].number(minimum=0) if "x-unloadGrace" in extensions else 10.0
+    vram_budget = extensions["x-vramBudgetMiB"].integer(minimum=1) if "x-vramBudgetMiB" in extensions else None
+    max_wait = _seconds(extensions, "x-maxWait", 30.0)
+    max_hold = _seconds(extensions, "x-maxHold", 600.0)
+    unload_grace = _seconds(extensions, "x-unloadGrace", 10.0)
 
     return Config(
         models=models,
@@ -188,6 +186,11 @@ def choice(top: Mapping[str, Value], key: str, allowed: tuple[str, ...], default
 def suggest_value(value: str, allowed: Iterable[str]) -> str | None:
     near = closest(value, allowed)
     return f"did you mean {near!r}?" if near else None
+
+
+def _seconds(extensions: Mapping[str, Value], key: str, default: float) -> float:
+    """An optional ``x-`` duration in seconds (0 or more)."""
+    return extensions[key].number(minimum=0) if key in extensions else default
 
 
 def parse_api_keys(section: Value | None) -> tuple[str, ...]:
