@@ -273,6 +273,7 @@ async def proxy_to(
                 prepared=prepared,
                 same_backend=backend.alive,
                 write_timeout=write_timeout,
+                pool=backend.connections,
             )
         else:
             response = await relay(

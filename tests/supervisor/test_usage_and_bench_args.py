@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -73,6 +75,21 @@ def test_baseline_must_be_a_source_tree(tmp_path: Path) -> None:
         _baseline_env(tmp_path)
     tree = Path(__file__).resolve().parents[2]  # this checkout
     assert _baseline_env(tree)["PYTHONPATH"] == str(tree)
+
+
+def test_baseline_code_is_imported_even_when_run_from_a_checkout(tmp_path: Path) -> None:
+    """`python -m homelab.cli serve` started in this checkout (as `bench proxy` is) must run the
+    baseline tree's code, not the checkout's, which `-m` would put first on sys.path."""
+    base = tmp_path / "base"
+    (base / "homelab" / "supervisor").mkdir(parents=True)
+    (base / "homelab" / "__init__.py").write_text("")
+    (base / "homelab" / "whoami.py").write_text("import homelab\nprint(homelab.__file__)\n")
+    checkout = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "homelab.whoami"], cwd=checkout, env=_baseline_env(base),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert Path(out.strip()) == base / "homelab" / "__init__.py"
 
 
 def test_cpu_of_threads_that_have_exited_is_still_counted() -> None:
