@@ -288,6 +288,7 @@ async def proxy_to(
                 timeouts=cfg.timeouts,
                 write_timeout=write_timeout,
             )
+        await send_now(request, response)
         metrics.requests.inc(model=model_id, code=str(outcome.status))
         if outcome.upstream_error or outcome.status >= 500:
             metrics.errors.inc(model=model_id, reason="backend")
@@ -302,6 +303,18 @@ async def proxy_to(
     finally:
         metrics.latency.observe(time.perf_counter() - started, model=model_id)
         sup.release(req)
+
+
+async def send_now(request: web.Request, response: web.StreamResponse) -> None:
+    """A whole answer (a short one, read at once) goes to the client before the bookkeeping that
+    follows it (metrics, the activity record, the scheduler's release): the client does not wait
+    for those. aiohttp's own finish then finds it sent. A client that left is aiohttp's to see."""
+    if isinstance(response, web.Response) and not response.prepared:
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            pass
 
 
 def _note_stalled_client(sup: Supervisor, request: web.Request, model: str, outcome: ForwardResult) -> None:
