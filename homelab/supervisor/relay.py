@@ -523,7 +523,7 @@ async def _whole(
     response = web.Response(body=data, status=head.status, reason=head.reason)
     response.headers.extend(response_headers(head.headers))
     if "json" in head.content_type:
-        result.usage = usage_from(data)
+        result.usage_in(data)
     return response
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from homelab.bench.supervisor import Pinning, _baseline_env, _cpu_seconds, _pinning
 from homelab.errors import HomelabError
-from homelab.supervisor.proxy import multipart_with_model, parse_body, usage_from
+from homelab.supervisor.proxy import ForwardResult, multipart_with_model, parse_body, usage_from
 
 
 def test_usage_of_a_json_answer_is_its_usage_object() -> None:
@@ -68,6 +68,19 @@ def test_multipart_model_field_is_replaced_and_nothing_else() -> None:
     no_field = body.replace(b'name="model"\r\n\r\nnas/whisper', b'name="language"\r\n\r\nen')
     assert multipart_with_model(content_type, no_field, "whisper") == no_field
     assert multipart_with_model("multipart/form-data", body, "whisper") == body  # no boundary: as is
+
+
+def test_a_short_answers_usage_is_read_when_asked() -> None:
+    """The relay hands the body over and sends the answer; the usage is parsed after, once."""
+    result = ForwardResult()
+    result.usage_in(b'{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1}}')
+    assert result.usage == {"prompt_tokens": 4, "completion_tokens": 1}
+    assert result.usage is result.usage  # parsed once
+    result.usage_in(b'{"choices":[]}')
+    assert result.usage is None
+    result.usage_in(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}')
+    result.usage = {"prompt_tokens": 9}  # a later answer (a stream's tail) wins
+    assert result.usage == {"prompt_tokens": 9}
 
 
 def test_baseline_must_be_a_source_tree(tmp_path: Path) -> None:
