@@ -288,21 +288,31 @@ async def proxy_to(
                 timeouts=cfg.timeouts,
                 write_timeout=write_timeout,
             )
-        await send_now(request, response)
-        metrics.requests.inc(model=model_id, code=str(outcome.status))
-        if outcome.upstream_error or outcome.status >= 500:
-            metrics.errors.inc(model=model_id, reason="backend")
-        _note_stalled_client(sup, request, model_id, outcome)
-        if outcome.usage:
-            for kind in ("prompt_tokens", "completion_tokens"):
-                value = outcome.usage.get(kind)
-                if isinstance(value, int):
-                    metrics.tokens.inc(value, model=model_id, kind=kind.removesuffix("_tokens"))
-        sup.activity.request_done(req, model_id, outcome.status, time.perf_counter() - started, outcome.usage)
+        try:
+            await send_now(request, response)
+        finally:  # also when the client left while the answer was written (the task is cancelled)
+            _record(sup, request, req, model_id, outcome, started)
         return response
     finally:
         metrics.latency.observe(time.perf_counter() - started, model=model_id)
         sup.release(req)
+
+
+def _record(
+    sup: Supervisor, request: web.Request, req: int, model_id: str, outcome: ForwardResult, started: float
+) -> None:
+    """A relayed request's metrics and activity record."""
+    metrics = sup.metrics
+    metrics.requests.inc(model=model_id, code=str(outcome.status))
+    if outcome.upstream_error or outcome.status >= 500:
+        metrics.errors.inc(model=model_id, reason="backend")
+    _note_stalled_client(sup, request, model_id, outcome)
+    if outcome.usage:
+        for kind in ("prompt_tokens", "completion_tokens"):
+            value = outcome.usage.get(kind)
+            if isinstance(value, int):
+                metrics.tokens.inc(value, model=model_id, kind=kind.removesuffix("_tokens"))
+    sup.activity.request_done(req, model_id, outcome.status, time.perf_counter() - started, outcome.usage)
 
 
 async def send_now(request: web.Request, response: web.StreamResponse) -> None:
