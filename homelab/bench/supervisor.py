@@ -475,7 +475,9 @@ def _baseline_env(source: Path) -> dict[str, str]:
             f"--baseline {source}: not a homelab source tree (no homelab/supervisor/ in it); "
             "make one with: git worktree add /tmp/homelab-base <commit>"
         )
-    return {**os.environ, "PYTHONPATH": str(source.resolve())}
+    # PYTHONSAFEPATH: `python -m` puts the working directory first on sys.path, ahead of
+    # PYTHONPATH; run from a checkout, the "baseline" imported that checkout's code instead.
+    return {**os.environ, "PYTHONPATH": str(source.resolve()), "PYTHONSAFEPATH": "1"}
 
 
 async def _router_front(s: aiohttp.ClientSession, setup: Setup, router: subprocess.Popen[bytes], url: str) -> Front:

@@ -161,8 +161,11 @@ async def _read_body(request: web.Request, config: Config) -> web.Request | web.
     if request.client_max_size != cap:  # a reload changed it (cloning costs tens of microseconds)
         request = request.clone(client_max_size=cap)
     try:
-        async with asyncio.timeout(config.security.body_timeout):
+        if request.content.is_eof():  # all of it came with the head (most API calls): no timer
             await request.read()
+        else:
+            async with asyncio.timeout(config.security.body_timeout):
+                await request.read()
     except web.HTTPRequestEntityTooLarge:
         return body_too_large(config)
     except TimeoutError:

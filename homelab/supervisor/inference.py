@@ -273,6 +273,7 @@ async def proxy_to(
                 prepared=prepared,
                 same_backend=backend.alive,
                 write_timeout=write_timeout,
+                pool=backend.connections,
             )
         else:
             response = await relay(
@@ -287,20 +288,43 @@ async def proxy_to(
                 timeouts=cfg.timeouts,
                 write_timeout=write_timeout,
             )
-        metrics.requests.inc(model=model_id, code=str(outcome.status))
-        if outcome.upstream_error or outcome.status >= 500:
-            metrics.errors.inc(model=model_id, reason="backend")
-        _note_stalled_client(sup, request, model_id, outcome)
-        if outcome.usage:
-            for kind in ("prompt_tokens", "completion_tokens"):
-                value = outcome.usage.get(kind)
-                if isinstance(value, int):
-                    metrics.tokens.inc(value, model=model_id, kind=kind.removesuffix("_tokens"))
-        sup.activity.request_done(req, model_id, outcome.status, time.perf_counter() - started, outcome.usage)
+        try:
+            await send_now(request, response)
+        finally:  # also when the client left while the answer was written (the task is cancelled)
+            _record(sup, request, req, model_id, outcome, started)
         return response
     finally:
         metrics.latency.observe(time.perf_counter() - started, model=model_id)
         sup.release(req)
+
+
+def _record(
+    sup: Supervisor, request: web.Request, req: int, model_id: str, outcome: ForwardResult, started: float
+) -> None:
+    """A relayed request's metrics and activity record."""
+    metrics = sup.metrics
+    metrics.requests.inc(model=model_id, code=str(outcome.status))
+    if outcome.upstream_error or outcome.status >= 500:
+        metrics.errors.inc(model=model_id, reason="backend")
+    _note_stalled_client(sup, request, model_id, outcome)
+    if outcome.usage:
+        for kind in ("prompt_tokens", "completion_tokens"):
+            value = outcome.usage.get(kind)
+            if isinstance(value, int):
+                metrics.tokens.inc(value, model=model_id, kind=kind.removesuffix("_tokens"))
+    sup.activity.request_done(req, model_id, outcome.status, time.perf_counter() - started, outcome.usage)
+
+
+async def send_now(request: web.Request, response: web.StreamResponse) -> None:
+    """A whole answer (a short one, read at once) goes to the client before the bookkeeping that
+    follows it (metrics, the activity record, the scheduler's release): the client does not wait
+    for those. aiohttp's own finish then finds it sent. A client that left is aiohttp's to see."""
+    if isinstance(response, web.Response) and not response.prepared:
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            pass
 
 
 def _note_stalled_client(sup: Supervisor, request: web.Request, model: str, outcome: ForwardResult) -> None:

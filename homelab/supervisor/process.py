@@ -45,6 +45,7 @@ import aiohttp
 
 from .config import ModelConfig
 from .logs import LogBuffer
+from .relay import ConnectionPool
 
 log = logging.getLogger("homelab.supervisor")
 
@@ -217,6 +218,8 @@ class Backend:
         self._loop = asyncio.get_running_loop()
         self.secret: str | None = secrets.token_urlsafe(32) if is_llama_server(model.cmd) else None
         """The key only this supervisor knows (a new one per start); None: not a llama-server."""
+        self.connections = ConnectionPool()
+        """Kept-alive connections for short answers (:mod:`.relay`); closed when the process stops."""
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -257,6 +260,7 @@ class Backend:
 
     def _on_process_exit(self) -> None:
         assert self.proc is not None and self._pidfd is not None
+        self.connections.close()
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
@@ -356,6 +360,7 @@ class Backend:
     async def stop(self) -> None:
         """cmdStop or SIGTERM to the group; SIGKILL after ``unloadTimeout``. Idempotent."""
         self.stop_requested = True
+        self.connections.close()  # an idle keep-alive connection must not hold the stop up
         if self.proc is None or self.exited.is_set():
             return
         pid = self.proc.pid
@@ -382,6 +387,7 @@ class Backend:
     def kill(self) -> None:
         """SIGKILL the whole group now (shutdown of last resort, failed starts)."""
         self.stop_requested = True
+        self.connections.close()
         if self.proc is not None and not self.exited.is_set():
             self._signal_group(signal.SIGKILL)
 

@@ -333,9 +333,25 @@ class ForwardResult:
     def __init__(self) -> None:
         self.status = 0
         self.upstream_error: str | None = None
-        self.usage: dict[str, Any] | None = None
+        self._usage: dict[str, Any] | None = None
+        self._usage_in: bytes | None = None
         self.client_stalled: str | None = None
         """Why the client's connection was closed: it stopped reading (``x-security.writeTimeout``)."""
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The answer's token counts (:func:`usage_from`), for the metrics and the activity log."""
+        if self._usage_in is not None:
+            self._usage, self._usage_in = usage_from(self._usage_in), None
+        return self._usage
+
+    @usage.setter
+    def usage(self, value: dict[str, Any] | None) -> None:
+        self._usage, self._usage_in = value, None
+
+    def usage_in(self, body: bytes) -> None:
+        """``usage`` is read from ``body`` when first asked: after a short answer has gone out."""
+        self._usage, self._usage_in = None, body
 
 
 WRITE_TIMEOUT_REASON = "write_timeout"
@@ -422,7 +438,7 @@ async def forward(
             small = web.Response(body=data, status=upstream.status, reason=upstream.reason)
             small.headers.extend(response_headers(upstream.headers.items()))
             if "json" in content_type:
-                result.usage = usage_from(data)
+                result.usage_in(data)
             return small
         else:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)

@@ -3,8 +3,10 @@ callbacks, without a coroutine step per token.
 
 Why not aiohttp's client here: each streamed token crossed its response parser, a StreamReader,
 a future, a task wake-up, then aiohttp's chunk writer on the way out. This module speaks HTTP/1.1
-to the backend over one plain TCP connection (``Connection: close``, as llama-server closes it
-after a stream anyway):
+to the backend over plain TCP: a stream on a connection of its own (``Connection: close``, as
+llama-server closes it after a stream anyway), other requests on a connection kept alive in the
+backend's :class:`ConnectionPool` (a short answer on a new connection cost ~0.25 ms of the
+supervisor's CPU and ~0.4 ms of added latency, 2026-12-03, docs/benchmarks.md):
 
 - the request goes out in one write; the answer's head is split into its lines here (the
   standard library's email parser cost ~35 us per answer, more than the rest of a short answer);
@@ -72,13 +74,15 @@ class BackendFailed(Exception):
 class _Head:
     """Status, reason and headers of the backend's answer."""
 
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], version: str = "HTTP/1.1") -> None:
         self.status, self.reason, self.headers = status, reason, headers
         found = {key.lower(): value for key, value in headers}
         self.content_type = found.get("content-type", "")
         self.chunked = "chunked" in found.get("transfer-encoding", "").lower()
         length = found.get("content-length", "").strip()
         self.length = int(length) if length.isdigit() else None
+        self.keep_alive = version == "HTTP/1.1" and "close" not in found.get("connection", "").lower()
+        """The backend keeps the connection open after this answer (HTTP/1.1 without ``close``)."""
 
 
 def _parse_head(raw: bytes) -> _Head:
@@ -96,23 +100,36 @@ def _parse_head(raw: bytes) -> _Head:
         if not colon or not key or key != key.strip():
             raise BackendFailed(f"malformed header line {line[:80]!r}")
         headers.append((key, value.strip(" \t")))
-    return _Head(int(code), reason.strip(), headers)
+    return _Head(int(code), reason.strip(), headers, version)
 
 
 class _Upstream(asyncio.Protocol):
-    """One request to the backend and its answer. The head is handed to :func:`relay` through
-    ``head``; once it has chosen where the body goes (:meth:`attach`), body bytes are written to
-    the client's transport from here (or collected, for a short answer). ``done`` resolves with
-    None (the body is complete) or the reason it broke off."""
+    """One connection to the backend, and the exchange on it: a request and its answer. The head
+    is handed to :func:`relay` through ``head``; once it has chosen where the body goes
+    (:meth:`attach`), body bytes are written to the client's transport from here (or collected,
+    for a short answer). ``done`` resolves with None (the body is complete) or the reason it broke
+    off. A connection whose answer ended exactly at its length, with keep-alive on both sides, is
+    ``reusable``: :class:`ConnectionPool` keeps it for the next exchange (:meth:`start`)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, request: bytes) -> None:
-        self.request = request
+    def __init__(self, loop: asyncio.AbstractEventLoop, request: bytes, keep_alive: bool = False) -> None:
         self.transport: asyncio.Transport | None = None
-        self.head: asyncio.Future[_Head] = loop.create_future()
-        self.done: asyncio.Future[str | None] = loop.create_future()
+        self._loop = loop
+        self.pool: ConnectionPool | None = None
+        """Set while the connection waits in a pool (idle): its loss takes it out."""
+        self._begin(request, keep_alive)
+
+    def _begin(self, request: bytes, keep_alive: bool) -> None:
+        """The state of one exchange."""
+        self.request = request
+        self.keep_alive = keep_alive
+        """The request did not ask to close the connection after its answer."""
+        self.reusable = False
+        self.received = False
+        """Some of the answer arrived (a pooled connection that failed before that may be retried)."""
+        self.head: asyncio.Future[_Head] = self._loop.create_future()
+        self.done: asyncio.Future[str | None] = self._loop.create_future()
         self.paused = False
         """Reading stopped for a full client socket; :func:`relay` drains it and calls :meth:`resume`."""
-        self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
         self._pending = b""
         self._head: _Head | None = None
@@ -128,12 +145,22 @@ class _Upstream(asyncio.Protocol):
         self.tail = b""
         """The last :data:`USAGE_KEEP` payload bytes, once a usage marker has been seen."""
 
+    def start(self, request: bytes, keep_alive: bool) -> None:
+        """The next exchange on a kept-alive connection (taken from a pool)."""
+        self._begin(request, keep_alive)
+        assert self.transport is not None
+        self.transport.write(request)
+
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
+        if self.pool is not None:  # idle: nothing was asked, so this is not an answer
+            self.pool.discard(self)
+            return
+        self.received = True
         if self._head is None:
             self._pending += data
             while self._head is None:
@@ -162,6 +189,10 @@ class _Upstream(asyncio.Protocol):
         self._feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        if self.pool is not None:
+            self.pool.discard(self)
+            return
         if not self.head.done():
             self._fail_head(BackendFailed(f"{type(exc).__name__}: {exc}" if exc else "connection closed"))
         elif not self._attached:
@@ -208,14 +239,18 @@ class _Upstream(asyncio.Protocol):
         if self._chunked:
             self._feed_chunked(self._pending + data if self._pending else data)
             return
+        extra = False
         if self._remaining is not None:
+            extra = len(data) > self._remaining
             data = data[: self._remaining]
             self._remaining -= len(data)
         if data:
             self._keep_tail(data)
             self._emit(b"%x\r\n%b\r\n" % (len(data), data) if self._sink is not None else data)
         if self._remaining == 0:
-            self._finish(None)
+            # the answer ended at its length: the connection may carry the next request
+            assert self._head is not None
+            self._finish(None, reuse=self.keep_alive and self._head.keep_alive and not extra and self._lost is None)
 
     def _feed_chunked(self, buf: bytes) -> None:
         """Forward every complete chunk of ``buf`` as it is; keep a partial one for later."""
@@ -270,10 +305,11 @@ class _Upstream(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _finish(self, error: str | None) -> None:
+    def _finish(self, error: str | None, reuse: bool = False) -> None:
         if not self.done.done():
             self.done.set_result(error)
-        if self.transport is not None:
+            self.reusable = reuse
+        if self.transport is not None and not self.reusable:
             self.transport.close()
         self._wake()
 
@@ -281,6 +317,62 @@ class _Upstream(asyncio.Protocol):
         if not self.head.done():
             self.head.set_exception(exc)
         self._finish(str(exc))
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one backend process, for the next request to it.
+
+    A short answer on a new connection cost a TCP connect and close on both sides and, in
+    llama-server, an accept and a hand-over to a worker thread, on the request's critical path;
+    clients that call a backend directly keep their connection. Only answers that ended exactly at
+    their ``Content-Length`` leave a connection here (llama-server closes the connection after a
+    stream anyway, and :func:`relay` asks for that). At most ``limit`` wait, the most recently used
+    is taken first, and one idle for more than ``idle_max`` seconds is closed when met: cpp-httplib,
+    which llama.cpp's servers use, closes idle connections after 5 s. The owner (the backend)
+    closes the pool when it stops, so a connection never outlives its process."""
+
+    def __init__(self, limit: int = 8, idle_max: float = 4.0) -> None:
+        self.limit, self.idle_max = limit, idle_max
+        self._idle: list[tuple[float, _Upstream]] = []
+        self.closed = False
+
+    def take(self, now: float) -> _Upstream | None:
+        while self._idle:
+            since, proto = self._idle.pop()
+            proto.pool = None
+            if now - since <= self.idle_max and proto.transport is not None and not proto.transport.is_closing():
+                return proto
+            proto.close()
+        return None
+
+    def give(self, proto: _Upstream, now: float) -> None:
+        if self.closed or len(self._idle) >= self.limit or proto.transport is None or proto.transport.is_closing():
+            proto.close()
+            return
+        proto.pool = self
+        proto.transport.resume_reading()  # a close or stray bytes while idle must be seen
+        self._idle.append((now, proto))
+
+    def discard(self, proto: _Upstream) -> None:
+        """An idle connection closed by the backend, or sent something unasked."""
+        self._idle = [(since, p) for since, p in self._idle if p is not proto]
+        proto.pool = None
+        proto.close()
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def close(self) -> None:
+        self.closed = True
+        idle, self._idle = self._idle, []
+        for _, proto in idle:
+            proto.pool = None
+            proto.close()
 
 
 def _unchunk(region: bytes) -> bytes:
@@ -312,13 +404,54 @@ def _plain_http_to_ip(url: str) -> bool:
     return True
 
 
-def _request_bytes(method: str, url: URL, headers: CIMultiDict[str], body: bytes) -> bytes:
+def _request_bytes(method: str, url: URL, headers: CIMultiDict[str], body: bytes, keep_alive: bool) -> bytes:
     lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {url.raw_host}:{url.port}"]
     lines += [f"{key}: {value}" for key, value in headers.items() if key.lower() not in ("connection", "host")]
     if body or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
+    if not keep_alive:
+        lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@lru_cache(maxsize=256)
+def _target(url: str) -> tuple[URL, str, int]:
+    parsed = URL(url)
+    assert parsed.raw_host is not None and parsed.port is not None  # relayable(url)
+    return parsed, parsed.raw_host, parsed.port
+
+
+async def _exchange(
+    url: str,
+    request: bytes,
+    keep_alive: bool,
+    pool: ConnectionPool | None,
+    connect_timeout: float | None,
+    same_backend: Callable[[], bool] | None,
+) -> tuple[_Upstream, _Head]:
+    """The request sent and the answer's head: on a pooled connection when one waits, else (or
+    when the pooled one turns out closed before any answer: the backend dropped it while idle,
+    and it is the same process) on a new one. Raises OSError, TimeoutError or BackendFailed."""
+    loop = asyncio.get_running_loop()
+    pooled = pool.take(loop.time()) if pool is not None and keep_alive else None
+    if pooled is not None:
+        pooled.start(request, keep_alive)
+        try:
+            return pooled, await pooled.head
+        except BackendFailed:
+            pooled.close()
+            if pooled.received or (same_backend is not None and not same_backend()):
+                raise
+            log.debug("a kept-alive connection to %s was closed before it answered; opening a new one", url)
+    _, host, port = _target(url)
+    proto = _Upstream(loop, request, keep_alive)
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await loop.create_connection(lambda: proto, host, port)
+        return proto, await proto.head
+    except BaseException:
+        proto.close()
+        raise
 
 
 async def relay(
@@ -332,23 +465,21 @@ async def relay(
     prepared: web.StreamResponse | None = None,
     same_backend: Callable[[], bool] | None = None,
     write_timeout: float | None = None,
+    pool: ConnectionPool | None = None,
 ) -> web.StreamResponse:
     """Send the request to ``url`` (see :func:`relayable`) and relay the answer; the same
-    answers and errors as :func:`.proxy.forward` (``write_timeout`` too)."""
-    loop = asyncio.get_running_loop()
-    target = URL(url)
-    host, port = target.raw_host, target.port
-    assert host is not None and port is not None  # relayable(url)
-    proto = _Upstream(loop, _request_bytes(request.method, target, headers, body))
+    answers and errors as :func:`.proxy.forward` (``write_timeout`` too). ``pool``: the backend's
+    kept-alive connections, used unless ``headers`` ask to close (a stream)."""
+    target, _, _ = _target(url)
+    keep_alive = pool is not None and headers.get("Connection", "").lower() != "close"
+    data = _request_bytes(request.method, target, headers, body, keep_alive)
     try:
-        try:
-            async with asyncio.timeout(connect_timeout):
-                await loop.create_connection(lambda: proto, host, port)
-            head = await proto.head
-        except (OSError, TimeoutError) as exc:
-            return await failed_before_answer(url, result, exc, prepared)
-        except BackendFailed as exc:
-            return await failed_before_answer(url, result, str(exc), prepared)
+        proto, head = await _exchange(url, data, keep_alive, pool, connect_timeout, same_backend)
+    except (OSError, TimeoutError) as exc:
+        return await failed_before_answer(url, result, exc, prepared)
+    except BackendFailed as exc:
+        return await failed_before_answer(url, result, str(exc), prepared)
+    try:
         if same_backend is not None and not same_backend():
             return await exited_before_answer(url, result, prepared)
         result.status = head.status
@@ -361,8 +492,10 @@ async def relay(
             return await _whole(request, url, proto, head, result, prepared)
         return await _stream(request, url, proto, head, result, prepared, streaming, write_timeout)
     finally:
-        if proto.transport is not None:
-            proto.transport.close()
+        if pool is not None and proto.reusable:
+            pool.give(proto, asyncio.get_running_loop().time())
+        else:
+            proto.close()
 
 
 async def _whole(
@@ -390,7 +523,7 @@ async def _whole(
     response = web.Response(body=data, status=head.status, reason=head.reason)
     response.headers.extend(response_headers(head.headers))
     if "json" in head.content_type:
-        result.usage = usage_from(data)
+        result.usage_in(data)
     return response
 
 

@@ -24,6 +24,7 @@ import hmac
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from ..address import is_ip, is_loopback
@@ -46,6 +47,14 @@ def is_loopback_name(name: str) -> bool:
     """localhost and its spellings, ``*.localhost`` (RFC 6761: browsers resolve it to loopback
     themselves) or a loopback address."""
     return is_loopback(name) or name.endswith(".localhost")
+
+
+@lru_cache(maxsize=1024)
+def _host_kind(host: str) -> tuple[str, bool]:
+    """A ``Host`` header's name, and whether it is a loopback name or an IP address (allowed
+    whatever the config says). Cached: every request asks, with one of a few values."""
+    name = host_name(host)
+    return name, is_loopback_name(name) or is_ip(name)
 
 
 def normalize_origin(origin: str) -> str | None:
@@ -102,8 +111,8 @@ class HttpPolicy:
         """A request without ``Host`` (HTTP/1.0 tools) is allowed: browsers always send one."""
         if host is None or self.any_host:
             return True
-        name = host_name(host)
-        return is_loopback_name(name) or is_ip(name) or name in self.hosts
+        name, local = _host_kind(host)
+        return local or name in self.hosts
 
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         """The page at ``origin`` may use the API: a loopback origin, the server's own origin (as

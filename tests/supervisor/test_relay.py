@@ -16,7 +16,7 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.test_utils import make_mocked_request
 
 from homelab.supervisor.proxy import SMALL_BODY, ForwardResult, upstream_headers
-from homelab.supervisor.relay import relay, relayable
+from homelab.supervisor.relay import ConnectionPool, relay, relayable
 
 Step = bytes | float | None
 """bytes: written (and drained); float: a pause in seconds; None: close the connection."""
@@ -242,3 +242,148 @@ def test_only_plain_http_to_an_ip_for_an_http11_client_is_relayed() -> None:
     assert not relayable(eleven, "http://gpu-box.lan:8080/completion")  # a host name: aiohttp's resolver
     ten = make_mocked_request("POST", "/v1/chat/completions", version=HttpVersion10)
     assert not relayable(ten, "http://127.0.0.1:8080/completion")  # no chunked framing towards it
+
+
+# -- kept-alive connections (ConnectionPool)
+
+
+@dataclass
+class KeepAliveBackend:
+    """Answers every request on a connection until the client closes it; ``answer`` makes the
+    answer to the n-th request (from 1) on that connection: bytes, or None to close instead."""
+
+    port: int = 0
+    answer: Callable[[int], bytes | None] = lambda n: short_answer(b'{"n":%d}' % n)
+    connections: int = 0
+    requests: list[tuple[int, bytes]] = field(default_factory=list)
+    """(connection number, request head) for every request."""
+    closed_by_client: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def short_answer(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%b\r\n%b" % (
+        len(body), extra, body)
+
+
+@pytest.fixture
+async def keepalive() -> AsyncIterator[KeepAliveBackend]:
+    state = KeepAliveBackend()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        number, served = state.connections, 0
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    state.closed_by_client.set()
+                    return
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+                    0,
+                )
+                await reader.readexactly(length)
+                state.requests.append((number, head))
+                served += 1
+                answer = state.answer(served)
+                if answer is None:
+                    return
+                writer.write(answer)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    yield state
+    server.close()
+
+
+@pytest.fixture
+async def pooled_front(keepalive: KeepAliveBackend) -> AsyncIterator[tuple[str, ConnectionPool]]:
+    """A front that relays to the keep-alive backend through one pool (a backend's)."""
+    pool = ConnectionPool()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        url = f"http://127.0.0.1:{keepalive.port}{request.path_qs}"
+        headers = upstream_headers(request, drop_auth=False)
+        if (await request.json()).get("stream"):
+            headers["Connection"] = "close"  # as inference.proxy_to asks for a stream
+        return await relay(request, url, await request.read(), headers, ForwardResult(), connect_timeout=5, pool=pool)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", pool  # type: ignore[union-attr]
+    pool.close()
+    await runner.cleanup()
+
+
+async def test_short_answers_reuse_one_kept_alive_connection(keepalive: KeepAliveBackend, pooled_front) -> None:
+    url, pool = pooled_front
+    answers = [await post(url, {"model": "m"}) for _ in range(3)]
+    assert [(status, body) for status, body, _ in answers] == [(200, b'{"n":1}'), (200, b'{"n":2}'), (200, b'{"n":3}')]
+    assert [number for number, _ in keepalive.requests] == [1, 1, 1]
+    assert all(b"connection: close" not in head.lower() for _, head in keepalive.requests)
+    assert len(pool) == 1
+
+
+async def test_a_stream_request_asks_to_close_and_leaves_nothing_in_the_pool(keepalive: KeepAliveBackend, pooled_front) -> None:
+    url, pool = pooled_front
+    keepalive.answer = lambda n: SSE_HEAD + b"".join(chunk(e) for e in EVENTS) + b"0\r\n\r\n"
+    status, body, _ = await post(url, {"model": "m", "stream": True})
+    assert (status, body) == (200, b"".join(EVENTS))
+    assert b"Connection: close" in keepalive.requests[0][1]
+    assert len(pool) == 0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        short_answer(b"{}", b"Connection: close\r\n"),  # the backend will close it
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",  # 1.0: closes by default
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    ],
+    ids=["connection-close", "http10", "chunked"],
+)
+async def test_only_a_length_delimited_keep_alive_answer_is_pooled(keepalive: KeepAliveBackend, pooled_front, answer: bytes) -> None:
+    url, pool = pooled_front
+    keepalive.answer = lambda n: answer
+    for _ in range(2):
+        status, body, _ = await post(url, {"model": "m"})
+        assert (status, body) == (200, b"{}")
+    assert len(pool) == 0
+    assert [number for number, _ in keepalive.requests] == [1, 2]  # a new connection each time
+
+
+async def test_a_kept_alive_connection_the_backend_dropped_is_replaced(keepalive: KeepAliveBackend, pooled_front) -> None:
+    """The backend closes an idle connection just as the next request is sent on it (its
+    keep-alive timeout): the request goes out again on a new connection, the client sees 200."""
+    url, pool = pooled_front
+    keepalive.answer = lambda n: short_answer(b"{}") if n == 1 else None
+    for _ in range(3):
+        status, body, _ = await post(url, {"model": "m"})
+        assert (status, body) == (200, b"{}")
+    assert [number for number, _ in keepalive.requests] == [1, 1, 2, 2, 3]
+
+
+async def test_closing_the_pool_closes_its_idle_connections(keepalive: KeepAliveBackend, pooled_front) -> None:
+    url, pool = pooled_front
+    assert (await post(url, {"model": "m"}))[0] == 200
+    assert len(pool) == 1 and not keepalive.closed_by_client.is_set()
+    pool.close()
+    await asyncio.wait_for(keepalive.closed_by_client.wait(), 5)
+    assert (await post(url, {"model": "m"}))[0] == 200  # a closed pool keeps nothing: a new connection
+    assert len(pool) == 0 and keepalive.connections == 2
+
+
+async def test_a_connection_idle_too_long_is_not_reused(keepalive: KeepAliveBackend, pooled_front) -> None:
+    url, pool = pooled_front
+    pool.idle_max = 0.0
+    for _ in range(2):
+        assert (await post(url, {"model": "m"}))[0] == 200
+    assert keepalive.connections == 2

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from homelab.bench.supervisor import Pinning, _baseline_env, _cpu_seconds, _pinning
 from homelab.errors import HomelabError
-from homelab.supervisor.proxy import multipart_with_model, parse_body, usage_from
+from homelab.supervisor.proxy import ForwardResult, multipart_with_model, parse_body, usage_from
 
 
 def test_usage_of_a_json_answer_is_its_usage_object() -> None:
@@ -68,11 +70,39 @@ def test_multipart_model_field_is_replaced_and_nothing_else() -> None:
     assert multipart_with_model("multipart/form-data", body, "whisper") == body  # no boundary: as is
 
 
+def test_a_short_answers_usage_is_read_when_asked() -> None:
+    """The relay hands the body over and sends the answer; the usage is parsed after, once."""
+    result = ForwardResult()
+    result.usage_in(b'{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1}}')
+    assert result.usage == {"prompt_tokens": 4, "completion_tokens": 1}
+    assert result.usage is result.usage  # parsed once
+    result.usage_in(b'{"choices":[]}')
+    assert result.usage is None
+    result.usage_in(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}')
+    result.usage = {"prompt_tokens": 9}  # a later answer (a stream's tail) wins
+    assert result.usage == {"prompt_tokens": 9}
+
+
 def test_baseline_must_be_a_source_tree(tmp_path: Path) -> None:
     with pytest.raises(HomelabError, match="not a homelab source tree.*git worktree add"):
         _baseline_env(tmp_path)
     tree = Path(__file__).resolve().parents[2]  # this checkout
     assert _baseline_env(tree)["PYTHONPATH"] == str(tree)
+
+
+def test_baseline_code_is_imported_even_when_run_from_a_checkout(tmp_path: Path) -> None:
+    """`python -m homelab.cli serve` started in this checkout (as `bench proxy` is) must run the
+    baseline tree's code, not the checkout's, which `-m` would put first on sys.path."""
+    base = tmp_path / "base"
+    (base / "homelab" / "supervisor").mkdir(parents=True)
+    (base / "homelab" / "__init__.py").write_text("")
+    (base / "homelab" / "whoami.py").write_text("import homelab\nprint(homelab.__file__)\n")
+    checkout = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "homelab.whoami"], cwd=checkout, env=_baseline_env(base),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert Path(out.strip()) == base / "homelab" / "__init__.py"
 
 
 def test_cpu_of_threads_that_have_exited_is_still_counted() -> None:
