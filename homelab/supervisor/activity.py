@@ -7,13 +7,17 @@ load, STARTING -> READY finished one, STARTING -> STOPPED failed). Nothing here 
 I/O: records go into bounded deques, and listeners (``/api/events``) get messages on bounded
 queues.
 
-An open page costs no work per request: a request does with a page open what it does without
-(a record appended to the ring buffer, a counter moved, the scheduler's states compared), plus
-arming the flush timer if it is not armed. At most every :data:`FLUSH_DELAY` a flush sends what
-changed since the last one: the requests that ended (one ``metrics`` message, read back from the
-ring buffer), the in-flight and queued counts when only those changed (one small ``inflight``
-message), and the full model status (``modelStatus``, ``selection``) only when a model's state
-changed (a load, a stop, a failure), not when a request came or went.
+An open page costs no work per request and no wakeup of its own while requests flow: a request
+does with a page open what it does without (a record appended to the ring buffer, a counter
+moved, the scheduler's states compared) plus a clock read. A flush sends what changed since the
+last one: the requests that ended (one ``metrics`` message, read back from the ring buffer), the
+in-flight and queued counts when only those changed (one small ``inflight`` message), and the
+full model status (``modelStatus``, ``selection``) only when a model's state changed (a load, a
+stop, a failure), not when a request came or went. A state change is flushed
+:data:`FLUSH_DELAY` after it; requests and counts at most every :data:`ACTIVITY_EVERY`, by the
+request whose end makes one due, in the wakeup that request already cost (measured: a flush of
+its own timer costs the process a cold wakeup, ~0.3 ms on a busy small box, which is what an open
+page cost per few requests before); a timer delivers the last ones after traffic stops.
 
 The message shapes follow llama-swap's ``/api/events`` feed (``{"type": ..., "data": "<json>"}``,
 types ``modelStatus``, ``logData``, ``metrics``, ``inflight``), plus ``swap`` for our swap records;
@@ -36,6 +40,10 @@ from .scheduler import Action, Scheduler, Start, State, Stop
 HISTORY = 200
 """Requests and swaps kept for a page that connects later."""
 FLUSH_DELAY = 0.1
+"""A model's state change reaches open pages this long after it (changes in between coalesce)."""
+ACTIVITY_EVERY = 0.25
+"""Ended requests and in-flight counts reach open pages at most this often (llama-swap's UI
+updates its in-flight list every 250 ms too); at most twice this after the last change."""
 QUEUE_SIZE = 1024
 
 
@@ -98,7 +106,10 @@ class Activity:
         """Builds the dashboard's selectors-and-profiles payload (set by the dashboard routes)."""
         self.counts: Callable[[], dict[str, Any]] | None = None
         """Builds the ``inflight`` payload: the total and each model's counts (set by the dashboard routes)."""
-        self._flush: asyncio.TimerHandle | None = None
+        self._flush: asyncio.Handle | None = None
+        self._flush_at = 0.0
+        """When the pending flush runs (the event loop's clock)."""
+        self._last_flush = float("-inf")
         self._status_changed = False
         """A model's state changed: the next flush sends modelStatus and selection."""
         self._counts_changed = False
@@ -132,10 +143,13 @@ class Activity:
             states = True
             if before is not None and before[0] is State.STARTING:
                 self._finished(model_id, state.state is State.READY, state.last_error)
-        if (states or counts) and self.listeners:
-            self._status_changed |= states
-            self._counts_changed |= counts
-            self._schedule_flush()
+        if states and self.listeners:
+            self._status_changed = True
+            self._arm(FLUSH_DELAY)
+        elif counts and self.listeners:
+            self._counts_changed = True
+            # late enough that the request ending in between flushes it (see _request_ended)
+            self._arm(2 * ACTIVITY_EVERY)
 
     def request_done(self, req: int, model: str, status: int, duration: float, usage: dict[str, Any] | None) -> None:
         output = usage.get("completion_tokens") if usage else None
@@ -158,7 +172,7 @@ class Activity:
         self.requests.append(record)
         self._done += 1
         if self.listeners:  # the next flush reads it back from the ring buffer
-            self._schedule_flush()
+            self._request_ended()
 
     # ------------------------------------------------------------ swaps
     def _began(self, scheduler: Scheduler, model_id: str) -> None:
@@ -226,11 +240,29 @@ class Activity:
         """Something the status messages show changed outside the scheduler (a reload, a
         profile switch): send them again, coalesced like every other change."""
         self._status_changed = True
-        self._schedule_flush()
+        self._arm(FLUSH_DELAY)
 
-    def _schedule_flush(self) -> None:
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._send_status)
+    def _request_ended(self) -> None:
+        """A flush that is due runs in this wakeup (``call_soon``: after the request's own
+        callbacks, before the loop sleeps), not in one of its own later."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._last_flush < ACTIVITY_EVERY:
+            self._arm(2 * ACTIVITY_EVERY)
+        elif self._flush is None or self._flush_at > now:
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush, self._flush_at = loop.call_soon(self._send_status), now
+
+    def _arm(self, delay: float) -> None:
+        """A flush in ``delay`` seconds, unless one comes sooner."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._flush is not None:
+            if self._flush_at <= at:
+                return
+            self._flush.cancel()
+        self._flush, self._flush_at = loop.call_at(at, self._send_status), at
 
     def finished_since_flush(self) -> list[RequestRecord]:
         """The requests that ended since the last flush (those still in the ring buffer)."""
@@ -241,6 +273,7 @@ class Activity:
         """What changed since the last flush: the requests that ended (one ``metrics`` message),
         then the models' status when a state changed, else their counts when those changed."""
         self._flush = None
+        self._last_flush = asyncio.get_running_loop().time()
         if self._done != self._sent:
             self.publish("metrics", [vars(r) for r in self.finished_since_flush()])
             self._sent = self._done

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from homelab.supervisor.activity import FLUSH_DELAY
+from homelab.supervisor.activity import ACTIVITY_EVERY
 from homelab.supervisor.config import Filters, PeerConfig
 from homelab.supervisor.config_load import load_config
 from homelab.supervisor.scheduler import Scheduler, State
@@ -190,7 +190,7 @@ def records(seen: list[tuple[str, Any]]) -> int:
 async def test_an_open_page_costs_messages_per_flush_not_per_request(serve) -> None:
     """A page as it opens (its Logs panel on the supervisor's log) while a ready model serves
     requests: no model status, selection or backend log lines per request; the requests' records
-    and counts come at most once per flush, however many requests ended in it."""
+    and counts come at most once per ACTIVITY_EVERY, however many requests ended in it."""
     running = await serve(make_config(fake_model("a", "--log-requests", ttl=30), fake_model("b")))
     async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events?logs=proxy") as events:
         await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
@@ -203,7 +203,7 @@ async def test_an_open_page_costs_messages_per_flush_not_per_request(serve) -> N
         for _ in range(n):
             assert (await chat(s, running.url, "a"))[0] == 200
         after = await read_events(events, lambda seen: records(seen) >= n)
-        flushes = math.ceil((time.monotonic() - started) / FLUSH_DELAY) + 1
+        flushes = math.ceil((time.monotonic() - started) / ACTIVITY_EVERY) + 1
     kinds = Counter(k for k, _ in after)
     assert kinds["modelStatus"] == 0 and kinds["selection"] == 0  # a's state never changed
     assert records(after) == n and kinds["metrics"] <= flushes
@@ -218,7 +218,7 @@ async def test_an_open_page_costs_messages_per_flush_not_per_request(serve) -> N
 async def test_counts_show_a_busy_model_without_a_status_message(serve) -> None:
     """A request in flight turns the model busy on the page through the small inflight message;
     the full model status is not sent again."""
-    running = await serve(make_config(fake_model("a", "--request-delay", "0.5")))
+    running = await serve(make_config(fake_model("a", "--request-delay", "1.5")))
     async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events?logs=") as events:
         await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
         async with s.post(running.url + "/api/models/load/a") as resp:
