@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -498,9 +499,11 @@ def _apply_pinning(fronts: list[Front], pinning: Pinning | None) -> None:
         _pin(front.pid, pinning.front)
 
 
-async def _follow_events(s: aiohttp.ClientSession, url: str, received: list[int]) -> None:
-    """What an open dashboard does: hold /api/events and read every message."""
-    async with s.get(url + "/api/events", timeout=aiohttp.ClientTimeout(total=None)) as resp:
+async def _follow_events(s: aiohttp.ClientSession, url: str, logs: str, received: list[int]) -> None:
+    """What an open dashboard does: hold /api/events and read every message (``logs``: the logs
+    its Logs panel follows; ``all``: every log, as llama-swap's feed and UI)."""
+    query = "" if logs == "all" else "?" + urllib.parse.urlencode({"logs": logs})
+    async with s.get(url + "/api/events" + query, timeout=aiohttp.ClientTimeout(total=None)) as resp:
         async for chunk in resp.content.iter_any():
             received[0] += len(chunk)
 
@@ -513,8 +516,9 @@ async def bench_proxy(
     rounds: int,
     pinning: Pinning | None,
     one_at_a_time: bool,
-    dashboard: bool = False,
+    dashboard: str | None = None,
     baseline: Path | None = None,
+    dashboard_baseline: bool = False,
 ) -> dict[str, Any]:
     """Both fronts resident at once and every path interleaved (default), or, with
     ``one_at_a_time`` (two copies of a big model do not fit), the supervisor's phase and then
@@ -525,6 +529,7 @@ async def bench_proxy(
     _supervisor_config(setup, config)
     _presets(setup, presets)
     ports = {"supervisor": free_port(), "router": free_port(), "baseline": free_port()}
+    page_fronts = ("supervisor", "baseline") if dashboard_baseline else ("supervisor",)
     urls = {m: f"http://127.0.0.1:{p}" for m, p in ports.items()}
     starts: dict[str, tuple[list[str], Path, Any, dict[str, str] | None]] = {
         "supervisor": (_serve_argv(config, ports["supervisor"]), w / "supervisor.log", _supervisor_front, None),
@@ -532,8 +537,12 @@ async def bench_proxy(
     }
     if baseline is not None:
         _supervisor_config(setup, w / "baseline.yaml")
+        # -P: the current directory stays off sys.path, or a run from a source tree would
+        # import that tree (PYTHONPATH comes after it) and measure the same code twice
+        baseline_argv = _serve_argv(w / "baseline.yaml", ports["baseline"])
+        baseline_argv.insert(1, "-P")
         starts["baseline"] = (
-            _serve_argv(w / "baseline.yaml", ports["baseline"]),
+            baseline_argv,
             w / "baseline.log",
             _baseline_front,
             _baseline_env(baseline),
@@ -550,20 +559,20 @@ async def bench_proxy(
                     await starts[name][2](s, setup, proc, urls[name]) for name, proc in zip(names, procs, strict=True)
                 ]
                 _apply_pinning(fronts, pinning)
-                received = [0]
-                page = (
-                    asyncio.ensure_future(_follow_events(s, urls["supervisor"], received))
-                    if dashboard and "supervisor" in names
-                    else None
-                )
+                watched = [n for n in names if dashboard is not None and n in page_fronts]
+                received = {name: [0] for name in watched}
+                pages = [
+                    asyncio.ensure_future(_follow_events(s, urls[name], cast(str, dashboard), received[name]))
+                    for name in watched
+                ]
                 try:
                     result = await _measure(s, fronts, requests, levels, max_tokens, rounds)
                 finally:
-                    if page is not None:
+                    for page in pages:
                         page.cancel()
-                        await asyncio.gather(page, return_exceptions=True)
-                if page is not None:
-                    result["dashboard_event_bytes"] = received[0]
+                    await asyncio.gather(*pages, return_exceptions=True)
+                if watched:
+                    result["dashboard_event_bytes"] = {name: received[name][0] for name in watched}
                 return result
 
         if one_at_a_time:
@@ -579,7 +588,7 @@ def _merge(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for clients, paths in phase["throughput"].items():
             merged["throughput"].setdefault(clients, {}).update(paths)
         if "dashboard_event_bytes" in phase:
-            merged["dashboard_event_bytes"] = phase["dashboard_event_bytes"]
+            merged.setdefault("dashboard_event_bytes", {}).update(phase["dashboard_event_bytes"])
     return merged
 
 
@@ -694,6 +703,10 @@ def _pinning(args: argparse.Namespace) -> Pinning | None:
 
 
 def cmd_bench_proxy(args: argparse.Namespace) -> int:
+    if args.dashboard_baseline and (args.dashboard is None or not args.baseline):
+        raise HomelabError(
+            "--dashboard-baseline opens a page on the --baseline front: give --dashboard and --baseline too"
+        )
     pinning = _pinning(args)
     with _workdir(args) as tmp:
         setup = _setup(args, Path(tmp), 1)
@@ -720,6 +733,7 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
                 args.one_at_a_time,
                 args.dashboard,
                 Path(args.baseline).expanduser() if args.baseline else None,
+                args.dashboard_baseline,
             )
         )
     _print_proxy(r, args, levels)
@@ -775,7 +789,8 @@ def _print_proxy(r: dict[str, Any], args: argparse.Namespace, levels: list[int])
         "tokens per stream)",
     )
     if "dashboard_event_bytes" in r:
-        print(f"  (an open dashboard followed /api/events throughout: {r['dashboard_event_bytes']:,} bytes of events)")
+        sizes = ", ".join(f"{name} {size:,}" for name, size in r["dashboard_event_bytes"].items())
+        print(f"  (an open dashboard followed /api/events?logs={args.dashboard} throughout: bytes of events {sizes})")
 
 
 def cmd_bench_swap(args: argparse.Namespace) -> int:
@@ -857,7 +872,16 @@ def register(cli: CLI) -> None:
     )
     proxy.add_argument(
         "--dashboard",
-        action="store_true",
+        nargs="?",
+        const="proxy",
+        metavar="LOGS",
         help="keep the dashboard's event stream (/api/events) open and read during the "
-        "measurement, as an open page would",
+        "measurement, as an open page would; LOGS: the logs its Logs panel follows "
+        "(default proxy, the supervisor's, as the page opens; a model's id; all: every log)",
+    )
+    proxy.add_argument(
+        "--dashboard-baseline",
+        action="store_true",
+        help="with --dashboard and --baseline, keep a page open on the baseline front too (the "
+        "page's cost before and after a change, side by side)",
     )

@@ -5,16 +5,29 @@ The supervisor calls :meth:`Activity.dispatched` after each batch of scheduler a
 the scheduler's model states before and after (a model that went STOPPED -> STARTING began a
 load, STARTING -> READY finished one, STARTING -> STOPPED failed). Nothing here blocks or does
 I/O: records go into bounded deques, and listeners (``/api/events``) get messages on bounded
-queues, coalesced to one model-status message per :data:`FLUSH_DELAY` so a busy box does not
-pay per request for an open page.
+queues.
+
+An open page costs no work per request and no wakeup of its own while requests flow: a request
+does with a page open what it does without (a record appended to the ring buffer, a counter
+moved, the scheduler's states compared) plus a clock read. A flush sends what changed since the
+last one: the requests that ended (one ``metrics`` message, read back from the ring buffer), the
+in-flight and queued counts when only those changed (one small ``inflight`` message), and the
+full model status (``modelStatus``, ``selection``) only when a model's state changed (a load, a
+stop, a failure), not when a request came or went. A state change is flushed
+:data:`FLUSH_DELAY` after it; requests and counts at most every :data:`ACTIVITY_EVERY`, by the
+request whose end makes one due, in the wakeup that request already cost (measured: a flush of
+its own timer costs the process a cold wakeup, ~0.3 ms on a busy small box, which is what an open
+page cost per few requests before); a timer delivers the last ones after traffic stops.
 
 The message shapes follow llama-swap's ``/api/events`` feed (``{"type": ..., "data": "<json>"}``,
-types ``modelStatus``, ``logData``, ``metrics``, ``inflight``), plus ``swap`` for our swap records.
+types ``modelStatus``, ``logData``, ``metrics``, ``inflight``), plus ``swap`` for our swap records;
+our ``inflight`` adds ``models`` (each local model's counts) to llama-swap's ``total``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import deque
@@ -27,6 +40,10 @@ from .scheduler import Action, Scheduler, Start, State, Stop
 HISTORY = 200
 """Requests and swaps kept for a page that connects later."""
 FLUSH_DELAY = 0.1
+"""A model's state change reaches open pages this long after it (changes in between coalesce)."""
+ACTIVITY_EVERY = 0.25
+"""Ended requests and in-flight counts reach open pages at most this often (llama-swap's UI
+updates its in-flight list every 250 ms too); at most twice this after the last change."""
 QUEUE_SIZE = 1024
 
 
@@ -87,10 +104,20 @@ class Activity:
         """Builds the model-status payload (set by the dashboard routes)."""
         self.selection: Callable[[], dict[str, Any]] | None = None
         """Builds the dashboard's selectors-and-profiles payload (set by the dashboard routes)."""
-        self._flush: asyncio.TimerHandle | None = None
+        self.counts: Callable[[], dict[str, Any]] | None = None
+        """Builds the ``inflight`` payload: the total and each model's counts (set by the dashboard routes)."""
+        self._flush: asyncio.Handle | None = None
+        self._flush_at = 0.0
+        """When the pending flush runs (the event loop's clock)."""
+        self._last_flush = float("-inf")
         self._status_changed = False
-        self._finished_requests: list[RequestRecord] = []
-        """Requests done since the last flush, sent to open pages as one ``metrics`` message."""
+        """A model's state changed: the next flush sends modelStatus and selection."""
+        self._counts_changed = False
+        """Only in-flight or queued counts changed: the next flush sends the small inflight message."""
+        self._last_selection: dict[str, Any] | None = None
+        self._done = 0
+        """Requests ended so far; those after ``_sent`` go out with the next flush."""
+        self._sent = 0
 
     # ------------------------------------------------------------ hooks
     def dispatched(self, actions: Iterable[Action]) -> None:
@@ -103,19 +130,26 @@ class Activity:
                 self._evicting.setdefault(target, []).append(action.model)
             elif isinstance(action, Start):
                 self._began(scheduler, action.model)
-        changed = False
+        states = counts = False
         for model_id, state in scheduler.models.items():
             now = (state.state, len(state.inflight), len(state.waiters))
             before = self._last.get(model_id)
             if before == now:
                 continue
-            changed = True
             self._last[model_id] = now
-            if before is not None and before[0] is State.STARTING and state.state is not State.STARTING:
+            if before is not None and before[0] is now[0]:
+                counts = True  # a request came or went: the small inflight message tells
+                continue
+            states = True
+            if before is not None and before[0] is State.STARTING:
                 self._finished(model_id, state.state is State.READY, state.last_error)
-        if changed and self.listeners:
+        if states and self.listeners:
             self._status_changed = True
-            self._schedule_flush()
+            self._arm(FLUSH_DELAY)
+        elif counts and self.listeners:
+            self._counts_changed = True
+            # late enough that the request ending in between flushes it (see _request_ended)
+            self._arm(2 * ACTIVITY_EVERY)
 
     def request_done(self, req: int, model: str, status: int, duration: float, usage: dict[str, Any] | None) -> None:
         output = usage.get("completion_tokens") if usage else None
@@ -136,9 +170,9 @@ class Activity:
             swap=swap,
         )
         self.requests.append(record)
-        if self.listeners:  # batched: an open page costs a message per FLUSH_DELAY, not per request
-            self._finished_requests.append(record)
-            self._schedule_flush()
+        self._done += 1
+        if self.listeners:  # the next flush reads it back from the ring buffer
+            self._request_ended()
 
     # ------------------------------------------------------------ swaps
     def _began(self, scheduler: Scheduler, model_id: str) -> None:
@@ -183,7 +217,11 @@ class Activity:
 
     # ------------------------------------------------------------ listeners
     def subscribe(self) -> asyncio.Queue[bytes]:
+        """A new listener's queue; it gets the history (``requests``, ``swaps``) from its caller,
+        then what changes."""
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        if not self.listeners:  # nobody was told of the requests so far: the caller sends the history
+            self._sent = self._done
         self.listeners.add(queue)
         return queue
 
@@ -202,28 +240,55 @@ class Activity:
         """Something the status messages show changed outside the scheduler (a reload, a
         profile switch): send them again, coalesced like every other change."""
         self._status_changed = True
-        self._schedule_flush()
+        self._arm(FLUSH_DELAY)
 
-    def _schedule_flush(self) -> None:
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._send_status)
+    def _request_ended(self) -> None:
+        """A flush that is due runs in this wakeup (``call_soon``: after the request's own
+        callbacks, before the loop sleeps), not in one of its own later."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._last_flush < ACTIVITY_EVERY:
+            self._arm(2 * ACTIVITY_EVERY)
+        elif self._flush is None or self._flush_at > now:
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush, self._flush_at = loop.call_soon(self._send_status), now
+
+    def _arm(self, delay: float) -> None:
+        """A flush in ``delay`` seconds, unless one comes sooner."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._flush is not None:
+            if self._flush_at <= at:
+                return
+            self._flush.cancel()
+        self._flush, self._flush_at = loop.call_at(at, self._send_status), at
+
+    def finished_since_flush(self) -> list[RequestRecord]:
+        """The requests that ended since the last flush (those still in the ring buffer)."""
+        new = min(self._done - self._sent, len(self.requests))
+        return list(itertools.islice(self.requests, len(self.requests) - new, None))
 
     def _send_status(self) -> None:
         """What changed since the last flush: the requests that ended (one ``metrics`` message),
-        then the models' status."""
+        then the models' status when a state changed, else their counts when those changed."""
         self._flush = None
-        if self._finished_requests:
-            self.publish("metrics", [asdict(r) for r in self._finished_requests])
-            self._finished_requests.clear()
-        if not self._status_changed:
-            return
-        self._status_changed = False
-        if self.status is not None:
-            models = self.status()
-            self.publish("modelStatus", models)
-            self.publish("inflight", {"total": sum(m.get("inflight", 0) for m in models)})
-        if self.selection is not None and self.listeners:
-            self.publish("selection", self.selection())
+        self._last_flush = asyncio.get_running_loop().time()
+        if self._done != self._sent:
+            self.publish("metrics", [vars(r) for r in self.finished_since_flush()])
+            self._sent = self._done
+        states, counts = self._status_changed, self._counts_changed
+        self._status_changed = self._counts_changed = False
+        if states and self.status is not None:
+            self.publish("modelStatus", self.status())
+        if (states or counts) and self.counts is not None:
+            self.publish("inflight", self.counts())
+        if (states or counts) and self.selection is not None and self.listeners:
+            # a spillover selector's pick moves with in-flight counts; most flushes change nothing
+            selection = self.selection()
+            if states or selection != self._last_selection:
+                self.publish("selection", selection)
+            self._last_selection = selection
 
     def close(self) -> None:
         if self._flush is not None:

@@ -11,7 +11,11 @@ Routes:
 * ``GET /api/state``: every model (and peer model) with its scheduler state, what starting it
   would evict now, the selectors and profiles (``selection``), the VRAM picture, the deployed generation's facts, recent requests and swaps.
 * ``GET /api/events``: Server-Sent Events in llama-swap's envelope (see :mod:`.activity`); our
-  ``selection`` message follows each ``modelStatus``.
+  ``selection`` message follows each ``modelStatus``. ``?logs=proxy,<model>,...`` names the logs
+  sent as ``logData`` (``proxy``: the supervisor's, ``upstream``: every model's, ``logs=``: none);
+  without it every log is sent, as llama-swap does. Our page asks for the supervisor's log and
+  for a model's only while its Logs panel shows that model: backends write lines per request,
+  and a page that does not show them should not pay for them.
 * ``POST /api/models/load/{model}``: start a model as a request for it would (no request sent).
 """
 
@@ -25,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from homelab.suggest import did_you_mean
+
 from .activity import FLUSH_DELAY, envelope
 from .admission import AdmissionError
 from .deployed import deploy_facts, vram_picture
 from .http_errors import error_response
-from .scheduler import State
+from .scheduler import ModelState, State
 from .selection import Selection
 from .selection_http import model_states, profile_records, selection_of, selector_records
 
@@ -70,6 +76,7 @@ class Dashboard:
         self.current_selection = selection
         sup.activity.status = self.model_status
         sup.activity.selection = self.selection
+        sup.activity.counts = self.counts
 
     def selection(self) -> dict[str, Any]:
         """Selectors (strategy, targets, the target a request would reach now) and profiles
@@ -82,6 +89,32 @@ class Dashboard:
         }
 
     # ------------------------------------------------------------ state
+    def _ttl(self, model_id: str) -> float:
+        cfg = self.sup.config.models[model_id]
+        return cfg.ttl if cfg.ttl > 0 else self.sup.config.global_ttl
+
+    @staticmethod
+    def _live(st: ModelState, ttl: float, now: float) -> dict[str, Any]:
+        """What a request coming or going changes in a model's entry: its counts and, while it
+        is ready, busy or ready with the TTL left (the ``inflight`` message sends only these)."""
+        live: dict[str, Any] = {"inflight": len(st.inflight), "queued": len(st.waiters)}
+        if st.state is State.READY:
+            live["status"] = "busy" if st.inflight else "ready"
+            if ttl > 0 and not st.inflight and not st.waiters:
+                live["ttl_left"] = max(0.0, round(st.last_used + ttl - now, 1))
+        return live
+
+    def counts(self) -> dict[str, Any]:
+        """The ``inflight`` message: llama-swap's total plus each local model's counts."""
+        sup = self.sup
+        now = sup.now()
+        models = {
+            model_id: self._live(st, self._ttl(model_id), now)
+            for model_id, st in sup.scheduler.models.items()
+            if model_id in sup.config.models
+        }
+        return {"total": sum(m["inflight"] for m in models.values()), "models": models}
+
     def model_status(self) -> list[dict[str, Any]]:
         """llama-swap's modelStatus entries (id, name, description, state, unlisted, peerID)
         plus what our scheduler knows: the dashboard's status, in-flight and queued counts,
@@ -107,14 +140,13 @@ class Dashboard:
             entry["aliases"] = sorted(
                 a for a, t in config.aliases.items() if t == model_id and a not in entry["profiles"]
             )
-            ttl = cfg.ttl if cfg.ttl > 0 else config.global_ttl
+            ttl = self._ttl(model_id)
             entry["ttl"] = ttl
             status = "unloaded"
             if st is not None:
                 if state is State.READY:
-                    status = "busy" if st.inflight else "ready"
-                    if ttl > 0 and not st.inflight and not st.waiters:
-                        entry["ttl_left"] = max(0.0, round(st.last_used + ttl - now, 1))
+                    entry.update(self._live(st, ttl, now))
+                    status = entry["status"]
                 elif state is State.STARTING:
                     status = "loading"
                     since = sup.activity.loading_since(model_id)
@@ -217,8 +249,34 @@ class Dashboard:
         self.sup.preload(model_id)
         return web.json_response({"msg": "ok", "loading": model_id})
 
+    def _followed_logs(self, request: web.Request) -> tuple[bool, bool, set[str]]:
+        """``?logs=``: (the supervisor's log, every model's log, these models' logs).
+        ValueError names an unknown source."""
+        if "logs" not in request.query:
+            return True, True, set()  # llama-swap's feed: every log
+        proxy, upstream, models = False, False, set()
+        for name in filter(None, (n.strip() for n in request.query["logs"].split(","))):
+            model_id = self.sup.config.resolve(name)
+            if name in ("proxy", "supervisor"):
+                proxy = True
+            elif name == "upstream":
+                upstream = True
+            elif model_id is not None:
+                models.add(model_id)
+            else:
+                choices = ["proxy", "upstream", *self.sup.config.models]
+                raise ValueError(
+                    f"GET /api/events?logs=: unknown log {name!r}"
+                    + did_you_mean(name, choices, listing="expected proxy, upstream or a model", fallback="")
+                )
+        return proxy, upstream, models
+
     async def handle_events(self, request: web.Request) -> web.StreamResponse:
         sup = self.sup
+        try:
+            proxy, every_model, chosen = self._followed_logs(request)
+        except ValueError as exc:
+            return error_response(400, str(exc), "invalid_request")
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -229,10 +287,11 @@ class Dashboard:
         )
         await response.prepare(request)
         queue = sup.activity.subscribe()
-        buffers: list[tuple[LogBuffer, dict[str, str]]] = [(sup.supervisor_log, {"source": "proxy"})]
-        buffers += [(sup.model_log(m), {"source": "upstream", "model": m}) for m in sup.config.models]
+        buffers: list[tuple[LogBuffer, dict[str, str]]] = [(sup.supervisor_log, {"source": "proxy"})] if proxy else []
+        followed = set(sup.config.models) if every_model else chosen
+        buffers += [(sup.model_log(m), {"source": "upstream", "model": m}) for m in sup.config.models if m in followed]
         forwarders = [asyncio.ensure_future(_forward_log(buffer, tags, queue)) for buffer, tags in buffers]
-        config, followed = sup.config, set(sup.config.models)
+        config = sup.config
         sup.active -= 1  # an open page never holds up shutdown
         try:
             for buffer, tags in buffers:
@@ -242,20 +301,21 @@ class Dashboard:
             models = self.model_status()
             await response.write(envelope("modelStatus", models))
             await response.write(envelope("selection", self.selection()))
-            await response.write(envelope("metrics", [asdict(r) for r in sup.activity.requests]))
+            await response.write(envelope("metrics", [vars(r) for r in sup.activity.requests]))
             for swap in sup.activity.swaps:
                 await response.write(envelope("swap", asdict(swap)))
-            await response.write(envelope("inflight", {"total": sum(m["inflight"] for m in models)}))
+            await response.write(envelope("inflight", self.counts()))
             idle = 0.0
             while sup.accepting:
                 if sup.config is not config:  # a reload: follow the logs of models it added
                     config = sup.config
-                    for model_id in config.models.keys() - followed:
+                    for model_id in (config.models.keys() - followed) if every_model else ():
                         followed.add(model_id)
                         tags = {"source": "upstream", "model": model_id}
                         forwarders.append(asyncio.ensure_future(_forward_log(sup.model_log(model_id), tags, queue)))
                 try:
-                    message = await asyncio.wait_for(queue.get(), timeout=1.0)
+                    async with asyncio.timeout(1.0):  # no task per message, as wait_for makes one
+                        message = await queue.get()
                 except TimeoutError:
                     idle += 1.0
                     if idle >= KEEPALIVE:  # proxies close silent streams

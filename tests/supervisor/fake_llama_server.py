@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--x-marker", help="ignored: lets a test find its own processes")
     p.add_argument("-m", "--model", help="ignored: a file the supervisor may read ahead")
     p.add_argument("--cors", action="store_true", help="send Access-Control-Allow-Origin: * as llama-server does")
+    p.add_argument("--log-requests", action="store_true", help="print a line per request, as llama-server does")
     return p.parse_args(argv)
 
 
@@ -122,6 +123,8 @@ class Handler(BaseHTTPRequestHandler):
                              "x_server": ARGS.name, "x_pid": os.getpid(), "x_ready_in": READY_AT - time.monotonic()})
             return
         REQUESTS += 1
+        if ARGS.log_requests:  # as llama-server logs each task it serves
+            say(f"slot launch_slot_: id 0 | task {REQUESTS} | processing task ({ARGS.name})")
         if ARGS.die_on_request:
             os._exit(9)
         if ARGS.request_delay:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from homelab.supervisor.activity import ACTIVITY_EVERY
 from homelab.supervisor.config import Filters, PeerConfig
 from homelab.supervisor.config_load import load_config
 from homelab.supervisor.scheduler import Scheduler, State
@@ -178,6 +181,80 @@ async def test_events_follow_llama_swap_envelope_and_go_live(serve) -> None:
         after = await read_events(resp, lambda seen: any(k == "metrics" for k, _ in seen))
         (record,) = next(d for k, d in after if k == "metrics")
         assert record["model"] == "a" and record["status"] == 200
+
+
+def records(seen: list[tuple[str, Any]]) -> int:
+    return sum(len(d) for k, d in seen if k == "metrics")
+
+
+async def test_an_open_page_costs_messages_per_flush_not_per_request(serve) -> None:
+    """A page as it opens (its Logs panel on the supervisor's log) while a ready model serves
+    requests: no model status, selection or backend log lines per request; the requests' records
+    and counts come at most once per ACTIVITY_EVERY, however many requests ended in it."""
+    running = await serve(make_config(fake_model("a", "--log-requests", ttl=30), fake_model("b")))
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events?logs=proxy") as events:
+        await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
+        async with s.post(running.url + "/api/models/load/a") as resp:
+            assert resp.status == 200
+        await read_events(events, lambda seen: any(
+            k == "modelStatus" and d[0]["status"] == "ready" for k, d in seen))
+        n = 40
+        started = time.monotonic()
+        for _ in range(n):
+            assert (await chat(s, running.url, "a"))[0] == 200
+        after = await read_events(events, lambda seen: records(seen) >= n)
+        flushes = math.ceil((time.monotonic() - started) / ACTIVITY_EVERY) + 1
+    kinds = Counter(k for k, _ in after)
+    assert kinds["modelStatus"] == 0 and kinds["selection"] == 0  # a's state never changed
+    assert records(after) == n and kinds["metrics"] <= flushes
+    assert kinds["inflight"] <= flushes + 1  # + the load's last counts
+    assert not [d for k, d in after if k == "logData" and d.get("source") != "proxy"]
+    assert running.sup.model_log("a").contents().count(b"processing task") > 0  # written, not sent
+    last = [d for k, d in after if k == "inflight"][-1]
+    assert last["total"] == 0 and last["models"]["a"]["inflight"] == 0 and last["models"]["a"]["status"] == "ready"
+    assert 0 < last["models"]["a"]["ttl_left"] <= 30
+
+
+async def test_counts_show_a_busy_model_without_a_status_message(serve) -> None:
+    """A request in flight turns the model busy on the page through the small inflight message;
+    the full model status is not sent again."""
+    running = await serve(make_config(fake_model("a", "--request-delay", "1.5")))
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events?logs=") as events:
+        await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
+        async with s.post(running.url + "/api/models/load/a") as resp:
+            assert resp.status == 200
+        await read_events(events, lambda seen: any(
+            k == "modelStatus" and d[0]["status"] == "ready" for k, d in seen))
+        slow = asyncio.ensure_future(chat(s, running.url, "a"))
+        busy = await read_events(events, lambda seen: any(
+            k == "inflight" and d["models"]["a"]["status"] == "busy" for k, d in seen))
+        assert (await slow)[0] == 200
+        idle = await read_events(events, lambda seen: any(
+            k == "inflight" and d["models"]["a"]["status"] == "ready" for k, d in seen))
+    counts = next(d for k, d in busy if k == "inflight" and d["models"]["a"]["status"] == "busy")
+    assert counts["total"] == 1 and counts["models"]["a"]["inflight"] == 1 and "ttl_left" not in counts["models"]["a"]
+    assert not [k for k, _ in busy + idle if k in ("modelStatus", "logData")]
+
+
+async def test_the_page_gets_the_logs_it_follows(serve) -> None:
+    """``?logs=`` names the logs sent: a followed model's lines (its history, then live), not
+    the supervisor's; ``logs=`` none; an unknown name is refused with the choices."""
+    running = await serve(make_config(fake_model("a", "--log-requests", aliases=("alpha",)), aliases={"alpha": "a"}))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(running.url + "/api/events?logs=proxy,nope") as resp:
+            assert resp.status == 400
+            message = (await resp.json())["error"]["message"]
+        assert message == "GET /api/events?logs=: unknown log 'nope'; expected proxy, upstream or a model: a, proxy, upstream"
+        assert (await chat(s, running.url, "a"))[0] == 200
+        async with s.get(running.url + "/api/events?logs=alpha") as page, s.get(running.url + "/api/events?logs=") as quiet:
+            history = await read_events(page, lambda seen: any(k == "inflight" for k, _ in seen))
+            logs = [d for k, d in history if k == "logData"]
+            assert logs and all(d == {"source": "upstream", "model": "a", "data": d["data"]} for d in logs)
+            assert "--name a" in logs[0]["data"]
+            assert (await chat(s, running.url, "a"))[0] == 200
+            await read_events(page, lambda seen: any(k == "logData" and "task 2 " in d["data"] for k, d in seen))
+            unlogged = await read_events(quiet, lambda seen: records(seen) >= 2)
+    assert not [k for k, _ in unlogged if k == "logData"]
 
 
 async def test_failed_then_backing_off_with_log_lines(serve) -> None:

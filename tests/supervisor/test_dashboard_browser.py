@@ -197,7 +197,7 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, serve_process, browser, art
     # page weight on first load (the event stream is still open: it is not part of the weight)
     weight = js(browser, """
         const nav = performance.getEntriesByType('navigation')[0];
-        const res = performance.getEntriesByType('resource').filter(r => !r.name.endsWith('/api/events'));
+        const res = performance.getEntriesByType('resource').filter(r => new URL(r.name).pathname !== '/api/events');
         const all = [nav, ...res];
         return {total: all.reduce((a, e) => a + e.transferSize, 0),
                 body: all.reduce((a, e) => a + e.encodedBodySize, 0),
@@ -245,7 +245,9 @@ def test_dashboard_live_in_a_browser(tmp_path: Path, serve_process, browser, art
     assert "big" in browser.find_element(By.ID, "loadtimes").text
     browser.find_element(By.ID, "activity").screenshot(str(artifacts / "timeline.png"))
 
-    # logs stream, per model, with search and pause
+    # logs stream, per model, with search and pause; the page opens on the supervisor's log and
+    # the server sends a backend's lines only while the panel shows them (?logs=)
+    assert Select(browser.find_element(By.ID, "logsource")).first_selected_option.get_attribute("value") == "proxy"
     until(browser, lambda d: "starting model big" in d.find_element(By.ID, "logview").text, "the supervisor's log")
     until(browser, lambda d: js(d, "return [...document.getElementById('logsource').options].some(o => o.value === 'big')"),
           "big's log as a source")

@@ -1,10 +1,13 @@
 // homelab dashboard: reads /api/state once, then follows /api/events (SSE over fetch, so the
 // API key can travel in a header; EventSource cannot send one). Data is only ever put in the
-// page as text, never as HTML.
+// page as text, never as HTML. The stream carries the logs the Logs panel shows and no others
+// (?logs=): backends write lines per request, and a page that does not show them should not
+// make the server send them.
 const $ = (id) => document.getElementById(id);
 const KEY = "homelab-api-key";
 const MAX_LOG_LINES = 3000;
-const S = { models: [], selection: { active: null, selectors: [], profiles: [] }, vram: null, swaps: new Map(), requests: [], logs: [], target: "", at: 0, deploy: null };
+const S = { models: [], selection: { active: null, selectors: [], profiles: [] }, vram: null, swaps: new Map(), requests: [], logs: [], target: "", deploy: null };
+let stream = null; // the open event stream's AbortController
 
 function h(tag, attrs = {}, ...kids) {
   const el = document.createElement(tag);
@@ -41,11 +44,11 @@ async function api(path, opts = {}) {
 
 const secs = (x) => (x >= 100 ? `${Math.round(x)}s` : `${x.toFixed(1)}s`);
 const clock = (t) => new Date(t * 1000).toLocaleTimeString();
-const age = () => (performance.now() - S.at) / 1000;
+const stamp = (models) => { const now = performance.now(); for (const m of models) m.at = now; return models; };
 
 // ---------------------------------------------------------------- models
 function detail(m) {
-  const passed = age();
+  const passed = (performance.now() - m.at) / 1000;
   switch (m.status) {
     case "loading": return m.elapsed == null ? "loading" : `loading for ${secs(m.elapsed + passed)}`;
     case "busy": return `${m.inflight} in flight` + (m.queued ? `, ${m.queued} queued` : "");
@@ -73,8 +76,30 @@ function renderModels() {
       ] : null));
   });
   $("model-rows").replaceChildren(...rows);
-  fill("target", S.models.filter((m) => !m.peerID).map((m) => m.id), "(pick a model, or hover one)");
+  const local = S.models.filter((m) => !m.peerID).map((m) => m.id);
+  fill("target", local, "(pick a model, or hover one)");
   fill("playmodel", playNames());
+  const logs = $("logsource"), following = logs.value;
+  if (logs.options.length === local.length + 2 && local.every((n, i) => logs.options[i + 2].value === n)) return;
+  logs.replaceChildren(h("option", { value: "" }, "all"), h("option", { value: "proxy" }, "supervisor"), ...local.map((n) => h("option", { value: n }, n)));
+  logs.value = local.includes(following) || following === "" ? following : "proxy";
+  if (logs.value !== following) refollow(); // the model it showed is gone (a reload)
+}
+
+// a request came or went: counts, busy or ready, TTL left; only these cells change (focus stays)
+function liveCounts(counts) {
+  const now = performance.now();
+  for (const m of S.models) {
+    const c = counts[m.id];
+    if (!c) continue;
+    if (!("ttl_left" in c)) delete m.ttl_left;
+    Object.assign(m, c, { at: now });
+    const tr = document.querySelector(`#model-rows tr[data-model="${CSS.escape(m.id)}"]`);
+    if (!tr) continue;
+    const badge = tr.querySelector(".badge");
+    if (badge.dataset.state !== m.status) Object.assign(badge, { textContent: m.status, className: `badge ${m.status.replace(" ", "-")}` }).dataset.state = m.status;
+    tr.querySelector(".detail").firstChild.textContent = detail(m);
+  }
 }
 
 function fill(id, names, none) {
@@ -169,8 +194,6 @@ function addLog(d) {
   const src = d.source === "proxy" ? "proxy" : d.model || "upstream";
   for (const line of d.data.split("\n")) if (line) S.logs.push([src, line]);
   if (S.logs.length > MAX_LOG_LINES) S.logs.splice(0, S.logs.length - MAX_LOG_LINES);
-  const sel = $("logsource");
-  if (src !== "proxy" && ![...sel.options].some((o) => o.value === src)) sel.append(h("option", { value: src }, src));
   if (!$("logpause").checked) renderLogs();
 }
 
@@ -239,25 +262,31 @@ async function sse(resp, onData) {
 
 function onEvent(raw) {
   const env = JSON.parse(raw), d = JSON.parse(env.data);
-  if (env.type === "modelStatus") { S.models = d; S.at = performance.now(); renderModels(); renderVram(); }
+  if (env.type === "modelStatus") { S.models = stamp(d); renderModels(); renderVram(); }
   else if (env.type === "selection") { S.selection = d; renderSelection(); }
   else if (env.type === "profileChanged") { S.selection.active = d.active; renderSelection(); }
   else if (env.type === "logData") addLog(d);
   else if (env.type === "metrics") { const seen = new Set(S.requests.map((r) => r.id)); S.requests.push(...d.filter((r) => !seen.has(r.id))); S.requests = S.requests.slice(-200); renderActivity(); }
   else if (env.type === "swap") { S.swaps.set(d.id, d); renderActivity(); }
-  else if (env.type === "inflight") $("conn").dataset.inflight = d.total;
+  else if (env.type === "inflight") { $("conn").dataset.inflight = d.total; liveCounts(d.models || {}); }
 }
+
+// the Logs panel's source: "" every log (llama-swap's feed), proxy the supervisor's, or one model's
+const logsQuery = () => { const src = $("logsource").value; return src ? `?logs=${encodeURIComponent(src)}` : ""; };
+function refollow() { if (stream) stream.abort(); }
 
 async function follow() {
   for (let wait = 1; ; wait = Math.min(wait * 2, 10)) {
+    const ctl = stream = new AbortController();
     try {
-      const resp = await api("/api/events");
+      const resp = await api(`/api/events${logsQuery()}`, { signal: ctl.signal });
       if (resp.ok) {
         $("conn").textContent = "live"; $("conn").className = "live"; wait = 1;
-        S.logs = [];
+        S.logs = []; renderLogs();
         await sse(resp, onEvent);
       }
-    } catch (err) { /* the server went away: retry below */ }
+    } catch (err) { /* the server went away, or the Logs panel switched its source */ }
+    if (ctl.signal.aborted) { wait = 1; continue; } // reconnect at once, following the new source
     $("conn").textContent = `disconnected, retrying in ${wait}s`; $("conn").className = "down";
     await new Promise((r) => setTimeout(r, wait * 1000));
   }
@@ -266,12 +295,13 @@ async function follow() {
 async function start() {
   const resp = await api("/api/state");
   const st = await resp.json();
-  Object.assign(S, { models: st.models, selection: st.selection, vram: st.vram, deploy: st.deploy, requests: st.requests, at: performance.now() });
+  Object.assign(S, { models: stamp(st.models), selection: st.selection, vram: st.vram, deploy: st.deploy, requests: st.requests });
   for (const s of st.swaps) S.swaps.set(s.id, s);
   renderModels(); renderSelection(); renderVram(); renderActivity(); renderDeploy();
   $("profile").addEventListener("change", switchProfile);
   $("target").addEventListener("change", (e) => { S.target = e.target.value; renderVram(); });
   for (const id of ["logsource", "logsearch", "logpause"]) for (const ev of ["input", "change"]) $(id).addEventListener(ev, renderLogs);
+  $("logsource").addEventListener("change", refollow);
   $("playform").addEventListener("submit", play);
   setInterval(() => { for (const tr of document.querySelectorAll("#model-rows tr")) { const m = S.models.find((x) => x.id === tr.dataset.model); if (m && ["loading", "ready", "backoff"].includes(m.status)) tr.querySelector(".detail").firstChild.textContent = detail(m); } }, 1000);
   follow();
