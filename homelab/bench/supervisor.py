@@ -537,12 +537,8 @@ async def bench_proxy(
     }
     if baseline is not None:
         _supervisor_config(setup, w / "baseline.yaml")
-        # -P: the current directory stays off sys.path, or a run from a source tree would
-        # import that tree (PYTHONPATH comes after it) and measure the same code twice
-        baseline_argv = _serve_argv(w / "baseline.yaml", ports["baseline"])
-        baseline_argv.insert(1, "-P")
         starts["baseline"] = (
-            baseline_argv,
+            _serve_argv(w / "baseline.yaml", ports["baseline"]),
             w / "baseline.log",
             _baseline_front,
             _baseline_env(baseline),
