@@ -183,6 +183,15 @@ async def test_events_follow_llama_swap_envelope_and_go_live(serve) -> None:
         assert record["model"] == "a" and record["status"] == 200
 
 
+async def load_with_page_open(s: aiohttp.ClientSession, url: str, events: aiohttp.ClientResponse, model: str) -> None:
+    """Load ``model`` from an open page (after its first counts arrive) and wait until the page sees it ready."""
+    await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
+    async with s.post(f"{url}/api/models/load/{model}") as resp:
+        assert resp.status == 200
+    await read_events(events, lambda seen: any(
+        k == "modelStatus" and any(m["id"] == model and m["status"] == "ready" for m in d) for k, d in seen))
+
+
 def records(seen: list[tuple[str, Any]]) -> int:
     return sum(len(d) for k, d in seen if k == "metrics")
 
@@ -193,11 +202,7 @@ async def test_an_open_page_costs_messages_per_flush_not_per_request(serve) -> N
     and counts come at most once per ACTIVITY_EVERY, however many requests ended in it."""
     running = await serve(make_config(fake_model("a", "--log-requests", ttl=30), fake_model("b")))
     async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events?logs=proxy") as events:
-        await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
-        async with s.post(running.url + "/api/models/load/a") as resp:
-            assert resp.status == 200
-        await read_events(events, lambda seen: any(
-            k == "modelStatus" and d[0]["status"] == "ready" for k, d in seen))
+        await load_with_page_open(s, running.url, events, "a")
         n = 40
         started = time.monotonic()
         for _ in range(n):
@@ -220,11 +225,7 @@ async def test_counts_show_a_busy_model_without_a_status_message(serve) -> None:
     the full model status is not sent again."""
     running = await serve(make_config(fake_model("a", "--request-delay", "1.5")))
     async with aiohttp.ClientSession() as s, s.get(running.url + "/api/events?logs=") as events:
-        await read_events(events, lambda seen: any(k == "inflight" for k, _ in seen))
-        async with s.post(running.url + "/api/models/load/a") as resp:
-            assert resp.status == 200
-        await read_events(events, lambda seen: any(
-            k == "modelStatus" and d[0]["status"] == "ready" for k, d in seen))
+        await load_with_page_open(s, running.url, events, "a")
         slow = asyncio.ensure_future(chat(s, running.url, "a"))
         busy = await read_events(events, lambda seen: any(
             k == "inflight" and d["models"]["a"]["status"] == "busy" for k, d in seen))
