@@ -10,6 +10,7 @@ import pytest
 
 from homelab.gguf.facts import facts_from_file
 from homelab.inventory import ResolvedHost, load_host
+from homelab.plan.draft import DraftInput, with_draft
 from homelab.plan.estimate import (
     CPU,
     MIB,
@@ -104,6 +105,7 @@ def test_proportional_layers_and_balancing() -> None:
     assert proportional_layers(13, [300, 100]) == [10, 3]
     assert proportional_layers(13, [1, 1, 1]) == [5, 4, 4]
     assert proportional_layers(5, [0, 0]) == [3, 2]
+
     # a fixed cost of 10 per device, 4 per layer; budgets 60 and 30
     def overuse(counts: list[int]) -> list[float]:
         return [10 + 4 * counts[0] - 60.0, 10 + 4 * counts[1] - 30.0]
@@ -111,6 +113,25 @@ def test_proportional_layers_and_balancing() -> None:
     assert balance_layers([6, 7], overuse) == [8, 5]  # 42/60 and 30/30: the first split that fits
     # nothing fits: it stops at the best split instead of looping
     assert balance_layers([20, 20], lambda c: [4.0 * c[0], 4.0 * c[1]]) == [20, 20]
+
+
+def test_a_draft_pinned_to_the_second_rpc_device_lands_on_it(deep_model: Path) -> None:
+    """``spec-draft-device: RPC1``: the draft's list (one device) replaces the model's; estimated
+    on that device alone (there named RPC0), its share goes back to the model's RPC1."""
+    facts = facts_from_file(deep_model)
+    s = settings_from_flags({"ctx-size": 4096, "parallel": 1, "tensor-split": "3,10"})
+    rpc = [RpcDevice(300.0), RpcDevice(100.0)]
+    main = estimate(facts, s, backend="cpu", rpc=rpc)
+    draft = with_draft(main, DraftInput(facts, "tiny"), {"spec-draft-device": "RPC1"}, mtp=False, backend="cpu",
+                       gpus=[], rpc=rpc)  # fmt: skip
+    alone = estimate(facts, replace(s, tensor_split=()), backend="cpu", rpc=[rpc[1]])
+    assert draft.devices["RPC0"]["draft"] == 0
+    assert draft.devices["RPC1"]["draft"] == alone.devices["RPC0"]["total"] - alone.devices["RPC0"]["overhead"] > 0
+    assert draft.devices[CPU]["draft"] == alone.devices[CPU]["total"]
+    # the device list replaces the model's: both workers, none of the model's split
+    both = with_draft(main, DraftInput(facts, "tiny"), {"devd": "RPC0,RPC1"}, mtp=False, backend="cpu", gpus=[],
+                      rpc=rpc)  # fmt: skip
+    assert both.devices["RPC0"]["draft"] > both.devices["RPC1"]["draft"] > 0  # by size 300:100, not the model's 3:10
 
 
 # ------------------------------------------------------------------------ the host plan
@@ -250,18 +271,20 @@ def test_example_rig4090_splits_think_split_with_rpc3090(standin_dir: Path) -> N
 
 def test_log_parser_keeps_the_last_load_and_rpc_buffer_names() -> None:
     # at -lv 5 llama-server logs --fit's dry run (no allocation) before the real load
-    log = "\n".join([
-        "0.00.201.915 I load_tensors: loading model tensors, this can take a while... (load_mode = none)",
-        "0.00.208.744 I load_tensors: RPC0[127.0.0.1:36987] model buffer size =     0.00 MiB",
-        "0.00.228.103 I sched_reserve: RPC0[127.0.0.1:48561] compute buffer size =    30.05 MiB",
-        "0.00.228.104 I sched_reserve: RPC0[127.0.0.1:36987] compute buffer size =    27.04 MiB",
-        "0.00.250.000 I load_tensors: loading model tensors, this can take a while... (load_mode = mmap)",
-        "0.00.262.694 I load_tensors:   CPU_Mapped model buffer size =     0.25 MiB",
-        "0.00.262.702 I load_tensors: RPC0[127.0.0.1:36987] model buffer size =     7.51 MiB",
-        "0.00.433.551 I llama_kv_cache: RPC0[127.0.0.1:36987] KV buffer size =     2.00 MiB",
-        "0.00.543.120 I sched_reserve: RPC0[127.0.0.1:36987] compute buffer size =    25.04 MiB",
-        "0.00.543.125 I sched_reserve:        CPU compute buffer size =    21.07 MiB",
-    ])
+    log = "\n".join(
+        [
+            "0.00.201.915 I load_tensors: loading model tensors, this can take a while... (load_mode = none)",
+            "0.00.208.744 I load_tensors: RPC0[127.0.0.1:36987] model buffer size =     0.00 MiB",
+            "0.00.228.103 I sched_reserve: RPC0[127.0.0.1:48561] compute buffer size =    30.05 MiB",
+            "0.00.228.104 I sched_reserve: RPC0[127.0.0.1:36987] compute buffer size =    27.04 MiB",
+            "0.00.250.000 I load_tensors: loading model tensors, this can take a while... (load_mode = mmap)",
+            "0.00.262.694 I load_tensors:   CPU_Mapped model buffer size =     0.25 MiB",
+            "0.00.262.702 I load_tensors: RPC0[127.0.0.1:36987] model buffer size =     7.51 MiB",
+            "0.00.433.551 I llama_kv_cache: RPC0[127.0.0.1:36987] KV buffer size =     2.00 MiB",
+            "0.00.543.120 I sched_reserve: RPC0[127.0.0.1:36987] compute buffer size =    25.04 MiB",
+            "0.00.543.125 I sched_reserve:        CPU compute buffer size =    21.07 MiB",
+        ]
+    )
     obs = parse_server_log(log)
     assert obs.model == {"CPU_Mapped": round(0.25 * MIB), "RPC0[127.0.0.1:36987]": round(7.51 * MIB)}
     assert obs.kv == {"RPC0[127.0.0.1:36987]": 2 * MIB}
