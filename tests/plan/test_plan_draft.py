@@ -99,9 +99,7 @@ def test_a_split_model_splits_its_draft_unless_the_draft_is_pinned(standin_dir: 
     facts = facts_from_file(standin_dir / "qwen3-0.6b.gguf")
     on_gpu = facts.weights_bytes - sum(t.n_bytes for t in facts.tensors if t.name == "token_embd.weight")
     assert pinned["gpu1"]["draft"] > split["gpu1"]["draft"] and pinned["gpu1"]["draft"] > on_gpu
-    with pytest.raises(
-        PlanError, match=r"think-small: spec-draft-device 'CUDA2': 'CUDA2' is not one of the model's 2 GPU"
-    ):
+    with pytest.raises(PlanError, match=r"think-small: spec-draft-device 'CUDA2': 'CUDA2' is not one of the model's 2 GPU"):
         devices(edit(host, "think-small", **{"spec-draft-device": "CUDA2"}), standin_dir, "think-small")
 
 

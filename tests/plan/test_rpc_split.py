@@ -105,7 +105,6 @@ def test_proportional_layers_and_balancing() -> None:
     assert proportional_layers(13, [300, 100]) == [10, 3]
     assert proportional_layers(13, [1, 1, 1]) == [5, 4, 4]
     assert proportional_layers(5, [0, 0]) == [3, 2]
-
     # a fixed cost of 10 per device, 4 per layer; budgets 60 and 30
     def overuse(counts: list[int]) -> list[float]:
         return [10 + 4 * counts[0] - 60.0, 10 + 4 * counts[1] - 30.0]
@@ -271,20 +270,18 @@ def test_example_rig4090_splits_think_split_with_rpc3090(standin_dir: Path) -> N
 
 def test_log_parser_keeps_the_last_load_and_rpc_buffer_names() -> None:
     # at -lv 5 llama-server logs --fit's dry run (no allocation) before the real load
-    log = "\n".join(
-        [
-            "0.00.201.915 I load_tensors: loading model tensors, this can take a while... (load_mode = none)",
-            "0.00.208.744 I load_tensors: RPC0[127.0.0.1:36987] model buffer size =     0.00 MiB",
-            "0.00.228.103 I sched_reserve: RPC0[127.0.0.1:48561] compute buffer size =    30.05 MiB",
-            "0.00.228.104 I sched_reserve: RPC0[127.0.0.1:36987] compute buffer size =    27.04 MiB",
-            "0.00.250.000 I load_tensors: loading model tensors, this can take a while... (load_mode = mmap)",
-            "0.00.262.694 I load_tensors:   CPU_Mapped model buffer size =     0.25 MiB",
-            "0.00.262.702 I load_tensors: RPC0[127.0.0.1:36987] model buffer size =     7.51 MiB",
-            "0.00.433.551 I llama_kv_cache: RPC0[127.0.0.1:36987] KV buffer size =     2.00 MiB",
-            "0.00.543.120 I sched_reserve: RPC0[127.0.0.1:36987] compute buffer size =    25.04 MiB",
-            "0.00.543.125 I sched_reserve:        CPU compute buffer size =    21.07 MiB",
-        ]
-    )
+    log = "\n".join([
+        "0.00.201.915 I load_tensors: loading model tensors, this can take a while... (load_mode = none)",
+        "0.00.208.744 I load_tensors: RPC0[127.0.0.1:36987] model buffer size =     0.00 MiB",
+        "0.00.228.103 I sched_reserve: RPC0[127.0.0.1:48561] compute buffer size =    30.05 MiB",
+        "0.00.228.104 I sched_reserve: RPC0[127.0.0.1:36987] compute buffer size =    27.04 MiB",
+        "0.00.250.000 I load_tensors: loading model tensors, this can take a while... (load_mode = mmap)",
+        "0.00.262.694 I load_tensors:   CPU_Mapped model buffer size =     0.25 MiB",
+        "0.00.262.702 I load_tensors: RPC0[127.0.0.1:36987] model buffer size =     7.51 MiB",
+        "0.00.433.551 I llama_kv_cache: RPC0[127.0.0.1:36987] KV buffer size =     2.00 MiB",
+        "0.00.543.120 I sched_reserve: RPC0[127.0.0.1:36987] compute buffer size =    25.04 MiB",
+        "0.00.543.125 I sched_reserve:        CPU compute buffer size =    21.07 MiB",
+    ])
     obs = parse_server_log(log)
     assert obs.model == {"CPU_Mapped": round(0.25 * MIB), "RPC0[127.0.0.1:36987]": round(7.51 * MIB)}
     assert obs.kv == {"RPC0[127.0.0.1:36987]": 2 * MIB}
