@@ -4,9 +4,9 @@
 process (``common_base_params_to_speculative``, ``common_speculative_init_result``):
 
 - weights: the draft's own tensors, offloaded by ``--spec-draft-ngl`` (default auto: all) onto
-  ``--spec-draft-device`` (default: the main model's devices; ``none``: the CPU); a draft pinned
-  to one device runs there whole (layer split), else it inherits the main ``split-mode`` and
-  ``tensor-split``;
+  ``--spec-draft-device`` (default: the main model's devices; ``none``: the CPU; local GPUs and
+  the ``--rpc`` workers' ``RPC<j>`` devices by name); a draft pinned to one device runs there
+  whole (layer split), else it inherits the main ``split-mode`` and ``tensor-split``;
 - KV cache: the draft context holds as many cells as the main one (``llama_n_ctx`` of the
   target) with the same ``parallel`` slots and unified flag, in ``--cache-type-k-draft`` /
   ``--cache-type-v-draft`` (default f16, not the main cache's types);
