@@ -179,7 +179,9 @@ def with_draft(
     else:
         # pinned: only those devices (their list replaces the model's), llama.cpp's main split
         # does not apply to them. The estimate numbers them from 0, RPC first; each goes back to
-        # the model's own position, so its share lands on that device of the plan
+        # the model's own position, so its share lands on that device of the plan. (llama.cpp
+        # keeps a pinned list in the order given; a list naming a GPU before an RPC device would
+        # put its layers in that order, which the estimate does not follow)
         used_gpus, used_rpc = [gpus[j] for j in devices.gpus], [rpc[j] for j in devices.rpc]
         rename = {f"RPC{k}": f"RPC{j}" for k, j in enumerate(devices.rpc)}
         rename.update({f"GPU{k}": f"GPU{j}" for k, j in enumerate(devices.gpus)})
