@@ -412,7 +412,7 @@ def _model_estimate(
     labels = {d: host_device(d, index) for d in [CPU, *index]}
     return with_draft(
         est, inp.draft, inp.model.server, mtp=inp.model.mtp is not None, backend=host.host.backend, gpus=sizes,
-        rpc=rpc, labels=labels,
+        rpc=rpc, labels=labels, rpc_buffers=[d.buffer_name for d in inp.rpc],
     )  # fmt: skip
 
 
@@ -442,8 +442,8 @@ def choose_split(
     Start in proportion to each device's budget, then move single layers from a device over
     its budget to the one with the most room while that lowers the worst overuse (fixed costs,
     compute buffers and runtime overhead, are not proportional to layers). The draft model
-    counts where its flags put it (pinned by ``spec-draft-device``, or split with the main
-    model), so the split leaves room for it."""
+    counts where its flags put it (pinned by ``spec-draft-device`` to a local GPU or an RPC
+    device, or split with the main model), so the split leaves room for it."""
     gpus = model_gpus(host, inp.model)
     sizes = [float(host.host.gpus[i].vram_mib) for i in gpus]
     rpc = [d.as_estimate_device() for d in inp.rpc]

@@ -184,7 +184,9 @@ def _flags_for(inputs: RenderInputs, model: ResolvedModel, port: int) -> tuple[l
         # the plan's split covers the RPC workers' devices too; it replaces the recipe's
         server["tensor-split"] = ",".join(_share(x) for x in planned.tensor_split)
     if model.rpc_workers:
-        server["rpc"] = rpc_endpoints(inputs, model)
+        # first: llama-server parses flags in order, and --rpc registers the devices (RPC0,
+        # RPC1...) that a later spec-draft-device, device or mmproj-device may name
+        server = {"rpc": rpc_endpoints(inputs, model), **server}
         notes.append(
             "layers also on RPC workers " + ", ".join(model.rpc_workers) + " (llama.cpp RPC: unauthenticated, LAN only)"
         )

@@ -194,3 +194,53 @@ def test_a_draft_kept_in_system_ram_leaves_the_rpc_split_as_it_was(standin_dir: 
     assert mp.tensor_split == plain.tensor_split
     devices = plan.to_json()["models"]["think-split"]["devices"]
     assert devices["cpu"]["draft"] > 0 and devices["gpu0"]["draft"] == devices["rpc3090:gpu0"]["draft"] == 0
+
+
+def test_a_draft_pinned_to_an_rpc_device_counts_on_the_worker(standin_dir: Path) -> None:
+    """``spec-draft-device: RPC0`` (llama.cpp's name for the first device of the ``--rpc``
+    servers): the draft runs whole on rpc3090's card, so its share is checked against that
+    card's budget, the 4090 holds none of it, and the split moves layers to the 4090 to make room."""
+    rig = load_host("rig4090", REPO)
+    workers = load_workers(rig)
+    plain = plan_host(rig, inputs_for(rig, standin_dir), workers).models["think-split"]
+    on_4090 = edit(rig, "think-split", draft=SMALL, **{"spec-draft-device": "CUDA0"})
+    on_worker = edit(rig, "think-split", draft=SMALL, **{"spec-draft-device": "RPC0"})
+    plan = plan_host(on_worker, inputs_for(on_worker, standin_dir), workers)
+    assert plan.fits, plan.problems
+    data = plan.to_json()
+    devices = data["models"]["think-split"]["devices"]
+    local = plan_host(on_4090, inputs_for(on_4090, standin_dir), workers).to_json()["models"]["think-split"]["devices"]
+    # the same draft on the same kind of card (both CUDA, one device, layer split): the same bytes
+    assert devices["rpc3090:gpu0"]["draft"] == local["gpu0"]["draft"] > 0
+    assert devices["gpu0"]["draft"] == 0 and local["rpc3090:gpu0"]["draft"] == 0
+    worker = devices["rpc3090:gpu0"]
+    assert worker["total"] == sum(v for k, v in worker.items() if k != "total")
+    assert -(-worker["total"] // (1 << 20)) <= data["devices"]["rpc3090:gpu0"]["budget_mib"]
+    rpc_layers, gpu_layers = plan.models["think-split"].tensor_split
+    assert rpc_layers < plain.tensor_split[0] and gpu_layers > plain.tensor_split[1]
+    note = next(n for n in data["models"]["think-split"]["notes"] if n.startswith("draft model "))
+    where = dict(part.rsplit(" ", 2)[:2] for part in note.split(": ", 1)[1].split(", "))
+    assert set(where) == {"cpu", "rpc3090:gpu0"}  # the input embedding stays in the head's RAM
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("RPC5", r"\(as the process sees them: CUDA0/ROCm0/Vulkan0, RPC0\); did you mean 'RPC0'\?"),
+        # the name llama-server logs the worker's buffers under is not a device name it takes
+        (
+            "RPC0[192.168.1.31:50052]",
+            r"'RPC0\[192.168.1.31:50052\]' names its buffers in the log, the device is 'RPC0'",
+        ),
+    ],
+)
+def test_a_draft_pinned_to_a_device_the_model_lacks_is_refused_naming_its_devices(
+    standin_dir: Path, name: str, hint: str
+) -> None:
+    rig = load_host("rig4090", REPO)
+    workers = load_workers(rig)
+    assert workers["rpc3090"].endpoint == "192.168.1.31:50052"
+    host = edit(rig, "think-split", draft=SMALL, **{"spec-draft-device": name})
+    with pytest.raises(PlanError, match=r"think-split: spec-draft-device .*is not one of the model's 1 GPU\(s\) or "
+                       r"1 RPC device\(s\) .*" + hint):  # fmt: skip
+        plan_host(host, inputs_for(host, standin_dir), workers)

@@ -10,6 +10,7 @@ import pytest
 
 from homelab.gguf.facts import facts_from_file
 from homelab.inventory import ResolvedHost, load_host
+from homelab.plan.draft import DraftInput, with_draft
 from homelab.plan.estimate import (
     CPU,
     MIB,
@@ -111,6 +112,25 @@ def test_proportional_layers_and_balancing() -> None:
     assert balance_layers([6, 7], overuse) == [8, 5]  # 42/60 and 30/30: the first split that fits
     # nothing fits: it stops at the best split instead of looping
     assert balance_layers([20, 20], lambda c: [4.0 * c[0], 4.0 * c[1]]) == [20, 20]
+
+
+def test_a_draft_pinned_to_the_second_rpc_device_lands_on_it(deep_model: Path) -> None:
+    """``spec-draft-device: RPC1``: the draft's list (one device) replaces the model's; estimated
+    on that device alone (there named RPC0), its share goes back to the model's RPC1."""
+    facts = facts_from_file(deep_model)
+    s = settings_from_flags({"ctx-size": 4096, "parallel": 1, "tensor-split": "3,10"})
+    rpc = [RpcDevice(300.0), RpcDevice(100.0)]
+    main = estimate(facts, s, backend="cpu", rpc=rpc)
+    draft = with_draft(main, DraftInput(facts, "tiny"), {"spec-draft-device": "RPC1"}, mtp=False, backend="cpu",
+                       gpus=[], rpc=rpc)  # fmt: skip
+    alone = estimate(facts, replace(s, tensor_split=()), backend="cpu", rpc=[rpc[1]])
+    assert draft.devices["RPC0"]["draft"] == 0
+    assert draft.devices["RPC1"]["draft"] == alone.devices["RPC0"]["total"] - alone.devices["RPC0"]["overhead"] > 0
+    assert draft.devices[CPU]["draft"] == alone.devices[CPU]["total"]
+    # the device list replaces the model's: both workers, none of the model's split
+    both = with_draft(main, DraftInput(facts, "tiny"), {"devd": "RPC0,RPC1"}, mtp=False, backend="cpu", gpus=[],
+                      rpc=rpc)  # fmt: skip
+    assert both.devices["RPC0"]["draft"] > both.devices["RPC1"]["draft"] > 0  # by size 300:100, not the model's 3:10
 
 
 # ------------------------------------------------------------------------ the host plan

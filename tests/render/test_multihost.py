@@ -365,3 +365,14 @@ def test_three_rendered_hosts_split_a_model_over_rpc_and_forward_to_a_peer(
     finally:
         for proc in procs:
             stop_group(proc)
+
+
+def test_rpc_comes_before_a_draft_device_that_names_a_worker() -> None:
+    """llama-server parses its flags in order, and only ``--rpc`` registers ``RPC0``: a
+    ``--spec-draft-device RPC0`` before it exits with ``invalid device: RPC0``."""
+    host = example_host("rig4090")
+    model = host.model("think-split")
+    model = dataclasses.replace(model, server={"spec-draft-device": "RPC0", **model.server})
+    host = dataclasses.replace(host, models=(host.model("chat-4b"), model))
+    lines = cmd_lines(config_of(render_host(fake_inputs(host)))["models"]["think-split"])
+    assert lines.index("--rpc 192.168.1.31:50052") < lines.index("--spec-draft-device RPC0")
