@@ -39,7 +39,7 @@ from ..http_client import http_session
 from ..inventory import ResolvedHost, load_host
 from ..plan.estimate import MIB
 from ..plan.host import HostPlan
-from ..plan.observe import Observed, flag_args, observe_server, parse_server_log
+from ..plan.observe import Observed, flag_args, observe_server, parse_server_log, stop_server
 from ..plan.sources import model_inputs
 from ..plan.stage import make_plan
 from ..testing.tiny_gguf import TinySpec, write_tiny_llama
@@ -218,12 +218,7 @@ def serve_once(server: Path, model: Path, flags: Mapping[str, object], log: Path
             body = {"prompt": "abcabcabcabcabcabcabcabc", "n_predict": 32, "temperature": 0, "ignore_eos": True}
             answer = http.post(f"{base}/completion", json=body, timeout=120).json()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
     timings = answer.get("timings") or {}
     return {
         "load_s": round(load_s, 3),

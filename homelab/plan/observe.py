@@ -101,6 +101,18 @@ def flag_args(flags: dict[str, object]) -> list[str]:
     return args
 
 
+def stop_server(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def observe_server(server_bin: Path, model: Path, flags: dict[str, object], *, timeout: float = 60.0) -> Observed:
     """Start ``llama-server`` with ``flags`` until it has allocated everything, then stop it."""
     cmd = [
@@ -142,13 +154,7 @@ def observe_server(server_bin: Path, model: Path, flags: dict[str, object], *, t
             if b"load_model: initializing" in data or b"listening on" in data:
                 break
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_server(proc)
         sel.close()
         proc.stdout.close()
     lines = [data.decode("utf-8", "replace")]

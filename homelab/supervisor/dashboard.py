@@ -256,12 +256,11 @@ class Dashboard:
             return True, True, set()  # llama-swap's feed: every log
         proxy, upstream, models = False, False, set()
         for name in filter(None, (n.strip() for n in request.query["logs"].split(","))):
-            model_id = self.sup.config.resolve(name)
             if name in ("proxy", "supervisor"):
                 proxy = True
             elif name == "upstream":
                 upstream = True
-            elif model_id is not None:
+            elif (model_id := self.sup.config.resolve(name)) is not None:
                 models.add(model_id)
             else:
                 choices = ["proxy", "upstream", *self.sup.config.models]

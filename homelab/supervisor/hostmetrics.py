@@ -18,16 +18,14 @@ from dataclasses import dataclass
 
 import psutil
 
+from .metrics import escape_label
+
 log = logging.getLogger("homelab.supervisor")
 
 NVIDIA_QUERY = "index,name,uuid,temperature.gpu,utilization.gpu,memory.used,memory.total,fan.speed,power.draw"
 NVIDIA_TIMEOUT = 5.0
 GPU_CACHE_SECONDS = 1.0
 MIB = 1024 * 1024
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _gauge(name: str, help: str, samples: list[tuple[str, float]], kind: str = "gauge") -> list[str]:
@@ -114,8 +112,8 @@ class HostMetrics:
         if network:
             samples: list[tuple[str, float]] = []
             for iface, io in sorted(network.items()):
-                samples.append((f'{{interface="{_escape(iface)}",direction="recv"}}', io.bytes_recv))
-                samples.append((f'{{interface="{_escape(iface)}",direction="sent"}}', io.bytes_sent))
+                samples.append((f'{{interface="{escape_label(iface)}",direction="recv"}}', io.bytes_recv))
+                samples.append((f'{{interface="{escape_label(iface)}",direction="sent"}}', io.bytes_sent))
             lines += _gauge("llamaswap_network_bytes_total", "Total network bytes transferred", samples, "counter")
         return lines
 
@@ -163,7 +161,8 @@ class HostMetrics:
         lines: list[str] = []
         for name, help, value in figures:
             samples = [
-                (f'{{id="{g.index}",name="{_escape(g.name)}",uuid="{_escape(g.uuid)}"}}', value(g)) for g in gpus
+                (f'{{id="{g.index}",name="{escape_label(g.name)}",uuid="{escape_label(g.uuid)}"}}', value(g))
+                for g in gpus
             ]
             lines += _gauge(name, help, samples)
         return lines

@@ -14,14 +14,15 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
-def _escape(value: str) -> str:
+def escape_label(value: str) -> str:
+    """A Prometheus label value in the text format (backslash, quote and newline escaped)."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _labels(labels: tuple[tuple[str, str], ...]) -> str:
     if not labels:
         return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels) + "}"
 
 
 class Counter:
@@ -122,11 +123,11 @@ class Metrics:
             "# HELP homelab_model_loaded 1 when the model's backend is ready.",
             "# TYPE homelab_model_loaded gauge",
         ]
-        lines += [f'homelab_model_loaded{{model="{_escape(m)}"}} {int(v)}' for m, v in sorted(loaded.items())]
+        lines += [f'homelab_model_loaded{{model="{escape_label(m)}"}} {int(v)}' for m, v in sorted(loaded.items())]
         if peers_up:
             lines += [
                 "# HELP homelab_peer_up 1 when the peer answered its last health probe.",
                 "# TYPE homelab_peer_up gauge",
             ]
-            lines += [f'homelab_peer_up{{peer="{_escape(p)}"}} {int(v)}' for p, v in sorted(peers_up.items())]
+            lines += [f'homelab_peer_up{{peer="{escape_label(p)}"}} {int(v)}' for p, v in sorted(peers_up.items())]
         return "\n".join(lines) + "\n"
