@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from ..settings import inventory_dir
+from ..suggest import did_you_mean
 from . import schemas
 from .checks import validate_inventory
 from .loader import InventoryError, list_hosts, load_host
@@ -33,7 +34,7 @@ def register(cli: CLI) -> None:
         validate_command,
         "check host and recipe files (default: the whole inventory); exit 2 listing every problem",
     )
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="host or recipe files, or inventories")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="host names, host or recipe files, or inventories")
     _inventory_option(parser)
 
     parser = cli.command("schema", schema_command, "print or regenerate the JSON Schemas for editors")
@@ -89,12 +90,24 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_target(given: str, inventory: Path) -> Path:
+    """A file or folder as given, else the host of that name (``homelab validate duo3060``, as
+    every other command names a host)."""
+    path = Path(given)
+    if path.exists():
+        return path
+    host_file = inventory / "hosts" / f"{given}.yaml"
+    if host_file.is_file():
+        return host_file
+    raise InventoryError(
+        f"{given}: no such file, and no host of that name in {inventory / 'hosts'}"
+        + did_you_mean(given, list_hosts(inventory), listing="known hosts", fallback="")
+    )
+
+
 def validate_command(args: argparse.Namespace) -> int:
     inventory = inventory_dir(args.inventory)
-    missing = [p for p in args.paths if not Path(p).exists()]
-    if missing:
-        raise InventoryError(", ".join(f"{p}: file not found" for p in missing))
-    report = validate_inventory(inventory, [Path(p) for p in args.paths])
+    report = validate_inventory(inventory, [_validate_target(p, inventory) for p in args.paths])
     for warning in report.warnings:
         print(f"homelab: warning: {warning}", file=sys.stderr)
     what = []

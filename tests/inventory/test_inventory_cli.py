@@ -64,6 +64,18 @@ def test_validate_ok_and_single_files(inventory: Inventory) -> None:
     assert "1 host(s) (local) and 1 recipe(s)" in out.stdout
 
 
+def test_validate_takes_a_host_name(inventory: Inventory) -> None:
+    """`homelab validate duo3060` checks hosts/duo3060.yaml, as other commands name a host."""
+    line = inventory.edit_host("duo3060", "spec-draft-n-max: 8}", "spec-draft-n-max: 8, spec-type: mtp}")
+    out = homelab("validate", "--inventory", str(inventory.root), "duo3060")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{inventory.host_path('duo3060')}:{line}: models[0].server.spec-type:" in out.stderr
+    assert "did you mean 'draft-mtp'?" in out.stderr
+    out = homelab("validate", "--inventory", str(inventory.root), "duo306")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "duo306: no such file, and no host of that name" in out.stderr and "duo3060" in out.stderr
+
+
 def test_show_unknown_host_is_a_one_line_error() -> None:
     out = homelab("show", "nope")
     assert out.returncode == 2 and "Traceback" not in out.stderr
