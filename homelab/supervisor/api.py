@@ -175,6 +175,7 @@ async def handle_log_stream(request: web.Request) -> web.StreamResponse:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR_KEY]
+    sup.deferred.run_now()  # requests whose counts are still queued
     loaded = {m: sup.status_of(m) is State.READY for m in sup.config.models}
     peers_up = {name: health.state is PeerState.UP for name, health in sup.peers.health.items()}
     # ours, then llama-swap's host gauges under its names (its Grafana dashboard reads them),

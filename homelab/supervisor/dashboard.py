@@ -193,6 +193,7 @@ class Dashboard:
 
     def state(self) -> dict[str, Any]:
         sup = self.sup
+        sup.deferred.run_now()  # records still queued
         source = sup.config.source
         return {
             "models": self.model_status(),
@@ -300,6 +301,7 @@ class Dashboard:
             models = self.model_status()
             await response.write(envelope("modelStatus", models))
             await response.write(envelope("selection", self.selection()))
+            sup.deferred.run_now()  # records still queued
             await response.write(envelope("metrics", [vars(r) for r in sup.activity.requests]))
             for swap in sup.activity.swaps:
                 await response.write(envelope("swap", asdict(swap)))

@@ -27,6 +27,7 @@ from .activity import Activity
 from .config import Config, PeerConfig
 from .config_load import models_to_restart
 from .connect import backend_connector
+from .deferred import DeferredWork
 from .hostmetrics import HostMetrics
 from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
@@ -83,6 +84,8 @@ class Supervisor:
         """Caches of an earlier ``x-promptCache.dir``: backends started with them save there."""
         self.prefetcher = Prefetcher(on_done=self._prefetched)
         self.activity = Activity(lambda: self.scheduler, self.now)  # the dashboard's records and live feed
+        self.deferred = DeferredWork()
+        """Each request's metrics and activity record, run while the thread would wait."""
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -123,6 +126,7 @@ class Supervisor:
         deadline = time.monotonic() + self.drain_timeout
         while self.active > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        self.deferred.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

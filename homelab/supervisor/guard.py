@@ -20,8 +20,9 @@ In order, for every request:
    between two pieces (:class:`.multipart.UploadLimits`).
 
 Every refusal is a JSON error naming the setting that changes it. Responses carry CORS headers
-only for an allowed cross-origin page; a backend's own ``Access-Control-*`` headers are always
-dropped (:func:`cors_on_prepare`, which sees every response, streamed or not).
+only for an allowed cross-origin page (:func:`cors_on_prepare`, which sees every response,
+streamed or not); a backend's own ``Access-Control-*`` headers are always dropped (the relays
+filter them with the hop-by-hop ones: :func:`.proxy.passed_to_client`).
 """
 
 from __future__ import annotations
@@ -270,14 +271,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def cors_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Just before any response's headers go out: drop every ``Access-Control-*`` header a
-    backend sent, then add ours for an allowed cross-origin page (preflights set their own)."""
-    if request.method == "OPTIONS":
-        return
-    for name in {k for k in response.headers if k.lower().startswith("access-control-")}:
-        response.headers.popall(name, None)
+    """Just before any response's headers go out: ours for an allowed cross-origin page
+    (preflights set their own). A backend's own ``Access-Control-*`` headers never get this far:
+    the relays drop them with the hop-by-hop ones (:func:`.proxy.passed_to_client`)."""
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or request.method == "OPTIONS":
         return
     policy = http_policy(request.app, request.app[SUPERVISOR_KEY].config)
     if policy.origin_allowed(origin, request.headers.get("Host")):

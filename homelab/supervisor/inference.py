@@ -33,6 +33,7 @@ from .proxy import (
     model_body,
     multipart_with_model,
     parse_body_off_loop,
+    upstream_fields,
     upstream_headers,
 )
 from .relay import relay as relay_stream
@@ -220,6 +221,7 @@ async def proxy_to(
     metrics = sup.metrics
     req, fut = sup.enqueue(model_id)
     prepared: web.StreamResponse | None = None
+    relayed: ForwardResult | None = None
     try:
         # cfg.send_loading_state already holds the top-level default unless the model set its own
         if not fut.done() and wants_loading_state(request.path, payload, cfg.send_loading_state):
@@ -247,28 +249,24 @@ async def proxy_to(
             return error_response(502, message, "backend_failed")
         if prepared is not None:
             await finish_loading_state(prepared, model_id, started_mono)
-        base = backend.model.proxy.rstrip("/")
-        assert sup.session is not None
         outcome = ForwardResult()
+        url = join_url(backend.base_url, path)
         # The client's credentials stay here; a backend with its own secret gets that instead.
-        headers = upstream_headers(
-            request, drop_auth=bool(sup.config.api_keys) or backend.secret is not None, api_key=backend.secret
-        )
-        if payload is not None and payload.get("stream") is True:
-            # llama-server closes the connection after a stream (while announcing keep-alive);
-            # aiohttp would pool it the moment the body ends and a later request could pick it.
-            headers["Connection"] = "close"
-        data = _form_data(upload, headers) if upload is not None else whole
-        url = join_url(base, path)
+        drop_auth = bool(sup.config.api_keys) or backend.secret is not None
+        # llama-server closes the connection after a stream (while announcing keep-alive): it
+        # must not be reused for a later request.
+        stream = payload is not None and payload.get("stream") is True
         write_timeout = sup.config.security.write_timeout
-        if lean_relay_fits(request, url, data, relay, cfg.timeouts):
-            assert isinstance(url, str) and isinstance(data, bytes)  # lean_relay_fits
+        sup.deferred.run_soon()  # earlier requests' bookkeeping, while this one is with its backend
+        if upload is None and lean_relay_fits(request, url, relay, cfg.timeouts):
+            assert isinstance(url, str)  # lean_relay_fits
             response = await relay_stream(
                 request,
                 url,
-                data,
-                headers,
+                whole,
+                upstream_fields(request, drop_auth=drop_auth, api_key=backend.secret),
                 outcome,
+                close=stream,
                 connect_timeout=float(cfg.timeouts.connect) or None,
                 prepared=prepared,
                 same_backend=backend.alive,
@@ -276,11 +274,15 @@ async def proxy_to(
                 pool=backend.connections,
             )
         else:
+            headers = upstream_headers(request, drop_auth=drop_auth, api_key=backend.secret)
+            if stream:  # else aiohttp would pool the connection the moment the body ends
+                headers["Connection"] = "close"
+            assert sup.session is not None
             response = await relay(
                 request,
                 sup.session,
                 url,
-                data,
+                _form_data(upload, headers) if upload is not None else whole,
                 headers,
                 outcome,
                 prepared=prepared,
@@ -288,21 +290,24 @@ async def proxy_to(
                 timeouts=cfg.timeouts,
                 write_timeout=write_timeout,
             )
-        try:
-            await send_now(request, response)
-        finally:  # also when the client left while the answer was written (the task is cancelled)
-            _record(sup, request, req, model_id, outcome, started)
+        relayed = outcome  # recorded even if the client leaves while the answer is written
+        await send_now(request, response)
         return response
     finally:
-        metrics.latency.observe(time.perf_counter() - started, model=model_id)
+        elapsed = time.perf_counter() - started
         sup.release(req)
+        if relayed is None:  # refused, or the relay raised: only the time is counted
+            metrics.latency.observe(elapsed, model=model_id)
+        else:
+            sup.deferred.defer(_record, sup, request, req, model_id, relayed, elapsed)
 
 
 def _record(
-    sup: Supervisor, request: web.Request, req: int, model_id: str, outcome: ForwardResult, started: float
+    sup: Supervisor, request: web.Request, req: int, model_id: str, outcome: ForwardResult, elapsed: float
 ) -> None:
-    """A relayed request's metrics and activity record."""
+    """A relayed request's metrics and activity record (deferred: :mod:`.deferred`)."""
     metrics = sup.metrics
+    metrics.latency.observe(elapsed, model=model_id)
     metrics.requests.inc(model=model_id, code=str(outcome.status))
     if outcome.upstream_error or outcome.status >= 500:
         metrics.errors.inc(model=model_id, reason="backend")
@@ -312,7 +317,7 @@ def _record(
             value = outcome.usage.get(kind)
             if isinstance(value, int):
                 metrics.tokens.inc(value, model=model_id, kind=kind.removesuffix("_tokens"))
-    sup.activity.request_done(req, model_id, outcome.status, time.perf_counter() - started, outcome.usage)
+    sup.activity.request_done(req, model_id, outcome.status, elapsed, outcome.usage)
 
 
 async def send_now(request: web.Request, response: web.StreamResponse) -> None:
@@ -338,17 +343,11 @@ def _note_stalled_client(sup: Supervisor, request: web.Request, model: str, outc
     )
 
 
-def lean_relay_fits(request: web.Request, url: str | URL, body: Body, relay: Relay, timeouts: Timeouts) -> bool:
-    """Whether :func:`.relay.relay` may carry this exchange instead of ``relay`` (aiohttp's
-    client): a whole body over plain HTTP to an IP address, no websocket, and no
+def lean_relay_fits(request: web.Request, url: str | URL, relay: Relay, timeouts: Timeouts) -> bool:
+    """Whether :func:`.relay.relay` may carry this exchange (with a whole body) instead of
+    ``relay`` (aiohttp's client): plain HTTP to an IP address, no websocket, and no
     ``timeouts.responseHeader`` (the lean relay bounds only the connect)."""
-    return (
-        relay is forward
-        and isinstance(url, str)
-        and isinstance(body, bytes)
-        and not timeouts.response_header
-        and relayable(request, url)
-    )
+    return relay is forward and isinstance(url, str) and not timeouts.response_header and relayable(request, url)
 
 
 def _form_data(form: StreamedForm, headers: CIMultiDict[str]) -> Body:

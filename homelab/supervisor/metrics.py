@@ -19,19 +19,38 @@ def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+LabelKey = tuple[tuple[str, str], ...]
+
+
+def _labels(labels: LabelKey) -> str:
     if not labels:
         return ""
     return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels) + "}"
 
 
-class Counter:
+class _Series:
+    """One metric's series, each named by its labels in name order whatever order a caller gave
+    them in (the order seen is remembered: a request's counters cost no sort)."""
+
     def __init__(self, name: str, help: str) -> None:
         self.name, self.help = name, help
-        self.values: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
+        self._keys: dict[LabelKey, LabelKey] = {}
+
+    def _key(self, labels: dict[str, str]) -> LabelKey:
+        given = tuple(labels.items())
+        key = self._keys.get(given)
+        if key is None:
+            key = self._keys[given] = tuple(sorted(given))
+        return key
+
+
+class Counter(_Series):
+    def __init__(self, name: str, help: str) -> None:
+        super().__init__(name, help)
+        self.values: dict[LabelKey, float] = defaultdict(float)
 
     def inc(self, amount: float = 1, **labels: str) -> None:
-        self.values[tuple(sorted(labels.items()))] += amount
+        self.values[self._key(labels)] += amount
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
@@ -39,14 +58,15 @@ class Counter:
         return lines
 
 
-class Histogram:
+class Histogram(_Series):
     def __init__(self, name: str, help: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.help, self.buckets = name, help, buckets
-        self.counts: dict[tuple[tuple[str, str], ...], list[int]] = {}
-        self.sums: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
+        super().__init__(name, help)
+        self.buckets = buckets
+        self.counts: dict[LabelKey, list[int]] = {}
+        self.sums: dict[LabelKey, float] = defaultdict(float)
 
     def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        key = self._key(labels)
         counts = self.counts.setdefault(key, [0] * (len(self.buckets) + 1))
         counts[bisect_left(self.buckets, value)] += 1
         self.sums[key] += value

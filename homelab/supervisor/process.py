@@ -220,6 +220,8 @@ class Backend:
         """The key only this supervisor knows (a new one per start); None: not a llama-server."""
         self.connections = ConnectionPool()
         """Kept-alive connections for short answers (:mod:`.relay`); closed when the process stops."""
+        self.base_url = model.proxy.rstrip("/")
+        """Where requests go: the model's ``proxy`` without a trailing slash."""
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -322,7 +324,7 @@ class Backend:
     async def wait_ready(self, timeout: float) -> float:
         """Return seconds from spawn to ready; raise :class:`StartFailed` otherwise."""
         deadline = self._loop.time() + timeout
-        url = self.model.proxy.rstrip("/") + (self.model.check_endpoint or "")
+        url = self.base_url + (self.model.check_endpoint or "")
         delay = 0.01
         while True:
             if self.exited.is_set():

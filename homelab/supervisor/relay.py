@@ -50,7 +50,7 @@ from .proxy import (
     cut_off_stalled_client,
     exited_before_answer,
     failed_before_answer,
-    response_headers,
+    passed_to_client,
     usage_from,
 )
 
@@ -72,35 +72,62 @@ class BackendFailed(Exception):
 
 
 class _Head:
-    """Status, reason and headers of the backend's answer."""
+    """Status, reason and the header fields of the backend's answer that go on to the client
+    (:func:`~.proxy.passed_to_client`), with what the relay needs from those it drops: the
+    framing and whether the backend keeps the connection."""
 
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], version: str = "HTTP/1.1") -> None:
+    __slots__ = ("status", "reason", "headers", "content_type", "chunked", "length", "keep_alive")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        *,
+        content_type: str = "",
+        chunked: bool = False,
+        length: int | None = None,
+        keep_alive: bool = True,
+    ) -> None:
         self.status, self.reason, self.headers = status, reason, headers
-        found = {key.lower(): value for key, value in headers}
-        self.content_type = found.get("content-type", "")
-        self.chunked = "chunked" in found.get("transfer-encoding", "").lower()
-        length = found.get("content-length", "").strip()
-        self.length = int(length) if length.isdigit() else None
-        self.keep_alive = version == "HTTP/1.1" and "close" not in found.get("connection", "").lower()
+        self.content_type, self.chunked, self.length = content_type, chunked, length
+        self.keep_alive = keep_alive
         """The backend keeps the connection open after this answer (HTTP/1.1 without ``close``)."""
 
 
 def _parse_head(raw: bytes) -> _Head:
-    """The status line and header fields (RFC 9112 section 4 and 5). Not the standard library's
-    email parser: at ~35 us per answer it cost more than everything else the relay does for a
-    short answer; a loopback backend's head is a handful of plain lines."""
+    """The status line and header fields (RFC 9112 section 4 and 5), in one pass. Not the
+    standard library's email parser: at ~35 us per answer it cost more than everything else the
+    relay does for a short answer; a loopback backend's head is a handful of plain lines."""
     lines = raw.decode("latin-1").split("\r\n")
     version, _, status_reason = lines[0].partition(" ")
     code, _, reason = status_reason.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
         raise BackendFailed(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
-    headers = []
+    kept: list[tuple[str, str]] = []
+    content_type = ""
+    chunked = False
+    length: int | None = None
+    keep_alive = version == "HTTP/1.1"
     for line in lines[1:]:
         key, colon, value = line.partition(":")
         if not colon or not key or key != key.strip():
             raise BackendFailed(f"malformed header line {line[:80]!r}")
-        headers.append((key, value.strip(" \t")))
-    return _Head(int(code), reason.strip(), headers, version)
+        value = value.strip(" \t")
+        lower = key.lower()
+        if passed_to_client(lower):
+            kept.append((key, value))
+            if lower == "content-type":
+                content_type = value
+        elif lower == "transfer-encoding":
+            chunked = "chunked" in value.lower()
+        elif lower == "content-length":
+            length = int(value) if value.isdigit() else None
+        elif lower == "connection" and "close" in value.lower():
+            keep_alive = False
+    return _Head(
+        int(code), reason.strip(), kept, content_type=content_type, chunked=chunked, length=length, keep_alive=keep_alive
+    )
 
 
 class _Upstream(asyncio.Protocol):
@@ -116,6 +143,8 @@ class _Upstream(asyncio.Protocol):
         self._loop = loop
         self.pool: ConnectionPool | None = None
         """Set while the connection waits in a pool (idle): its loss takes it out."""
+        self.reused = False
+        """Taken from a pool: it was accepted by the process the pool belongs to."""
         self._begin(request, keep_alive)
 
     def _begin(self, request: bytes, keep_alive: bool) -> None:
@@ -148,6 +177,7 @@ class _Upstream(asyncio.Protocol):
     def start(self, request: bytes, keep_alive: bool) -> None:
         """The next exchange on a kept-alive connection (taken from a pool)."""
         self._begin(request, keep_alive)
+        self.reused = True
         assert self.transport is not None
         self.transport.write(request)
 
@@ -404,14 +434,18 @@ def _plain_http_to_ip(url: str) -> bool:
     return True
 
 
-def _request_bytes(method: str, url: URL, headers: CIMultiDict[str], body: bytes, keep_alive: bool) -> bytes:
-    lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {url.raw_host}:{url.port}"]
-    lines += [f"{key}: {value}" for key, value in headers.items() if key.lower() not in ("connection", "host")]
-    if body or method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {len(body)}")
+def _request_bytes(method: str, url: str, fields: bytes, body: bytes, keep_alive: bool) -> bytes:
+    framing = b"Content-Length: %d\r\n" % len(body) if body or method in ("POST", "PUT", "PATCH") else b""
     if not keep_alive:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        framing += b"Connection: close\r\n"
+    return b"".join((_request_line(method, url), fields, framing, b"\r\n", body))
+
+
+@lru_cache(maxsize=256)
+def _request_line(method: str, url: str) -> bytes:
+    """The request line and ``Host`` (the same for every request to one backend route)."""
+    target, host, port = _target(url)
+    return f"{method} {target.raw_path_qs} HTTP/1.1\r\nHost: {host}:{port}\r\n".encode("latin-1")
 
 
 @lru_cache(maxsize=256)
@@ -458,21 +492,22 @@ async def relay(
     request: web.Request,
     url: str,
     body: bytes,
-    headers: CIMultiDict[str],
+    fields: bytes,
     result: ForwardResult,
     *,
     connect_timeout: float | None,
+    close: bool = False,
     prepared: web.StreamResponse | None = None,
     same_backend: Callable[[], bool] | None = None,
     write_timeout: float | None = None,
     pool: ConnectionPool | None = None,
 ) -> web.StreamResponse:
     """Send the request to ``url`` (see :func:`relayable`) and relay the answer; the same
-    answers and errors as :func:`.proxy.forward` (``write_timeout`` too). ``pool``: the backend's
-    kept-alive connections, used unless ``headers`` ask to close (a stream)."""
-    target, _, _ = _target(url)
-    keep_alive = pool is not None and headers.get("Connection", "").lower() != "close"
-    data = _request_bytes(request.method, target, headers, body, keep_alive)
+    answers and errors as :func:`.proxy.forward` (``write_timeout`` too). ``fields``: the
+    request's header lines (:func:`.proxy.upstream_fields`); ``pool``: the backend's kept-alive
+    connections, used unless ``close`` (a stream: llama-server closes its connection after one)."""
+    keep_alive = pool is not None and not close
+    data = _request_bytes(request.method, url, fields, body, keep_alive)
     try:
         proto, head = await _exchange(url, data, keep_alive, pool, connect_timeout, same_backend)
     except (OSError, TimeoutError) as exc:
@@ -480,7 +515,9 @@ async def relay(
     except BackendFailed as exc:
         return await failed_before_answer(url, result, str(exc), prepared)
     try:
-        if same_backend is not None and not same_backend():
+        # A new connection may have reached a replacement on the same port; a pooled one was
+        # accepted by the process the pool belongs to, which closes the pool when it stops.
+        if not proto.reused and same_backend is not None and not same_backend():
             return await exited_before_answer(url, result, prepared)
         result.status = head.status
         streaming = head.content_type.startswith("text/event-stream")
@@ -520,8 +557,7 @@ async def _whole(
         result.status = 502
         result.upstream_error = error
         return error_response(502, f"backend at {url} failed while answering: {error}", "backend_failed")
-    response = web.Response(body=data, status=head.status, reason=head.reason)
-    response.headers.extend(response_headers(head.headers))
+    response = web.Response(body=data, status=head.status, reason=head.reason, headers=CIMultiDict(head.headers))
     if "json" in head.content_type:
         result.usage_in(data)
     return response
@@ -540,8 +576,7 @@ async def _stream(
     if prepared is not None:
         response = prepared
     else:
-        response = web.StreamResponse(status=head.status, reason=head.reason)
-        response.headers.extend(response_headers(head.headers))
+        response = web.StreamResponse(status=head.status, reason=head.reason, headers=CIMultiDict(head.headers))
         if streaming:
             response.headers["X-Accel-Buffering"] = "no"
             response.headers["Cache-Control"] = "no-cache"

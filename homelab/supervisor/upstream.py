@@ -120,7 +120,7 @@ async def ignored_websocket(request: web.Request, sup: Supervisor, model_id: str
     headers = upstream_headers(
         request, drop_auth=bool(sup.config.api_keys) or backend.secret is not None, api_key=backend.secret
     )
-    url = join_url(backend.model.proxy.rstrip("/"), path)
+    url = join_url(backend.base_url, path)
     return await relay_websocket(request, sup.session, url, b"", headers, ForwardResult())
 
 

@@ -104,6 +104,14 @@ async def test_allowed_origin_gets_cors_and_the_backends_own_cors_is_dropped(ser
             assert resp.status == 200
             await resp.read()
             assert "Access-Control-Allow-Origin" not in resp.headers
+        # the pass-through relays with aiohttp's client: the same
+        async with s.post(running.url + "/upstream/a/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200
+            assert "Access-Control-Allow-Origin" not in resp.headers
+        async with s.post(running.url + "/upstream/a/v1/chat/completions", json=CHAT,
+                          headers={"Origin": "http://localhost:3000"}) as resp:
+            assert resp.status == 200
+            assert resp.headers.getall("Access-Control-Allow-Origin") == ["http://localhost:3000"]
         # Open WebUI on another loopback port: allowed, with its own origin echoed (never "*")
         for origin in ("http://localhost:3000", "http://127.0.0.1:8080", "http://[::1]:5173"):
             async with s.post(running.url + "/v1/chat/completions", json=CHAT, headers={"Origin": origin}) as resp:

@@ -14,8 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
-from homelab.supervisor.proxy import SMALL_BODY, ForwardResult, upstream_headers
+from homelab.supervisor.proxy import SMALL_BODY, ForwardResult, upstream_fields, upstream_headers
 from homelab.supervisor.relay import ConnectionPool, relay, relayable
 
 Step = bytes | float | None
@@ -91,7 +92,7 @@ async def front(backend: Backend) -> AsyncIterator[tuple[str, list[ForwardResult
         results.append(result)
         url = f"http://127.0.0.1:{backend.port}{request.path_qs}"
         return await relay(
-            request, url, await request.read(), upstream_headers(request, drop_auth=False), result, connect_timeout=5
+            request, url, await request.read(), upstream_fields(request, drop_auth=False), result, connect_timeout=5
         )
 
     app = web.Application()
@@ -244,6 +245,35 @@ def test_only_plain_http_to_an_ip_for_an_http11_client_is_relayed() -> None:
     assert not relayable(ten, "http://127.0.0.1:8080/completion")  # no chunked framing towards it
 
 
+@pytest.mark.parametrize(("drop_auth", "api_key"), [(False, None), (True, None), (True, "backend-key")])
+def test_the_lean_relay_sends_the_headers_aiohttps_client_would(drop_auth: bool, api_key: str | None) -> None:
+    """upstream_fields (raw lines) and upstream_headers (aiohttp's client) drop the same fields:
+    hop-by-hop ones, framing, Host, and the client's credentials where the backend has its own."""
+    sent = CIMultiDict(
+        [
+            ("Host", "127.0.0.1:8080"),
+            ("Connection", "keep-alive"),
+            ("Keep-Alive", "timeout=5"),
+            ("Content-Length", "17"),
+            ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "h2c"),
+            ("Authorization", "Bearer client-key"),
+            ("X-Api-Key", "client-key"),
+            ("Accept", "*/*"),
+            ("X-Trace", "a"),
+            ("x-trace", "b"),
+            ("Content-Type", "application/json"),
+        ]
+    )
+    request = make_mocked_request("POST", "/v1/chat/completions", headers=sent)
+    fields = upstream_fields(request, drop_auth=drop_auth, api_key=api_key).decode("latin-1")
+    assert fields.endswith("\r\n")
+    lines = [tuple(line.split(": ", 1)) for line in fields.split("\r\n")[:-1]]
+    assert lines == list(upstream_headers(request, drop_auth=drop_auth, api_key=api_key).items())
+    assert ("Authorization", "Bearer client-key") in lines if not drop_auth else "client-key" not in fields
+    assert not any(name.lower() in ("host", "connection", "content-length", "transfer-encoding") for name, _ in lines)
+
+
 # -- kept-alive connections (ConnectionPool)
 
 
@@ -307,10 +337,11 @@ async def pooled_front(keepalive: KeepAliveBackend) -> AsyncIterator[tuple[str, 
 
     async def handler(request: web.Request) -> web.StreamResponse:
         url = f"http://127.0.0.1:{keepalive.port}{request.path_qs}"
-        headers = upstream_headers(request, drop_auth=False)
-        if (await request.json()).get("stream"):
-            headers["Connection"] = "close"  # as inference.proxy_to asks for a stream
-        return await relay(request, url, await request.read(), headers, ForwardResult(), connect_timeout=5, pool=pool)
+        fields = upstream_fields(request, drop_auth=False)
+        stream = (await request.json()).get("stream") is True  # as inference.proxy_to asks for a stream
+        return await relay(
+            request, url, await request.read(), fields, ForwardResult(), connect_timeout=5, close=stream, pool=pool
+        )
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", handler)

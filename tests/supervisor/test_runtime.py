@@ -134,7 +134,8 @@ async def test_sse_streams_chunk_by_chunk(serve) -> None:
     assert len(arrivals) == 11  # 10 tokens and the usage chunk
     # the first token arrived long before the last one: nothing was buffered
     assert arrivals[-1] - arrivals[0] > 0.3
-    assert running.sup.metrics.tokens.values[(("kind", "completion"), ("model", "s"))] == 10 + 10  # both answers report usage
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/metrics") as resp:
+        assert 'homelab_tokens_total{kind="completion",model="s"} 20' in await resp.text()  # both answers report usage
 
 
 async def test_backend_dies_mid_stream_gets_error_event(serve) -> None:
