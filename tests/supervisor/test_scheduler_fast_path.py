@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import astuple
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from homelab.supervisor.activity import Activity
@@ -24,7 +24,7 @@ from homelab.supervisor.scheduler import Action, ModelState, Scheduler, State
 from .test_scheduler_properties import Sim
 
 MODELS = tuple(f"m{i}" for i in range(20))
-HOT = MODELS[:3]
+HOT = MODELS[:2]
 
 
 def model(mid: str, **kw: object) -> ModelConfig:
@@ -33,8 +33,8 @@ def model(mid: str, **kw: object) -> ModelConfig:
 
 CONFIGS = [
     # every model fits: after the first loads, most requests take the shortcut; half have a TTL
-    Config(models={m: model(m, ttl=3 if i % 2 else 0, concurrency_limit=3) for i, m in enumerate(MODELS)},
-           max_wait=2),
+    Config(models={m: model(m, vram_mib=1, ttl=3 if i % 2 else 0, concurrency_limit=3) for i, m in enumerate(MODELS)},
+           vram_budget_mib=len(MODELS), max_wait=2),
     # six fit: swaps, holds (max_wait + max_hold), a global TTL, one model's own TTL, a priority
     Config(models={m: model(m, vram_mib=10, ttl=2 if m == "m0" else 0) for m in MODELS}, vram_budget_mib=60,
            global_ttl=4, max_wait=1, max_hold=2, fifo_priority={"m1": 5}),
@@ -42,15 +42,17 @@ CONFIGS = [
     Config(models={m: model(m, vram_mib=10) for m in MODELS}, vram_budget_mib=20, max_wait=0),
 ]
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("request"), st.sampled_from(HOT) | st.sampled_from(MODELS)),
-    st.tuples(st.just("finish"), st.integers(0, 30)),
-    st.tuples(st.just("complete"), st.integers(0, 10), st.booleans()),
+hot_request = st.tuples(st.just("request"), st.sampled_from(HOT))
+finish = st.tuples(st.just("finish"), st.integers(0, 30))
+complete = st.tuples(st.just("complete"), st.integers(0, 10), st.sampled_from((True, True, True, False)))
+ops = st.lists(st.one_of(  # mostly the common events: a hot model's requests, loads that succeed
+    hot_request, hot_request, hot_request, finish, finish, finish, complete, complete,
+    st.tuples(st.just("request"), st.sampled_from(MODELS)),
     st.tuples(st.just("crash"), st.sampled_from(HOT)),
     st.tuples(st.just("advance"), st.floats(0, 5)),
     st.tuples(st.just("sleep"), st.floats(0, 5)),  # time passes, the driver's timer has not fired yet
     st.tuples(st.just("unload"), st.sampled_from(HOT)),
-), max_size=80)
+), min_size=30, max_size=100)
 
 
 class FullPlan(Scheduler):
@@ -150,8 +152,12 @@ class LockstepSim(Sim):
         super().step(op)
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.sampled_from(range(len(CONFIGS))), ops)
+# the two ways a quiet-looking release still has work, whatever the random draws reach:
+@example(0, [("request", "m0"), ("complete", 0, True), ("unload", "m0"), ("finish", 0)])  # asked to go
+@example(0, [("request", "m1"), ("complete", 0, True), ("finish", 0), ("request", "m0"), ("complete", 0, True),
+             ("sleep", 4.0), ("finish", 0)])  # another model's TTL ran out, its timer not fired yet
 def test_the_shortcuts_decide_as_the_full_plan(which: int, sequence: list[tuple]) -> None:
     sim = LockstepSim(CONFIGS[which])
     for op in sequence:
