@@ -139,7 +139,7 @@ class Activity:
         if touched is None or not self._last:  # the first batch records every model
             compared = models
         else:
-            compared = [*touched, *(action.model for action in actions)] if actions else touched
+            compared = [*touched, *[action.model for action in actions]] if actions else touched
         for model_id in compared:
             state = models.get(model_id)
             if state is None:  # not configured (a 404), or removed by a reload
