@@ -5,6 +5,11 @@ actions the driver (:mod:`homelab.supervisor.driver`) must carry out. The driver
 further events (``ready``, ``start_failed``, ``exited``, ``stopped``) and calls :meth:`tick` at
 :meth:`next_deadline`. That keeps the hard part testable without processes or timing.
 
+The common request costs the same whatever the number of models: a ready model admits it at
+once, and its end, with nothing queued anywhere, returns without a plan over every model
+(``_quiet_release``: the plan provably has nothing to do). The driver's timer reads
+:attr:`Scheduler.wake_at`, kept in O(1): at or before the next deadline, never after it.
+
 Policies:
 
 * One load serves every request waiting for a model; evictions are issued together (parallel).
