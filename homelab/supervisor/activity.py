@@ -9,7 +9,7 @@ queues.
 
 An open page costs no work per request and no wakeup of its own while requests flow: a request
 does with a page open what it does without (a record appended to the ring buffer, a counter
-moved, the scheduler's states compared) plus a clock read. A flush sends what changed since the
+moved, its model's state compared) plus a clock read. A flush sends what changed since the
 last one: the requests that ended (one ``metrics`` message, read back from the ring buffer), the
 in-flight and queued counts when only those changed (one small ``inflight`` message), and the
 full model status (``modelStatus``, ``selection``) only when a model's state changed (a load, a
@@ -31,7 +31,7 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,8 +120,11 @@ class Activity:
         self._sent = 0
 
     # ------------------------------------------------------------ hooks
-    def dispatched(self, actions: Iterable[Action]) -> None:
-        """After the supervisor carried out a batch of scheduler actions."""
+    def dispatched(self, actions: Sequence[Action], touched: Collection[str] | None = None) -> None:
+        """After the supervisor carried out a batch of scheduler actions. ``touched``: the models
+        the event itself changed (a request's model, the model that became ready...); a model's
+        state and counts change only there or where an action names it, so only those are
+        compared, not every configured model on every request. None (a reload, an unload): all."""
         scheduler = self._scheduler()
         for action in actions:
             if isinstance(action, Stop) and action.reason.startswith("evicted to start "):
@@ -131,7 +134,16 @@ class Activity:
             elif isinstance(action, Start):
                 self._began(scheduler, action.model)
         states = counts = False
-        for model_id, state in scheduler.models.items():
+        models = scheduler.models
+        compared: Collection[str]
+        if touched is None or not self._last:  # the first batch records every model
+            compared = models
+        else:
+            compared = [*touched, *[action.model for action in actions]] if actions else touched
+        for model_id in compared:
+            state = models.get(model_id)
+            if state is None:  # not configured (a 404), or removed by a reload
+                continue
             now = (state.state, len(state.inflight), len(state.waiters))
             before = self._last.get(model_id)
             if before == now:

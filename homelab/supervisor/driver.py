@@ -158,7 +158,9 @@ class Supervisor:
         return self.loop.time()
 
     # ------------------------------------------------------------ scheduling
-    def dispatch(self, actions: list[Any]) -> None:
+    def dispatch(self, actions: list[Any], touched: tuple[str, ...] | None = None) -> None:
+        """Carry out the scheduler's actions. ``touched``: the models the event itself changed
+        (besides those the actions name), so the dashboard compares only those; None: any."""
         for action in actions:
             if isinstance(action, (Admit, Reject)):
                 if isinstance(action, Admit):
@@ -179,28 +181,37 @@ class Supervisor:
             for model_id in [m for m in self._stopped_events if self.status_of(m) is State.STOPPED]:
                 self._stopped_events.pop(model_id).set()
         self._arm_timer()
-        self.activity.dispatched(actions)
+        self.activity.dispatched(actions, touched)
 
     def _arm_timer(self) -> None:
-        deadline = self.scheduler.next_deadline(self.now())
-        if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline + 0.001:
-                return  # unchanged (the common case on the request path)
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline + 0.001, self._tick)
+        """The scheduler's next wake-up, from its O(1) floor. A timer that is due no later is
+        kept: one that fires early ticks, finds nothing and re-arms at the exact deadline, so a
+        request (which only makes a model busy, or restarts its TTL later) moves no timer."""
+        wake = self.scheduler.wake_at
+        timer = self._timer
+        if wake is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        when = wake + 0.001
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(when, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
-        self.dispatch(self.scheduler.tick(self.now()))
+        self.dispatch(self.scheduler.tick(self.now()), ())
 
     def enqueue(self, model_id: str) -> tuple[int, asyncio.Future[Admit | Reject]]:
         req = next(self._ids)
         fut: asyncio.Future[Admit | Reject] = self.loop.create_future()
         self._waiters[req] = fut
-        cold = self.status_of(model_id) is State.STOPPED
-        self.dispatch(self.scheduler.request(req, model_id, self.now()))
+        state = self.scheduler.models.get(model_id)
+        cold = state is None or state.state is State.STOPPED
+        self.dispatch(self.scheduler.request(req, model_id, self.now()), (model_id,))
         if cold:
             self._prefetch(model_id)
         return req, fut
@@ -208,7 +219,8 @@ class Supervisor:
     def release(self, req: int) -> None:
         self._waiters.pop(req, None)
         self.admitted_to.pop(req, None)
-        self.dispatch(self.scheduler.done(req, self.now()))
+        model_id = self.scheduler.requests.get(req)
+        self.dispatch(self.scheduler.done(req, self.now()), () if model_id is None else (model_id,))
 
     def model_log(self, model_id: str) -> LogBuffer:
         buffer = self.logs.get(model_id)
@@ -244,7 +256,7 @@ class Supervisor:
                 del self.backends[model_id]
             log.error("%s", exc)
             self.metrics.swaps.inc(model=model_id, outcome="failed")
-            self.dispatch(self.scheduler.start_failed(model_id, str(exc), self.now()))
+            self.dispatch(self.scheduler.start_failed(model_id, str(exc), self.now()), (model_id,))
             return
         except asyncio.CancelledError:
             backend.kill()
@@ -257,7 +269,7 @@ class Supervisor:
         self.metrics.time_to_ready.observe(time_to_ready, model=model_id)
         self.metrics.swap_duration.observe(max(0.0, now - action.requested_at), model=model_id)
         log.info("model %s ready in %.3fs", model_id, time_to_ready)
-        self.dispatch(self.scheduler.ready(model_id, now))
+        self.dispatch(self.scheduler.ready(model_id, now), (model_id,))
         for warm_id in self.config.prefetch.keep_warm:
             if self.status_of(warm_id) is State.STOPPED:
                 self._prefetch(warm_id)
@@ -273,7 +285,7 @@ class Supervisor:
         reason = f"model {model_id!r} {backend.exit_description()}; last output:\n{backend.log.tail(8)}"
         log.error("%s crashed: %s", model_id, backend.exit_description())
         self.metrics.crashes.inc(model=model_id)
-        self.dispatch(self.scheduler.exited(model_id, reason, self.now()))
+        self.dispatch(self.scheduler.exited(model_id, reason, self.now()), (model_id,))
 
     async def _stop(self, model_id: str) -> None:
         backend = self.backends.get(model_id)
@@ -287,7 +299,7 @@ class Supervisor:
                 cache.sweep(model_id)
             running = [b.model for b in self.backends.values()]
             self._retired_caches = [c for c in self._retired_caches if any(c.active_for(m) for m in running)]
-        self.dispatch(self.scheduler.stopped(model_id, self.now()))
+        self.dispatch(self.scheduler.stopped(model_id, self.now()), (model_id,))
 
     def _cache_of(self, backend: Backend) -> PromptCache | None:
         """The prompt cache whose folder the backend was started with, if any."""

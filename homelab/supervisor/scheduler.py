@@ -5,6 +5,11 @@ actions the driver (:mod:`homelab.supervisor.driver`) must carry out. The driver
 further events (``ready``, ``start_failed``, ``exited``, ``stopped``) and calls :meth:`tick` at
 :meth:`next_deadline`. That keeps the hard part testable without processes or timing.
 
+The common request costs the same whatever the number of models: a ready model admits it at
+once, and its end, with nothing queued anywhere, returns without a plan over every model
+(``_quiet_release``: the plan provably has nothing to do). The driver's timer reads
+:attr:`Scheduler.wake_at`, kept in O(1): at or before the next deadline, never after it.
+
 Policies:
 
 * One load serves every request waiting for a model; evictions are issued together (parallel).
@@ -119,6 +124,10 @@ class Scheduler:
         self.requests: dict[int, str] = {}
         self.blocked_since: dict[str, float] = {}
         """Busy model that a pending start must evict -> when it first blocked it."""
+        self._queued = 0
+        """Requests waiting in every model's ``waiters`` together (0: nothing to admit or start)."""
+        self._wake = math.inf
+        """At or before every deadline :meth:`next_deadline` would give now (see :attr:`wake_at`)."""
 
     # ----------------------------------------------------------------- events
     def request(self, req: int, model: str, now: float) -> list[Action]:
@@ -149,6 +158,7 @@ class Scheduler:
             state.inflight.add(req)
             return [Admit(req, model)]
         state.waiters[req] = now
+        self._queued += 1
         return self._plan(now)
 
     def done(self, req: int, now: float) -> list[Action]:
@@ -157,12 +167,20 @@ class Scheduler:
         if model is None:
             return []
         state = self.models[model]
-        if req in state.inflight:
-            state.inflight.discard(req)
-            state.last_used = now
-        else:
-            state.waiters.pop(req, None)
-        return self._plan(now)
+        if req not in state.inflight:
+            self._unqueue(state, req)
+            return self._plan(now)
+        state.inflight.discard(req)
+        state.last_used = now
+        if not self._quiet_release(state, now):
+            return self._plan(now)
+        # The common end of a request: nothing queued anywhere, so _plan would only restart this
+        # model's TTL; keep that deadline in the timer's floor and skip the walk over every model.
+        if not state.inflight and state.state is State.READY:
+            ttl = self._ttl(model)
+            if ttl > 0:
+                self._wake = min(self._wake, now + ttl)
+        return []
 
     def ready(self, model: str, now: float) -> list[Action]:
         state = self.models[model]
@@ -236,6 +254,13 @@ class Scheduler:
     def tick(self, now: float) -> list[Action]:
         return self._plan(now)
 
+    @property
+    def wake_at(self) -> float | None:
+        """A time at or before :meth:`next_deadline` (None: nothing to wake for), in O(1) for the
+        driver's timer on every request. It may be early (a request that began since made a
+        model busy): :meth:`tick` there finds nothing and sets it exact again."""
+        return None if self._wake == math.inf else self._wake
+
     def next_deadline(self, now: float | None = None) -> float | None:
         """When :meth:`tick` has something to do next; with ``now``, only deadlines after it (a
         hold that began stays in ``blocked_since``, and its passed deadline must not re-arm the
@@ -295,15 +320,29 @@ class Scheduler:
     def _reject_waiter(
         self, state: ModelState, req: int, status: int, message: str, retry_after: int | None = None
     ) -> Reject:
-        state.waiters.pop(req, None)
+        self._unqueue(state, req)
         self.requests.pop(req, None)
         return Reject(req, state.id, status, message, retry_after)
+
+    def _unqueue(self, state: ModelState, req: int) -> None:
+        """Take a request off its model's queue (every removal goes here: ``_queued`` counts them)."""
+        if state.waiters.pop(req, None) is not None:
+            self._queued -= 1
+
+    def _quiet_release(self, state: ModelState, now: float) -> bool:
+        """After an in-flight request of ``state`` ended: :meth:`_plan` provably has nothing to do.
+        Nothing is queued on any model (no admission, no pending start; a hold in
+        ``blocked_since`` implies a queued start, checked anyway), this model was not asked to
+        go, and no TTL has run out (every deadline is at or after ``_wake``)."""
+        return not self._queued and not self.blocked_since and not state.unload_requested and now < self._wake
 
     def _admit_waiters(self, now: float) -> list[Action]:
         """Serve queued requests of ready models. A held model still serves the requests that
         were queued before the swap that holds it began (they were first; evicting a model
         before it served the requests it was started for would livelock)."""
         actions: list[Action] = []
+        if not self._queued:
+            return actions
         for state in self.models.values():
             if state.state is not State.READY or not state.waiters:
                 continue
@@ -314,7 +353,7 @@ class Scheduler:
             for req, arrived in list(state.waiters.items()):
                 if held and arrived > since:
                     continue
-                del state.waiters[req]
+                self._unqueue(state, req)
                 state.inflight.add(req)
                 actions.append(Admit(req, state.id))
         return actions
@@ -392,6 +431,8 @@ class Scheduler:
         self.blocked_since = {b: self.blocked_since.get(b, now) for b in blockers}
         # A hold that ended (the blocking start went away) lets queued requests in again.
         actions += self._admit_waiters(now)
+        deadline = self.next_deadline(now)
+        self._wake = math.inf if deadline is None else deadline
         return actions
 
     def _eviction_reason(self, target: str, reserved: Sequence[str]) -> str:

@@ -288,6 +288,29 @@ async def test_ttl_unloads_idle_model(serve) -> None:
     assert running.sup.status_of("a") is State.STOPPED and not running.sup.backends
 
 
+async def test_requests_do_not_move_the_ttl_timer(serve) -> None:
+    """Each request made the model busy (timer cancelled) and idle again (timer re-armed); now the
+    timer armed at the first idle moment stays, wakes early, finds the model used since and
+    re-arms: the TTL still counts from the last request."""
+    running = await serve(make_config(fake_model("a", ttl=1)))
+    async with aiohttp.ClientSession() as s:
+        assert (await chat(s, running.url, "a"))[0] == 200
+        timer = running.sup._timer
+        assert timer is not None
+        for _ in range(3):
+            assert (await chat(s, running.url, "a"))[0] == 200
+        assert running.sup._timer is timer
+        await asyncio.sleep(0.6)
+        assert (await chat(s, running.url, "a"))[0] == 200  # the first timer wakes before its TTL ends
+        last = running.sup.scheduler.models["a"].last_used
+        for _ in range(200):
+            if running.sup.status_of("a") is not State.READY:
+                break
+            await asyncio.sleep(0.02)
+    assert running.sup.status_of("a") is not State.READY
+    assert running.sup.now() >= last + 1  # stopped by the TTL of the last request, not the first
+
+
 async def test_logs_and_log_stream(serve) -> None:
     running = await serve(make_config(fake_model("a")))
     async with aiohttp.ClientSession() as s:
