@@ -206,9 +206,13 @@ def upstream_fields(request: web.Request, *, drop_auth: bool, api_key: str | Non
     mapping built and no text decoded and encoded again."""
     dropped = _DROPPED_RAW_AUTH if drop_auth else _DROPPED_RAW
     fields = b"".join([b"%s: %s\r\n" % pair for pair in request.raw_headers if pair[0].lower() not in dropped])
-    if api_key:
-        fields += "".join(f"{key}: {value}\r\n" for key, value in key_headers(api_key).items()).encode("latin-1")
-    return fields
+    return fields + _key_fields(api_key) if api_key else fields
+
+
+@functools.lru_cache(maxsize=64)
+def _key_fields(api_key: str) -> bytes:
+    """:func:`key_headers` as header lines (a backend's key is the same for its every request)."""
+    return "".join(f"{key}: {value}\r\n" for key, value in key_headers(api_key).items()).encode("latin-1")
 
 
 def response_headers(items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
