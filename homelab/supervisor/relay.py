@@ -126,7 +126,13 @@ def _parse_head(raw: bytes) -> _Head:
         elif lower == "connection" and "close" in value.lower():
             keep_alive = False
     return _Head(
-        int(code), reason.strip(), kept, content_type=content_type, chunked=chunked, length=length, keep_alive=keep_alive
+        int(code),
+        reason.strip(),
+        kept,
+        content_type=content_type,
+        chunked=chunked,
+        length=length,
+        keep_alive=keep_alive,
     )
 
 
