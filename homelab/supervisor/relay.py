@@ -61,7 +61,13 @@ HEAD_LIMIT = 1 << 16
 HIGH_WATER = 1 << 16
 """Client-side write buffer above which reading from the backend pauses until it drains."""
 ERROR_PREVIEW = 4000
-USAGE_MARKERS = (b'"usage"', b'"tokens_predicted"')
+
+
+def _has_usage(payload: bytes) -> bool:
+    """Whether token counts may start here: OpenAI's ``usage``, llama.cpp's ``tokens_predicted``
+    (two plain tests, not a loop over markers: this runs for every chunk of a stream)."""
+    return b'"usage"' in payload or b'"tokens_predicted"' in payload
+
 
 CLIENT_GONE = "the client went away"
 CLIENT_STALLED = "the client stopped reading"
@@ -99,41 +105,29 @@ def _parse_head(raw: bytes) -> _Head:
     """The status line and header fields (RFC 9112 section 4 and 5), in one pass. Not the
     standard library's email parser: at ~35 us per answer it cost more than everything else the
     relay does for a short answer; a loopback backend's head is a handful of plain lines."""
-    lines = raw.decode("latin-1").split("\r\n")
-    version, _, status_reason = lines[0].partition(" ")
+    status_line, _, fields = raw.decode("latin-1").partition("\r\n")
+    version, _, status_reason = status_line.partition(" ")
     code, _, reason = status_reason.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise BackendFailed(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
-    kept: list[tuple[str, str]] = []
-    content_type = ""
-    chunked = False
-    length: int | None = None
-    keep_alive = version == "HTTP/1.1"
-    for line in lines[1:]:
+        raise BackendFailed(f"not an HTTP/1.x answer: {status_line[:80]!r}")
+    head = _Head(int(code), reason.strip(), [], keep_alive=version == "HTTP/1.1")
+    for line in fields.split("\r\n") if fields else ():
         key, colon, value = line.partition(":")
         if not colon or not key or key != key.strip():
             raise BackendFailed(f"malformed header line {line[:80]!r}")
         value = value.strip(" \t")
         lower = key.lower()
         if passed_to_client(lower):
-            kept.append((key, value))
+            head.headers.append((key, value))
             if lower == "content-type":
-                content_type = value
+                head.content_type = value
         elif lower == "transfer-encoding":
-            chunked = "chunked" in value.lower()
+            head.chunked = "chunked" in value.lower()
         elif lower == "content-length":
-            length = int(value) if value.isdigit() else None
+            head.length = int(value) if value.isdigit() else None
         elif lower == "connection" and "close" in value.lower():
-            keep_alive = False
-    return _Head(
-        int(code),
-        reason.strip(),
-        kept,
-        content_type=content_type,
-        chunked=chunked,
-        length=length,
-        keep_alive=keep_alive,
-    )
+            head.keep_alive = False
+    return head
 
 
 class _Upstream(asyncio.Protocol):
@@ -309,7 +303,7 @@ class _Upstream(asyncio.Protocol):
             pos, size = stop, -1
         if pos:
             region = buf[:pos]
-            if self.tail or any(marker in region for marker in USAGE_MARKERS):
+            if self.tail or _has_usage(region):
                 self._keep_tail(_unchunk(region))
             self._emit(region)
         self._pending = buf[pos:]
@@ -317,7 +311,7 @@ class _Upstream(asyncio.Protocol):
             self._finish(None)  # the backend's last chunk: aiohttp's write_eof() sends ours
 
     def _keep_tail(self, payload: bytes) -> None:
-        if self.tail or any(marker in payload for marker in USAGE_MARKERS):
+        if self.tail or _has_usage(payload):
             self.tail = (self.tail + payload)[-USAGE_KEEP:]
 
     def _emit(self, data: bytes) -> None:
