@@ -7,6 +7,7 @@ Standard library only, so every stage and the supervisor can use it.
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -72,6 +73,30 @@ def free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+BELOW_EPHEMERAL = (20000, 32000)
+"""Where :func:`free_port_below_ephemeral` draws ports: below Linux's default ephemeral range
+(32768-60999), where the kernel picks the local port of every outgoing connection."""
+
+
+def free_port_below_ephemeral(room: int = 0) -> int:
+    """A port free now on 127.0.0.1 that no outgoing connection will be given before a server
+    binds it: for a ``startPort`` (a backend binds ``startPort`` + n later, while the supervisor,
+    an RPC client or a benchmark's clients open connections; ``room``: how far above it those
+    ports go) and for servers started a while after the port is chosen. A port the kernel hands
+    out (:func:`free_loopback_port`) is in the ephemeral range: a connection opened meanwhile can
+    take it."""
+    low, high = BELOW_EPHEMERAL
+    for _ in range(100):
+        port = random.randrange(low, high - room)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_loopback_port()
 
 
 def wait_until_accepting(

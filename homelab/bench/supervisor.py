@@ -29,10 +29,8 @@ import contextlib
 import json
 import logging
 import os
-import random
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,7 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 
-from ..address import free_loopback_port
+from ..address import free_port_below_ephemeral
 from ..errors import HomelabError
 from ..supervisor.process import backend_key_of, spawn_guarded
 
@@ -64,25 +62,6 @@ SHAPES: dict[str, dict[str, Any]] = {
     "small": {"n_layer": 4, "n_embd": 512, "n_head": 8, "n_head_kv": 4, "n_ff": 1536, "dtype": "f16"},
 }
 """Shapes of the models written on the fly (``--shape``) when no ``--model`` is given."""
-
-
-BELOW_EPHEMERAL = (20000, 32000)
-"""Where bench ports are drawn: below Linux's default ephemeral range (32768-60999), so no
-outgoing connection (the bench's own clients, the fronts' upstream connections) takes a port
-between the moment it is chosen and the moment a backend binds it: ``startPort`` + n included."""
-
-
-def free_port() -> int:
-    """A port free now, outside the ephemeral range where possible."""
-    for _ in range(100):
-        port = random.randrange(*BELOW_EPHEMERAL)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_loopback_port()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -129,7 +108,7 @@ def _names(setup: Setup) -> list[str]:
 
 def _supervisor_config(setup: Setup, path: Path) -> None:
     args = " ".join(shlex.quote(a) for a in setup.server_args)
-    lines = [f"startPort: {free_port()}", "healthCheckTimeout: 300", "models:"]
+    lines = [f"startPort: {free_port_below_ephemeral()}", "healthCheckTimeout: 300", "models:"]
     for name, model in zip(_names(setup), setup.models, strict=True):
         lines += [
             f"  {name}:",
@@ -528,7 +507,11 @@ async def bench_proxy(
     config, presets = w / "config.yaml", w / "presets.ini"
     _supervisor_config(setup, config)
     _presets(setup, presets)
-    ports = {"supervisor": free_port(), "router": free_port(), "baseline": free_port()}
+    ports = {
+        "supervisor": free_port_below_ephemeral(),
+        "router": free_port_below_ephemeral(),
+        "baseline": free_port_below_ephemeral(),
+    }
     page_fronts = ("supervisor", "baseline") if dashboard_baseline else ("supervisor",)
     urls = {m: f"http://127.0.0.1:{p}" for m, p in ports.items()}
     starts: dict[str, tuple[list[str], Path, Any, dict[str, str] | None]] = {
@@ -590,7 +573,7 @@ def _merge(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 async def _direct_cold(s: aiohttp.ClientSession, setup: Setup, index: int) -> tuple[float, float]:
     """(spawn -> healthy, spawn -> first token) of a fresh llama-server, measured directly."""
-    port = free_port()
+    port = free_port_below_ephemeral()
     argv = [
         str(setup.server),
         "-m",
@@ -639,7 +622,7 @@ async def bench_swap(setup: Setup, rounds: int) -> dict[str, Any]:
     cold: list[float] = []
     swap: dict[str, list[float]] = {"supervisor": [], "router": []}
     share: dict[str, list[float]] = {"supervisor": [], "router": []}
-    ports = {"supervisor": free_port(), "router": free_port()}
+    ports = {"supervisor": free_port_below_ephemeral(), "router": free_port_below_ephemeral()}
     urls = {m: f"http://127.0.0.1:{p}" for m, p in ports.items()}
     with (
         _process(_serve_argv(config, ports["supervisor"]), w / "serve.log") as sup,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from ..address import free_port_below_ephemeral
 from ..errors import HomelabError
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ from .supervisor import (
     _wait_healthy,
     _workdir,
     cmd_bench_swap,
-    free_port,
 )
 
 AGENT_ARGS = "-c 16384 -np 1"
@@ -95,7 +95,7 @@ def _models(args: argparse.Namespace, workdir: Path, big: dict[str, Any]) -> tup
 
 def _config(setup: Setup, path: Path, entries: dict[str, tuple[Path, str, str]], top: str = "") -> None:
     """A supervisor config: name -> (model, extra llama-server args, extra YAML for the model)."""
-    lines = [f"startPort: {free_port()}", "healthCheckTimeout: 300", *([top] if top else []), "models:"]
+    lines = [f"startPort: {free_port_below_ephemeral()}", "healthCheckTimeout: 300", *([top] if top else []), "models:"]
     for name, (model, extra, yaml_extra) in entries.items():
         lines += [
             f"  {name}:",
@@ -163,7 +163,10 @@ async def bench_agent(setup: Setup, rounds: int, chars: int, agent_args: str) ->
     # router mode has one set of defaults: the agent's (the small model does not mind a larger context)
     _presets(replace(setup, server_args=shlex.split(agent_args)), presets)
     context = _conversation(chars)
-    urls = {"supervisor": f"http://127.0.0.1:{free_port()}", "router": f"http://127.0.0.1:{free_port()}"}
+    urls = {
+        "supervisor": f"http://127.0.0.1:{free_port_below_ephemeral()}",
+        "router": f"http://127.0.0.1:{free_port_below_ephemeral()}",
+    }
     paths = {
         "cached": ("supervisor", "agent-cached", "small"),
         "plain": ("supervisor", "agent-plain", "small"),
@@ -255,7 +258,7 @@ def _two_supervisors(
                 },
                 top=setting,
             )
-            port = free_port()
+            port = free_port_below_ephemeral()
             urls[mode] = f"http://127.0.0.1:{port}"
             procs.append(stack.enter_context(_process(_serve_argv(config, port), w / f"{mode}-serve.log")))
         yield urls, procs

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 from deploy_helpers import free_port
+from homelab.address import free_port_below_ephemeral
+from homelab.render.ports import WINDOW
 from processes import argv, descendants
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +101,9 @@ def lab(tmp_path: Path, llama_server_bin: Path, tiny_models: dict[str, Path], mo
                 "patches": [p.path.name for p in testing.test_patches()],
                 "targets": list(testing.TARGETS),
             },
-            "runtime": {"listen": listen, "service": "none", "start_port": free_port()},
+            # below the ephemeral range: a backend's port (start_port + its slot) is bound later,
+            # while connections are opened (an RPC client's was once given it, in CI)
+            "runtime": {"listen": listen, "service": "none", "start_port": free_port_below_ephemeral(room=WINDOW)},
             "models": [{"recipe": "alpha", "preload": True}, {"recipe": "beta", "preload": True}],
             "sets": {"both": "alpha & beta"},
         }

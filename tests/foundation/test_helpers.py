@@ -15,6 +15,7 @@ import pytest
 from homelab.address import (
     base_url,
     free_loopback_port,
+    free_port_below_ephemeral,
     is_any_address,
     is_loopback,
     split_host_port,
@@ -81,6 +82,15 @@ def test_wait_until_accepting_sees_a_listener_and_a_dead_process() -> None:
     closed = free_loopback_port()
     error = wait_until_accepting(f"127.0.0.1:{closed}", 5, alive=lambda: False, what="rpc-server")
     assert error == f"the rpc-server exited before 127.0.0.1:{closed} accepted a connection"
+
+
+def test_ports_for_servers_started_later_are_below_the_ephemeral_range() -> None:
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = free_port_below_ephemeral(room=1000)
+        assert port + 1000 < ephemeral_low  # no outgoing connection is given one of them
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", port))  # and it was free
 
 
 def test_http_session_says_who_is_asking() -> None:
