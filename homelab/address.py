@@ -80,16 +80,25 @@ BELOW_EPHEMERAL = (20000, 32000)
 (32768-60999), where the kernel picks the local port of every outgoing connection."""
 
 
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_below_ephemeral(room: int = 0) -> int:
     """A port free now on 127.0.0.1 that no outgoing connection will be given before a server
     binds it: for a ``startPort`` (a backend binds ``startPort`` + n later, while the supervisor,
     an RPC client or a benchmark's clients open connections; ``room``: how far above it those
     ports go) and for servers started a while after the port is chosen. A port the kernel hands
     out (:func:`free_loopback_port`) is in the ephemeral range: a connection opened meanwhile can
-    take it."""
+    take it. Where this machine's range leaves no room below it, that is the fallback."""
     low, high = BELOW_EPHEMERAL
-    for _ in range(100):
-        port = random.randrange(low, high - room)
+    high = min(high, _ephemeral_start()) - room
+    for _ in range(100 if high > low else 0):
+        port = random.randrange(low, high)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
