@@ -36,7 +36,7 @@ import yaml
 from ..address import free_loopback_port
 from ..errors import HomelabError
 from ..http_client import http_session
-from ..inventory import ResolvedHost, load_host
+from ..inventory import ResolvedHost, host_path, load_host
 from ..plan.estimate import MIB
 from ..plan.host import HostPlan
 from ..plan.observe import Observed, flag_args, observe_server, parse_server_log, stop_server
@@ -111,7 +111,7 @@ def write_inventory(root: Path, smi: str, repo: str, ref: str = "b11434", jobs: 
     for folder in ("recipes", "hosts"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "recipes" / "gpu-main.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    host_file = root / "hosts" / f"{HOST}.yaml"
+    host_file = host_path(HOST, root)
     host_file.write_text(yaml.safe_dump(host_document(gpus_from_smi(smi), repo, ref, jobs), sort_keys=False))
     load_host(HOST, root)  # the loader's checks, now rather than in the build
     return host_file

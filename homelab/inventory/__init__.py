@@ -4,6 +4,7 @@ from .checks import validate_inventory
 from .loader import (
     InventoryError,
     check_recipe_file,
+    host_path,
     list_hosts,
     list_recipes,
     load_host,
@@ -23,6 +24,7 @@ __all__ = [
     "ResolvedHost",
     "ResolvedModel",
     "check_recipe_file",
+    "host_path",
     "list_hosts",
     "list_recipes",
     "load_host",

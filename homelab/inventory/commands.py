@@ -14,7 +14,7 @@ from ..settings import inventory_dir
 from ..suggest import did_you_mean
 from . import schemas
 from .checks import validate_inventory
-from .loader import InventoryError, list_hosts, load_host
+from .loader import InventoryError, host_path, list_hosts, load_host
 from .resolved import ResolvedHost
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def _validate_target(given: str, inventory: Path) -> Path:
     path = Path(given)
     if path.exists():
         return path
-    host_file = inventory / "hosts" / f"{given}.yaml"
+    host_file = host_path(given, inventory)
     if host_file.is_file():
         return host_file
     raise InventoryError(

@@ -75,14 +75,18 @@ def list_hosts(inventory: str | Path) -> list[str]:
     return sorted(p.stem for p in (Path(inventory) / "hosts").glob("*.yaml"))
 
 
+def host_path(name: str, inventory: str | Path) -> Path:
+    """Where the host ``name``'s file is (it may not exist)."""
+    return Path(inventory) / "hosts" / f"{name}.yaml"
+
+
 def list_recipes(inventory: str | Path) -> list[str]:
     return sorted(p.stem for p in (Path(inventory) / "recipes").glob("*.yaml"))
 
 
 def load_host(name: str, inventory: str | Path) -> ResolvedHost:
     """The host ``<inventory>/hosts/<name>.yaml``, validated, with every recipe merged in."""
-    inventory = Path(inventory)
-    path = inventory / "hosts" / f"{name}.yaml"
+    path = host_path(name, inventory)
     if not path.is_file():
         known = list_hosts(inventory)
         raise InventoryError(

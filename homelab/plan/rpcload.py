@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from ..errors import HomelabError
-from ..inventory import InventoryError, list_hosts, load_host
+from ..inventory import InventoryError, host_path, list_hosts, load_host
 from ..inventory.resolved import ResolvedHost
 from .host import (
     MIN_CTX,
@@ -120,7 +120,7 @@ def heads_of(worker: ResolvedHost) -> list[ResolvedHost]:
     for name in list_hosts(worker.inventory):
         if name == worker.name:
             continue
-        path = worker.inventory / "hosts" / f"{name}.yaml"
+        path = host_path(name, worker.inventory)
         # ``rpc:`` is a host-file key (recipes cannot set it): a file that never spells this
         # worker's name cannot put load on it, so only those that do are resolved (this runs in
         # the plan task's up-to-date check, for every worker, on every deploy)

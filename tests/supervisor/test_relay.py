@@ -6,6 +6,7 @@ bodies, a client that stops reading or leaves, and the errors before an answer."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,17 +45,39 @@ EVENTS = [
 ]
 
 
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request's head and body (by its Content-Length), as the relay wrote them."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    return head, await reader.readexactly(length)
+
+
+@contextlib.asynccontextmanager
+async def serve_route(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """An aiohttp server on loopback whose every POST goes to ``handler``; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[attr-defined]
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[Backend]:
     state = Backend(port=0)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
-            0,
-        )
-        state.requests.append(head + await reader.readexactly(length))
+        head, body = await read_request(reader)
+        state.requests.append(head + body)
         try:
             for step in state.script:
                 if step is None:
@@ -95,15 +118,8 @@ async def front(backend: Backend) -> AsyncIterator[tuple[str, list[ForwardResult
             request, url, await request.read(), upstream_fields(request, drop_auth=False), result, connect_timeout=5
         )
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    assert site._server is not None
-    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", results  # type: ignore[union-attr]
-    await runner.cleanup()
+    async with serve_route(handler) as url:
+        yield url, results
 
 
 async def post(url: str, body: object = None) -> tuple[int, bytes, aiohttp.ClientResponse]:
@@ -305,15 +321,10 @@ async def keepalive() -> AsyncIterator[KeepAliveBackend]:
         try:
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    head, _ = await read_request(reader)
                 except asyncio.IncompleteReadError:
                     state.closed_by_client.set()
                     return
-                length = next(
-                    (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
-                    0,
-                )
-                await reader.readexactly(length)
                 state.requests.append((number, head))
                 served += 1
                 answer = state.answer(served)
@@ -343,15 +354,9 @@ async def pooled_front(keepalive: KeepAliveBackend) -> AsyncIterator[tuple[str, 
             request, url, await request.read(), fields, ForwardResult(), connect_timeout=5, close=stream, pool=pool
         )
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", pool  # type: ignore[union-attr]
-    pool.close()
-    await runner.cleanup()
+    async with serve_route(handler) as url:
+        yield url, pool
+        pool.close()
 
 
 async def test_short_answers_reuse_one_kept_alive_connection(keepalive: KeepAliveBackend, pooled_front) -> None:
