@@ -2,7 +2,10 @@
 
 proxy: ``homelab serve`` and llama.cpp's router mode (the same binary without ``-m``, with a
 presets file) serve the same model; each front's own backend llama-server is also called
-directly on its port. All four paths use the same client code and are interleaved (the order
+directly on its port. A third front, the relay floor (:mod:`.relay_floor`), passes requests to
+the supervisor's backend through the supervisor's relay and does nothing else: the supervisor's
+figures less the floor's are what its own work costs. Every path uses the same client code and
+is interleaved (the order
 rotates every request and every round), so machine noise hits them alike. Short non-streaming
 requests give p50/p99 latency; streaming clients (1, 8, 64 at once, every stream ``max_tokens``
 long with ``ignore_eos``, tokens counted from the final ``usage``) give token throughput, the
@@ -46,7 +49,7 @@ import aiohttp
 
 from ..address import free_port_below_ephemeral
 from ..errors import HomelabError
-from ..supervisor.process import backend_key_of, spawn_guarded
+from ..supervisor.process import BACKEND_KEY_ENV, backend_key_of, spawn_guarded
 
 if TYPE_CHECKING:
     from ..cli import CLI
@@ -56,6 +59,8 @@ STREAM_HEADERS = {"Connection": "close"}
 """llama-server closes the connection after each stream although it announces keep-alive, so a
 reused one would fail: every path opens a connection per stream (the supervisor does the same
 towards its backend)."""
+FLOOR = "relay floor"
+"""The front that only relays (:mod:`.relay_floor`): a second process hop through aiohttp, no more."""
 PROMPT = [{"role": "user", "content": "Count slowly from one to one hundred."}]
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": {},  # 1.3 MB: thousands of tokens/s on one core, the proxy's share looks biggest
@@ -448,6 +453,23 @@ async def _baseline_front(s: aiohttp.ClientSession, setup: Setup, sup: subproces
     return await _supervisor_front(s, setup, sup, url, "baseline")
 
 
+async def _floor_front(
+    s: aiohttp.ClientSession, stack: contextlib.ExitStack, setup: Setup, supervisor: Front, port: int
+) -> Front:
+    """The relay floor (:mod:`.relay_floor`) in front of the supervisor's own backend, with that
+    backend's key in its environment (as the supervisor gives it to llama-server)."""
+    env = {name: value for name, value in os.environ.items() if name != BACKEND_KEY_ENV}
+    if supervisor.key:
+        env[BACKEND_KEY_ENV] = supervisor.key
+    env["PYTHONSAFEPATH"] = "1"  # this installation's homelab, not a checkout in the working directory
+    log = setup.workdir / "floor.log"
+    argv = [sys.executable, "-m", "homelab.bench.relay_floor", str(port), supervisor.direct]
+    proc = stack.enter_context(_process(argv, log, env))
+    url = f"http://127.0.0.1:{port}"
+    await _wait_healthy(s, url, proc, log, poll=0.05)
+    return Front(FLOOR, url, supervisor.direct, proc.pid, supervisor.backend_pid, supervisor.key)
+
+
 def _baseline_env(source: Path) -> dict[str, str]:
     """The environment that runs ``homelab serve`` from another source tree (``--baseline``)."""
     if not (source / "homelab" / "supervisor").is_dir():
@@ -509,6 +531,7 @@ async def bench_proxy(
     _presets(setup, presets)
     ports = {
         "supervisor": free_port_below_ephemeral(),
+        FLOOR: free_port_below_ephemeral(),
         "router": free_port_below_ephemeral(),
         "baseline": free_port_below_ephemeral(),
     }
@@ -537,6 +560,9 @@ async def bench_proxy(
                 fronts = [
                     await starts[name][2](s, setup, proc, urls[name]) for name, proc in zip(names, procs, strict=True)
                 ]
+                if "supervisor" in names:
+                    supervisor = fronts[names.index("supervisor")]
+                    fronts.append(await _floor_front(s, stack, setup, supervisor, ports[FLOOR]))
                 _apply_pinning(fronts, pinning)
                 watched = [n for n in names if dashboard is not None and n in page_fronts]
                 received = {name: [0] for name in watched}
@@ -720,7 +746,7 @@ def cmd_bench_proxy(args: argparse.Namespace) -> int:
 
 
 def _print_proxy(r: dict[str, Any], args: argparse.Namespace, levels: list[int]) -> None:
-    fronts = [f for f in ("supervisor", "baseline", "router") if f in r["short_cpu_us"]]
+    fronts = [f for f in ("supervisor", FLOOR, "baseline", "router") if f in r["short_cpu_us"]]
     lat = r["latency_ms"]
     print(
         f"\nshort non-streaming requests ({args.requests} per path, max_tokens 1), ms; "
