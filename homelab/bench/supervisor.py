@@ -5,11 +5,10 @@ presets file) serve the same model; each front's own backend llama-server is als
 directly on its port. A third front, the relay floor (:mod:`.relay_floor`), passes requests to
 the supervisor's backend through the supervisor's relay and does nothing else: the supervisor's
 figures less the floor's are what its own work costs. Every path uses the same client code and
-is interleaved (the order
-rotates every request and every round), so machine noise hits them alike. Short non-streaming
-requests give p50/p99 latency; streaming clients (1, 8, 64 at once, every stream ``max_tokens``
-long with ``ignore_eos``, tokens counted from the final ``usage``) give token throughput, the
-median of ``--rounds`` rounds. The CPU time of each front process (and of the backends, for
+is interleaved (the order rotates every request and every round), so machine noise hits them
+alike. Short non-streaming requests give p50/p99 latency; streaming clients (1, 8, 64 at once,
+every stream ``max_tokens`` long with ``ignore_eos``, tokens counted from the final ``usage``)
+give token throughput, the median of ``--rounds`` rounds. The CPU time of each front process (and of the backends, for
 scale) is read from /proc around the phases that used it, so the proxy's cost shows even when
 the machine is saturated and throughput ratios drown in noise. ``--pin`` puts the backends on
 some CPUs and the fronts plus the load generator on the others (a GPU box, where generation
