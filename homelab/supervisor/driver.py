@@ -335,10 +335,10 @@ class Supervisor:
         )
         self.prefetcher.warm(model_id, files, budget)
 
-    def _prefetched(self, model_id: str, advised: int) -> None:
+    def _prefetched(self, model_id: str, read: int) -> None:
         """From the prefetch thread (the loop may have closed meanwhile)."""
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(lambda: self.metrics.prefetch_bytes.inc(advised, model=model_id))
+            self.loop.call_soon_threadsafe(lambda: self.metrics.prefetch_bytes.inc(read, model=model_id))
 
     async def unload(self, models: list[str] | None, wait: float = 30.0) -> list[str]:
         """Unload models (all when None) and wait (bounded) until they have stopped. Requests

@@ -4,11 +4,18 @@ likely-next models are kept warm, and nothing is read when RAM is short."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import mmap
+import os
+import threading
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from homelab.supervisor import prefetch
 from homelab.supervisor.config import PrefetchSettings
+from homelab.supervisor.prefetch import CHUNK, read_ahead
 
 from .conftest import fake_model, make_config
 from .helpers import chat
@@ -65,3 +72,61 @@ async def test_short_ram_or_disabled_reads_nothing(serve, tmp_path: Path) -> Non
         await asyncio.sleep(0.1)
         assert prefetched(running, "a") == 0
         await running.close()
+
+
+
+def resident_pages(path: Path) -> int:
+    """How many pages of ``path`` are in the page cache (mincore(2) on a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    size = path.stat().st_size
+    vector = ctypes.create_string_buffer(-(-size // mmap.PAGESIZE))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
+        assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+        libc.munmap(address, size)
+    finally:
+        os.close(fd)
+    return sum(byte & 1 for byte in vector.raw)
+
+
+def dropped_from_page_cache(path: Path) -> int:
+    """Written to disk and dropped from the page cache (no root needed); the pages left there
+    (a tmpfs keeps them all)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return resident_pages(path)
+
+
+def test_read_ahead_leaves_the_files_in_the_page_cache_up_to_the_budget(tmp_path: Path) -> None:
+    first = weights(tmp_path, "first", 3 * CHUNK // 2 + 1000)  # a chunk and a half, and a partial page
+    second = weights(tmp_path, "second", 16 << 20)
+    pages = {f: -(-f.stat().st_size // mmap.PAGESIZE) for f in (first, second)}
+    if dropped_from_page_cache(first) or dropped_from_page_cache(second):
+        pytest.skip("this file system keeps files in memory (tmpfs): nothing to read ahead")
+    budget = first.stat().st_size + (512 << 10)
+    assert read_ahead([first, second], budget, threading.Event()) == budget
+    assert resident_pages(first) == pages[first]  # all of it, the partial last page too
+    assert 128 <= resident_pages(second) < pages[second] // 4  # its first 512 KiB (and some readahead)
+
+
+def test_read_ahead_stops_when_cancelled_and_falls_back_to_willneed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = weights(tmp_path, "m", 1 << 20)
+    cancelled = threading.Event()
+    cancelled.set()
+    assert read_ahead([model], 1 << 30, cancelled) == 0
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(prefetch, "populate", lambda fd, offset, length: False)  # a kernel before 5.14
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: asked.append((offset, length)))
+    assert read_ahead([model, tmp_path / "missing.gguf"], 1 << 30, threading.Event()) == 1 << 20
+    assert asked == [(0, 1 << 20)]
