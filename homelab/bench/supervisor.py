@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -308,31 +309,22 @@ class Front:
     """The key the backend takes (a supervisor's backend); sent on its direct path only."""
 
 
-def _ticks(stat: Path) -> int:
-    """utime + stime of a /proc stat file, in clock ticks."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time of one process (not its children): the nanosecond on-CPU counters of its live
-    threads (/proc/<pid>/task/*/schedstat) plus, in clock ticks, what threads that have exited
-    used (the process's utime + stime less its live threads'): a thread that ends between two
-    readings (a relay thread per stream) must still be counted. Ticks only without schedstat."""
-    hz = os.sysconf("SC_CLK_TCK")
-    process = _ticks(Path(f"/proc/{pid}/stat"))
-    live_ns = live_ticks = 0
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                ns = int((task / "schedstat").read_text().split()[0])
-                live_ticks += _ticks(task / "stat")
-                live_ns += ns
-    except OSError:
-        live_ns = 0
-    if not live_ns:
-        return process / hz
-    return live_ns / 1e9 + max(0, process - live_ticks) / hz
+    """CPU time of one process (not its children), threads that have exited included: the
+    kernel's nanosecond clock of the whole process (``clock_getcpuclockid``). A front that runs
+    work on short-lived threads (router mode's connection threads) must not look cheaper. Summing
+    /proc's counters instead, as this did before, mixed nanoseconds (live threads) with clock ticks
+    (threads gone): a thread ending between two readings could turn the difference negative
+    (-2.2 ms per request over 3 requests, seen in a test). /proc's ticks only if the clock fails."""
+    clock = ctypes.c_int()
+    if _libc.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0:  # returns the error, not -1
+        with contextlib.suppress(OSError):
+            return time.clock_gettime_ns(clock.value) / 1e9
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _child_running(parent: int, exe: Path) -> int:

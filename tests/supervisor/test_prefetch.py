@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from homelab.bench.supervisor_swap import drop_from_page_cache
 from homelab.supervisor import prefetch
 from homelab.supervisor.config import PrefetchSettings
 from homelab.supervisor.prefetch import CHUNK, read_ahead
@@ -95,14 +96,9 @@ def resident_pages(path: Path) -> int:
 
 
 def dropped_from_page_cache(path: Path) -> int:
-    """Written to disk and dropped from the page cache (no root needed); the pages left there
-    (a tmpfs keeps them all)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    """``path`` dropped from the page cache as the benchmark drops it; the pages left there (a
+    tmpfs keeps them all)."""
+    drop_from_page_cache(path)
     return resident_pages(path)
 
 

@@ -122,5 +122,17 @@ def test_cpu_of_threads_that_have_exited_is_still_counted() -> None:
         thread.start()
         thread.join()
     counted = _cpu_seconds(os.getpid()) - before
-    tick = 1 / os.sysconf("SC_CLK_TCK")
-    assert counted >= sum(burned) - 3 * tick  # exited threads are counted in clock ticks
+    assert counted >= sum(burned) - 0.001  # the whole process's clock, in nanoseconds
+
+
+def test_cpu_time_never_goes_back_as_threads_end() -> None:
+    """Before, live threads counted in nanoseconds and ended ones in clock ticks: a thread that
+    ended between two readings could make the second one smaller than the first."""
+    readings = [_cpu_seconds(os.getpid())]
+    for _ in range(60):  # the code before went back in 3 of 5 runs of 20
+        thread = threading.Thread(target=lambda: sum(range(20_000)))
+        thread.start()
+        readings.append(_cpu_seconds(os.getpid()))
+        thread.join()
+        readings.append(_cpu_seconds(os.getpid()))
+    assert readings == sorted(readings)
