@@ -153,8 +153,11 @@ class StartFailed(Exception):
     """The backend exited while loading or did not become ready in time."""
 
 
-OUTPUT_BATCH = 0.05
-"""Seconds a ready backend's output waits in its pipe, so its lines are read in batches."""
+OUTPUT_BATCH = 0.25
+"""Seconds a ready backend's output waits in its pipe, so its lines are read in batches: as often
+as open pages get the activity (:data:`.activity.ACTIVITY_EVERY`). At 0.05 s the batches' wake-ups
+cost the supervisor ~0.2 ms of CPU per 256-token stream (~0.8 ms per 1000 tokens, one client),
+against ~0.04 ms now (docs/benchmarks.md, "The relay floor")."""
 
 
 class _OutputProtocol(asyncio.Protocol):
