@@ -8,11 +8,11 @@ figures less the floor's are what its own work costs. Every path uses the same c
 is interleaved (the order rotates every request and every round), so machine noise hits them
 alike. Short non-streaming requests give p50/p99 latency; streaming clients (1, 8, 64 at once,
 every stream ``max_tokens`` long with ``ignore_eos``, tokens counted from the final ``usage``)
-give token throughput, the median of ``--rounds`` rounds. The CPU time of each front process (and of the backends, for
-scale) is read from /proc around the phases that used it, so the proxy's cost shows even when
-the machine is saturated and throughput ratios drown in noise. ``--pin`` puts the backends on
-some CPUs and the fronts plus the load generator on the others (a GPU box, where generation
-does not take every core); ``--one-at-a-time`` keeps one model resident (big models).
+give token throughput, the median of ``--rounds`` rounds. The CPU time of each front process
+(and of the backends, for scale) is read around the phases that used it, so the proxy's cost
+shows even when the machine is saturated and throughput ratios drown in noise. ``--pin`` puts
+the backends on some CPUs and the fronts plus the load generator on the others (a GPU box, where
+generation does not take every core); ``--one-at-a-time`` keeps one model resident (big models).
 
 swap: request -> first token for a cold model, alternating two models that cannot coexist,
 minus the backend's own cold start (spawn -> /health 200 -> first token, measured directly with
