@@ -18,12 +18,11 @@ import asyncio
 import os
 import sys
 
-import orjson
 from aiohttp import web
 
 from ..supervisor.commands import run_loop
 from ..supervisor.process import BACKEND_KEY_ENV
-from ..supervisor.proxy import ForwardResult, upstream_fields
+from ..supervisor.proxy import ForwardResult, parse_body, upstream_fields
 from ..supervisor.relay import ConnectionPool, relay
 
 BACKEND_KEY = web.AppKey("backend_key", str)
@@ -36,10 +35,8 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     lines with the backend's key in place of the client's, a new connection for a stream
     (llama-server closes it after one), a pooled one otherwise."""
     body = await request.read()
-    try:
-        stream = orjson.loads(body).get("stream") is True
-    except (orjson.JSONDecodeError, AttributeError):
-        stream = False
+    payload, _ = parse_body(request.headers.get("Content-Type", ""), body)
+    stream = payload is not None and payload.get("stream") is True
     key = request.app[BACKEND_KEY] or None
     return await relay(
         request,

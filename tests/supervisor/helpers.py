@@ -1,13 +1,17 @@
-"""Small helpers shared by the supervisor tests (process liveness, HTTP shortcuts)."""
+"""Small helpers shared by the supervisor tests (process liveness, HTTP shortcuts, a loopback
+aiohttp server)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 
 def alive(pid: int) -> bool:
@@ -41,3 +45,17 @@ async def chat(session: aiohttp.ClientSession, url: str, model: str, **extra: An
     async with session.post(url + "/v1/chat/completions",
                             json={"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}) as resp:
         return resp.status, await resp.json(content_type=None)
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[int]:
+    """``app`` served on a free loopback port; yields the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    finally:
+        await runner.cleanup()

@@ -13,6 +13,8 @@ from aiohttp import web
 
 from homelab.supervisor.connect import DirectConnector, backend_connector
 
+from .helpers import serve_app
+
 
 async def _peer(request: web.Request) -> web.Response:
     # The client's address and port as the server saw them: the same port means the same connection.
@@ -34,13 +36,8 @@ async def server() -> AsyncIterator[int]:
     app = web.Application()
     app.router.add_get("/peer", _peer)
     app.router.add_post("/stream", _stream)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    assert site._server is not None
-    yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await runner.cleanup()
+    async with serve_app(app) as port:
+        yield port
 
 
 def _session(**timeout: float) -> aiohttp.ClientSession:

@@ -20,6 +20,8 @@ from multidict import CIMultiDict
 from homelab.supervisor.proxy import SMALL_BODY, ForwardResult, upstream_fields, upstream_headers
 from homelab.supervisor.relay import ConnectionPool, relay, relayable
 
+from .helpers import serve_app
+
 Step = bytes | float | None
 """bytes: written (and drained); float: a pause in seconds; None: close the connection."""
 
@@ -60,15 +62,8 @@ async def serve_route(handler: Callable[[web.Request], Awaitable[web.StreamRespo
     """An aiohttp server on loopback whose every POST goes to ``handler``; yields its URL."""
     app = web.Application()
     app.router.add_post("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    assert site._server is not None
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[attr-defined]
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
