@@ -25,7 +25,7 @@ from ..supervisor.process import BACKEND_KEY_ENV
 from ..supervisor.proxy import ForwardResult, parse_body, upstream_fields
 from ..supervisor.relay import ConnectionPool, relay
 
-BACKEND_KEY = web.AppKey("backend_key", str)
+BACKEND_KEY: web.AppKey[str | None] = web.AppKey("backend_key")
 BACKEND_URL = web.AppKey("backend_url", str)
 POOL = web.AppKey("pool", ConnectionPool)
 
@@ -37,12 +37,11 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     payload, _ = parse_body(request.headers.get("Content-Type", ""), body)
     stream = payload is not None and payload.get("stream") is True
-    key = request.app[BACKEND_KEY] or None
     return await relay(
         request,
         request.app[BACKEND_URL] + request.path_qs,
         body,
-        upstream_fields(request, drop_auth=True, api_key=key),
+        upstream_fields(request, drop_auth=True, api_key=request.app[BACKEND_KEY]),
         ForwardResult(),
         connect_timeout=5.0,
         close=stream,
@@ -57,7 +56,7 @@ async def handle_health(request: web.Request) -> web.Response:
 def create_app(backend_url: str, backend_key: str | None) -> web.Application:
     app = web.Application()
     app[BACKEND_URL] = backend_url.rstrip("/")
-    app[BACKEND_KEY] = backend_key or ""
+    app[BACKEND_KEY] = backend_key or None
     app[POOL] = ConnectionPool()
     app.router.add_get("/health", handle_health)
     app.router.add_post("/{path:.*}", handle_post)

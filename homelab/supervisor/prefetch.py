@@ -24,6 +24,7 @@ Pure core: :func:`model_files`, :func:`prefetch_budget`, :func:`mem_available`; 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -31,7 +32,7 @@ import mmap
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .admission import AdmissionError, evictions
@@ -125,23 +126,31 @@ def swap_plan(
     return files, min(budget, files_size(files))
 
 
-def populate(fd: int, offset: int, length: int) -> bool:
-    """Read ``length`` bytes of the open file at ``offset`` (a multiple of the page size) into the
-    page cache, and wait for them; False where the kernel cannot (before 5.14: EINVAL). The
-    mapping lives only for the call."""
+@contextlib.contextmanager
+def mapped(fd: int, offset: int, length: int) -> Iterator[int]:
+    """A private read-only mapping of ``length`` bytes of the open file at ``offset`` (a multiple
+    of the page size), for the ``with`` block; yields its address (for madvise(2), mincore(2)).
+    Not the mmap module's: its ``madvise`` holds the GIL while the kernel reads."""
     address = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, offset)
     if address is None or address == _MAP_FAILED:
         code = ctypes.get_errno()
         raise OSError(code, f"mmap: {os.strerror(code)}")
     try:
-        if _libc.madvise(address, length, MADV_POPULATE_READ) == 0:
-            return True
-        code = ctypes.get_errno()
-        if code == errno.EINVAL:
-            return False
-        raise OSError(code, f"madvise: {os.strerror(code)}")
+        yield address
     finally:
         _libc.munmap(address, length)
+
+
+def populate(fd: int, offset: int, length: int) -> bool:
+    """Read ``length`` bytes of the open file at ``offset`` (a multiple of the page size) into the
+    page cache, and wait for them; False where the kernel cannot (before 5.14: EINVAL)."""
+    with mapped(fd, offset, length) as address:
+        if _libc.madvise(address, length, MADV_POPULATE_READ) == 0:
+            return True
+        code = ctypes.get_errno()  # before munmap can touch it
+    if code == errno.EINVAL:
+        return False
+    raise OSError(code, f"madvise: {os.strerror(code)}")
 
 
 def read_ahead(files: Sequence[Path], budget: int, cancelled: threading.Event) -> int:

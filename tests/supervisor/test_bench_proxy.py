@@ -3,7 +3,6 @@ that only relays (homelab.bench.relay_floor), measured beside the supervisor."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -15,24 +14,12 @@ import pytest
 from aiohttp import web
 
 from homelab.address import free_loopback_port
+from homelab.bench.supervisor import _wait_healthy
 from homelab.cli import main
 
 from .test_relay import serve_route
 
 EVENTS = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
-
-
-async def _wait_healthy(s: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(400):
-        assert proc.poll() is None, "the relay floor exited before it answered"
-        try:
-            async with s.get(url + "/health") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    pytest.fail(f"{url} did not answer /health")
 
 
 async def test_the_relay_floor_sends_the_backends_key_from_its_environment_never_the_clients(
@@ -60,7 +47,7 @@ async def test_the_relay_floor_sends_the_backends_key_from_its_environment_never
         url = f"http://127.0.0.1:{port}"
         try:
             async with aiohttp.ClientSession() as s:
-                await _wait_healthy(s, url, proc)
+                await _wait_healthy(s, url, proc, tmp_path / "floor.log", timeout=20, poll=0.05)
                 client_key = {"Authorization": "Bearer client-key"}
                 body = {"model": "m0", "messages": []}
                 async with s.post(url + "/v1/chat/completions", json=body, headers=client_key) as resp:

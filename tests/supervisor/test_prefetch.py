@@ -16,7 +16,7 @@ import pytest
 from homelab.bench.supervisor_swap import drop_from_page_cache
 from homelab.supervisor import prefetch
 from homelab.supervisor.config import PrefetchSettings
-from homelab.supervisor.prefetch import CHUNK, read_ahead
+from homelab.supervisor.prefetch import CHUNK, mapped, read_ahead
 
 from .conftest import fake_model, make_config
 from .helpers import chat
@@ -75,21 +75,16 @@ async def test_short_ram_or_disabled_reads_nothing(serve, tmp_path: Path) -> Non
         await running.close()
 
 
-
 def resident_pages(path: Path) -> int:
     """How many pages of ``path`` are in the page cache (mincore(2) on a mapping of it)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
     libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
-    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
     size = path.stat().st_size
     vector = ctypes.create_string_buffer(-(-size // mmap.PAGESIZE))
     fd = os.open(path, os.O_RDONLY)
     try:
-        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
-        assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
-        libc.munmap(address, size)
+        with mapped(fd, 0, size) as address:
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
     finally:
         os.close(fd)
     return sum(byte & 1 for byte in vector.raw)
